@@ -1,0 +1,34 @@
+# The two commands: `make run` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export PYTHONDONTWRITEBYTECODE :=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test lint stop clean
+
+help: ## show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	./scripts/setup.sh
+	@touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install everything (Debian packages when missing)
+
+run: $(STAMP) ## set up, start the local stack and run the whole pipeline on the default data
+	./scripts/run.sh
+
+test: $(STAMP) ## set up and run the whole test suite (no network)
+	$(PY) -m pytest -m "not network" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff
+	$(PY) -m ruff check .
+
+stop: ## stop the local services `make run` started
+	@if [ -x $(PY) ]; then $(PY) -m pipeline.ops stop; fi
+
+clean: stop ## remove generated outputs (keeps data/ and the venv)
+	rm -rf build reports predictions models metrics.json .stack

@@ -1,0 +1,66 @@
+"""``python -m pipeline <step>``: the one entry point dvc.yaml, Airflow and people use."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+STEPS = {
+    "ingest": "fetch a window from the configured source into data/raw",
+    "backfill": "ingest a long date range in provider-sized chunks, resumably",
+    "preprocess": "validate raw data, quarantine bad rows, build features",
+    "train": "fit one model per target x horizon (the candidate)",
+    "evaluate": "score the candidate and baselines on the time-ordered holdout",
+    "promote": "make the candidate champion if it passes the gate",
+    "predict": "batch forecasts for every location, target and horizon",
+    "score": "realised accuracy of earlier forecasts against new observations",
+    "drift": "PSI of recent features against the champion's training reference",
+    "rollback": "restore the previous champion",
+    "summary": "print the run summary table",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    for name, help_text in STEPS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if name in {"ingest", "backfill"}:
+            cmd.add_argument("--start", help="UTC start, inclusive (ISO date or time)")
+            cmd.add_argument("--end", help="UTC end, exclusive (ISO date or time)")
+            cmd.add_argument(
+                "--locations", help="comma-separated location ids (default: all in params.yaml)"
+            )
+        if name == "backfill":
+            cmd.add_argument("--chunk-days", type=int, default=None, help="days per request chunk")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from pipeline.config import ConfigError
+    from pipeline.context import Context
+    from pipeline.errors import PipelineError
+
+    try:
+        ctx = Context.load()
+        module = importlib.import_module(f"pipeline.steps.{args.step}")
+        options = {
+            k: v for k, v in vars(args).items() if k not in {"step", "verbose"} and v is not None
+        }
+        module.run(ctx, **options)
+    except (ConfigError, PipelineError) as exc:
+        print(f"error: {args.step}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

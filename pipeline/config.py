@@ -1,0 +1,229 @@
+"""``params.yaml`` loaded into typed, validated objects.
+
+Unknown keys, wrong types and impossible values stop the run with a message
+that names the key (e.g. ``locations.0.latitude``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.schema import POLLUTANTS, WEATHER
+
+Target = Literal["pm2_5", "pm10", "no2", "o3", "so2", "co"]
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class Location(_Strict):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", min_length=1, max_length=40)]
+    name: str
+    latitude: Annotated[float, Field(ge=-90, le=90)]
+    longitude: Annotated[float, Field(ge=-180, le=180)]
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA timezone {value!r}") from exc
+        return value
+
+
+class DriftScenario(_Strict):
+    """A change injected into the synthetic data from ``start`` on, to exercise drift checks."""
+
+    kind: Literal["emission_shift", "sensor_recalibration"]
+    start: dt.date
+    variable: Literal[
+        "pm2_5", "pm10", "no2", "o3", "so2", "co", "temperature_2m", "relative_humidity_2m"
+    ] = "pm2_5"
+    factor: Annotated[float, Field(gt=0, le=10)] = 1.5
+    locations: list[str] | None = None
+
+
+class SyntheticSource(_Strict):
+    seed: int = 42
+    gap_rate: Annotated[float, Field(ge=0, le=0.5)] = 0.01
+    spike_rate: Annotated[float, Field(ge=0, le=0.05)] = 0.001
+    scenarios: list[DriftScenario] = []
+
+
+class OpenMeteoSource(_Strict):
+    """Keyless live default. Endpoints come from the environment (:mod:`pipeline.settings`)."""
+
+    past_days_threshold: Annotated[int, Field(ge=1, le=92)] = 5
+    locations_per_request: Annotated[int, Field(ge=1, le=100)] = 10
+    max_days_per_request: Annotated[int, Field(ge=1, le=366)] = 92
+    requests_per_second: Annotated[float, Field(gt=0, le=100)] = 5.0
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 4
+    backoff_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+
+
+class OpenWeatherMapSource(_Strict):
+    """Pollution from OpenWeatherMap (key in OPENWEATHERMAP_API_KEY), weather from Open-Meteo."""
+
+    requests_per_second: Annotated[float, Field(gt=0, le=100)] = 1.0
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 4
+    backoff_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+    weather_from_open_meteo: bool = True
+
+
+class CsvColumnMap(_Strict):
+    time: str = "time"
+    location: str | None = None
+    columns: dict[str, str] = {}
+    units: dict[str, str] = {}
+
+
+class CsvSource(_Strict):
+    path: str = ""
+    time_zone: str = "UTC"
+    location_id: str | None = None
+    mapping: CsvColumnMap = CsvColumnMap()
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return Location._known_timezone(value)
+
+
+class SourceConfig(_Strict):
+    kind: Literal["synthetic", "open_meteo", "openweathermap", "csv"] = "synthetic"
+    start: dt.date = dt.date(2025, 1, 1)
+    end: dt.date = dt.date(2026, 1, 1)
+    synthetic: SyntheticSource = SyntheticSource()
+    open_meteo: OpenMeteoSource = OpenMeteoSource()
+    openweathermap: OpenWeatherMapSource = OpenWeatherMapSource()
+    csv: CsvSource = CsvSource()
+
+    @model_validator(mode="after")
+    def _window(self) -> SourceConfig:
+        if self.end <= self.start:
+            raise ValueError(f"source.end ({self.end}) must be after source.start ({self.start})")
+        return self
+
+
+class FeatureConfig(_Strict):
+    lags: list[Annotated[int, Field(ge=1, le=24 * 14)]] = [1, 2, 3, 6, 12, 24, 48, 168]
+    rolling_windows: list[Annotated[int, Field(ge=2, le=24 * 14)]] = [3, 6, 24, 72]
+    co_pollutants: list[Target] = ["pm10", "no2", "o3", "co"]
+    co_pollutant_lags: list[Annotated[int, Field(ge=1, le=24 * 14)]] = [1, 24]
+    weather: list[str] = list(WEATHER)
+
+    @field_validator("weather")
+    @classmethod
+    def _known_weather(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(WEATHER))
+        if unknown:
+            raise ValueError(f"unknown weather variables {unknown}; known: {list(WEATHER)}")
+        return value
+
+
+class ModelConfig(_Strict):
+    kind: Literal["hist_gradient_boosting"] = "hist_gradient_boosting"
+    max_iter: Annotated[int, Field(ge=1, le=5000)] = 300
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.06
+    max_leaf_nodes: Annotated[int, Field(ge=2, le=1024)] = 31
+    min_samples_leaf: Annotated[int, Field(ge=1)] = 40
+    l2_regularization: Annotated[float, Field(ge=0)] = 0.0
+    early_stopping: bool = False
+    random_state: int = 0
+
+
+class EvaluationConfig(_Strict):
+    holdout_days: Annotated[int, Field(ge=1, le=365)] = 60
+
+
+class PromotionConfig(_Strict):
+    tolerance: Annotated[float, Field(ge=0, le=1)] = 0.02
+    min_skill: Annotated[float, Field(ge=-1, lt=1)] = 0.0
+
+
+class DriftConfig(_Strict):
+    window_days: Annotated[int, Field(ge=1, le=365)] = 14
+    bins: Annotated[int, Field(ge=2, le=100)] = 10
+    psi_threshold: Annotated[float, Field(gt=0)] = 0.25
+    share_threshold: Annotated[float, Field(gt=0, le=1)] = 0.3
+
+
+class Params(_Strict):
+    locations: Annotated[list[Location], Field(min_length=1)]
+    targets: Annotated[list[Target], Field(min_length=1)] = ["pm2_5"]
+    horizons: Annotated[list[Annotated[int, Field(ge=1, le=168)]], Field(min_length=1)] = [
+        1,
+        6,
+        12,
+        24,
+    ]
+    history_days: Annotated[int, Field(ge=0)] = 0
+    source: SourceConfig = SourceConfig()
+    features: FeatureConfig = FeatureConfig()
+    model: ModelConfig = ModelConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    drift: DriftConfig = DriftConfig()
+
+    @model_validator(mode="after")
+    def _unique(self) -> Params:
+        ids = [loc.id for loc in self.locations]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"locations: duplicate id(s) {dupes}")
+        for name, values in (("targets", self.targets), ("horizons", self.horizons)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: duplicate values in {values}")
+        return self
+
+    @property
+    def location_ids(self) -> list[str]:
+        return [loc.id for loc in self.locations]
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not a setting; check spelling)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: object, source: str = "params") -> Params:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from None
+
+
+def load_params(path: Path | str) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))
+
+
+# the pollutant list is re-exported so callers need only this module for params
+__all__ = ["ConfigError", "Params", "load_params", "parse_params", "POLLUTANTS"]

@@ -1,0 +1,1 @@
+"""Pure logic: no files, no network, no environment."""

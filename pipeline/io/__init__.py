@@ -1,0 +1,1 @@
+"""Input/output: sources, storage, registry, metrics push."""

@@ -1,0 +1,82 @@
+"""Environment settings and secrets: the only place that reads ``os.environ``.
+
+ML settings live in ``params.yaml`` (see :mod:`pipeline.config`); this object
+holds what differs between machines: endpoints, credentials, timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {key}={raw!r} is not a number") from exc
+    if value <= 0:
+        raise ValueError(f"environment variable {key}={raw!r} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    pushgateway_url: str | None = None
+    metrics_job: str = "aq_pipeline"
+    push_timeout_s: float = 2.0
+    http_timeout_s: float = 20.0
+    openweathermap_api_key: Secret = field(default_factory=lambda: Secret(""))
+    open_meteo_air_quality_url: str = "https://air-quality-api.open-meteo.com/v1/air-quality"
+    open_meteo_forecast_url: str = "https://api.open-meteo.com/v1/forecast"
+    open_meteo_archive_url: str = "https://archive-api.open-meteo.com/v1/archive"
+    openweathermap_url: str = "https://api.openweathermap.org/data/2.5/air_pollution"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        return cls(
+            pushgateway_url=env.get("AQ_PUSHGATEWAY_URL") or None,
+            metrics_job=env.get("AQ_METRICS_JOB") or defaults.metrics_job,
+            push_timeout_s=_float(env, "AQ_PUSH_TIMEOUT_S", defaults.push_timeout_s),
+            http_timeout_s=_float(env, "AQ_HTTP_TIMEOUT_S", defaults.http_timeout_s),
+            openweathermap_api_key=Secret(env.get("OPENWEATHERMAP_API_KEY", "")),
+            open_meteo_air_quality_url=env.get("AQ_OPEN_METEO_AIR_QUALITY_URL")
+            or defaults.open_meteo_air_quality_url,
+            open_meteo_forecast_url=env.get("AQ_OPEN_METEO_FORECAST_URL")
+            or defaults.open_meteo_forecast_url,
+            open_meteo_archive_url=env.get("AQ_OPEN_METEO_ARCHIVE_URL")
+            or defaults.open_meteo_archive_url,
+            openweathermap_url=env.get("AQ_OPENWEATHERMAP_URL") or defaults.openweathermap_url,
+        )

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install everything the project needs: Debian packages when missing, then the venv.
+# Idempotent; `make` calls it whenever pyproject.toml is newer than the venv stamp.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+DEBIAN_PACKAGES=(prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter)
+BINARIES=(prometheus promtool prometheus-pushgateway prometheus-alertmanager amtool prometheus-node-exporter)
+
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    echo "setup: apt-get not found; install these yourself: $*" >&2
+    return 1
+  fi
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing Debian packages: $*"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+for bin in "${BINARIES[@]}"; do command -v "$bin" >/dev/null || missing+=("$bin"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: missing binaries: ${missing[*]}"
+  apt_install "${DEBIAN_PACKAGES[@]}"
+fi
+# Installing the packages starts no daemon here; make sure none is left running on 0.0.0.0.
+for svc in prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+done
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+    apt_install python3-venv
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv
+"$VENV/bin/python" -m uv pip install --python "$VENV/bin/python" --compile-bytecode --quiet \
+  -e '.[dev,serving,airflow]'
+echo "setup: ready ($("$VENV/bin/python" --version), venv $VENV)"
