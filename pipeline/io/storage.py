@@ -8,6 +8,7 @@ never a torn one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -102,15 +103,36 @@ def _merge(existing: pd.DataFrame, incoming: pd.DataFrame) -> pd.DataFrame:
     return conform(merged[list(COLUMNS)]).sort_values(list(KEYS)).reset_index(drop=True)
 
 
+@contextlib.contextmanager
+def raw_lock(raw_dir: Path):
+    """Serialise read-merge-write of raw partitions across processes (two ingest runs at once).
+
+    The lock file sits beside data/, not in it, so it never changes the data hash.
+    """
+    lock_path = Path(raw_dir).parent.parent / ".raw.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_raw(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteReport:
     """Merge canonical, validated rows into monthly partitions; idempotent.
 
     Writing the same rows twice leaves byte-identical files; an empty frame
     writes nothing.
     """
-    report = WriteReport()
     if frame.empty:
-        return report
+        return WriteReport()
+    with raw_lock(raw_dir):
+        return _write_raw_locked(raw_dir, source, frame)
+
+
+def _write_raw_locked(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteReport:
+    report = WriteReport()
     frame = conform(frame).drop_duplicates(subset=list(KEYS), keep="last")
     months = frame["time"].dt.strftime("%Y-%m")
     for (location_id, month), part in frame.groupby([frame["location_id"], months], sort=True):
