@@ -1,0 +1,123 @@
+"""``python -m pipeline.ops start|stop|status``: the local services of ``make run``.
+
+``start`` brings up the monitoring stack (Pushgateway, Prometheus, Alertmanager,
+node exporter, the alert webhook receiver), then Airflow when
+``pipeline/ops/airflow_local.py`` exists; it is idempotent (running services
+are left alone). It writes ``.stack/env`` (``export`` lines: AQ_PUSHGATEWAY_URL,
+the AQ_*_PORT values, ...) for ``make run`` to source, and prints the URLs.
+``stop`` stops exactly what ``start`` started (the pid files in ``.stack/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import re
+import shlex
+import sys
+from dataclasses import asdict
+from types import ModuleType
+
+from pipeline.ops.ports import Ports
+from pipeline.ops.services import ServiceManager
+from pipeline.paths import ProjectPaths
+
+log = logging.getLogger("pipeline.ops")
+ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+def _airflow() -> ModuleType | None:
+    """The Airflow engineer's module, if it exists yet."""
+    try:
+        return importlib.import_module("pipeline.ops.airflow_local")
+    except ModuleNotFoundError as exc:
+        if exc.name != "pipeline.ops.airflow_local":
+            raise
+        return None
+
+
+def ports_file(paths: ProjectPaths):
+    return paths.stack_dir / "ports.json"
+
+
+def resolve_ports(paths: ProjectPaths) -> Ports:
+    """The ports of the running stack if there is one, else the configured ones."""
+    configured = Ports.from_env()
+    recorded = ports_file(paths)
+    if recorded.is_file() and any(
+        s["running"] for s in ServiceManager(paths.stack_dir).status().values()
+    ):
+        running = Ports(**json.loads(recorded.read_text()))
+        if running != configured:
+            log.warning("services already running on their recorded ports (%s): using those",
+                        recorded)
+        return running
+    return configured
+
+
+def write_env(paths: ProjectPaths, info: dict[str, str]) -> None:
+    """``.stack/env``: shell ``export`` lines for every env-like key of ``info``."""
+    lines = ["# written by `python -m pipeline.ops start`; source it to use the local stack"]
+    lines += [f"export {k}={shlex.quote(str(v))}" for k, v in info.items() if ENV_NAME.match(k)]
+    target = paths.stack_dir / "env"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(target)
+
+
+def start(paths: ProjectPaths) -> dict[str, str]:
+    from pipeline.ops import stack
+
+    paths.stack_dir.mkdir(parents=True, exist_ok=True)
+    ports = resolve_ports(paths)
+    ports_file(paths).write_text(json.dumps(asdict(ports)))
+    info: dict[str, str] = dict(ports.env())
+    info.update(stack.start(paths, ports))
+    airflow = _airflow()
+    if airflow is not None:
+        info.update({str(k): str(v) for k, v in (airflow.start(paths, ports) or {}).items()})
+    write_env(paths, info)
+    return info
+
+
+def stop(paths: ProjectPaths) -> list[str]:
+    airflow = _airflow()
+    if airflow is not None:
+        airflow.stop(paths)
+    # whatever is left (the monitoring stack and anything airflow.stop missed): only our pid files
+    return ServiceManager(paths.stack_dir).stop_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.ops", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["start", "stop", "status"])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    paths = ProjectPaths.discover()
+    if args.command == "start":
+        info = start(paths)
+        print("local services (127.0.0.1 only); `make stop` stops them:")
+        for key, value in info.items():
+            if not key.endswith("_PORT"):
+                print(f"  {key:<28} {value}")
+        print(f"  env file                     {paths.stack_dir / 'env'}")
+    elif args.command == "stop":
+        stopped = stop(paths)
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    else:
+        status = ServiceManager(paths.stack_dir).status()
+        if not status:
+            print("no local services recorded in", paths.stack_dir)
+        for name, s in status.items():
+            state = "running" if s["running"] else "stopped"
+            print(f"  {name:<16} {state:<8} pid {s['pid']:<8} log {s['log']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
