@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.schema import POLLUTANTS, WEATHER
+from pipeline.schema import POLLUTANTS, VALUE_COLUMNS, WEATHER
 
 Target = Literal["pm2_5", "pm10", "no2", "o3", "so2", "co"]
 
@@ -72,6 +72,9 @@ class OpenMeteoSource(_Strict):
     requests_per_second: Annotated[float, Field(gt=0, le=100)] = 5.0
     max_retries: Annotated[int, Field(ge=0, le=10)] = 4
     backoff_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+    max_backoff_s: Annotated[float, Field(ge=0, le=600)] = 30.0
+    # a 429 asking to wait longer than this (e.g. a daily quota) fails the run instead
+    max_retry_after_s: Annotated[float, Field(ge=0, le=3600)] = 120.0
 
 
 class OpenWeatherMapSource(_Strict):
@@ -80,20 +83,62 @@ class OpenWeatherMapSource(_Strict):
     requests_per_second: Annotated[float, Field(gt=0, le=100)] = 1.0
     max_retries: Annotated[int, Field(ge=0, le=10)] = 4
     backoff_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+    max_backoff_s: Annotated[float, Field(ge=0, le=600)] = 30.0
+    max_retry_after_s: Annotated[float, Field(ge=0, le=3600)] = 120.0
+    max_days_per_request: Annotated[int, Field(ge=1, le=366)] = 30
     weather_from_open_meteo: bool = True
 
 
+def _check_variables(names, where: str) -> None:
+    unknown = sorted(set(names) - set(VALUE_COLUMNS))
+    if unknown:
+        raise ValueError(f"{where}: unknown variable(s) {unknown}; known: {list(VALUE_COLUMNS)}")
+
+
 class CsvColumnMap(_Strict):
+    """How a file's columns map to the canonical schema.
+
+    Wide files have one column per variable (``columns``); long files, such as
+    OpenAQ exports, have one row per time and variable (``parameter``, ``value``
+    and optionally a per-row ``unit`` column).
+    """
+
     time: str = "time"
-    location: str | None = None
-    columns: dict[str, str] = {}
-    units: dict[str, str] = {}
+    location: str | None = None  # column naming the station; else CsvSource.location_id
+    location_values: dict[str, str] = {}  # station value in the file -> location id
+    columns: dict[str, str] = {}  # canonical variable -> file column (wide layout)
+    units: dict[str, str] = {}  # canonical variable -> unit of the file's values
+    parameter: str | None = None  # long layout: column naming the variable
+    value: str | None = None  # long layout: column holding the value
+    unit: str | None = None  # long layout: column holding each row's unit
+    parameters: dict[str, str] = {}  # long layout: file parameter name -> canonical variable
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CsvColumnMap:
+        _check_variables(self.columns, "mapping.columns")
+        _check_variables(self.units, "mapping.units")
+        _check_variables(self.parameters.values(), "mapping.parameters")
+        from pipeline.io.sources.units import UnitError, check_unit
+
+        for variable, unit in self.units.items():
+            try:
+                check_unit(variable, unit)
+            except UnitError as exc:
+                raise ValueError(f"mapping.units: {exc}") from None
+        if (self.parameter is None) != (self.value is None):
+            raise ValueError("mapping.parameter and mapping.value go together (long layout)")
+        if self.parameter is not None and self.columns:
+            raise ValueError("mapping.columns (wide layout) and mapping.parameter (long layout) "
+                             "exclude each other")
+        return self
 
 
 class CsvSource(_Strict):
-    path: str = ""
-    time_zone: str = "UTC"
-    location_id: str | None = None
+    path: str = ""  # a .csv, .csv.gz or .parquet file, or a glob of them; relative to the project
+    time_zone: str = "UTC"  # zone of naive times in the file (times with an offset keep theirs)
+    time_format: str | None = None  # strftime format of the time column; None = ISO-like
+    separator: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    location_id: str | None = None  # for single-location files without a location column
     mapping: CsvColumnMap = CsvColumnMap()
 
     @field_validator("time_zone")
@@ -207,7 +252,8 @@ def _format_error(exc: ValidationError, source: str) -> str:
 
 def parse_params(raw: object, source: str = "params") -> Params:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        kind = type(raw).__name__
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {kind}")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

@@ -58,7 +58,7 @@ class SchemaError(ValueError):
 def empty_frame() -> pd.DataFrame:
     frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in VALUE_COLUMNS})
     frame.insert(0, "time", pd.Series(dtype=TIME_DTYPE))
-    frame.insert(0, "location_id", pd.Series(dtype="object"))
+    frame.insert(0, "location_id", pd.Series(dtype=str))
     return frame
 
 
@@ -75,7 +75,8 @@ def conform(frame: pd.DataFrame) -> pd.DataFrame:
     if unknown:
         raise SchemaError(f"unknown column(s) {unknown}; canonical columns are {list(COLUMNS)}")
     out = pd.DataFrame(index=frame.index)
-    out["location_id"] = frame["location_id"].astype("object")
+    # the default string dtype of the installed pandas (object in 2.x, str in 3.x)
+    out["location_id"] = frame["location_id"].astype(str)
     time = frame["time"]
     if not isinstance(time.dtype, pd.DatetimeTZDtype):
         raise SchemaError(f"column 'time' must be timezone-aware UTC, got dtype {time.dtype}")

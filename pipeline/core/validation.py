@@ -31,7 +31,9 @@ def _schema(known_locations: Iterable[str] | None) -> pa.DataFrameSchema:
         var = VARIABLES[name]
         columns[name] = pa.Column(
             float,
-            pa.Check.in_range(var.low, var.high, error=f"outside [{var.low:g}, {var.high:g}] {var.unit}"),
+            pa.Check.in_range(
+                var.low, var.high, error=f"outside [{var.low:g}, {var.high:g}] {var.unit}"
+            ),
             nullable=True,
         )
     return pa.DataFrameSchema(columns, strict=True, ordered=False)
@@ -83,7 +85,8 @@ def validate(frame: pd.DataFrame, known_locations: Iterable[str] | None = None) 
         frame_level = cases[cases["index"].isna()]
         if len(frame_level):
             # dtype or column problems that conform() should have prevented
-            raise ValueError(f"frame fails the canonical schema: {frame_level.to_dict('records')}")
+            records = frame_level.to_dict("records")
+            raise ValueError(f"frame fails the canonical schema: {records}") from None
 
     exact_dupes = frame.duplicated(keep="first")
     collapsed = int(exact_dupes.sum())

@@ -123,8 +123,9 @@ class StepRun:
         if name not in self._gauges:
             spec = CATALOGUE[name]
             if spec.kind == "info":
+                # an info metric's labels are its values, set by info(), not label names
                 self._gauges[name] = Info(
-                    name.removesuffix("_info"), spec.help, spec.labels, registry=self.registry
+                    name.removesuffix("_info"), spec.help, registry=self.registry
                 )
             else:
                 self._gauges[name] = Gauge(name, spec.help, spec.labels, registry=self.registry)

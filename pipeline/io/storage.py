@@ -169,6 +169,15 @@ def raw_files(raw_dir: Path, source: str, locations: Iterable[str] | None = None
     return files
 
 
+def newest_observation(raw_dir: Path, source: str, location_id: str) -> pd.Timestamp | None:
+    """Newest stored hour for a location, read from its latest partition only."""
+    files = raw_files(raw_dir, source, [location_id])
+    if not files:
+        return None
+    times = pq.read_table(files[-1], columns=["time"]).column("time").to_pandas()
+    return None if times.empty else pd.Timestamp(times.max()).tz_convert("UTC")
+
+
 def read_raw(
     raw_dir: Path,
     source: str,
@@ -198,7 +207,9 @@ def read_raw(
     return frame.sort_values(list(KEYS)).reset_index(drop=True)
 
 
-def append_quarantine(quarantine_dir: Path, source: str, rows: pd.DataFrame, run_id: str) -> Path | None:
+def append_quarantine(
+    quarantine_dir: Path, source: str, rows: pd.DataFrame, run_id: str
+) -> Path | None:
     """Keep refused rows with their reasons, one file per run (never overwritten by another run)."""
     if rows.empty:
         return None

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from pipeline.context import Context
 from pipeline.core.quality import IngestQuality, freshness_lag, null_fraction, rows_per_location
@@ -20,7 +19,7 @@ from pipeline.core.validation import validate
 from pipeline.errors import IngestError
 from pipeline.io.metrics import StepRun
 from pipeline.io.sources import FetchResult, SourceStats, make_source
-from pipeline.io.storage import WriteReport, append_quarantine, raw_files, write_raw
+from pipeline.io.storage import WriteReport, append_quarantine, newest_observation, write_raw
 from pipeline.timeutil import floor_hour, now_utc, utc
 
 log = logging.getLogger(__name__)
@@ -38,15 +37,6 @@ class IngestReport:
     @property
     def ok(self) -> bool:
         return not self.quality.failures
-
-
-def newest_observation(raw_dir, source: str, location_id: str) -> pd.Timestamp | None:
-    """Newest stored hour for a location, read from its latest partition only."""
-    files = raw_files(raw_dir, source, [location_id])
-    if not files:
-        return None
-    times = pq.read_table(files[-1], columns=["time"]).column("time").to_pandas()
-    return None if times.empty else pd.Timestamp(times.max()).tz_convert("UTC")
 
 
 def resolve_window(ctx: Context, start, end) -> tuple[pd.Timestamp, pd.Timestamp]:

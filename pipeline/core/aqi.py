@@ -1,0 +1,71 @@
+"""US EPA Air Quality Index from concentrations in the canonical units (ug/m3).
+
+Breakpoints: EPA Technical Assistance Document (2024 PM2.5 update). EPA defines
+O3 on 8-hour and CO on 8-hour averages; for hourly forecasts the 8-hour table
+is applied to the hourly value, a documented approximation (docs/data.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.schema import ugm3_to_ppb
+
+CATEGORIES = (
+    "good",
+    "moderate",
+    "unhealthy_for_sensitive_groups",
+    "unhealthy",
+    "very_unhealthy",
+    "hazardous",
+)
+_AQI_LOW = np.array([0, 51, 101, 151, 201, 301], dtype=float)
+_AQI_HIGH = np.array([50, 100, 150, 200, 300, 500], dtype=float)
+
+# (lower breakpoints, upper breakpoints) in the pollutant's EPA unit
+_BREAKPOINTS = {
+    "pm2_5": ([0.0, 9.1, 35.5, 55.5, 125.5, 225.5], [9.0, 35.4, 55.4, 125.4, 225.4, 325.4]),
+    "pm10": ([0, 55, 155, 255, 355, 425], [54, 154, 254, 354, 424, 604]),
+    "no2": ([0, 54, 101, 361, 650, 1250], [53, 100, 360, 649, 1249, 2049]),  # ppb
+    "o3": ([0, 55, 71, 86, 106, 201], [54, 70, 85, 105, 200, 604]),  # ppb
+    "so2": ([0, 36, 76, 186, 305, 605], [35, 75, 185, 304, 604, 1004]),  # ppb
+    "co": ([0.0, 4.5, 9.5, 12.5, 15.5, 30.5], [4.4, 9.4, 12.4, 15.4, 30.4, 50.4]),  # ppm
+}
+
+
+def _epa_units(pollutant: str, values: np.ndarray) -> np.ndarray:
+    if pollutant in ("no2", "o3", "so2"):
+        return ugm3_to_ppb(values, pollutant)
+    if pollutant == "co":
+        return ugm3_to_ppb(values, "co") / 1000.0
+    return values
+
+
+def aqi(pollutant: str, values) -> np.ndarray:
+    """US AQI (0-500, NaN for NaN input) of concentrations in ug/m3."""
+    if pollutant not in _BREAKPOINTS:
+        raise ValueError(f"no AQI breakpoints for {pollutant!r}")
+    conc = np.clip(_epa_units(pollutant, np.asarray(values, dtype=float)), 0, None)
+    lows, highs = (np.asarray(b, dtype=float) for b in _BREAKPOINTS[pollutant])
+    # truncate like EPA (to the breakpoint table's precision) by searching upper bounds
+    idx = np.searchsorted(highs, conc, side="left")
+    idx = np.minimum(idx, len(highs) - 1)
+    c_lo, c_hi = lows[idx], highs[idx]
+    i_lo, i_hi = _AQI_LOW[idx], _AQI_HIGH[idx]
+    conc = np.minimum(conc, c_hi)
+    value = (i_hi - i_lo) / (c_hi - c_lo) * (np.maximum(conc, c_lo) - c_lo) + i_lo
+    return np.where(np.isnan(conc), np.nan, np.round(value))
+
+
+def category_index(pollutant: str, values) -> np.ndarray:
+    """0 (good) .. 5 (hazardous); -1 for NaN."""
+    index = aqi(pollutant, values)
+    cats = np.searchsorted(_AQI_HIGH, index, side="left").astype(float)
+    return np.where(np.isnan(index), -1, np.minimum(cats, 5)).astype(int)
+
+
+def category(pollutant: str, values) -> pd.Series:
+    idx = category_index(pollutant, values)
+    names = np.array([*CATEGORIES, "unknown"], dtype=object)
+    return pd.Series(names[idx], dtype="object")

@@ -1,0 +1,76 @@
+"""Glue shared by several steps: reading validated raw data and building features."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from pipeline.context import Context
+from pipeline.core.features import FeatureSpec, build_features, location_codes
+from pipeline.core.validation import ValidationResult, validate
+from pipeline.errors import MissingInputError
+from pipeline.io.storage import newest_observation, raw_files, read_raw
+
+
+def feature_spec(ctx: Context) -> FeatureSpec:
+    p = ctx.params
+    return FeatureSpec(tuple(p.targets), tuple(p.horizons), p.features)
+
+
+def timezones(ctx: Context) -> dict[str, str]:
+    return {loc.id: loc.timezone for loc in ctx.params.locations}
+
+
+def load_validated_raw(ctx: Context, start: pd.Timestamp | None = None) -> ValidationResult:
+    """Stored rows of the configured source, re-validated (nothing is trusted blindly)."""
+    source = ctx.params.source.kind
+    raw = read_raw(ctx.paths.raw_dir, source, ctx.params.location_ids, start=start)
+    if raw.empty:
+        raise MissingInputError(
+            f"no raw data for source {source!r} in {ctx.paths.raw_dir}: "
+            "run `python -m pipeline ingest` first"
+        )
+    return validate(raw, known_locations=ctx.params.location_ids)
+
+
+def features_from_raw(ctx: Context, valid: pd.DataFrame, codes: dict[str, int] | None = None,
+                      with_labels: bool = True) -> pd.DataFrame:
+    codes = codes or location_codes(ctx.params.location_ids)
+    return build_features(valid, feature_spec(ctx), timezones(ctx), codes, with_labels)
+
+
+def data_version(ctx: Context) -> dict[str, str | None]:
+    """The DVC hash of data/ (from data.dvc) and a content hash of the files actually read."""
+    dvc_md5 = None
+    dvc_file = ctx.paths.root / "data.dvc"
+    if dvc_file.exists():
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+        dvc_md5 = outs[0].get("md5")
+    digest = hashlib.sha256()
+    for path in raw_files(ctx.paths.raw_dir, ctx.params.source.kind, ctx.params.location_ids):
+        digest.update(str(Path(path).relative_to(ctx.paths.raw_dir)).encode())
+        digest.update(hashlib.md5(Path(path).read_bytes()).digest())
+    return {"dvc_md5": dvc_md5, "raw_content_sha256": digest.hexdigest()}
+
+
+def require(path: Path, produced_by: str) -> Path:
+    if not Path(path).exists():
+        raise MissingInputError(f"{path} not found: run `python -m pipeline {produced_by}` first")
+    return path
+
+
+def recent_window_start(
+    ctx: Context, spec: FeatureSpec, extra_hours: int = 48
+) -> pd.Timestamp | None:
+    """Start of the raw window that covers every location's latest features."""
+    newest = [
+        newest_observation(ctx.paths.raw_dir, ctx.params.source.kind, loc)
+        for loc in ctx.params.location_ids
+    ]
+    newest = [t for t in newest if t is not None]
+    if not newest:
+        return None
+    return min(newest) - pd.Timedelta(hours=spec.warmup_hours + extra_hours)

@@ -1,0 +1,46 @@
+"""Feature drift: PSI of the recent window against the champion's training reference."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from pipeline.context import Context
+from pipeline.core.drift import drift_report
+from pipeline.io.registry import Registry
+from pipeline.io.storage import atomic_write_json
+from pipeline.steps.common import (
+    feature_spec,
+    features_from_raw,
+    load_validated_raw,
+    recent_window_start,
+)
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: Context) -> dict:
+    with ctx.reporter.step("drift") as metrics:
+        bundle = Registry(ctx.paths).load_champion()
+        spec = feature_spec(ctx)
+        window = pd.Timedelta(days=ctx.params.drift.window_days)
+        start = recent_window_start(ctx, spec, extra_hours=int(window.total_seconds() // 3600))
+        valid = load_validated_raw(ctx, start=start).valid
+        features = features_from_raw(ctx, valid, bundle.metadata["location_codes"],
+                                     with_labels=False)
+        recent = features[features["time"] > features["time"].max() - window]
+        cfg = ctx.params.drift
+        report = drift_report(bundle.metadata["reference"], recent, cfg.psi_threshold,
+                              cfg.share_threshold)
+        report["model_version"] = bundle.metadata["version"]
+        atomic_write_json(ctx.paths.drift_report, report)
+        for feature, value in report["psi"].items():
+            if pd.notna(value):
+                metrics.set("aq_drift_psi", value, feature=feature)
+        metrics.set("aq_drift_share", report["share"])
+        metrics.set("aq_drift_detected", 1 if report["detected"] else 0)
+        metrics.rows(rows_in=len(recent), rows_out=len(report["psi"]))
+        log.info("drift: %.0f%% of features drifted (%s)", 100 * report["share"],
+                 ", ".join(report["drifted_features"][:8]) or "none")
+    return report
