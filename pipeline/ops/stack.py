@@ -1,0 +1,261 @@
+"""The local monitoring stack without Docker: Debian binaries on 127.0.0.1.
+
+Pushgateway, Prometheus, Alertmanager, node exporter and the alert webhook
+receiver, each a service of :class:`~pipeline.ops.services.ServiceManager`
+with its state under ``.stack/``. The committed configs in ``prometheus/`` are
+rendered into ``.stack/`` with the addresses of :class:`~pipeline.ops.ports.Ports`
+(equal to the committed ones on the default ports); ``fast=True`` (tests) also
+shortens scrape, evaluation and notification intervals.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from pipeline.ops.ports import Ports
+from pipeline.ops.services import ServiceManager
+from pipeline.paths import PACKAGE_ROOT, ProjectPaths
+
+log = logging.getLogger(__name__)
+
+# Prometheus scrape job -> the Ports field it scrapes (the committed prometheus.yml's jobs)
+SCRAPE_JOBS = {
+    "pushgateway": "pushgateway",
+    "prometheus": "prometheus",
+    "alertmanager": "alertmanager",
+    "node": "node_exporter",
+    "serving": "serving",
+}
+# service name -> (Ports field, readiness path)
+SERVICES = {
+    "webhook": ("webhook", "/healthz"),
+    "alertmanager": ("alertmanager", "/-/ready"),
+    "pushgateway": ("pushgateway", "/-/ready"),
+    "node_exporter": ("node_exporter", "/metrics"),
+    "prometheus": ("prometheus", "/-/ready"),
+}
+BINARIES = {
+    "prometheus": "prometheus",
+    "pushgateway": "prometheus-pushgateway",
+    "alertmanager": "prometheus-alertmanager",
+    "node_exporter": "prometheus-node-exporter",
+}
+FAST_INTERVALS = {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"}
+FAST_ROUTE = {"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m"}
+
+
+class StackError(RuntimeError):
+    """The stack cannot start: a binary or config is missing, or a service did not come up."""
+
+
+def config_dir(paths: ProjectPaths) -> Path:
+    """``prometheus/`` of the project, else of the checkout this code lives in."""
+    for candidate in (paths.root / "prometheus", PACKAGE_ROOT / "prometheus"):
+        if (candidate / "prometheus.yml").is_file():
+            return candidate
+    raise StackError(f"no prometheus/prometheus.yml in {paths.root} or {PACKAGE_ROOT}")
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """Where the stack keeps its runtime state (all under ``.stack/``)."""
+
+    state: Path
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.state / "prometheus"
+
+    @property
+    def prometheus_config(self) -> Path:
+        return self.prometheus_dir / "prometheus.yml"
+
+    @property
+    def prometheus_data(self) -> Path:
+        return self.prometheus_dir / "data"
+
+    @property
+    def alertmanager_dir(self) -> Path:
+        return self.state / "alertmanager"
+
+    @property
+    def alertmanager_config(self) -> Path:
+        return self.alertmanager_dir / "alertmanager.yml"
+
+    @property
+    def pushgateway_persistence(self) -> Path:
+        return self.state / "pushgateway" / "metrics.store"
+
+    @property
+    def alerts_log(self) -> Path:
+        return self.state / "alerts.jsonl"
+
+
+def _with_address(url: str, address: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=address))
+
+
+def render_prometheus(source: dict, ports: Ports, fast: bool = False) -> dict:
+    """The committed prometheus.yml with every address taken from ``ports``."""
+    cfg = copy.deepcopy(source)
+    for job in cfg.get("scrape_configs", []):
+        name = job["job_name"]
+        if name not in SCRAPE_JOBS:
+            raise StackError(f"scrape job {name!r} has no port in pipeline/ops/stack.py")
+        for static in job.get("static_configs", []):
+            static["targets"] = [ports.address(SCRAPE_JOBS[name]) for _ in static["targets"]]
+        if fast:
+            job.pop("scrape_interval", None)
+            job.pop("scrape_timeout", None)
+    for am in cfg.get("alerting", {}).get("alertmanagers", []):
+        for static in am.get("static_configs", []):
+            static["targets"] = [ports.address("alertmanager") for _ in static["targets"]]
+    if fast:
+        cfg.setdefault("global", {}).update(FAST_INTERVALS)
+    return cfg
+
+
+def render_alertmanager(source: dict, ports: Ports, fast: bool = False) -> dict:
+    """The committed alertmanager.yml with the webhook receiver on ``ports.webhook``."""
+    cfg = copy.deepcopy(source)
+    for receiver in cfg.get("receivers", []):
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = _with_address(hook["url"], ports.address("webhook"))
+    if fast:
+        todo = [cfg["route"]]
+        while todo:
+            route = todo.pop()
+            for key, value in FAST_ROUTE.items():
+                if key in route or route is cfg["route"]:
+                    route[key] = value
+            todo.extend(route.get("routes", []))
+    return cfg
+
+
+def write_configs(paths: ProjectPaths, ports: Ports, fast: bool = False,
+                  configs: Path | None = None) -> StackLayout:
+    configs = configs or config_dir(paths)
+    layout = StackLayout(paths.stack_dir)
+    layout.prometheus_dir.mkdir(parents=True, exist_ok=True)
+    layout.alertmanager_dir.mkdir(parents=True, exist_ok=True)
+    layout.pushgateway_persistence.parent.mkdir(parents=True, exist_ok=True)
+    prom = render_prometheus(yaml.safe_load((configs / "prometheus.yml").read_text()), ports, fast)
+    _write_yaml(layout.prometheus_config, prom)
+    rules_link = layout.prometheus_dir / "rules"
+    if rules_link.is_symlink() or rules_link.exists():
+        if rules_link.is_symlink() or rules_link.is_file():
+            rules_link.unlink()
+        else:
+            shutil.rmtree(rules_link)
+    rules_link.symlink_to((configs / "rules").resolve(), target_is_directory=True)
+    am = render_alertmanager(
+        yaml.safe_load((configs / "alertmanager.yml").read_text()), ports, fast
+    )
+    _write_yaml(layout.alertmanager_config, am)
+    return layout
+
+
+def _write_yaml(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    header = "# rendered by pipeline/ops/stack.py from prometheus/; edit those, not this copy\n"
+    tmp.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(BINARIES[name])
+    if not found:
+        raise StackError(
+            f"{BINARIES[name]} not found: run `make setup` (scripts/setup.sh installs the "
+            "Debian packages prometheus, prometheus-pushgateway, prometheus-alertmanager, "
+            "prometheus-node-exporter)"
+        )
+    return found
+
+
+def commands(layout: StackLayout, ports: Ports, fast: bool = False) -> dict[str, list[str]]:
+    """The command line of every service, bound to 127.0.0.1."""
+    return {
+        "webhook": [sys.executable, "-m", "pipeline.ops.webhook", "--port", str(ports.webhook),
+                    "--out", str(layout.alerts_log)],
+        "alertmanager": [
+            _binary("alertmanager"),
+            f"--config.file={layout.alertmanager_config}",
+            f"--storage.path={layout.alertmanager_dir / 'data'}",
+            f"--web.listen-address={ports.address('alertmanager')}",
+            "--cluster.listen-address=",  # no gossip port on 0.0.0.0
+        ],
+        "pushgateway": [
+            _binary("pushgateway"),
+            f"--web.listen-address={ports.address('pushgateway')}",
+            f"--persistence.file={layout.pushgateway_persistence}",
+            "--persistence.interval=1m",
+        ],
+        "node_exporter": [
+            _binary("node_exporter"),
+            f"--web.listen-address={ports.address('node_exporter')}",
+        ],
+        "prometheus": [
+            _binary("prometheus"),
+            f"--config.file={layout.prometheus_config}",
+            f"--storage.tsdb.path={layout.prometheus_data}",
+            f"--web.listen-address={ports.address('prometheus')}",
+            "--storage.tsdb.retention.time=15d",
+            *(["--rules.alert.resend-delay=1s"] if fast else []),
+        ],
+    }
+
+
+def urls(ports: Ports) -> dict[str, str]:
+    """What ``make run`` prints and exports (.stack/env)."""
+    return {
+        "AQ_PUSHGATEWAY_URL": ports.url("pushgateway"),
+        "AQ_PROMETHEUS_URL": ports.url("prometheus"),
+        "AQ_ALERTMANAGER_URL": ports.url("alertmanager"),
+        "AQ_NODE_EXPORTER_URL": ports.url("node_exporter"),
+        "AQ_ALERT_WEBHOOK_URL": ports.url("webhook"),
+    }
+
+
+def start(paths: ProjectPaths, ports: Ports, *, fast: bool = False,
+          configs: Path | None = None, timeout: float = 60.0) -> dict[str, str]:
+    """Start every stack service that is not already running; wait until each answers."""
+    layout = write_configs(paths, ports, fast=fast, configs=configs)
+    manager = ServiceManager(paths.stack_dir)
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
+    started = []
+    try:
+        for name, cmd in commands(layout, ports, fast).items():
+            port_name, ready_path = SERVICES[name]
+            if not manager.is_running(name):
+                manager.start(name, cmd, env=env, cwd=paths.stack_dir)
+                started.append(name)
+            manager.wait_for_http(ports.url(port_name) + ready_path, timeout=timeout, name=name)
+    except Exception:
+        for name in reversed(started):  # leave nothing half-started behind
+            manager.stop(name)
+        raise
+    info = urls(ports)
+    info["AQ_ALERTS_LOG"] = str(layout.alerts_log)
+    return info
+
+
+def stop(paths: ProjectPaths) -> list[str]:
+    manager = ServiceManager(paths.stack_dir)
+    return [name for name in reversed(list(SERVICES)) if manager.stop(name)]
+
+
+def _pythonpath() -> str:
+    """Make ``python -m pipeline.ops.webhook`` import this very package."""
+    current = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(p for p in (str(PACKAGE_ROOT), current) if p)
