@@ -34,6 +34,10 @@ _BREAKPOINTS = {
 }
 
 
+# EPA truncates concentrations before the lookup: PM2.5 and CO to 0.1, the rest to integers
+_DECIMALS = {"pm2_5": 1, "pm10": 0, "no2": 0, "o3": 0, "so2": 0, "co": 1}
+
+
 def _epa_units(pollutant: str, values: np.ndarray) -> np.ndarray:
     if pollutant in ("no2", "o3", "so2"):
         return ugm3_to_ppb(values, pollutant)
@@ -47,15 +51,16 @@ def aqi(pollutant: str, values) -> np.ndarray:
     if pollutant not in _BREAKPOINTS:
         raise ValueError(f"no AQI breakpoints for {pollutant!r}")
     conc = np.clip(_epa_units(pollutant, np.asarray(values, dtype=float)), 0, None)
+    scale = 10.0 ** _DECIMALS[pollutant]
+    conc = np.floor(conc * scale + 1e-6) / scale
     lows, highs = (np.asarray(b, dtype=float) for b in _BREAKPOINTS[pollutant])
-    # truncate like EPA (to the breakpoint table's precision) by searching upper bounds
     idx = np.searchsorted(highs, conc, side="left")
     idx = np.minimum(idx, len(highs) - 1)
     c_lo, c_hi = lows[idx], highs[idx]
     i_lo, i_hi = _AQI_LOW[idx], _AQI_HIGH[idx]
     conc = np.minimum(conc, c_hi)
-    value = (i_hi - i_lo) / (c_hi - c_lo) * (np.maximum(conc, c_lo) - c_lo) + i_lo
-    return np.where(np.isnan(conc), np.nan, np.round(value))
+    value = (i_hi - i_lo) / (c_hi - c_lo) * (conc - c_lo) + i_lo
+    return np.where(np.isnan(conc), np.nan, np.floor(value + 0.5))
 
 
 def category_index(pollutant: str, values) -> np.ndarray:

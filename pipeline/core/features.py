@@ -71,8 +71,8 @@ def _calendar(times: pd.Series, location_ids: pd.Series,
         if mask.any():
             local = times[mask].dt.tz_convert(tz)
             local_hour[mask] = local.dt.hour.to_numpy()
-            local_dow[mask] = local.dt.dayofweek.to_numpy()
-    doy = times.dt.dayofyear.to_numpy()
+            local_dow[mask] = local.dt.day_of_week.to_numpy()
+    doy = times.dt.day_of_year.to_numpy()
     return pd.DataFrame(
         {
             "hour_sin": np.sin(2 * np.pi * local_hour / 24),

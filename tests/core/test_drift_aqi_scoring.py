@@ -1,0 +1,49 @@
+"""PSI, US AQI and scores on known values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.core.aqi import aqi, category
+from pipeline.core.drift import drift_report, psi, reference_distribution
+from pipeline.core.scoring import score, skill
+from pipeline.schema import ppb_to_ugm3
+
+
+def test_psi_is_small_for_same_distribution_and_large_for_a_shift():
+    rng = np.random.default_rng(1)
+    train = pd.DataFrame({"pm2_5": rng.gamma(2, 10, 20_000), "hour_sin": rng.normal(size=20_000)})
+    ref = reference_distribution(train, ["pm2_5", "hour_sin"], bins=10)
+    assert "hour_sin" not in ref  # calendar features are not monitored
+    assert psi(ref["pm2_5"], rng.gamma(2, 10, 5_000)) < 0.02
+    assert psi(ref["pm2_5"], rng.gamma(2, 10, 5_000) * 1.8) > 0.25
+    report = drift_report(ref, pd.DataFrame({"pm2_5": rng.gamma(2, 10, 500) * 2}), 0.25, 0.3)
+    assert report["detected"] and report["drifted_features"] == ["pm2_5"]
+
+
+@pytest.mark.parametrize(
+    ("pollutant", "value", "expected_aqi", "expected_category"),
+    [
+        ("pm2_5", 5.0, 28, "good"),
+        ("pm2_5", 35.4, 100, "moderate"),
+        ("pm2_5", 55.5, 151, "unhealthy"),
+        ("pm2_5", 150.0, 225, "very_unhealthy"),
+        ("pm10", 100.0, 73, "moderate"),
+        ("no2", float(ppb_to_ugm3(100.0, "no2")), 100, "moderate"),
+        ("o3", float(ppb_to_ugm3(80.0, "o3")), 133, "unhealthy_for_sensitive_groups"),
+    ],
+)
+def test_us_aqi_breakpoints(pollutant, value, expected_aqi, expected_category):
+    assert aqi(pollutant, [value])[0] == expected_aqi
+    assert category(pollutant, [value]).iloc[0] == expected_category
+
+
+def test_scores_against_persistence():
+    truth = np.array([10.0, 20.0, 30.0, 40.0])
+    s = score("pm2_5", truth, truth + 1, truth + 4, truth + 2)
+    assert s["mae"] == 1.0 and s["persistence_mae"] == 4.0
+    assert s["skill"] == pytest.approx(0.75)
+    assert s["skill_vs_seasonal"] == pytest.approx(0.5)
+    assert skill(5.0, 4.0) < 0

@@ -1,0 +1,117 @@
+"""Raw storage: atomic writes, idempotent merges, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.io import storage
+from pipeline.io.storage import atomic_write_bytes, read_raw, write_raw
+
+
+def rows(start: str, hours: int, loc: str = "a", pm: float | None = None) -> pd.DataFrame:
+    times = pd.date_range(start, periods=hours, freq="h", tz="UTC")
+    values = np.arange(hours, dtype=float) if pm is None else np.full(hours, pm)
+    return pd.DataFrame({"location_id": loc, "time": times, "pm2_5": values,
+                         "temperature_2m": 10.0})
+
+
+def snapshot(root) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
+
+
+def test_ingesting_the_same_interval_twice_gives_the_same_files(tmp_path):
+    raw_dir = tmp_path / "data" / "raw"
+    first = write_raw(raw_dir, "s", rows("2025-01-30", 72))
+    before = snapshot(raw_dir)
+    second = write_raw(raw_dir, "s", rows("2025-01-30", 72))
+    assert snapshot(raw_dir) == before
+    assert len(first.written) == 2  # January and February partitions
+    assert second.written == [] and len(second.unchanged) == 2
+    assert sorted(str(p.relative_to(raw_dir)) for p in first.written) == [
+        "source=s/location=a/month=2025-01.parquet",
+        "source=s/location=a/month=2025-02.parquet",
+    ]
+
+
+def test_overlapping_windows_merge_without_duplicates(tmp_path):
+    raw_dir = tmp_path / "raw"
+    write_raw(raw_dir, "s", rows("2025-01-01", 48))
+    report = write_raw(raw_dir, "s", rows("2025-01-02", 48))  # 24 h overlap
+    stored = read_raw(raw_dir, "s")
+    assert len(stored) == 72
+    assert not stored.duplicated(["location_id", "time"]).any()
+    assert report.rows_new == 24 and report.rows_updated == 24
+
+
+def test_missing_values_never_erase_stored_ones(tmp_path):
+    raw_dir = tmp_path / "raw"
+    write_raw(raw_dir, "s", rows("2025-01-01", 24, pm=7.0))
+    gap = rows("2025-01-01", 24)
+    gap["pm2_5"] = np.nan
+    gap["temperature_2m"] = 11.0
+    write_raw(raw_dir, "s", gap)
+    stored = read_raw(raw_dir, "s")
+    assert (stored["pm2_5"] == 7.0).all()
+    assert (stored["temperature_2m"] == 11.0).all()  # present new values do update
+
+
+def test_empty_frame_writes_nothing(tmp_path):
+    report = write_raw(tmp_path / "raw", "s", rows("2025-01-01", 0))
+    assert report.files == [] and not (tmp_path / "raw").exists()
+
+
+def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    atomic_write_bytes(target, b"old contents")
+
+    def crash(fd):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(storage.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write_bytes(target, b"new" * 1000)
+    assert target.read_bytes() == b"old contents"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temp file left behind
+
+
+def test_killed_writer_leaves_previous_file_intact(tmp_path):
+    """A process killed in the middle of writing a large file leaves the old one readable."""
+    raw_dir = tmp_path / "raw"
+    write_raw(raw_dir, "s", rows("2025-01-01", 24, pm=1.0))
+    path = next(raw_dir.rglob("*.parquet"))
+    before = path.read_bytes()
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pipeline.io import storage
+        real_write = os.fdopen
+        class Slow:
+            def __init__(self, f): self.f = f
+            def __enter__(self): return self
+            def __exit__(self, *a): return False
+            def write(self, data):
+                self.f.write(data[: len(data) // 2]); self.f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+        storage.os.fdopen = lambda fd, mode: Slow(real_write(fd, mode))
+        storage.atomic_write_bytes({str(path)!r}, b"x" * 10_000_000)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), timeout=60)
+    assert proc.returncode == -9
+    assert path.read_bytes() == before
+    assert read_raw(raw_dir, "s")["pm2_5"].tolist() == [1.0] * 24
+
+
+def test_read_raw_filters_window_and_locations(tmp_path):
+    raw_dir = tmp_path / "raw"
+    write_raw(raw_dir, "s", pd.concat([rows("2025-01-01", 24 * 40), rows("2025-01-01", 24, "b")]))
+    part = read_raw(raw_dir, "s", locations=["a"], start=pd.Timestamp("2025-02-01", tz="UTC"),
+                    end=pd.Timestamp("2025-02-02", tz="UTC"))
+    assert len(part) == 24 and set(part["location_id"]) == {"a"}

@@ -1,0 +1,31 @@
+"""Environment settings: secrets never show, bad numbers are named."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from pipeline.settings import Secret, Settings
+
+
+def test_secret_is_redacted_everywhere(caplog):
+    settings = Settings.from_env({"OPENWEATHERMAP_API_KEY": "abc123secret"})
+    assert settings.openweathermap_api_key.reveal() == "abc123secret"
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("t").info("settings: %s %r", settings, settings)
+    assert "abc123secret" not in caplog.text
+    assert "abc123secret" not in repr(settings) + str(settings.openweathermap_api_key)
+    assert not Secret("")
+
+
+def test_env_overrides_and_defaults():
+    settings = Settings.from_env({"AQ_PUSHGATEWAY_URL": "http://127.0.0.1:1", "AQ_HTTP_TIMEOUT_S": "3"})
+    assert settings.pushgateway_url == "http://127.0.0.1:1"
+    assert settings.http_timeout_s == 3.0
+    assert Settings.from_env({}).pushgateway_url is None
+
+
+def test_bad_number_names_the_variable():
+    with pytest.raises(ValueError, match="AQ_HTTP_TIMEOUT_S"):
+        Settings.from_env({"AQ_HTTP_TIMEOUT_S": "soon"})
