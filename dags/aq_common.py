@@ -1,0 +1,168 @@
+"""What the three DAGs share: task defaults, the raw-data Asset, the DVC runner, callbacks.
+
+Imported by the DAG files at parse time, so only the standard library and
+``airflow.sdk`` are imported at module level; the project's code (pandas,
+scikit-learn, DVC) is imported inside the functions tasks call. Environment
+knobs are read here once per parse, cheaply:
+
+- ``AQ_PROJECT_DIR``: the project the tasks work on (``pipeline.paths``);
+- ``AQ_RETRAIN_SCHEDULE``: cron of the nightly retraining (default ``0 2 * * *``);
+- ``AQ_INGEST_BATCH_SIZE``: locations per mapped ingestion task (default 2);
+- ``AQ_TASK_RETRIES`` / ``AQ_TASK_RETRY_DELAY_S``: retries of every task (default 2, 60 s,
+  doubled each retry up to 30 min);
+- ``AQ_DVC_REMOTE``: the DVC remote new data is pushed to (default ``local``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Asset, task
+
+log = logging.getLogger(__name__)
+
+OWNER = "aq-forecast"
+DVC_POOL = "dvc"  # one slot: DVC takes a repository-wide lock, two DVC commands at once fail
+START_DATE = datetime(2025, 1, 1, tzinfo=UTC)
+RAW_DATA = Asset(name="aq_raw_data", uri="aq://project/data", group="aq")
+DEFAULT_RETRAIN_SCHEDULE = "0 2 * * *"
+
+
+def _env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        value = int(raw) if raw.strip() else default
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from exc
+    if value < minimum:
+        raise ValueError(f"environment variable {name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def retrain_schedule() -> str:
+    return os.environ.get("AQ_RETRAIN_SCHEDULE", "").strip() or DEFAULT_RETRAIN_SCHEDULE
+
+
+def ingest_batch_size() -> int:
+    return _env_int("AQ_INGEST_BATCH_SIZE", 2, minimum=1)
+
+
+def dvc_remote() -> str:
+    return os.environ.get("AQ_DVC_REMOTE", "").strip() or "local"
+
+
+def project_dir() -> Path:
+    from pipeline.paths import find_project_dir
+
+    return find_project_dir()
+
+
+def push_task_failure(context: Mapping[str, Any]) -> None:
+    """Push ``aq_step_success=0`` for the failed task's step (its task id).
+
+    The steps push their own failures; this catches what happens around them:
+    a DVC lock or command error, a timeout, an import error, a killed task.
+    """
+    from pipeline.io.metrics import MetricsReporter, StepRun
+
+    ti = context["ti"]
+    run = StepRun(ti.task_id)
+    run.set("aq_step_success", 0)
+    run.set("aq_step_last_failure_timestamp_seconds", time.time())
+    if not MetricsReporter().push(run):
+        log.warning("failure of %s.%s not pushed to a Pushgateway", ti.dag_id, ti.task_id)
+
+
+def default_args(**overrides: Any) -> dict[str, Any]:
+    """Owner, retries with exponential backoff, a timeout and the failure callback."""
+    args: dict[str, Any] = {
+        "owner": OWNER,
+        "retries": _env_int("AQ_TASK_RETRIES", 2),
+        "retry_delay": timedelta(seconds=_env_int("AQ_TASK_RETRY_DELAY_S", 60, minimum=1)),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+        "execution_timeout": timedelta(minutes=30),
+        "on_failure_callback": push_task_failure,
+    }
+    args.update(overrides)
+    return args
+
+
+def run_interval(context: Mapping[str, Any]) -> tuple[datetime, datetime]:
+    """The run's data interval; the last complete hour when the run has none."""
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is not None and end is not None and end > start:
+        return start, end
+    dag_run = context.get("dag_run")
+    anchor = getattr(dag_run, "run_after", None) or datetime.now(UTC)
+    end = anchor.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return end - timedelta(hours=1), end
+
+
+def child_env(project: Path) -> dict[str, str]:
+    """Environment for DVC and the stage commands it runs.
+
+    ``python`` in dvc.yaml must be this interpreter (the venv), whether or not
+    the venv is activated; the project dir is pinned for the steps.
+    """
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["AQ_PROJECT_DIR"] = str(project)
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class DvcError(RuntimeError):
+    """A DVC command failed; the message carries the command and its output tail."""
+
+
+def run_dvc(*args: str, project: Path | None = None) -> str:
+    """Run ``dvc <args>`` in the project and return its output; raise with the tail on failure.
+
+    ``--wait-for-lock`` makes a DVC command started outside Airflow's ``dvc``
+    pool (a person running ``dvc repro``) a wait, not a failure; the task's
+    execution timeout bounds the wait.
+    """
+    project = project or project_dir()
+    dvc = Path(sys.executable).parent / "dvc"
+    cmd = [str(dvc) if dvc.exists() else "dvc", "--wait-for-lock", *args]
+    log.info("running in %s: %s", project, " ".join(cmd))
+    started = time.monotonic()
+    proc = subprocess.run(
+        cmd, cwd=project, env=child_env(project), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+    )
+    for line in proc.stdout.splitlines():
+        log.info("dvc: %s", line)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-30:])
+        raise DvcError(
+            f"`dvc {' '.join(args)}` exited with {proc.returncode} in {project}:\n{tail}"
+        )
+    log.info("dvc %s done in %.1fs", args[0], time.monotonic() - started)
+    return proc.stdout
+
+
+def repro_stage(stage: str) -> str:
+    """``dvc repro --single-item <stage>``: run one stage of dvc.yaml so dvc.lock records it."""
+    return run_dvc("repro", "--single-item", stage)
+
+
+def stage_task(stage: str, timeout: timedelta = timedelta(minutes=30)):
+    """An Airflow task running one DVC stage (in the ``dvc`` pool)."""
+
+    @task(task_id=stage, pool=DVC_POOL, execution_timeout=timeout,
+          doc_md=f"`dvc repro --single-item {stage}` (runs `python -m pipeline {stage}`)")
+    def run_stage() -> None:
+        repro_stage(stage)
+
+    return run_stage()

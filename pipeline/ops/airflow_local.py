@@ -1,0 +1,271 @@
+"""A local Airflow for ``make run``: SQLite + LocalExecutor, every part on 127.0.0.1.
+
+``airflow standalone`` would bind its log servers on 0.0.0.0, so the parts are
+started one by one under :class:`~pipeline.ops.services.ServiceManager`: the API
+server (UI + REST API + the execution API tasks talk to) on ``127.0.0.1``, the
+scheduler and triggerer with ``--skip-serve-logs`` (task logs are local files
+the API server reads), and the DAG processor. Their configuration is one file,
+``.airflow/airflow.cfg`` (mode 0600), written on every start from the project's
+paths and ports, so ``AIRFLOW_HOME=.airflow airflow ...`` reaches the same
+instance; its JWT secret and Fernet key are generated once and kept.
+Environment variables ``AIRFLOW__<SECTION>__<KEY>`` still override the file
+(e.g. ``AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True``), except the ones that
+define the instance: home, database, DAG folder, host, port and secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.ops.ports import Ports
+from pipeline.ops.services import ServiceError, ServiceManager
+from pipeline.paths import PACKAGE_ROOT, ProjectPaths
+
+log = logging.getLogger(__name__)
+
+ADMIN_USER = "admin"
+DVC_POOL = ("dvc", 1, "DVC takes a repository-wide lock: one DVC task at a time")
+# start order; stop goes in reverse
+SERVICES = ("airflow-api-server", "airflow-dag-processor", "airflow-scheduler",
+            "airflow-triggerer")
+# settings that make the instance this project's; inherited AIRFLOW__* values are dropped
+PINNED = {
+    ("core", "dags_folder"), ("core", "fernet_key"), ("core", "executor"),
+    ("database", "sql_alchemy_conn"), ("api", "host"), ("api", "port"), ("api", "base_url"),
+    ("api_auth", "jwt_secret"), ("core", "simple_auth_manager_passwords_file"),
+    ("core", "execution_api_server_url"), ("logging", "base_log_folder"),
+}
+
+
+class AirflowError(RuntimeError):
+    """The local Airflow could not be set up or did not come up."""
+
+
+def airflow_bin() -> str:
+    candidate = Path(sys.executable).parent / "airflow"
+    if not candidate.exists():
+        raise AirflowError(
+            f"{candidate} not found: install the airflow extra (`make setup` does)"
+        )
+    return str(candidate)
+
+
+def dags_folder(paths: ProjectPaths) -> Path:
+    """``dags/`` of the project, else of the checkout this code lives in."""
+    own = paths.root / "dags"
+    return own if own.is_dir() else PACKAGE_ROOT / "dags"
+
+
+def password_file(paths: ProjectPaths) -> Path:
+    return paths.airflow_home / "simple_auth_manager_passwords.json.generated"
+
+
+def _kept_secrets(cfg_path: Path) -> tuple[str, str]:
+    """The JWT secret and Fernet key of an earlier start, or new ones."""
+    jwt_secret = fernet_key = ""
+    if cfg_path.is_file():
+        old = configparser.ConfigParser(interpolation=None)
+        old.read(cfg_path)
+        jwt_secret = old.get("api_auth", "jwt_secret", fallback="")
+        fernet_key = old.get("core", "fernet_key", fallback="")
+    jwt_secret = jwt_secret or secrets.token_hex(64)  # 64 random bytes
+    fernet_key = fernet_key or base64.urlsafe_b64encode(os.urandom(32)).decode()
+    return jwt_secret, fernet_key
+
+
+def settings(paths: ProjectPaths, ports: Ports) -> dict[str, dict[str, str]]:
+    """Every airflow.cfg value this project sets, by section (secrets included)."""
+    home = paths.airflow_home
+    base_url = ports.url("airflow")
+    jwt_secret, fernet_key = _kept_secrets(home / "airflow.cfg")
+    return {
+        "core": {
+            "dags_folder": str(dags_folder(paths)),
+            "load_examples": "False",
+            "executor": "LocalExecutor",
+            "parallelism": "4",  # two cores: a few tasks at a time
+            "dags_are_paused_at_creation": "False",  # the schedule runs on its own
+            "fernet_key": fernet_key,
+            "simple_auth_manager_users": f"{ADMIN_USER}:admin",
+            "simple_auth_manager_passwords_file": str(password_file(paths)),
+            "execution_api_server_url": f"{base_url}/execution/",
+        },
+        "database": {"sql_alchemy_conn": f"sqlite:///{home / 'airflow.db'}"},
+        "api": {"host": ports.host, "port": str(ports.airflow), "base_url": base_url,
+                "workers": "1", "expose_config": "False"},
+        "api_auth": {"jwt_secret": jwt_secret},
+        "logging": {"base_log_folder": str(home / "logs")},
+        "scheduler": {"enable_health_check": "False"},
+        "dag_processor": {"refresh_interval": "60"},
+        "triggerer": {"capacity": "50"},
+    }
+
+
+def write_config(paths: ProjectPaths, ports: Ports) -> Path:
+    """Write ``.airflow/airflow.cfg`` (0600: it holds the JWT secret and Fernet key)."""
+    home = paths.airflow_home
+    home.mkdir(parents=True, exist_ok=True)
+    parser = configparser.ConfigParser(interpolation=None)
+    for section, values in settings(paths, ports).items():
+        parser[section] = values
+    target = home / "airflow.cfg"
+    tmp = target.with_suffix(".cfg.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("# written by pipeline/ops/airflow_local.py on every start; edit that\n")
+        parser.write(handle)
+    os.replace(tmp, target)
+    return target
+
+
+def service_env(paths: ProjectPaths, ports: Ports) -> dict[str, str]:
+    """Environment of every Airflow part and of the tasks it runs."""
+    env = {
+        k: v for k, v in os.environ.items()
+        if not (k.startswith("AIRFLOW__") and tuple(k.lower().split("__")[1:3]) in PINNED)
+    }
+    env.pop("AIRFLOW_CONFIG", None)
+    env.update({
+        "AIRFLOW_HOME": str(paths.airflow_home),
+        "AQ_PROJECT_DIR": str(paths.root),
+        "AQ_PUSHGATEWAY_URL": os.environ.get("AQ_PUSHGATEWAY_URL") or ports.url("pushgateway"),
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        **ports.env(),
+    })
+    return env
+
+
+def _airflow_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180) -> None:
+    proc = subprocess.run([airflow_bin(), *args], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+        raise AirflowError(f"`airflow {' '.join(args)}` failed ({proc.returncode}):\n{tail}")
+
+
+def prepare(paths: ProjectPaths, ports: Ports) -> dict[str, str]:
+    """Config, database schema and the one-slot ``dvc`` pool; returns the service env."""
+    write_config(paths, ports)
+    env = service_env(paths, ports)
+    _airflow_cli(["db", "migrate"], env, paths.root)
+    name, slots, description = DVC_POOL
+    _airflow_cli(["pools", "set", name, str(slots), description], env, paths.root)
+    return env
+
+
+def commands(ports: Ports) -> dict[str, list[str]]:
+    airflow = airflow_bin()
+    return {
+        "airflow-api-server": [airflow, "api-server", "--host", ports.host,
+                               "--port", str(ports.airflow), "--workers", "1"],
+        "airflow-dag-processor": [airflow, "dag-processor"],
+        "airflow-scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+        "airflow-triggerer": [airflow, "triggerer", "--skip-serve-logs"],
+    }
+
+
+def admin_password(paths: ProjectPaths, timeout: float = 30.0) -> str:
+    """The admin password the simple auth manager generated on first start."""
+    deadline = time.monotonic() + timeout
+    path = password_file(paths)
+    while True:
+        try:
+            return json.loads(path.read_text())[ADMIN_USER]
+        except (OSError, ValueError, KeyError):
+            if time.monotonic() > deadline:
+                raise AirflowError(f"no admin password in {path} after {timeout:.0f}s") from None
+            time.sleep(0.2)
+
+
+def start(paths: ProjectPaths, ports: Ports, timeout: float = 120.0) -> dict[str, str]:
+    """Start the parts that are not running; return what to print (URL, admin login)."""
+    manager = ServiceManager(paths.stack_dir)
+    env = prepare(paths, ports)
+    started: list[str] = []
+    try:
+        for name, cmd in commands(ports).items():
+            if not manager.is_running(name):
+                manager.start(name, cmd, env=env, cwd=paths.root)
+                started.append(name)
+            if name == "airflow-api-server":
+                manager.wait_for_http(f"{ports.url('airflow')}/api/v2/monitor/health",
+                                      timeout=timeout, name=name)
+        for name in SERVICES:  # the others have no port: make sure they did not die at once
+            time.sleep(0.5 if name in started else 0)
+            if not manager.is_running(name):
+                raise ServiceError(f"{name} exited at start; log {manager.log_file(name)}:\n"
+                                   f"{manager.log_tail(name)}")
+        password = admin_password(paths)
+    except Exception:
+        for name in reversed(started):
+            manager.stop(name)
+        raise
+    return {
+        "airflow UI": ports.url("airflow"),
+        "airflow user": ADMIN_USER,
+        "airflow password": password,
+        "airflow metrics": f"{ports.url('airflow')}/admin/metrics/",
+        "AIRFLOW_HOME": str(paths.airflow_home),
+    }
+
+
+def _session_members(sid: int, not_before_ticks: int) -> list[int]:
+    """Live processes of a session started no earlier than its leader (pid reuse guard)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        state, session, start_ticks = fields[0], int(fields[3]), int(fields[19])
+        if session == sid and state != "Z" and start_ticks >= not_before_ticks:
+            members.append(int(entry.name))
+    return members
+
+
+def _kill_session(sid: int, not_before_ticks: int, timeout: float = 10.0) -> None:
+    """TERM, then KILL, what is left of a service's session.
+
+    Airflow runs each task in its own process group inside the scheduler's
+    session, so stopping the scheduler's group alone would leave a running
+    task (and the DVC command it started) behind.
+    """
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        members = _session_members(sid, not_before_ticks)
+        if not members:
+            return
+        log.info("stopping %d leftover process(es) of session %d", len(members), sid)
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while _session_members(sid, not_before_ticks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def stop(paths: ProjectPaths) -> list[str]:
+    """Stop every Airflow part this project started, and the tasks they were running."""
+    manager = ServiceManager(paths.stack_dir)
+    stopped = []
+    for name in reversed(SERVICES):
+        rec = manager.record(name)
+        if manager.stop(name, timeout=20.0):
+            stopped.append(name)
+        if rec is not None:  # setsid: the leader's pid is the session id
+            _kill_session(rec.pid, rec.start_ticks)
+    return stopped
