@@ -3,9 +3,10 @@
 Each service runs in its own session and process group (``setsid``), logs to
 ``<state>/logs/<name>.log`` and is recorded in ``<state>/<name>.pid`` (a JSON
 record with pid, pgid, the process start time and the command). ``stop`` kills
-the whole process group (TERM, then KILL after a timeout), so children of a
-service die with it, and only groups whose leader still matches the recorded
-start time are touched: a recycled pid is never killed. ``stop_all`` stops
+the service's process group and session (TERM, then KILL after a timeout), so
+children of a service die with it, even those in process groups of their own;
+only services whose leader still matches the recorded start time are touched:
+a recycled pid is never killed. ``stop_all`` stops
 exactly the services whose pid files this manager wrote.
 """
 
@@ -63,25 +64,30 @@ class ServiceRecord:
             return None
 
 
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, pgrp, start_ticks) of a live process, or None."""
+def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, pgrp, session, start_ticks) of a live process, or None."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    except (OSError, ValueError):
         return None
     # the command name (field 2) may contain spaces and parentheses: split after the last ')'
     fields = raw[raw.rindex(")") + 2:].split()
-    return fields[0], int(fields[2]), int(fields[19])
+    return fields[0], int(fields[2]), int(fields[3]), int(fields[19])
 
 
 def _group_members(pgid: int, not_before_ticks: int = 0) -> list[int]:
-    """Live (non-zombie) processes in a process group, started no earlier than the leader."""
+    """Live (non-zombie) processes of a service, started no earlier than its leader.
+
+    A service leads its own session (setsid), so this is its process group plus
+    any process group a child made inside the session (e.g. Airflow task runners).
+    """
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         stat = _proc_stat(int(entry.name))
-        if stat and stat[1] == pgid and stat[0] != "Z" and stat[2] >= not_before_ticks:
+        if (stat and pgid in (stat[1], stat[2]) and stat[0] != "Z"
+                and stat[3] >= not_before_ticks):
             members.append(int(entry.name))
     return members
 
@@ -111,7 +117,7 @@ class ServiceManager:
     def _alive(self, rec: ServiceRecord) -> bool:
         self._reap(rec.name)
         stat = _proc_stat(rec.pid)
-        return bool(stat and stat[0] != "Z" and stat[2] == rec.start_ticks)
+        return bool(stat and stat[0] != "Z" and stat[3] == rec.start_ticks)
 
     def is_running(self, name: str) -> bool:
         rec = self.record(name)
@@ -139,7 +145,7 @@ class ServiceManager:
         self._children[name] = child
         stat = _proc_stat(child.pid)
         rec = ServiceRecord(
-            name=name, pid=child.pid, pgid=child.pid, start_ticks=stat[2] if stat else 0,
+            name=name, pid=child.pid, pgid=child.pid, start_ticks=stat[3] if stat else 0,
             cmd=tuple(cmd), log_path=str(log_path), started_at=time.time(),
         )
         tmp = self.pid_file(name).with_suffix(".pid.tmp")
@@ -186,7 +192,7 @@ class ServiceManager:
         self._reap(name)
         members = _group_members(rec.pgid, rec.start_ticks)
         leader_stat = _proc_stat(rec.pid)
-        if leader_stat and leader_stat[2] != rec.start_ticks:
+        if leader_stat and leader_stat[3] != rec.start_ticks:
             members = []  # the pid was recycled by an unrelated process: not ours
         was_running = bool(members)
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):

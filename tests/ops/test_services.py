@@ -57,6 +57,28 @@ def test_stop_escalates_to_kill_and_takes_children(tmp_path):
     assert _group_members(rec.pgid) == []
 
 
+# a child that moves into a process group of its own (as Airflow's task runners do)
+REGROUPING = [
+    sys.executable, "-c",
+    "import os, subprocess, sys, time; "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+    "preexec_fn=os.setpgrp); time.sleep(60)",
+]
+
+
+def test_stop_takes_children_in_their_own_process_group(tmp_path):
+    mgr = ServiceManager(tmp_path / ".stack")
+    rec = mgr.start("regrouping", REGROUPING)
+    deadline = time.monotonic() + 10
+    while len(_group_members(rec.pgid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    members = _group_members(rec.pgid)
+    assert len(members) == 2
+    assert any(os.getpgid(pid) != rec.pgid for pid in members)
+    mgr.stop("regrouping", timeout=5)
+    assert _group_members(rec.pgid) == []
+
+
 def test_stop_all_stops_only_recorded_services(tmp_path):
     mgr = ServiceManager(tmp_path / ".stack")
     mgr.start("a", SLEEPER)
