@@ -28,7 +28,8 @@ def make_source(params: Params, settings: Settings) -> Source:
     if kind == "openweathermap":
         from pipeline.io.sources.openweathermap import OpenWeatherMapSource
 
-        return OpenWeatherMapSource(params.source.openweathermap, settings)
+        return OpenWeatherMapSource(params.source.openweathermap, settings,
+                                    open_meteo=params.source.open_meteo)
     if kind == "csv":
         from pipeline.io.sources.csv_import import CsvSource
 
