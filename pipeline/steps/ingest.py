@@ -101,7 +101,7 @@ def run(ctx: Context, start=None, end=None, locations=None) -> IngestReport:
     locs = resolve_locations(ctx, locations)
     location_ids = [loc.id for loc in locs]
     with ctx.reporter.step("ingest") as metrics:
-        source = make_source(ctx.params, ctx.settings)
+        source = make_source(ctx.params, ctx.settings, root=ctx.paths.root)
         log.info("ingest %s: %s .. %s for %d location(s)", source.name, start_ts, end_ts, len(locs))
         result = source.fetch(locs, start_ts, end_ts)
         window_id = f"{start_ts:%Y%m%dT%H}_{end_ts:%Y%m%dT%H}"

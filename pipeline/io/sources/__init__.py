@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING
 from pipeline.io.sources.base import FetchResult, Source, SourceError, SourceStats
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pipeline.config import Params
     from pipeline.settings import Settings
 
 
-def make_source(params: Params, settings: Settings) -> Source:
+def make_source(params: Params, settings: Settings, root: Path | None = None) -> Source:
+    """``root`` is the project directory relative CSV paths are resolved against."""
     kind = params.source.kind
     if kind == "synthetic":
         from pipeline.io.sources.synthetic import SyntheticSource
@@ -33,7 +36,7 @@ def make_source(params: Params, settings: Settings) -> Source:
     if kind == "csv":
         from pipeline.io.sources.csv_import import CsvSource
 
-        return CsvSource(params.source.csv)
+        return CsvSource(params.source.csv, base_dir=root)
     raise SourceError(f"unknown source kind {kind!r}")
 
 

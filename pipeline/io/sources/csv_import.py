@@ -1,0 +1,318 @@
+"""History import from CSV/Parquet exports (national networks, OpenAQ).
+
+The column mapping in ``params.yaml`` (``source.csv``) says which column holds
+the time and its timezone, the location, each variable and its unit. Files are
+either wide (one column per variable) or long (one row per time and variable,
+as OpenAQ exports them). Real files are messy, so:
+
+* naive local times are localised in ``time_zone``; the repeated hour of a
+  daylight-saving fall-back is told apart by file order (first = summer time);
+  a local time that does not exist (spring-forward) or cannot be told apart
+  becomes a missing time and is quarantined by validation, not guessed;
+* times carrying an offset (``+01:00``, ``Z``) keep it;
+* a variable whose column a file lacks is NaN for that file's rows;
+* values are converted from the mapped unit (ppb, mg/m3, degF, km/h...);
+* duplicate timestamps are passed on and resolved by validation (exact copies
+  collapse, conflicting ones are quarantined with a reason).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from pipeline.io.sources.base import FetchResult, SourceError, SourceStats
+from pipeline.io.sources.units import UnitError, to_canonical
+from pipeline.schema import KEYS, VALUE_COLUMNS, VARIABLES, conform, empty_frame
+
+if TYPE_CHECKING:
+    from pipeline.config import CsvSource as CsvConfig
+    from pipeline.config import Location
+
+log = logging.getLogger(__name__)
+
+# long-layout parameter names seen in exports, besides the canonical names
+PARAMETER_ALIASES = {
+    "pm25": "pm2_5",
+    "pm2.5": "pm2_5",
+    "pm2_5": "pm2_5",
+    "temperature": "temperature_2m",
+    "relativehumidity": "relative_humidity_2m",
+    "wind_speed": "wind_speed_10m",
+    "wind_direction": "wind_direction_10m",
+    "pressure": "surface_pressure",
+}
+_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
+_HOUR_24 = re.compile(r"^(\d{4}-\d{2}-\d{2})[ T]24:00(:00)?$")
+
+
+class CsvImportError(SourceError):
+    """The file or the mapping cannot work at all (missing file, time column, layout)."""
+
+
+def _read_table(path: Path, separator: str) -> pd.DataFrame:
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep=separator, dtype=str, keep_default_na=True,
+                           skipinitialspace=True)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise CsvImportError(f"csv: cannot read {path}: {exc}") from None
+
+
+def _parse_naive_strings(raw: pd.Series, time_format: str | None) -> pd.Series:
+    text = raw.astype("string").str.strip()
+    # "24:00" (end of day) as some networks write it -> 00:00 of the next day
+    is_24 = text.str.match(_HOUR_24).fillna(False).astype(bool)
+    shifted = text.where(~is_24, text.str.slice(0, 10) + " 00:00")
+    if time_format:
+        parsed = pd.to_datetime(shifted, format=time_format, errors="coerce")
+    else:
+        parsed = pd.to_datetime(shifted, format="ISO8601", errors="coerce")
+        retry = parsed.isna() & shifted.notna()
+        if retry.any():  # e.g. "31/03/2024 02:00" is not ISO: let pandas infer per value
+            parsed[retry] = pd.to_datetime(shifted[retry], errors="coerce", dayfirst=False,
+                                           format="mixed")
+    return parsed.where(~is_24, parsed + pd.Timedelta(days=1))
+
+
+def localize(naive: pd.Series, zone: str, groups: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(UTC times, anchor times) of naive local wall times in ``zone``.
+
+    The fall-back hour occurs twice: per group, in file order, the first
+    occurrence is summer time and the later ones standard time; an ambiguous
+    hour seen only once, and a spring-forward hour that never existed, become
+    NaT. The anchor is a best-effort time used only to place such rows in a
+    window, so they reach validation (and quarantine) exactly once.
+    """
+    n = len(naive)
+    as_dst = naive.dt.tz_localize(zone, ambiguous=np.ones(n, dtype=bool), nonexistent="NaT")
+    as_std = naive.dt.tz_localize(zone, ambiguous=np.zeros(n, dtype=bool), nonexistent="NaT")
+    ambiguous = as_dst.notna() & as_std.notna() & (as_dst != as_std)
+    result = as_dst.copy()
+    if ambiguous.any():
+        keys = [groups[ambiguous], naive[ambiguous]]
+        occurrence = naive[ambiguous].groupby(keys, sort=False).cumcount()
+        count = naive[ambiguous].groupby(keys, sort=False).transform("size")
+        later = occurrence.index[occurrence.to_numpy() > 0]
+        result.loc[later] = as_std.loc[later]
+        lone = count.index[count.to_numpy() == 1]
+        if len(lone):
+            log.warning("csv: %d row(s) at an ambiguous local time (daylight-saving fall-back) "
+                        "appear only once; their hour cannot be told: quarantined", len(lone))
+            result.loc[lone] = pd.NaT
+    nonexistent = naive.notna() & as_dst.isna()
+    if nonexistent.any():
+        log.warning("csv: %d row(s) at a local time that does not exist in %s "
+                    "(daylight-saving spring-forward): quarantined", int(nonexistent.sum()), zone)
+    utc = result.dt.tz_convert("UTC")
+    anchor = naive.dt.tz_localize("UTC")  # wall time as UTC is close enough to pick a window
+    return utc, anchor
+
+
+class CsvSource:
+    """Canonical rows from local export files, validated like any provider's."""
+
+    name = "csv"
+    max_days_per_request = 366
+
+    def __init__(self, config: CsvConfig, base_dir: Path | str | None = None) -> None:
+        if not config.path:
+            raise CsvImportError("source.csv.path is empty: name the file (or glob) to import")
+        if config.mapping.location is None and config.location_id is None:
+            raise CsvImportError(
+                "source.csv needs mapping.location (a column naming the location) or "
+                "location_id (the one location a single-station file belongs to)")
+        self.config = config
+        if base_dir is None:
+            from pipeline.paths import ProjectPaths
+
+            base_dir = ProjectPaths.discover().root
+        self.base_dir = Path(base_dir)
+        self._cache: tuple[tuple, pd.DataFrame] | None = None
+
+    # -- files
+
+    def files(self) -> list[Path]:
+        pattern = Path(self.config.path).expanduser()
+        if not pattern.is_absolute():
+            pattern = self.base_dir / pattern
+        matches = sorted(Path(p) for p in glob.glob(str(pattern)))
+        files = [p for p in matches if p.is_file()]
+        if not files:
+            raise CsvImportError(f"csv: no file matches source.csv.path {str(pattern)!r}")
+        return files
+
+    # -- parsing
+
+    def _times(self, table: pd.DataFrame, path: Path, groups: pd.Series):
+        column = self.config.mapping.time
+        if column not in table.columns:
+            raise CsvImportError(f"csv: {path.name}: no time column {column!r} "
+                                 f"(columns: {list(table.columns)})")
+        raw = table[column]
+        if pd.api.types.is_datetime64_any_dtype(raw):
+            parsed = raw
+        else:
+            text = raw.astype("string").str.strip()
+            has_offset = text.str.contains(_OFFSET, na=False)
+            if has_offset.all():
+                utc = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
+                return utc, utc.ffill().bfill()
+            if has_offset.any():
+                raise CsvImportError(
+                    f"csv: {path.name}: column {column!r} mixes times with and without a UTC "
+                    f"offset (e.g. {text[has_offset].iloc[0]!r} and "
+                    f"{text[~has_offset].iloc[0]!r})")
+            parsed = _parse_naive_strings(raw, self.config.time_format)
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+            utc = parsed.dt.tz_convert("UTC")
+            return utc, utc.ffill().bfill()
+        unreadable = int((parsed.isna() & raw.notna()).sum())
+        if unreadable:
+            log.warning("csv: %s: %d time value(s) unreadable: quarantined", path.name, unreadable)
+        utc, anchor = localize(parsed, self.config.time_zone, groups)
+        return utc, anchor.ffill().bfill()
+
+    def _locations(self, table: pd.DataFrame, path: Path) -> pd.Series:
+        mapping = self.config.mapping
+        if mapping.location is None:
+            return pd.Series(self.config.location_id, index=table.index, dtype="object")
+        if mapping.location not in table.columns:
+            raise CsvImportError(f"csv: {path.name}: no location column {mapping.location!r} "
+                                 f"(columns: {list(table.columns)})")
+        raw = table[mapping.location].astype("string").str.strip()
+        return raw.map(lambda v: mapping.location_values.get(v, v) if v is not pd.NA else v)
+
+    def _convert(self, variable: str, values: pd.Series, unit: str, where: str) -> np.ndarray:
+        numeric = pd.to_numeric(values, errors="coerce")
+        junk = int((numeric.isna() & values.notna()).sum())
+        if junk:
+            log.warning("csv: %s: %d non-numeric %s value(s) read as missing", where, junk,
+                        variable)
+        try:
+            return to_canonical(variable, numeric.to_numpy(dtype="float64"), unit)
+        except UnitError as exc:
+            raise CsvImportError(f"csv: {where}: {exc}") from None
+
+    def _wide(self, table: pd.DataFrame, path: Path, missing: dict[str, int]) -> dict:
+        mapping = self.config.mapping
+        columns = dict(mapping.columns) or {v: v for v in VALUE_COLUMNS if v in table.columns}
+        values = {}
+        for variable, column in columns.items():
+            if column not in table.columns:
+                missing[variable] = missing.get(variable, 0) + 1
+                continue
+            unit = mapping.units.get(variable, VARIABLES[variable].unit)
+            values[variable] = self._convert(variable, table[column], unit, path.name)
+        return values
+
+    def _long(self, table: pd.DataFrame, path: Path, base: pd.DataFrame) -> pd.DataFrame:
+        mapping = self.config.mapping
+        for column in (mapping.parameter, mapping.value, mapping.unit):
+            if column is not None and column not in table.columns:
+                raise CsvImportError(f"csv: {path.name}: no column {column!r} "
+                                     f"(columns: {list(table.columns)})")
+        aliases = {**PARAMETER_ALIASES, **{v: v for v in VALUE_COLUMNS}, **mapping.parameters}
+        names = table[mapping.parameter].astype("string").str.strip()
+        variables = names.map(lambda n: aliases.get(n, aliases.get(str(n).lower()))
+                              if n is not pd.NA else None)
+        known = variables.notna()
+        if (~known).any():
+            log.info("csv: %s: %d row(s) of parameters not in the schema ignored (%s)",
+                     path.name, int((~known).sum()), sorted(set(names[~known].dropna()))[:10])
+        rows = base[known].copy()
+        rows["variable"] = variables[known].to_numpy()
+        rows["raw"] = table.loc[known, mapping.value].to_numpy()
+        if mapping.unit is not None:
+            rows["unit"] = table.loc[known, mapping.unit].astype("string").str.strip().to_numpy()
+        else:
+            rows["unit"] = [mapping.units.get(v, VARIABLES[v].unit) for v in rows["variable"]]
+        rows["value"] = np.nan
+        for (variable, unit), part in rows.groupby(["variable", "unit"], sort=True):
+            rows.loc[part.index, "value"] = self._convert(variable, part["raw"], unit,
+                                                          f"{path.name} ({variable})")
+        keys = ["location_id", "time", "anchor"]
+        dupes = rows.duplicated([*keys, "variable"], keep="last")
+        if dupes.any():
+            log.warning("csv: %s: %d repeated (location, time, parameter) value(s): the last "
+                        "one in the file is kept", path.name, int(dupes.sum()))
+        rows = rows[~dupes]
+        # one wide row per (location, time); NaT times (quarantined later) are kept as keys
+        rows["key"] = rows.groupby(keys, dropna=False, sort=False).ngroup()
+        values = rows.pivot(index="key", columns="variable", values="value")
+        wide = rows.drop_duplicates("key").set_index("key")[keys].join(values)
+        wide.columns.name = None
+        return wide.reset_index(drop=True)
+
+    def _read_file(self, path: Path, missing: dict[str, int]) -> pd.DataFrame:
+        table = _read_table(path, self.config.separator)
+        if table.empty:
+            log.warning("csv: %s has no rows", path.name)
+            return pd.DataFrame()
+        locations = self._locations(table, path)
+        utc, anchor = self._times(table, path, locations)
+        base = pd.DataFrame({"location_id": locations.astype("object"), "time": utc,
+                             "anchor": anchor})
+        if self.config.mapping.parameter is not None:
+            return self._long(table, path, base)
+        values = self._wide(table, path, missing)
+        if not values:
+            raise CsvImportError(
+                f"csv: {path.name}: no value column found; map them in source.csv.mapping."
+                f"columns (columns in the file: {list(table.columns)})")
+        for variable, array in values.items():
+            base[variable] = array
+        return base
+
+    def load(self) -> pd.DataFrame:
+        """Every row of every file as canonical columns plus ``anchor`` (for windowing)."""
+        files = self.files()
+        key = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        missing: dict[str, int] = {}
+        parts = [self._read_file(path, missing) for path in files]
+        for variable, n_files in sorted(missing.items()):
+            column = self.config.mapping.columns.get(variable, variable)
+            log.warning("csv: column %r (%s) is missing in %d of %d file(s): %s is NaN there",
+                        column, variable, n_files, len(files), variable)
+        parts = [p for p in parts if not p.empty]
+        if not parts:
+            frame = empty_frame().assign(anchor=pd.Series(dtype="datetime64[us, UTC]"))
+        else:
+            frame = pd.concat(parts, ignore_index=True)
+            anchor = frame.pop("anchor")
+            frame = conform(frame)
+            frame["anchor"] = anchor.to_numpy()
+        self._cache = (key, frame)
+        return frame
+
+    # -- the Source interface
+
+    def fetch(self, locations: Sequence[Location], start: pd.Timestamp,
+              end: pd.Timestamp) -> FetchResult:
+        frame = self.load()
+        wanted = [loc.id for loc in locations]
+        in_window = (frame["anchor"] >= start) & (frame["anchor"] < end)
+        selected = frame[in_window & frame["location_id"].isin(wanted)]
+        others = frame[in_window & ~frame["location_id"].isin(wanted)]
+        if len(others):
+            log.info("csv: %d row(s) in the window belong to other locations %s: not imported",
+                     len(others), sorted(others["location_id"].dropna().unique())[:10])
+        counts = selected.groupby("location_id").size()
+        failures = {
+            loc_id: f"csv: no rows for {loc_id} in [{start}, {end}) in {self.config.path}"
+            for loc_id in wanted
+            if int(counts.get(loc_id, 0)) == 0
+        }
+        rows = selected.drop(columns="anchor").sort_values(list(KEYS), kind="stable")
+        return FetchResult(frame=conform(rows), failures=failures, stats=SourceStats())
