@@ -67,7 +67,7 @@ def write_env(paths: ProjectPaths, info: dict[str, str]) -> None:
     tmp.replace(target)
 
 
-def start(paths: ProjectPaths) -> dict[str, str]:
+def start(paths: ProjectPaths, with_airflow: bool = True) -> dict[str, str]:
     from pipeline.ops import stack
 
     paths.stack_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def start(paths: ProjectPaths) -> dict[str, str]:
     ports_file(paths).write_text(json.dumps(asdict(ports)))
     info: dict[str, str] = dict(ports.env())
     info.update(stack.start(paths, ports))
-    airflow = _airflow()
+    airflow = _airflow() if with_airflow else None
     if airflow is not None:
         info.update({str(k): str(v) for k, v in (airflow.start(paths, ports) or {}).items()})
     write_env(paths, info)
@@ -94,13 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["start", "stop", "status"])
+    parser.add_argument("--no-airflow", action="store_true",
+                        help="start: the monitoring stack only")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = ProjectPaths.discover()
     if args.command == "start":
-        info = start(paths)
+        info = start(paths, with_airflow=not args.no_airflow)
         print("local services (127.0.0.1 only); `make stop` stops them:")
         for key, value in info.items():
             if not key.endswith("_PORT"):

@@ -172,7 +172,7 @@ def _write_yaml(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def _binary(name: str) -> str:
+def binary(name: str) -> str:
     found = shutil.which(BINARIES[name])
     if not found:
         raise StackError(
@@ -189,24 +189,24 @@ def commands(layout: StackLayout, ports: Ports, fast: bool = False) -> dict[str,
         "webhook": [sys.executable, "-m", "pipeline.ops.webhook", "--port", str(ports.webhook),
                     "--out", str(layout.alerts_log)],
         "alertmanager": [
-            _binary("alertmanager"),
+            binary("alertmanager"),
             f"--config.file={layout.alertmanager_config}",
             f"--storage.path={layout.alertmanager_dir / 'data'}",
             f"--web.listen-address={ports.address('alertmanager')}",
             "--cluster.listen-address=",  # no gossip port on 0.0.0.0
         ],
         "pushgateway": [
-            _binary("pushgateway"),
+            binary("pushgateway"),
             f"--web.listen-address={ports.address('pushgateway')}",
             f"--persistence.file={layout.pushgateway_persistence}",
             "--persistence.interval=1m",
         ],
         "node_exporter": [
-            _binary("node_exporter"),
+            binary("node_exporter"),
             f"--web.listen-address={ports.address('node_exporter')}",
         ],
         "prometheus": [
-            _binary("prometheus"),
+            binary("prometheus"),
             f"--config.file={layout.prometheus_config}",
             f"--storage.tsdb.path={layout.prometheus_data}",
             f"--web.listen-address={ports.address('prometheus')}",

@@ -1,0 +1,147 @@
+"""The local monitoring stack: real binaries on free ports, 127.0.0.1 only, stopped cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.ops.services import ServiceManager, _group_members
+from pipeline.ops.webhook import iter_alerts
+from tests.monitoring import free_ports, http_json, prom_query, running_stack, wait_until
+
+pytestmark = pytest.mark.stack
+REPO = Path(__file__).resolve().parents[2]
+STACK_SERVICES = {"webhook", "alertmanager", "pushgateway", "node_exporter", "prometheus"}
+
+
+def listening_sockets(pids: set[int]) -> list[tuple[str, str, int]]:
+    """(protocol, local address, pid) of every listening TCP/UDP socket of ``pids``."""
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.fail("`ss` (iproute2) is needed to check what the stack listens on")
+    found = []
+    for proto, flag in (("tcp", "-ltnpH"), ("udp", "-lunpH")):
+        out = subprocess.run([ss, flag], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            fields = line.split()
+            local = fields[3]
+            for pid in map(int, re.findall(r"pid=(\d+)", line)):
+                if pid in pids:
+                    found.append((proto, local, pid))
+    return found
+
+
+def service_pids(manager: ServiceManager) -> set[int]:
+    pids: set[int] = set()
+    for name in manager.names():
+        rec = manager.record(name)
+        if rec is not None:
+            pids.update(_group_members(rec.pgid, rec.start_ticks))
+    return pids
+
+
+def test_stack_binds_loopback_only_answers_and_stops_cleanly(tmp_path):
+    with running_stack(tmp_path) as st:
+        assert set(st.manager.names()) == STACK_SERVICES
+        assert all(s["running"] for s in st.manager.status().values())
+        pids = service_pids(st.manager)
+        sockets = listening_sockets(pids)
+        # every service listens, and only on 127.0.0.1 (no gossip port, no 0.0.0.0 / [::])
+        assert {port for _, local, _ in sockets for port in [int(local.rsplit(":", 1)[1])]} \
+            >= {getattr(st.ports, n) for n in
+                ("prometheus", "pushgateway", "alertmanager", "node_exporter", "webhook")}
+        wrong = [s for s in sockets if not s[1].startswith("127.0.0.1:")]
+        assert wrong == []
+
+        # Prometheus scrapes the stack's own targets and loaded the rules
+        def targets_up():
+            up = {r["metric"]["job"]: r["value"][1] for r in prom_query(st.prometheus, "up")}
+            return up if all(up.get(j) == "1" for j in
+                             ("pushgateway", "prometheus", "alertmanager", "node")) else None
+
+        up = wait_until(targets_up, timeout=30, what="the stack's targets to be up")
+        assert up.get("serving") == "0"  # no serving app in this test: reported down, not hidden
+        groups = http_json(f"{st.prometheus}/api/v1/rules")["data"]["groups"]
+        assert {g["name"] for g in groups} >= {"aq_pipeline", "aq_pipeline_alerts",
+                                               "aq_infra_alerts"}
+        ams = http_json(f"{st.prometheus}/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
+        assert [a["url"].split("/api")[0] for a in ams] == [st.ports.url("alertmanager")]
+    assert service_pids(st.manager) == set()
+    assert listening_sockets(pids) == []
+    assert st.manager.names() == []
+
+
+def test_an_alert_posted_to_alertmanager_reaches_the_webhook_receiver(tmp_path):
+    """Alertmanager -> webhook path, routed by severity (the fast config groups within 1 s)."""
+    import json
+    import urllib.request
+
+    with running_stack(tmp_path) as st:
+        alert = [{"labels": {"alertname": "PipelineStepFailing", "severity": "critical",
+                             "category": "pipeline", "step": "train", "job": "aq_test"},
+                  "annotations": {"summary": "test"}}]
+        req = urllib.request.Request(
+            f"{st.ports.url('alertmanager')}/api/v2/alerts", data=json.dumps(alert).encode(),
+            headers={"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(req, timeout=5).close()
+        got = wait_until(lambda: list(iter_alerts(st.alerts_log)), timeout=30,
+                         what="the webhook receiver to record the alert")
+        path, received = got[0]
+        assert path == "/critical"
+        assert received["labels"]["step"] == "train"
+
+
+def run_ops(args: list[str], project: Path, ports_env: dict[str, str]):
+    env = {**os.environ, **ports_env, "AQ_PROJECT_DIR": str(project),
+           "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "pipeline.ops", *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    ports = free_ports()
+    env = ports.env()
+    manager = ServiceManager(project / ".stack")
+    try:
+        first = run_ops(["start", "--no-airflow"], project, env)
+        assert first.returncode == 0, first.stderr
+        assert ports.url("prometheus") in first.stdout
+        env_file = (project / ".stack" / "env").read_text()
+        assert f"export AQ_PUSHGATEWAY_URL={ports.url('pushgateway')}\n" in env_file
+        assert f"export AQ_PROMETHEUS_PORT={ports.prometheus}\n" in env_file
+        pids = {n: manager.record(n).pid for n in manager.names()}
+        assert set(pids) == STACK_SERVICES
+
+        again = run_ops(["start", "--no-airflow"], project, env)
+        assert again.returncode == 0, again.stderr
+        assert {n: manager.record(n).pid for n in manager.names()} == pids  # left alone
+        assert ports.url("pushgateway") in again.stdout
+
+        status = run_ops(["status"], project, env)
+        assert status.stdout.count("running") == len(STACK_SERVICES)
+
+        # an unrelated process with a pid file not written by us is never touched
+        bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                     start_new_session=True)
+        (project / ".stack" / "bystander.pid").write_text(str(bystander.pid))
+        stopped = run_ops(["stop"], project, env)
+        assert stopped.returncode == 0, stopped.stderr
+        assert bystander.poll() is None
+        bystander.kill()
+        bystander.wait()
+        assert manager.names() == []
+        for pid in pids.values():
+            assert not Path(f"/proc/{pid}").exists() or \
+                Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        nothing = run_ops(["stop"], project, env)
+        assert "nothing was running" in nothing.stdout
+    finally:
+        manager.stop_all()
