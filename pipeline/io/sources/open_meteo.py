@@ -207,15 +207,23 @@ def trim(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.Data
 
 def assemble(location_id: str, parts: Sequence[pd.DataFrame], start: pd.Timestamp,
              end: pd.Timestamp) -> pd.DataFrame:
-    """One canonical row per hour of [start, end): the parts joined on time."""
-    grid = pd.date_range(start, end, freq="h", inclusive="left").astype(TIME_DTYPE)
-    frame = pd.DataFrame({"time": grid})
+    """One row per hour of [start, end): the parts joined on time (not yet conformed)."""
+    grid = pd.DatetimeIndex(pd.date_range(start, end, freq="h", inclusive="left"),
+                            name="time").astype(TIME_DTYPE)
+    columns = []
     for part in parts:
-        part = part.assign(time=part["time"].astype(TIME_DTYPE))
-        part = part.drop_duplicates("time", keep="last")
-        frame = frame.merge(part, on="time", how="left")
+        indexed = part.assign(time=part["time"].astype(TIME_DTYPE)).set_index("time")
+        indexed = indexed[~indexed.index.duplicated(keep="last")]
+        columns.append(indexed.reindex(grid))
+    frame = pd.concat(columns, axis=1) if columns else pd.DataFrame(index=grid)
+    frame = frame.reset_index()
     frame.insert(0, "location_id", location_id)
-    return conform(frame)
+    return frame
+
+
+def combine(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Assembled per-location frames as one canonical frame."""
+    return conform(pd.concat(frames, ignore_index=True)) if frames else empty_frame()
 
 
 # ------------------------------------------------------------------ source
@@ -264,8 +272,7 @@ class OpenMeteoSource:
             for loc in locations
             if loc.id not in failures
         ]
-        frame = pd.concat(frames, ignore_index=True) if frames else empty_frame()
-        return FetchResult(frame=frame, failures=failures, stats=stats)
+        return FetchResult(frame=combine(frames), failures=failures, stats=stats)
 
     # -- the two halves, reusable (OpenWeatherMap takes its weather from here)
 

@@ -25,9 +25,15 @@ from pipeline.io.sources.http import (
     ResponseFormatError,
     RetryPolicy,
 )
-from pipeline.io.sources.open_meteo import OpenMeteoSource, assemble, time_chunks, trim
+from pipeline.io.sources.open_meteo import (
+    OpenMeteoSource,
+    assemble,
+    combine,
+    time_chunks,
+    trim,
+)
 from pipeline.io.sources.units import to_canonical
-from pipeline.schema import TIME_DTYPE, empty_frame
+from pipeline.schema import TIME_DTYPE
 from pipeline.timeutil import now_utc
 
 if TYPE_CHECKING:
@@ -211,5 +217,4 @@ class OpenWeatherMapSource:
             for loc in ok
             if loc.id not in failures
         ]
-        frame = pd.concat(frames, ignore_index=True) if frames else empty_frame()
-        return FetchResult(frame=frame, failures=failures, stats=stats)
+        return FetchResult(frame=combine(frames), failures=failures, stats=stats)

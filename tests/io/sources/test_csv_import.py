@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import textwrap
 
 import numpy as np
@@ -253,3 +254,13 @@ def test_ingest_fails_loudly_when_the_file_lacks_a_location(tmp_path):
     with pytest.raises(IngestError, match=r"1 of 2 location\(s\) failed .*no rows for delhi"):
         ingest.run(ctx)
     assert read_raw(ctx.paths.raw_dir, "csv")["location_id"].tolist() == ["berlin"]
+
+
+def test_gzipped_csv_with_24_00_as_end_of_day(tmp_path):
+    (tmp_path / "day.csv.gz").write_bytes(gzip.compress(
+        b"time,pm2_5\n2024-01-01 23:00,1\n2024-01-01 24:00,2\n2024-01-02 01:00,3\n"))
+    result = source(tmp_path, {"path": "day.csv.gz", "location_id": "berlin"}).fetch(
+        [BERLIN], ts("2024-01-01"), ts("2024-01-03"))
+    assert list(result.frame["time"]) == [ts("2024-01-01T23:00"), ts("2024-01-02T00:00"),
+                                          ts("2024-01-02T01:00")]
+    assert result.frame["pm2_5"].tolist() == [1, 2, 3]
