@@ -1,0 +1,100 @@
+"""One observed pipeline run shared by the observability tests.
+
+A temporary project runs every step with the CLI (synthetic source, as `make run` does by
+default) against the real monitoring stack on free ports (fast intervals), and leaves
+Prometheus full of real data. One ingest before it, from a second project whose source is
+Open-Meteo replayed by a local server, supplies the HTTP ingestion metrics (the synthetic
+source makes no requests); the replayed series are exactly 24 h-periodic, so they cannot
+train a model that beats persistence at 24 h, hence the synthetic data for the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_project
+from tests.monitoring import RunningStack, prom_query, running_stack, wait_until
+from tests.replay_server import ReplayServer, open_meteo_handler
+
+AQ, FORECAST, ARCHIVE = "/v1/air-quality", "/v1/forecast", "/v1/archive"
+JOB = "aq_pipeline"
+SMALL = {"source": {"kind": "synthetic", "start": "2025-01-01", "end": "2025-02-12"},
+         "evaluation": {"holdout_days": 7}, "model": {"max_iter": 40},
+         # this small model may lose to persistence at 1 h: promote anyway, it is observed
+         # here, not judged (ModelSkillBelowPersistence then has real data to fire on)
+         "promotion": {"min_skill": -1.0}}
+OPEN_METEO = {"source": {"kind": "open_meteo", "start": "2025-02-01", "end": "2025-02-03",
+                         "open_meteo": {"requests_per_second": 100, "backoff_s": 0.01,
+                                        "max_retries": 1}}}
+FIRST_END = "2025-02-10"  # forecasts issued here are scored against the data ingested after
+
+
+@dataclass
+class ObservedRun:
+    stack: RunningStack
+    project: Path
+    env: dict[str, str]
+    timings: dict[str, float]
+
+    def step(self, name: str, *args: str, check: bool = True,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """``python -m pipeline <name>`` in the project, as dvc.yaml and Airflow run it."""
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "pipeline", name, *args],
+                              cwd=self.project, env=env or self.env, capture_output=True,
+                              text=True, timeout=600)
+        self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
+        if check and proc.returncode != 0:
+            raise AssertionError(f"step {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return proc
+
+    def query(self, expr: str) -> list[dict]:
+        return prom_query(self.stack.prometheus, expr)
+
+    def wait_for(self, expr: str, timeout: float = 30.0) -> list[dict]:
+        return wait_until(lambda: self.query(expr), timeout=timeout, interval=0.5,
+                          what=f"Prometheus to answer {expr!r}")
+
+
+@pytest.fixture(scope="session")
+def observed_run(tmp_path_factory) -> Iterator[ObservedRun]:
+    root = tmp_path_factory.mktemp("observability")
+    project = make_project(root / "project", overrides=SMALL)
+    http_project = make_project(root / "http_project", overrides=OPEN_METEO)
+    with ReplayServer() as provider, running_stack(root) as st:
+        for path in (AQ, FORECAST, ARCHIVE):
+            provider.route(path, open_meteo_handler())
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AQ_")},
+            "AQ_PROJECT_DIR": str(project),
+            "AQ_PUSHGATEWAY_URL": st.pushgateway,
+            "AQ_OPEN_METEO_AIR_QUALITY_URL": provider.url(AQ),
+            "AQ_OPEN_METEO_FORECAST_URL": provider.url(FORECAST),
+            "AQ_OPEN_METEO_ARCHIVE_URL": provider.url(ARCHIVE),
+            "DVC_NO_ANALYTICS": "1",
+        }
+        run = ObservedRun(st, http_project, {**env, "AQ_PROJECT_DIR": str(http_project)}, {})
+        run.step("ingest")
+        run = ObservedRun(st, project, env, run.timings)
+        run.step("ingest", "--end", FIRST_END)
+        # a step run before its input exists fails cleanly and reports it (pushadd keeps its
+        # last-failure time after the later success)
+        early = run.step("predict", check=False)
+        assert early.returncode == 1, early.stderr
+        for name in ("preprocess", "train", "evaluate", "promote", "predict"):
+            run.step(name)
+        run.step("ingest", "--start", FIRST_END)
+        run.step("score")
+        run.step("drift")
+        # every step's push is scraped and recorded (1 s intervals) before the tests look
+        run.wait_for(f'count(aq_step_success{{job="{JOB}"}} == 1) >= 8')
+        run.wait_for(f'count(aq:step_seconds_since_success{{job="{JOB}"}}) >= 8')
+        yield run

@@ -1,0 +1,141 @@
+"""End to end with the real binaries: the pipeline's trace in Prometheus, alerts to a receiver.
+
+Shares one observed run (tests/integration/conftest.py): a temporary project, every step
+through the CLI with AQ_PUSHGATEWAY_URL set, the real Pushgateway, Prometheus, Alertmanager,
+node exporter and the webhook receiver on free ports of 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from pipeline.ops import stack
+from pipeline.ops.webhook import iter_alerts
+from tests.integration.conftest import JOB
+from tests.metrics_doc import PIPELINE_SECTION, documented_metrics
+from tests.monitoring import gateway_samples, wait_until
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+STEPS = ("ingest", "preprocess", "train", "evaluate", "promote", "predict", "score", "drift")
+
+
+def test_every_step_left_its_trace(observed_run):
+    ok = {r["metric"]["step"]: r["value"][1]
+          for r in observed_run.query(f'aq_step_success{{job="{JOB}"}}')}
+    for step in STEPS:
+        assert ok.get(step) == "1", f"{step}: {ok.get(step)}"
+    ages = observed_run.query(f'aq:step_seconds_since_success{{job="{JOB}"}}')
+    assert {r["metric"]["step"] for r in ages} >= set(STEPS)
+    assert all(0 <= float(r["value"][1]) < 3600 for r in ages)
+
+
+def test_every_documented_metric_exists_with_its_documented_labels(observed_run):
+    missing, wrong = [], []
+    for name, doc in documented_metrics().items():
+        selector = f'{name}{{job="{JOB}"}}' if doc.section == PIPELINE_SECTION else name
+        series = observed_run.query(selector)
+        if not series:
+            missing.append(name)
+            continue
+        for s in series:
+            labels = set(s["metric"]) - {"__name__"}
+            if doc.section == PIPELINE_SECTION and labels != set(doc.labels):
+                wrong.append((name, sorted(labels), doc.labels))
+            elif not set(doc.labels) <= labels:
+                wrong.append((name, sorted(labels), doc.labels))
+    assert missing == [], "documented metrics absent from Prometheus"
+    assert wrong == [], "series whose labels differ from docs/metrics.md"
+
+
+def test_values_are_those_of_the_run(observed_run):
+    """Spot checks against what the steps wrote to disk, not just that something exists."""
+    import json
+
+    reports = observed_run.project / "reports"
+    evaluation = json.loads((reports / "evaluation.json").read_text())
+    for target, by_h in evaluation["scores"].items():
+        for h, s in by_h.items():
+            got = observed_run.query(f'aq_model_mae{{target="{target}",horizon="{h}"}}')
+            assert float(got[0]["value"][1]) == pytest.approx(s["mae"])
+    forecast = json.loads((reports / "forecast.json").read_text())
+    for key, value in forecast["max_aqi_24h"].items():
+        location, target = key.split("/")
+        got = observed_run.query(
+            f'aq_forecast_max_aqi_24h{{location="{location}",target="{target}"}}')
+        assert float(got[0]["value"][1]) == pytest.approx(value)
+    promotion = json.loads((reports / "promotion.json").read_text())
+    info = observed_run.query("aq_champion_info")
+    assert [r["metric"]["version"] for r in info] == [promotion["champion"]]
+    providers = {r["metric"]["provider"] for r in observed_run.query("aq_ingest_requests")}
+    assert "open_meteo_air_quality" in providers
+
+
+def test_series_count_stays_bounded_across_runs(observed_run):
+    """Another round of the hourly steps adds no series, in the Pushgateway or in Prometheus."""
+    in_prometheus = f'count({{job="{JOB}"}})'
+
+    def gateway_series() -> set[tuple]:
+        return {(s.name, tuple(sorted(s.labels.items())))
+                for s in gateway_samples(observed_run.stack.pushgateway, JOB)}
+
+    before = gateway_series()
+    prom_before = float(observed_run.query(in_prometheus)[0]["value"][1])
+    for name in ("ingest", "predict", "score", "drift"):
+        args = ("--start", "2025-02-11") if name == "ingest" else ()
+        observed_run.step(name, *args)
+    assert gateway_series() == before
+    time.sleep(3)  # a few scrapes and evaluations of the new pushes
+    assert float(observed_run.query(in_prometheus)[0]["value"][1]) == prom_before
+
+
+def test_a_failing_step_fires_its_alert_through_alertmanager_to_the_receiver(observed_run):
+    project = observed_run.project
+    shutil.rmtree(project / "build" / "candidate")
+    proc = observed_run.step("evaluate", check=False)
+    assert proc.returncode == 1
+    assert "run `python -m pipeline train` first" in proc.stderr
+
+    failed = observed_run.wait_for(f'aq_step_success{{job="{JOB}",step="evaluate"}} == 0')
+    assert len(failed) == 1
+    observed_run.wait_for(
+        'ALERTS{alertname="PipelineStepFailing",step="evaluate",alertstate="firing"}')
+    log = observed_run.stack.alerts_log
+
+    def delivered(status: str):
+        return [(path, a) for path, a in iter_alerts(log)
+                if a["labels"].get("alertname") == "PipelineStepFailing"
+                and a["labels"].get("step") == "evaluate" and a["status"] == status]
+
+    path, alert = wait_until(lambda: delivered("firing"), timeout=30,
+                             what="the webhook receiver to get PipelineStepFailing")[0]
+    assert path == "/critical"  # routed by severity
+    assert alert["labels"]["severity"] == "critical"
+    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#pipelinestepfailing"
+
+    # fixed and re-run: the metric recovers, the last failure is kept, the alert resolves
+    observed_run.step("train")
+    observed_run.step("evaluate")
+    observed_run.wait_for(f'aq_step_success{{job="{JOB}",step="evaluate"}} == 1')
+    assert observed_run.query(
+        f'aq_step_last_failure_timestamp_seconds{{job="{JOB}",step="evaluate"}}')
+    wait_until(lambda: delivered("resolved"), timeout=60,
+               what="the webhook receiver to get the resolution")
+
+
+def test_pipeline_succeeds_with_the_pushgateway_stopped(observed_run):
+    st = observed_run.stack
+    st.manager.stop("pushgateway")
+    try:
+        started = time.monotonic()
+        proc = observed_run.step("predict")
+        elapsed = time.monotonic() - started
+        assert proc.returncode == 0
+        assert "could not push metrics of step predict" in proc.stderr
+        assert elapsed < 60
+        observed_run.wait_for('up{job="pushgateway"} == 0')
+    finally:
+        stack.start(st.paths, st.ports, fast=True, configs=stack.PACKAGE_ROOT / "prometheus")
+    observed_run.wait_for('up{job="pushgateway"} == 1')
