@@ -181,8 +181,9 @@ class FeatureConfig(_Strict):
 
 class ModelConfig(_Strict):
     kind: Literal["hist_gradient_boosting"] = "hist_gradient_boosting"
-    max_iter: Annotated[int, Field(ge=1, le=5000)] = 300
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.06
+    loss: Literal["squared_error", "absolute_error"] = "squared_error"
+    max_iter: Annotated[int, Field(ge=1, le=5000)] = 150
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
     max_leaf_nodes: Annotated[int, Field(ge=2, le=1024)] = 31
     min_samples_leaf: Annotated[int, Field(ge=1)] = 40
     l2_regularization: Annotated[float, Field(ge=0)] = 0.0

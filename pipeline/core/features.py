@@ -48,6 +48,22 @@ class FeatureSpec:
         return int(longest) + 1
 
 
+def anchor(columns: Mapping[str, pd.Series], target: str) -> pd.Series:
+    """The latest known level of a target at issue time: now, else an hour ago, else a day mean.
+
+    Models forecast relative to it, so a level never seen in training still gets a forecast.
+    """
+    level = columns[target]
+    for fallback in (f"{target}_lag1", f"{target}_mean24", f"{target}_mean72"):
+        if fallback in columns:
+            level = level.fillna(columns[fallback])
+    return level.clip(lower=0)
+
+
+def anchor_column(target: str) -> str:
+    return f"{target}_log"
+
+
 def regular_grid(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per location and hour between its first and last observation; gaps are NaN."""
     pieces = []
@@ -117,6 +133,13 @@ def build_features(
             cols[f"{target}_std{window}"] = roll.std().reset_index(level=0, drop=True)
         cols[f"{target}_diff1"] = by_loc[target].diff(1)
         cols[f"{target}_diff24"] = by_loc[target].diff(24)
+        # scale-free views: the same shape of a series means the same thing at 10 or 300 ug/m3
+        log_now = np.log1p(anchor(cols, target))
+        cols[f"{target}_log"] = log_now
+        for lag in cfg.lags:
+            cols[f"{target}_rel_lag{lag}"] = np.log1p(cols[f"{target}_lag{lag}"]) - log_now
+        for window in cfg.rolling_windows:
+            cols[f"{target}_rel_mean{window}"] = np.log1p(cols[f"{target}_mean{window}"]) - log_now
 
     for pollutant in cfg.co_pollutants:
         if pollutant in spec.targets:

@@ -11,26 +11,58 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 
 from pipeline.config import ModelConfig
-from pipeline.core.features import label_column, persistence_column, seasonal_column
+from pipeline.core.features import (
+    anchor_column,
+    label_column,
+    persistence_column,
+    seasonal_column,
+)
 from pipeline.core.scoring import score
 
 CATEGORICAL = ("location_code",)
 
 
-def build_estimator(config: ModelConfig, features: Sequence[str]) -> Pipeline:
+class LogResidualRegressor(RegressorMixin, BaseEstimator):
+    """Fits ``log1p(y) - log1p(level now)`` and adds it back when predicting.
+
+    Trees cannot extrapolate: forecasting the change relative to the latest known
+    level (column ``anchor``, already log1p) keeps forecasts sensible when a
+    location reaches levels training never saw, and puts clean and polluted
+    places on one scale.
+    """
+
+    def __init__(self, estimator=None, anchor: str = "pm2_5_log"):
+        self.estimator = estimator
+        self.anchor = anchor
+
+    def fit(self, X: pd.DataFrame, y):
+        level = X[self.anchor].to_numpy(dtype=float)
+        self.fallback_ = float(np.nanmedian(level))
+        level = np.where(np.isnan(level), self.fallback_, level)
+        self.estimator_ = clone(self.estimator).fit(X, np.log1p(np.asarray(y, float)) - level)
+        return self
+
+    def predict(self, X: pd.DataFrame):
+        level = X[self.anchor].to_numpy(dtype=float)
+        level = np.where(np.isnan(level), self.fallback_, level)
+        return np.clip(np.expm1(level + self.estimator_.predict(X)), 0, None)
+
+
+def build_estimator(config: ModelConfig, features: Sequence[str], target: str) -> Pipeline:
     select = ColumnTransformer(
         [("features", "passthrough", list(features))],
         remainder="drop",
         verbose_feature_names_out=False,
     ).set_output(transform="pandas")
     categorical = [c for c in features if c in CATEGORICAL]
-    model = HistGradientBoostingRegressor(
-        loss="absolute_error",
+    boosting = HistGradientBoostingRegressor(
+        loss=config.loss,
         max_iter=config.max_iter,
         learning_rate=config.learning_rate,
         max_leaf_nodes=config.max_leaf_nodes,
@@ -40,6 +72,7 @@ def build_estimator(config: ModelConfig, features: Sequence[str]) -> Pipeline:
         categorical_features=categorical or None,
         random_state=config.random_state,
     )
+    model = LogResidualRegressor(boosting, anchor=anchor_column(target))
     return Pipeline([("select", select), ("model", model)])
 
 
@@ -77,7 +110,7 @@ def fit_models(
                     f"only {int(rows.sum())} training rows for {target} h={horizon}: "
                     "ingest more history or lower evaluation.holdout_days"
                 )
-            estimator = build_estimator(config, features)
+            estimator = build_estimator(config, features, target)
             estimator.fit(frame.loc[rows, list(features)], frame.loc[rows, label])
             models[(target, horizon)] = estimator
             if progress is not None:
