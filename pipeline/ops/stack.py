@@ -14,6 +14,7 @@ import copy
 import logging
 import os
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +228,12 @@ def urls(ports: Ports) -> dict[str, str]:
     }
 
 
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
 def start(paths: ProjectPaths, ports: Ports, *, fast: bool = False,
           configs: Path | None = None, timeout: float = 60.0) -> dict[str, str]:
     """Start every stack service that is not already running; wait until each answers."""
@@ -238,6 +245,12 @@ def start(paths: ProjectPaths, ports: Ports, *, fast: bool = False,
         for name, cmd in commands(layout, ports, fast).items():
             port_name, ready_path = SERVICES[name]
             if not manager.is_running(name):
+                port = getattr(ports, port_name)
+                if port_in_use(ports.host, port):  # else we would wait on someone else's server
+                    raise StackError(
+                        f"{name}: port {ports.host}:{port} is taken by another process; "
+                        f"stop it or choose another port with {Ports.env_var(port_name)}=..."
+                    )
                 manager.start(name, cmd, env=env, cwd=paths.stack_dir)
                 started.append(name)
             manager.wait_for_http(ports.url(port_name) + ready_path, timeout=timeout, name=name)

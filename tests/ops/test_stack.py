@@ -62,11 +62,11 @@ def test_stack_binds_loopback_only_answers_and_stops_cleanly(tmp_path):
         # Prometheus scrapes the stack's own targets and loaded the rules
         def targets_up():
             up = {r["metric"]["job"]: r["value"][1] for r in prom_query(st.prometheus, "up")}
-            return up if all(up.get(j) == "1" for j in
-                             ("pushgateway", "prometheus", "alertmanager", "node")) else None
+            expected = {"pushgateway": "1", "prometheus": "1", "alertmanager": "1", "node": "1",
+                        "serving": "0"}  # no serving app in this test: reported down, not hidden
+            return up if up == expected else None
 
-        up = wait_until(targets_up, timeout=30, what="the stack's targets to be up")
-        assert up.get("serving") == "0"  # no serving app in this test: reported down, not hidden
+        wait_until(targets_up, timeout=30, what="the stack's targets to be scraped")
         groups = http_json(f"{st.prometheus}/api/v1/rules")["data"]["groups"]
         assert {g["name"] for g in groups} >= {"aq_pipeline", "aq_pipeline_alerts",
                                                "aq_infra_alerts"}
@@ -145,3 +145,20 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
         assert "nothing was running" in nothing.stdout
     finally:
         manager.stop_all()
+
+
+def test_a_port_taken_by_someone_else_is_a_clear_error_and_nothing_is_left(tmp_path):
+    import socket
+
+    from pipeline.ops import stack
+    from pipeline.paths import ProjectPaths
+
+    ports = free_ports()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports.prometheus))
+        squatter.listen(1)
+        paths = ProjectPaths(tmp_path)
+        with pytest.raises(stack.StackError, match=f"AQ_PROMETHEUS_PORT.*|{ports.prometheus}"):
+            stack.start(paths, ports, fast=True, configs=REPO / "prometheus")
+    manager = ServiceManager(paths.stack_dir)
+    assert manager.names() == []  # what it had started before the error is stopped again
