@@ -15,7 +15,6 @@ from pipeline.steps import ingest
 from tests.conftest import free_port
 from tests.monitoring import gateway_samples, gateway_value, running_pushgateway
 
-pytestmark = pytest.mark.stack
 JOB = "aq_test"
 
 
@@ -83,6 +82,7 @@ def test_without_a_url_nothing_is_pushed_and_only_debug_is_logged(caplog):
 # ------------------------------------------------------------------ a real Pushgateway
 
 
+@pytest.mark.stack
 def test_a_step_pushes_its_metrics_under_job_and_step(gateway):
     with reporter(gateway).step("predict") as run:
         run.set("aq_forecast_max_aqi_24h", 180.0, location="delhi", target="pm2_5")
@@ -97,6 +97,7 @@ def test_a_step_pushes_its_metrics_under_job_and_step(gateway):
         assert extra <= allowed, (sample.name, sample.labels)
 
 
+@pytest.mark.stack
 def test_failure_is_pushed_before_the_error_reaches_the_caller(gateway):
     rep = reporter(gateway)
     try:
@@ -111,6 +112,7 @@ def test_failure_is_pushed_before_the_error_reaches_the_caller(gateway):
         pytest.fail("the step's error was swallowed")
 
 
+@pytest.mark.stack
 def test_pushadd_keeps_the_last_failure_after_a_success(gateway):
     rep = reporter(gateway)
     with pytest.raises(RuntimeError), rep.step("train"):
@@ -132,6 +134,7 @@ def test_pushadd_keeps_the_last_failure_after_a_success(gateway):
                          job=JOB, step="train") is not None
 
 
+@pytest.mark.stack
 def test_steps_do_not_overwrite_each_other(gateway):
     rep = reporter(gateway)
     with rep.step("ingest") as run:
@@ -145,6 +148,7 @@ def test_steps_do_not_overwrite_each_other(gateway):
 # ------------------------------------------------------------------ Pushgateway down
 
 
+@pytest.mark.stack
 def test_gateway_down_step_still_succeeds_with_a_warning_quickly(tmp_path, caplog):
     with running_pushgateway(tmp_path / ".stack") as (manager, url):
         manager.stop("pushgateway")  # it was there, now it is gone
@@ -182,6 +186,7 @@ def test_gateway_refusing_connections_is_not_an_error():
 # ------------------------------------------------------------------ bounded series
 
 
+@pytest.mark.stack
 def test_series_count_does_not_grow_with_runs(gateway, project):
     """Repeated real ingest runs (and a failing one) leave the same number of series."""
     ctx = Context.load(project, settings=Settings(pushgateway_url=gateway, metrics_job=JOB))
