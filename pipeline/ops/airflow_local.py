@@ -35,6 +35,7 @@ from pipeline.paths import PACKAGE_ROOT, ProjectPaths
 log = logging.getLogger(__name__)
 
 ADMIN_USER = "admin"
+DAG_IDS = ("aq_ingest", "aq_retrain", "aq_predict")
 DVC_POOL = ("dvc", 1, "DVC takes a repository-wide lock: one DVC task at a time")
 # start order; stop goes in reverse
 SERVICES = ("airflow-api-server", "airflow-dag-processor", "airflow-scheduler",
@@ -95,7 +96,9 @@ def settings(paths: ProjectPaths, ports: Ports) -> dict[str, dict[str, str]]:
             "load_examples": "False",
             "executor": "LocalExecutor",
             "parallelism": "4",  # two cores: a few tasks at a time
-            "dags_are_paused_at_creation": "False",  # the schedule runs on its own
+            # paused until `make run` has built the first model (then `unpause`): a scheduled
+            # run would otherwise race the first ingestion and `dvc repro` of make run
+            "dags_are_paused_at_creation": "True",
             "fernet_key": fernet_key,
             "simple_auth_manager_users": f"{ADMIN_USER}:admin",
             "simple_auth_manager_passwords_file": str(password_file(paths)),
@@ -221,6 +224,47 @@ def start(paths: ProjectPaths, ports: Ports, timeout: float = 120.0) -> dict[str
     }
 
 
+def _config(paths: ProjectPaths) -> configparser.ConfigParser:
+    cfg_path = paths.airflow_home / "airflow.cfg"
+    if not cfg_path.is_file():
+        raise AirflowError(f"no {cfg_path}: start the local Airflow first (`make run`)")
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(cfg_path)
+    return parser
+
+
+def api_token(paths: ProjectPaths) -> tuple[str, str]:
+    """(base URL, JWT) of the running local Airflow, logged in as the admin."""
+    import requests
+
+    base_url = _config(paths).get("api", "base_url")
+    reply = requests.post(f"{base_url}/auth/token", timeout=30,
+                          json={"username": ADMIN_USER, "password": admin_password(paths)})
+    if not reply.ok:
+        raise AirflowError(f"login to {base_url} failed: HTTP {reply.status_code}")
+    return base_url, reply.json()["access_token"]
+
+
+def set_paused(paths: ProjectPaths, paused: bool, dag_ids=DAG_IDS,
+               timeout: float = 120.0) -> list[str]:
+    """Pause or unpause the project's DAGs through the REST API, once they are parsed."""
+    import requests
+
+    base_url, token = api_token(paths)
+    headers = {"Authorization": f"Bearer {token}"}
+    deadline = time.monotonic() + timeout
+    for dag_id in dag_ids:
+        url = f"{base_url}/api/v2/dags/{dag_id}"
+        while True:
+            reply = requests.patch(url, json={"is_paused": paused}, headers=headers, timeout=30)
+            if reply.ok:
+                break
+            if reply.status_code != 404 or time.monotonic() > deadline:
+                raise AirflowError(f"PATCH {url} failed: HTTP {reply.status_code} {reply.text}")
+            time.sleep(1)  # not parsed yet by the DAG processor
+    return list(dag_ids)
+
+
 def _session_members(sid: int, not_before_ticks: int) -> list[int]:
     """Live processes of a session started no earlier than its leader (pid reuse guard)."""
     members = []
@@ -269,3 +313,26 @@ def stop(paths: ProjectPaths) -> list[str]:
         if rec is not None:  # setsid: the leader's pid is the session id
             _kill_session(rec.pid, rec.start_ticks)
     return stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.ops.airflow_local unpause|pause``: hand the pipeline to the schedule."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.ops.airflow_local",
+                                     description=main.__doc__)
+    parser.add_argument("command", choices=["unpause", "pause"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    paths = ProjectPaths.discover()
+    try:
+        dag_ids = set_paused(paths, paused=args.command == "pause")
+    except AirflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.command}d: {', '.join(dag_ids)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,8 +37,6 @@ if str(REPO / "dags") not in sys.path:
 
 # a project small enough to train in seconds; the gate lets any sane candidate through
 FAST_PARAMS = {
-    "source": {"kind": "synthetic", "start": "2025-02-01", "end": "2025-03-01"},
-    "evaluation": {"holdout_days": 7},
     "horizons": [1, 6],
     "model": {"max_iter": 30},
     "promotion": {"tolerance": 1.0, "min_skill": -1.0},
@@ -70,8 +68,6 @@ def airflow_db() -> Path:
 def make_dvc_project(root: Path, overrides: dict | None = None) -> Path:
     """A project under git + DVC with a local directory remote named ``local``."""
     params = {**FAST_PARAMS, **(overrides or {})}
-    if "source" in (overrides or {}):
-        params["source"] = {**FAST_PARAMS["source"], **overrides["source"]}
     make_project(root, params, with_dvc=True)
     remote = root.parent / f"{root.name}-dvc-remote"
     run(["dvc", "remote", "add", "-f", "-d", "local", str(remote)], cwd=root)
