@@ -1,0 +1,196 @@
+"""The batch pipeline end to end through its steps, on a small synthetic project."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from pipeline.context import Context
+from pipeline.io.registry import Registry
+from pipeline.io.storage import read_raw
+from pipeline.settings import Settings
+from pipeline.steps import (
+    drift,
+    evaluate,
+    ingest,
+    predict,
+    preprocess,
+    promote,
+    rollback,
+    score,
+    train,
+)
+from tests.conftest import make_project, write_params
+
+
+def reload(root, overrides=None) -> Context:
+    if overrides is not None:
+        write_params(root, overrides)
+    return Context.load(root, settings=Settings())
+
+
+def retrain(ctx: Context) -> dict:
+    preprocess.run(ctx)
+    train.run(ctx)
+    evaluate.run(ctx)
+    return promote.run(ctx)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One project ingested, trained, promoted and forecast; tests read it, or copy it."""
+    # a small project gives a weak model: the gate's persistence check is exercised in
+    # test_worse_candidate_is_not_promoted and on the default data in test_dvc_pipeline.py
+    root = make_project(tmp_path_factory.mktemp("pipeline") / "project",
+                        {"promotion": {"min_skill": -1.0}})
+    ctx = reload(root)
+    ingest.run(ctx)
+    report = retrain(ctx)
+    forecast = predict.run(ctx)
+    return root, report, forecast
+
+
+def test_first_candidate_becomes_champion_and_forecasts(trained):
+    root, report, forecast = trained
+    ctx = reload(root)
+    assert report["promoted"] and report["switched"]
+    assert Registry(ctx.paths).champion_version() == report["candidate"]
+    latest = pd.read_parquet(ctx.paths.latest_predictions)
+    assert len(latest) == len(ctx.params.location_ids) * len(ctx.params.horizons)
+    assert set(latest["location_id"]) == set(ctx.params.location_ids)
+    assert (latest["target_time"] - latest["issue_time"] == pd.to_timedelta(
+        latest["horizon"], unit="h")).all()
+    assert latest["aqi_category"].isin(
+        ["good", "moderate", "unhealthy_for_sensitive_groups", "unhealthy", "very_unhealthy",
+         "hazardous"]).all()
+    assert (latest["value"] >= 0).all()
+    run_file = ctx.paths.root / forecast["path"] / "forecasts.parquet"
+    pd.testing.assert_frame_equal(pd.read_parquet(run_file), latest)
+    # the forecast starts from the newest stored hour of each location
+    newest = read_raw(ctx.paths.raw_dir, "synthetic").groupby("location_id")["time"].max()
+    issued = latest.groupby("location_id")["issue_time"].max()
+    assert (issued == newest[issued.index]).all()
+
+
+def test_evaluation_scores_every_target_and_horizon(trained):
+    root, _, _ = trained
+    ctx = reload(root)
+    scores = pd.read_json(ctx.paths.evaluation_report, typ="series")["scores"]
+    assert set(scores["pm2_5"]) == {"1", "6", "12", "24"}
+    for s in scores["pm2_5"].values():
+        assert s["n"] > 100
+        assert {"mae", "rmse", "r2", "skill", "persistence_mae", "seasonal_naive_mae",
+                "aqi_category_accuracy"} <= set(s)
+    for plot in ("predicted_vs_observed.csv", "error_by_horizon.csv", "error_by_hour.csv"):
+        assert (ctx.paths.plots_dir / plot).stat().st_size > 0
+
+
+def test_worse_candidate_is_not_promoted(trained, tmp_path):
+    import shutil
+
+    root = tmp_path / "project"
+    shutil.copytree(trained[0], root)
+    ctx = reload(root)
+    champion = Registry(ctx.paths).champion_version()
+    # a crude model (two stumps): worse than the champion on the same holdout
+    ctx = reload(root, {"promotion": {"min_skill": -1.0}, "model": {
+        "max_iter": 2, "learning_rate": 1.0, "max_leaf_nodes": 2}})
+    report = retrain(ctx)
+    assert not report["promoted"] and not report["switched"]
+    assert any("regresses against champion" in r for r in report["refusals"])
+    assert report["champion_scores_on_holdout"]["pm2_5"]["1"]["n"] > 0
+    assert Registry(ctx.paths).champion_version() == champion
+    # and a gate asking for more skill than it has refuses it on that ground too
+    strict = reload(root, {"promotion": {"min_skill": 0.99}})
+    assert any("does not beat persistence" in r for r in promote.run(strict)["refusals"])
+    assert Registry(ctx.paths).champion_version() == champion
+    assert report["candidate"] in Registry(ctx.paths).versions()  # kept, just not champion
+
+
+def test_regression_against_champion_is_refused(trained, tmp_path):
+    import shutil
+
+    from pipeline.steps.promote import decide
+
+    root = tmp_path / "project"
+    shutil.copytree(trained[0], root)
+    candidate = {"pm2_5": {"1": {"skill": 0.2, "mae": 5.0}}}
+    champion = {"pm2_5": {"1": {"mae": 4.0}}}
+    promoted, refusals = decide(candidate, champion, min_skill=0.0, tolerance=0.1)
+    assert not promoted and "regresses against champion" in refusals[0]
+    assert decide(candidate, champion, 0.0, tolerance=0.3)[0]
+
+
+def test_realised_accuracy_scores_forecasts_once_observations_arrive(trained, tmp_path):
+    import shutil
+
+    root = tmp_path / "project"
+    shutil.copytree(trained[0], root)
+    ctx = reload(root)
+    before = score.run(ctx)
+    assert before["scored"] == 0  # nothing observed after the issue time yet
+    end = pd.Timestamp(ctx.params.source.end, tz="UTC")
+    ingest.run(ctx, start=end, end=end + pd.Timedelta(days=2))
+    report = score.run(ctx)
+    n_loc = len(ctx.params.location_ids)
+    by_h = report["by_target_horizon"]["pm2_5"]
+    assert {h: v["n"] for h, v in by_h.items()}.keys() == {"1", "6", "12", "24"}
+    assert all(0 < v["n"] <= n_loc for v in by_h.values())
+    assert all(v["mae"] >= 0 for v in by_h.values())
+    history = pd.read_parquet(ctx.paths.accuracy_history)
+    again = score.run(ctx)  # idempotent: history does not grow on a re-run
+    assert again["scored"] == report["scored"] == len(history)
+    # a second batch issued later adds to the history
+    predict.run(ctx)
+    ingest.run(ctx, start=end + pd.Timedelta(days=2), end=end + pd.Timedelta(days=4))
+    assert score.run(ctx)["scored"] > report["scored"]
+
+
+def test_drift_report_and_rollback(trained, tmp_path):
+    import shutil
+
+    root = tmp_path / "project"
+    shutil.copytree(trained[0], root)
+    ctx = reload(root)
+    report = drift.run(ctx)
+    assert report["psi"] and 0 <= report["share"] <= 1
+    assert not any(f.startswith(("hour_", "doy_")) for f in report["psi"])
+    first = Registry(ctx.paths).champion_version()
+    ctx = reload(root, {"promotion": {"min_skill": -1.0, "tolerance": 1.0},
+                        "model": {"max_iter": 20, "random_state": 1}})
+    second = retrain(ctx)
+    if not second["switched"]:
+        pytest.skip("second candidate did not pass the gate; rollback covered in test_registry")
+    assert rollback.run(ctx) == first
+    assert Registry(ctx.paths).champion_version() == first
+
+
+def test_cli_reports_missing_inputs_without_traceback(tmp_path):
+    root = make_project(tmp_path / "p")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "predict"], cwd=root,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "AQ_PROJECT_DIR": str(root)})
+    assert proc.returncode == 1
+    assert "error: predict: no champion yet" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_ingest_quarantines_spikes_and_is_idempotent(tmp_path):
+    root = make_project(tmp_path / "p", {"source": {"synthetic": {"spike_rate": 0.01}}})
+    ctx = reload(root)
+    first = ingest.run(ctx, start="2025-01-01", end="2025-01-15")
+    files = {p: p.read_bytes() for p in ctx.paths.raw_dir.rglob("*.parquet")}
+    assert first.quality.quarantined > 0
+    quarantined = pd.concat(pd.read_parquet(p) for p in ctx.paths.ingest_quarantine_dir.rglob(
+        "*.parquet"))
+    assert len(quarantined) == first.quality.quarantined
+    assert quarantined["reason"].str.contains("outside").all()
+    second = ingest.run(ctx, start="2025-01-01", end="2025-01-15")
+    assert second.write.written == []
+    assert {p: p.read_bytes() for p in ctx.paths.raw_dir.rglob("*.parquet")} == files
+    stored = read_raw(ctx.paths.raw_dir, "synthetic")
+    hours = 14 * 24 * len(ctx.params.location_ids)
+    assert len(stored) + first.quality.quarantined == hours  # every hour stored or quarantined
