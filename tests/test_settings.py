@@ -20,7 +20,9 @@ def test_secret_is_redacted_everywhere(caplog):
 
 
 def test_env_overrides_and_defaults():
-    settings = Settings.from_env({"AQ_PUSHGATEWAY_URL": "http://127.0.0.1:1", "AQ_HTTP_TIMEOUT_S": "3"})
+    settings = Settings.from_env(
+        {"AQ_PUSHGATEWAY_URL": "http://127.0.0.1:1", "AQ_HTTP_TIMEOUT_S": "3"}
+    )
     assert settings.pushgateway_url == "http://127.0.0.1:1"
     assert settings.http_timeout_s == 3.0
     assert Settings.from_env({}).pushgateway_url is None

@@ -20,7 +20,8 @@ def test_psi_is_small_for_same_distribution_and_large_for_a_shift():
     assert psi(ref["pm2_5"], rng.gamma(2, 10, 5_000)) < 0.02
     assert psi(ref["pm2_5"], rng.gamma(2, 10, 5_000) * 1.8) > 0.25
     report = drift_report(ref, pd.DataFrame({"pm2_5": rng.gamma(2, 10, 500) * 2}), 0.25, 0.3)
-    assert report["detected"] and report["drifted_features"] == ["pm2_5"]
+    assert report["detected"]
+    assert report["drifted_features"] == ["pm2_5"]
 
 
 @pytest.mark.parametrize(
@@ -43,7 +44,8 @@ def test_us_aqi_breakpoints(pollutant, value, expected_aqi, expected_category):
 def test_scores_against_persistence():
     truth = np.array([10.0, 20.0, 30.0, 40.0])
     s = score("pm2_5", truth, truth + 1, truth + 4, truth + 2)
-    assert s["mae"] == 1.0 and s["persistence_mae"] == 4.0
+    assert s["mae"] == 1.0
+    assert s["persistence_mae"] == 4.0
     assert s["skill"] == pytest.approx(0.75)
     assert s["skill_vs_seasonal"] == pytest.approx(0.5)
     assert skill(5.0, 4.0) < 0

@@ -68,7 +68,8 @@ def test_labels_and_lags_are_shifted_in_hours_per_location():
     assert a.loc[t, label_column("pm2_5", 6)] == a.loc[t + pd.Timedelta(hours=6), "pm2_5"]
     assert a.loc[t, seasonal_column("pm2_5", 6)] == a.loc[t - pd.Timedelta(hours=18), "pm2_5"]
     # gaps are rows of NaN on the grid, so shifts stay in hours
-    assert len(a) == 200 and a["pm2_5"].isna().sum() == 3
+    assert len(a) == 200
+    assert a["pm2_5"].isna().sum() == 3
     # no leakage across locations: b's first lag is NaN, not a's last value
     assert np.isnan(b["pm2_5_lag1"].iloc[0])
 

@@ -33,7 +33,8 @@ def test_ingesting_the_same_interval_twice_gives_the_same_files(tmp_path):
     second = write_raw(raw_dir, "s", rows("2025-01-30", 72))
     assert snapshot(raw_dir) == before
     assert len(first.written) == 2  # January and February partitions
-    assert second.written == [] and len(second.unchanged) == 2
+    assert second.written == []
+    assert len(second.unchanged) == 2
     assert sorted(str(p.relative_to(raw_dir)) for p in first.written) == [
         "source=s/location=a/month=2025-01.parquet",
         "source=s/location=a/month=2025-02.parquet",
@@ -47,7 +48,8 @@ def test_overlapping_windows_merge_without_duplicates(tmp_path):
     stored = read_raw(raw_dir, "s")
     assert len(stored) == 72
     assert not stored.duplicated(["location_id", "time"]).any()
-    assert report.rows_new == 24 and report.rows_updated == 24
+    assert report.rows_new == 24
+    assert report.rows_updated == 24
 
 
 def test_missing_values_never_erase_stored_ones(tmp_path):
@@ -64,7 +66,8 @@ def test_missing_values_never_erase_stored_ones(tmp_path):
 
 def test_empty_frame_writes_nothing(tmp_path):
     report = write_raw(tmp_path / "raw", "s", rows("2025-01-01", 0))
-    assert report.files == [] and not (tmp_path / "raw").exists()
+    assert report.files == []
+    assert not (tmp_path / "raw").exists()
 
 
 def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
@@ -114,4 +117,5 @@ def test_read_raw_filters_window_and_locations(tmp_path):
     write_raw(raw_dir, "s", pd.concat([rows("2025-01-01", 24 * 40), rows("2025-01-01", 24, "b")]))
     part = read_raw(raw_dir, "s", locations=["a"], start=pd.Timestamp("2025-02-01", tz="UTC"),
                     end=pd.Timestamp("2025-02-02", tz="UTC"))
-    assert len(part) == 24 and set(part["location_id"]) == {"a"}
+    assert len(part) == 24
+    assert set(part["location_id"]) == {"a"}

@@ -56,7 +56,8 @@ def trained(tmp_path_factory):
 def test_first_candidate_becomes_champion_and_forecasts(trained):
     root, report, forecast = trained
     ctx = reload(root)
-    assert report["promoted"] and report["switched"]
+    assert report["promoted"]
+    assert report["switched"]
     assert Registry(ctx.paths).champion_version() == report["candidate"]
     latest = pd.read_parquet(ctx.paths.latest_predictions)
     assert len(latest) == len(ctx.params.location_ids) * len(ctx.params.horizons)
@@ -99,7 +100,8 @@ def test_worse_candidate_is_not_promoted(trained, tmp_path):
     ctx = reload(root, {"promotion": {"min_skill": -1.0}, "model": {
         "max_iter": 2, "learning_rate": 1.0, "max_leaf_nodes": 2}})
     report = retrain(ctx)
-    assert not report["promoted"] and not report["switched"]
+    assert not report["promoted"]
+    assert not report["switched"]
     assert any("regresses against champion" in r for r in report["refusals"])
     assert report["champion_scores_on_holdout"]["pm2_5"]["1"]["n"] > 0
     assert Registry(ctx.paths).champion_version() == champion
@@ -120,7 +122,8 @@ def test_regression_against_champion_is_refused(trained, tmp_path):
     candidate = {"pm2_5": {"1": {"skill": 0.2, "mae": 5.0}}}
     champion = {"pm2_5": {"1": {"mae": 4.0}}}
     promoted, refusals = decide(candidate, champion, min_skill=0.0, tolerance=0.1)
-    assert not promoted and "regresses against champion" in refusals[0]
+    assert not promoted
+    assert "regresses against champion" in refusals[0]
     assert decide(candidate, champion, 0.0, tolerance=0.3)[0]
 
 
@@ -156,7 +159,8 @@ def test_drift_report_and_rollback(trained, tmp_path):
     shutil.copytree(trained[0], root)
     ctx = reload(root)
     report = drift.run(ctx)
-    assert report["psi"] and 0 <= report["share"] <= 1
+    assert report["psi"]
+    assert 0 <= report["share"] <= 1
     assert not any(f.startswith(("hour_", "doy_")) for f in report["psi"])
     first = Registry(ctx.paths).champion_version()
     ctx = reload(root, {"promotion": {"min_skill": -1.0, "tolerance": 1.0},
