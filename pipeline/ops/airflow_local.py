@@ -316,16 +316,29 @@ def stop(paths: ProjectPaths) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.ops.airflow_local unpause|pause``: hand the pipeline to the schedule."""
+    """``python -m pipeline.ops.airflow_local prepare|unpause|pause``.
+
+    ``prepare`` writes airflow.cfg, migrates the database and creates the ``dvc``
+    pool (docker-compose's airflow-init runs it); ``unpause`` hands the DAGs to
+    the schedule once ``make run`` has built the first model; ``pause`` stops
+    new runs.
+    """
     import argparse
 
+    from pipeline.ops.ports import Ports
+
     parser = argparse.ArgumentParser(prog="python -m pipeline.ops.airflow_local",
-                                     description=main.__doc__)
-    parser.add_argument("command", choices=["unpause", "pause"])
+                                     description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["prepare", "unpause", "pause"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     paths = ProjectPaths.discover()
     try:
+        if args.command == "prepare":
+            prepare(paths, Ports.from_env())
+            print(f"prepared {paths.airflow_home} (config, database, pool {DVC_POOL[0]!r})")
+            return 0
         dag_ids = set_paused(paths, paused=args.command == "pause")
     except AirflowError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,15 @@
+# The project's image for docker-compose.yml: the pipeline, DVC, Airflow and the serving app.
+# The checkout is mounted at /opt/aq at run time (editable install), so code, data, models and
+# .airflow/ are the host's; the image only carries the dependencies.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 DVC_NO_ANALYTICS=1 PIP_NO_CACHE_DIR=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/aq
+COPY pyproject.toml README.md ./
+COPY pipeline ./pipeline
+COPY serving ./serving
+RUN pip install -e '.[airflow,serving]'

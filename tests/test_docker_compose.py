@@ -1,0 +1,133 @@
+"""docker-compose.yml as YAML (no Docker here): same configs, ports and commands as locally."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.ops import airflow_local
+from pipeline.ops.ports import Ports
+from tests.conftest import REPO
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+PORTS = Ports()  # the committed configs use the default ports
+AIRFLOW_PARTS = ("airflow-api-server", "airflow-dag-processor", "airflow-scheduler",
+                 "airflow-triggerer")
+
+
+def bind_mounts(service: dict) -> list[tuple[str, str]]:
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith(("./", "/")):
+            mounts.append((source, target))
+    return mounts
+
+
+def test_the_whole_stack_is_there():
+    assert {
+        "pushgateway", "prometheus", "alertmanager", "alert-webhook", "node-exporter", "grafana",
+        "airflow-init", *AIRFLOW_PARTS, "serving",
+    } <= set(SERVICES)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_host_network_and_loopback_only(name):
+    """Host networking keeps the configs' 127.0.0.1 addresses valid; nothing binds beyond it."""
+    service = SERVICES[name]
+    assert service["network_mode"] == "host"
+    assert "ports" not in service  # published ports would bypass the loopback binding
+    text = yaml.safe_dump(service)
+    assert "0.0.0.0" not in text
+    for address in re.findall(r"(?:listen-address=|--bind[ ,\n-]*|--host[ ,\n-]*)(\S+)", text):
+        if address:
+            assert address.startswith("127.0.0.1"), (name, address)
+
+
+def test_mounted_config_files_are_the_repositorys_own():
+    """The same files the local stack reads, mounted read-only where they are config."""
+    mounts = {name: dict(bind_mounts(s)) for name, s in SERVICES.items()}
+    assert mounts["prometheus"]["./prometheus"] == "/etc/prometheus"
+    assert mounts["alertmanager"]["./prometheus/alertmanager.yml"] == (
+        "/etc/alertmanager/alertmanager.yml")
+    assert mounts["grafana"]["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    # grafana's dashboard provider reads the path the dashboards are mounted at
+    provider = yaml.safe_load((REPO / "grafana/provisioning/dashboards/dashboards.yml").read_text())
+    assert mounts["grafana"]["./grafana/dashboards"] == provider["providers"][0]["options"]["path"]
+    for name, service in SERVICES.items():
+        for source, _target in bind_mounts(service):
+            if source.startswith("./"):
+                assert (REPO / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_configs_point_at_the_compose_services():
+    prometheus = yaml.safe_load((REPO / "prometheus/prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for s in job["static_configs"]
+               for t in s["targets"]}
+    flags = " ".join(str(a) for s in SERVICES.values() for a in s.get("command", []))
+    for port_name in ("pushgateway", "prometheus", "alertmanager", "node_exporter"):
+        assert PORTS.address(port_name) in targets, port_name
+        assert f"listen-address={PORTS.address(port_name)}" in flags, port_name
+    assert PORTS.address("serving") in targets
+    assert f"--bind 127.0.0.1:{PORTS.serving}" in flags
+    assert SERVICES["grafana"]["environment"]["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    datasource = yaml.safe_load(
+        (REPO / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == PORTS.url("prometheus")
+    alertmanager = yaml.safe_load((REPO / "prometheus/alertmanager.yml").read_text())
+    hooks = {h["url"] for r in alertmanager["receivers"] for h in r.get("webhook_configs", [])}
+    assert hooks
+    assert all(h.startswith(PORTS.url("webhook")) for h in hooks)
+    assert ["--port", str(PORTS.webhook)] == SERVICES["alert-webhook"]["command"][3:5]
+
+
+def test_airflow_parts_run_the_local_commands_on_one_prepared_config():
+    """Same command lines as pipeline/ops/airflow_local.py, after its `prepare` succeeded."""
+    local = airflow_local.commands(PORTS)
+    for part in AIRFLOW_PARTS:
+        command = SERVICES[part]["command"]
+        assert [Path(command[0]).name, *command[1:]] == [Path(local[part][0]).name,
+                                                          *local[part][1:]], part
+        assert SERVICES[part]["depends_on"]["airflow-init"]["condition"] == (
+            "service_completed_successfully")
+        assert SERVICES[part]["environment"]["AIRFLOW_HOME"] == "/opt/aq/.airflow"
+        assert SERVICES[part]["environment"]["AQ_PROJECT_DIR"] == "/opt/aq"
+    assert SERVICES["airflow-init"]["command"] == [
+        "python", "-m", "pipeline.ops.airflow_local", "prepare"]
+    assert SERVICES["airflow-init"]["restart"] == "no"
+    pushgateway = SERVICES["airflow-scheduler"]["environment"]["AQ_PUSHGATEWAY_URL"]
+    assert pushgateway == PORTS.url("pushgateway")
+
+
+def test_prepare_is_a_cli_command():
+    with pytest.raises(SystemExit) as exit_info:
+        airflow_local.main(["--help"])
+    assert exit_info.value.code == 0
+
+
+def test_images_match_the_debian_binaries_the_local_stack_runs():
+    images = {name: s.get("image") for name, s in SERVICES.items()}
+    assert images["prometheus"] == "prom/prometheus:v2.42.0"
+    assert images["pushgateway"] == "prom/pushgateway:v1.5.1"
+    assert images["alertmanager"] == "prom/alertmanager:v0.25.0"
+    assert images["node-exporter"] == "prom/node-exporter:v1.5.0"
+    assert all(":" in image and not image.endswith(":latest") for image in images.values())
+
+
+def test_the_project_image_builds_from_files_in_the_repository():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (REPO / source).exists(), f"Dockerfile copies missing {source}"
+    assert "'.[airflow,serving]'" in dockerfile
+
+
+def test_secrets_are_never_in_the_file():
+    text = (REPO / "docker-compose.yml").read_text()
+    assert "${GRAFANA_ADMIN_PASSWORD:?" in text  # required from the environment, no default
+    assert not re.search(r"(?i)(jwt_secret|fernet_key|password)\s*[:=]\s*['\"]?\w{8,}", text)
