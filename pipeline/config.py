@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.core.units import UnitError, check_unit
 from pipeline.schema import POLLUTANTS, VALUE_COLUMNS, WEATHER
 
 Target = Literal["pm2_5", "pm10", "no2", "o3", "so2", "co"]
@@ -118,8 +119,6 @@ class CsvColumnMap(_Strict):
         _check_variables(self.columns, "mapping.columns")
         _check_variables(self.units, "mapping.units")
         _check_variables(self.parameters.values(), "mapping.parameters")
-        from pipeline.io.sources.units import UnitError, check_unit
-
         for variable, unit in self.units.items():
             try:
                 check_unit(variable, unit)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io.sources.base import FetchResult, SourceError, SourceStats
-from pipeline.io.sources.units import UnitError, to_canonical
+from pipeline.core.units import UnitError, to_canonical
 from pipeline.schema import KEYS, VALUE_COLUMNS, VARIABLES, conform, empty_frame
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from pipeline.io.sources.http import (
     ResponseFormatError,
     RetryPolicy,
 )
-from pipeline.io.sources.units import UnitError, to_canonical
+from pipeline.core.units import UnitError, to_canonical
 from pipeline.schema import TIME_DTYPE, WEATHER, conform, empty_frame
 from pipeline.timeutil import now_utc
 

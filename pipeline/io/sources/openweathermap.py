@@ -32,7 +32,7 @@ from pipeline.io.sources.open_meteo import (
     time_chunks,
     trim,
 )
-from pipeline.io.sources.units import to_canonical
+from pipeline.core.units import to_canonical
 from pipeline.schema import TIME_DTYPE
 from pipeline.timeutil import now_utc
 
