@@ -26,7 +26,12 @@ from tests.replay_server import ReplayServer, open_meteo_handler
 
 AQ, FORECAST, ARCHIVE = "/v1/air-quality", "/v1/forecast", "/v1/archive"
 JOB = "aq_pipeline"
-SMALL = {"source": {"kind": "synthetic", "start": "2025-01-01", "end": "2025-02-12"},
+SMALL = {"source": {"kind": "synthetic", "start": "2025-01-01", "end": "2025-02-12",
+                    # Delhi's emissions quadruple: unhealthy forecasts (the domain alert) and
+                    # drift to observe
+                    "synthetic": {"scenarios": [{"kind": "emission_shift", "start": "2025-02-01",
+                                                 "variable": "pm2_5", "factor": 4.0,
+                                                 "locations": ["delhi"]}]}},
          "evaluation": {"holdout_days": 7}, "model": {"max_iter": 40},
          # this small model may lose to persistence at 1 h: promote anyway, it is observed
          # here, not judged (ModelSkillBelowPersistence then has real data to fire on)

@@ -128,6 +128,33 @@ def test_a_failing_step_fires_its_alert_through_alertmanager_to_the_receiver(obs
                what="the webhook receiver to get the resolution")
 
 
+def test_unhealthy_forecasts_and_only_those_reach_the_air_quality_receiver(observed_run):
+    """The domain alert follows the forecast: AQI > 150 <=> notified on /air-quality."""
+    forecast = {r["metric"]["location"]: float(r["value"][1])
+                for r in observed_run.query(f'aq_forecast_max_aqi_24h{{job="{JOB}"}}')}
+    unhealthy = {loc for loc, value in forecast.items() if value > 150}
+    firing = wait_until(
+        lambda: {r["metric"]["location"] for r in observed_run.query(
+            'ALERTS{alertname="ForecastAQIUnhealthy",alertstate="firing"}')} == unhealthy,
+        timeout=20, what=f"ForecastAQIUnhealthy to fire for exactly {sorted(unhealthy)}")
+    assert firing
+    assert "delhi" in unhealthy  # the run's emission scenario (conftest) makes sure of it
+
+    def notified():
+        """Locations whose latest air-quality notification says firing (earlier runs' resolve)."""
+        latest = {}
+        for path, a in iter_alerts(observed_run.stack.alerts_log):
+            if a["labels"]["alertname"] == "ForecastAQIUnhealthy" and path == "/air-quality":
+                latest[a["labels"]["location"]] = a["status"]
+        return {loc for loc, status in latest.items() if status == "firing"}
+
+    assert wait_until(lambda: notified() == unhealthy, timeout=45,
+                      what="the air-quality receiver to be notified")
+    others = {path for path, a in iter_alerts(observed_run.stack.alerts_log)
+              if a["labels"]["alertname"] == "ForecastAQIUnhealthy"}
+    assert others <= {"/air-quality"}  # never on the operational receivers
+
+
 def test_pipeline_succeeds_with_the_pushgateway_stopped(observed_run):
     st = observed_run.stack
     st.manager.stop("pushgateway")
