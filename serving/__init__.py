@@ -1,0 +1,1 @@
+"""Online forecast serving (Flask + gunicorn): not built yet; batch forecasts are in predictions/."""
