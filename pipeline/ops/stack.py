@@ -35,6 +35,7 @@ SCRAPE_JOBS = {
     "alertmanager": "alertmanager",
     "node": "node_exporter",
     "serving": "serving",
+    "airflow": "airflow",  # airflow-exporter on the Airflow API server (pipeline/ops/airflow_local)
 }
 # service name -> (Ports field, readiness path)
 SERVICES = {

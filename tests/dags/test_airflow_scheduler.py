@@ -11,6 +11,7 @@ be lost. Then Airflow's own metrics, and a clean stop.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ import requests
 from pipeline.ops import airflow_local
 from pipeline.ops.ports import Ports
 from pipeline.paths import ProjectPaths
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 from tests.dags.conftest import make_dvc_project, run, seed_history, wait_until
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
@@ -232,6 +233,64 @@ def test_airflow_metrics_are_exported_for_prometheus(local_airflow, api):
                  status="success") == 2
     assert value("airflow_task_status", dag_id="aq_retrain", task_id="train",
                  status="failed") is None
+
+
+def documented_airflow_metrics() -> dict[str, set[str]]:
+    """Name -> labels of the "Airflow metrics" table in docs/metrics.md."""
+    out, section = {}, ""
+    for line in (REPO / "docs" / "metrics.md").read_text().splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif section == "Airflow metrics" and line.startswith("| `"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            out[cells[0].strip("`")] = set(re.findall(r"`([^`]+)`", cells[1]))
+    return out
+
+
+def test_airflow_metrics_sit_beside_the_pipelines_in_prometheus(local_airflow, tmp_path):
+    """A real Prometheus on the committed prometheus.yml scrapes Airflow and the Pushgateway."""
+    from pipeline.ops import stack
+    from pipeline.ops.services import ServiceManager
+
+    paths = local_airflow["paths"]
+    ports = Ports(prometheus=free_port(), alertmanager=free_port(), webhook=free_port(),
+                  node_exporter=free_port(), serving=free_port(),
+                  airflow=local_airflow["ports"].airflow,
+                  pushgateway=local_airflow["ports"].pushgateway)
+    layout = stack.write_configs(paths, ports, fast=True)
+    manager = ServiceManager(tmp_path / "prometheus-state")
+    manager.start("prometheus", stack.commands(layout, ports, fast=True)["prometheus"])
+    try:
+        prom = ports.url("prometheus")
+        manager.wait_for_http(f"{prom}/-/ready", timeout=60, name="prometheus")
+
+        def query(expr: str) -> list[dict]:
+            reply = requests.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10)
+            return reply.json()["data"]["result"] if reply.ok else []
+
+        def both_scraped():
+            airflow = query('airflow_dag_status{job="airflow",dag_id="aq_retrain",'
+                            'status="success"}')
+            pipeline = query('aq_step_success{job="aq_pipeline",step="train"}')
+            return (airflow, pipeline) if airflow and pipeline else None
+
+        airflow, pipeline = wait_until(both_scraped, 60, what="Airflow and pipeline metrics")
+        assert airflow[0]["value"][1] == "1"
+        assert pipeline[0]["value"][1] == "1"
+        documented = documented_airflow_metrics()
+        assert set(documented) == {"airflow_dag_status", "airflow_dag_last_status",
+                                   "airflow_dag_run_duration", "airflow_task_status"}
+        for name, labels in documented.items():
+            series = query(f'{name}{{job="airflow"}}')
+            if name == "airflow_dag_run_duration":  # only while a run is running: none now
+                assert series == []
+                continue
+            assert series, name
+            assert all(labels <= set(s["metric"]) for s in series), name
+        failed = query('airflow_task_status{job="airflow",status="failed"}')
+        assert [s for s in failed if float(s["value"][1]) > 0] == []
+    finally:
+        manager.stop("prometheus")
 
 
 def test_stop_leaves_nothing_behind(local_airflow):
