@@ -84,10 +84,19 @@ def start(paths: ProjectPaths, with_airflow: bool = True) -> dict[str, str]:
 
 def stop(paths: ProjectPaths) -> list[str]:
     airflow = _airflow()
+    failure: Exception | None = None
     if airflow is not None:
-        airflow.stop(paths)
+        try:
+            airflow.stop(paths)
+        except Exception as exc:  # still stop the monitoring stack, then report it
+            log.error("stopping Airflow failed: %s", exc)
+            failure = exc
     # whatever is left (the monitoring stack and anything airflow.stop missed): only our pid files
-    return ServiceManager(paths.stack_dir).stop_all()
+    stopped = ServiceManager(paths.stack_dir).stop_all()
+    (paths.stack_dir / "env").unlink(missing_ok=True)  # its URLs point at nothing now
+    if failure is not None:
+        raise failure
+    return stopped
 
 
 def main(argv: list[str] | None = None) -> int:

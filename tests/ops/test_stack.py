@@ -139,6 +139,7 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
         bystander.kill()
         bystander.wait()
         assert manager.names() == []
+        assert not (project / ".stack" / "env").exists()
         for pid in pids.values():
             assert not Path(f"/proc/{pid}").exists() or \
                 Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
