@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import base64
 import configparser
-import contextlib
 import json
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -265,54 +263,15 @@ def set_paused(paths: ProjectPaths, paused: bool, dag_ids=DAG_IDS,
     return list(dag_ids)
 
 
-def _session_members(sid: int, not_before_ticks: int) -> list[int]:
-    """Live processes of a session started no earlier than its leader (pid reuse guard)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2:].split()
-        state, session, start_ticks = fields[0], int(fields[3]), int(fields[19])
-        if session == sid and state != "Z" and start_ticks >= not_before_ticks:
-            members.append(int(entry.name))
-    return members
-
-
-def _kill_session(sid: int, not_before_ticks: int, timeout: float = 10.0) -> None:
-    """TERM, then KILL, what is left of a service's session.
+def stop(paths: ProjectPaths) -> list[str]:
+    """Stop every Airflow part this project started, and the tasks they were running.
 
     Airflow runs each task in its own process group inside the scheduler's
-    session, so stopping the scheduler's group alone would leave a running
-    task (and the DVC command it started) behind.
+    session; the service manager stops the whole session, so a running task
+    (and the DVC command it started) goes too.
     """
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        members = _session_members(sid, not_before_ticks)
-        if not members:
-            return
-        log.info("stopping %d leftover process(es) of session %d", len(members), sid)
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while _session_members(sid, not_before_ticks) and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-
-def stop(paths: ProjectPaths) -> list[str]:
-    """Stop every Airflow part this project started, and the tasks they were running."""
     manager = ServiceManager(paths.stack_dir)
-    stopped = []
-    for name in reversed(SERVICES):
-        rec = manager.record(name)
-        if manager.stop(name, timeout=20.0):
-            stopped.append(name)
-        if rec is not None:  # setsid: the leader's pid is the session id
-            _kill_session(rec.pid, rec.start_ticks)
-    return stopped
+    return [name for name in reversed(SERVICES) if manager.stop(name, timeout=20.0)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ be lost. Then Airflow's own metrics, and a clean stop.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import time
@@ -293,9 +294,18 @@ def test_airflow_metrics_sit_beside_the_pipelines_in_prometheus(local_airflow, t
         manager.stop("prometheus")
 
 
-def test_stop_leaves_nothing_behind(local_airflow):
+def test_stop_leaves_nothing_behind_even_mid_run(local_airflow, api):
+    """Stopping while a task runs DVC also ends the task's own process group and DVC."""
     paths, ports = local_airflow["paths"], local_airflow["ports"]
-    assert session_pids(local_airflow["leaders"])
+    run_id = api.trigger("aq_retrain", None)
+
+    def running_task():
+        return [ti for ti in api.task_instances("aq_retrain", run_id) if ti["state"] == "running"]
+
+    wait_until(running_task, 120, interval=0.5, what="a running retraining task")
+    pids = session_pids(local_airflow["leaders"])
+    task_groups = {g for p in pids if (g := _pgid(p)) is not None} - set(local_airflow["leaders"])
+    assert task_groups, "the running task has its own process group"
 
     stopped = airflow_local.stop(paths)
 
@@ -304,3 +314,10 @@ def test_stop_leaves_nothing_behind(local_airflow):
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", ports.airflow), 2).close()
     assert airflow_local.stop(paths) == []  # idempotent
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
