@@ -130,11 +130,18 @@ def write_config(paths: ProjectPaths, ports: Ports) -> Path:
     return target
 
 
-def service_env(paths: ProjectPaths, ports: Ports) -> dict[str, str]:
-    """Environment of every Airflow part and of the tasks it runs."""
+def service_env(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = False
+                ) -> dict[str, str]:
+    """Environment of every Airflow part and of the tasks it runs.
+
+    Inherited ``AIRFLOW__*`` values for the pinned settings are dropped (a shell
+    or test may point them at another instance) unless ``keep_airflow_env``:
+    docker-compose sets them on purpose, e.g. to move to PostgreSQL.
+    """
     env = {
         k: v for k, v in os.environ.items()
-        if not (k.startswith("AIRFLOW__") and tuple(k.lower().split("__")[1:3]) in PINNED)
+        if keep_airflow_env
+        or not (k.startswith("AIRFLOW__") and tuple(k.lower().split("__")[1:3]) in PINNED)
     }
     env.pop("AIRFLOW_CONFIG", None)
     env.update({
@@ -156,10 +163,11 @@ def _airflow_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float
         raise AirflowError(f"`airflow {' '.join(args)}` failed ({proc.returncode}):\n{tail}")
 
 
-def prepare(paths: ProjectPaths, ports: Ports) -> dict[str, str]:
+def prepare(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = False
+            ) -> dict[str, str]:
     """Config, database schema and the one-slot ``dvc`` pool; returns the service env."""
     write_config(paths, ports)
-    env = service_env(paths, ports)
+    env = service_env(paths, ports, keep_airflow_env=keep_airflow_env)
     _airflow_cli(["db", "migrate"], env, paths.root)
     name, slots, description = DVC_POOL
     _airflow_cli(["pools", "set", name, str(slots), description], env, paths.root)
@@ -295,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = ProjectPaths.discover()
     try:
         if args.command == "prepare":
-            prepare(paths, Ports.from_env())
+            # the containers' AIRFLOW__* settings win (e.g. a PostgreSQL database)
+            prepare(paths, Ports.from_env(), keep_airflow_env=True)
             print(f"prepared {paths.airflow_home} (config, database, pool {DVC_POOL[0]!r})")
             return 0
         dag_ids = set_paused(paths, paused=args.command == "pause")
