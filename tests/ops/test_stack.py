@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,59 @@ def test_an_alert_posted_to_alertmanager_reaches_the_webhook_receiver(tmp_path):
         path, received = got[0]
         assert path == "/critical"
         assert received["labels"]["step"] == "train"
+
+
+def post_alerts(alertmanager_url: str, alerts: list[dict]) -> None:
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{alertmanager_url}/api/v2/alerts", data=json.dumps(alerts).encode(),
+        headers={"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(req, timeout=5).close()
+
+
+@pytest.mark.parametrize(
+    ("cause", "effect", "elsewhere"),
+    [
+        # a down Pushgateway explains every stale step
+        ({"alertname": "PushgatewayDown", "severity": "critical", "job": "pushgateway"},
+         {"alertname": "PipelineStepStale", "severity": "warning", "job": "aq_test",
+          "step": "ingest"}, "suppressed"),
+        # a down Airflow explains an ageing champion
+        ({"alertname": "TargetDown", "severity": "warning", "job": "airflow"},
+         {"alertname": "ChampionNotRefreshed", "severity": "warning", "job": "aq_test"},
+         "suppressed"),
+        # a failing step explains its own staleness, not another step's
+        ({"alertname": "PipelineStepFailing", "severity": "critical", "job": "aq_test",
+          "step": "train"},
+         {"alertname": "PipelineStepStale", "severity": "warning", "job": "aq_test",
+          "step": "train"}, "active"),
+    ],
+)
+def test_a_cause_inhibits_the_alerts_it_causes(tmp_path, cause, effect, elsewhere):
+    """Real Alertmanager: the effect is suppressed and never notified, the cause is."""
+    other = {**effect, "step": "drift"}  # the same alert for another step
+    with running_stack(tmp_path) as st:
+        am = st.ports.url("alertmanager")
+        post_alerts(am, [{"labels": cause}])
+        wait_until(lambda: list(iter_alerts(st.alerts_log)), timeout=30,
+                   what="the cause to be notified")
+        post_alerts(am, [{"labels": effect}, {"labels": other}])
+
+        def states():
+            return {a["labels"].get("step"): a["status"]["state"]
+                    for a in http_json(f"{am}/api/v2/alerts")
+                    if a["labels"]["alertname"] == effect["alertname"]}
+
+        wanted = {effect.get("step"): "suppressed", "drift": elsewhere}
+        wait_until(lambda: states() == wanted, timeout=30, what=f"alert states {wanted}")
+        time.sleep(3)  # several group intervals of the fast config
+        notified = {(a["labels"]["alertname"], a["labels"].get("step"))
+                    for _, a in iter_alerts(st.alerts_log)}
+        assert (cause["alertname"], cause.get("step")) in notified
+        assert (effect["alertname"], effect.get("step")) not in notified
+        assert ((effect["alertname"], "drift") in notified) == (elsewhere == "active")
 
 
 def run_ops(args: list[str], project: Path, ports_env: dict[str, str]):
