@@ -211,6 +211,35 @@ def test_retraining_and_two_ingestions_at_once_share_dvc_without_losing_data(
     assert (root / "models" / "champion.json").is_file()
 
 
+def test_an_airflow_backfill_ingests_a_past_range(local_airflow, api):
+    """`airflow backfill create` (here via REST): one run per hour of the range, each its hour."""
+    root = local_airflow["paths"].root
+    body = {"dag_id": "aq_ingest", "from_date": "2025-03-01T05:00:00Z",
+            "to_date": "2025-03-01T06:00:00Z", "max_active_runs": 2}
+
+    def create():  # on SQLite, Airflow answers 503 while the scheduler holds the write lock
+        reply = api.session.post(f"{api.base}/api/v2/backfills", json=body, timeout=30)
+        assert reply.ok or reply.status_code == 503, reply.text
+        return reply.json() if reply.ok else None
+
+    backfill = wait_until(create, 60, interval=1, what="the backfill to be created")
+
+    def completed():
+        return api.call("GET", f"/backfills/{backfill['id']}")["completed_at"]
+
+    wait_until(completed, RUN_TIMEOUT_S, interval=2, what="the backfill to complete")
+    runs = api.call("GET", "/dags/aq_ingest/dagRuns", params={"run_type": "backfill"})["dag_runs"]
+    assert sorted((r["logical_date"][:16], r["state"]) for r in runs) == [
+        ("2025-03-01T05:00", "success"), ("2025-03-01T06:00", "success")
+    ], failure_report(local_airflow["paths"], [("aq_ingest", r["dag_run_id"]) for r in runs])
+    # a scheduled interval starts at its logical date: 05:00-06:00 and 06:00-07:00
+    for loc in LOCATIONS:
+        part = root / "data/raw/source=synthetic" / f"location={loc}" / "month=2025-03.parquet"
+        stored = set(pd.read_parquet(part, columns=["time"])["time"])
+        assert stored == {pd.Timestamp(f"2025-03-01T{h:02d}:00", tz="UTC") for h in (2, 3, 5, 6)}
+    assert "up to date" in run(["dvc", "status", "data.dvc"], cwd=root).stdout
+
+
 def test_airflow_metrics_are_exported_for_prometheus(local_airflow, api):
     """airflow-exporter on the API server: DAG and task states Prometheus scrapes."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -228,10 +257,10 @@ def test_airflow_metrics_are_exported_for_prometheus(local_airflow, api):
                      if n == name and labels.items() <= dict(lbl).items()), None)
 
     assert value("airflow_dag_status", dag_id="aq_retrain", status="success") == 1
-    assert value("airflow_dag_status", dag_id="aq_ingest", status="success") == 2
+    assert value("airflow_dag_status", dag_id="aq_ingest", status="success") == 4
     assert value("airflow_dag_last_status", dag_id="aq_retrain", status="success") == 1
     assert value("airflow_task_status", dag_id="aq_ingest", task_id="data_version",
-                 status="success") == 2
+                 status="success") == 4
     assert value("airflow_task_status", dag_id="aq_retrain", task_id="train",
                  status="failed") is None
 
