@@ -1,1 +1,1 @@
-"""Online forecast serving (Flask + gunicorn): not built yet; batch forecasts are in predictions/."""
+"""Online forecast serving (Flask + gunicorn): not built yet; batch forecasts: predictions/."""

@@ -10,7 +10,7 @@ import pandas as pd
 from pipeline.context import Context
 from pipeline.core.models import Split, evaluate_models
 from pipeline.errors import PipelineError
-from pipeline.io.metrics import StepRun
+from pipeline.io.metrics import MetricsReporter, StepRun
 from pipeline.io.registry import ModelBundle, Registry
 from pipeline.io.storage import atomic_write_json, read_json
 from pipeline.steps.common import require
@@ -52,14 +52,21 @@ def decide(candidate: dict, champion: dict | None, min_skill: float,
     return not refusals, refusals
 
 
-def push_champion(metrics: StepRun, registry: Registry) -> None:
+def push_champion(reporter: MetricsReporter, registry: Registry) -> None:
+    """Push the current champion under its own group (step="champion").
+
+    Promote and rollback both change the champion; one group means the latest
+    change wins, whichever step made it, and a failing step cannot make an older
+    champion look current.
+    """
     version = registry.champion_version()
     if version is None:
         return
     meta = read_json(registry.version_dir(version) / "metadata.json")
-    metrics.info("aq_champion_info", {"version": version})
-    metrics.set("aq_champion_created_timestamp_seconds",
-                pd.Timestamp(meta["created_at"]).timestamp())
+    run = StepRun("champion")
+    run.info("aq_champion_info", {"version": version})
+    run.set("aq_champion_created_timestamp_seconds", pd.Timestamp(meta["created_at"]).timestamp())
+    reporter.push(run)
 
 
 def run(ctx: Context) -> dict:
@@ -101,7 +108,7 @@ def run(ctx: Context) -> dict:
         }
         atomic_write_json(ctx.paths.promotion_report, report)
         metrics.set("aq_promotion_promoted", 1 if report["promoted"] else 0)
-        push_champion(metrics, registry)
+        push_champion(ctx.reporter, registry)
         if report["switched"]:
             log.info("promote: %s is the new champion (was %s)", version, champion_version)
         elif promoted:

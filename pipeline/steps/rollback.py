@@ -12,11 +12,11 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: Context) -> str:
-    with ctx.reporter.step("rollback") as metrics:
+    with ctx.reporter.step("rollback"):
         registry = Registry(ctx.paths)
         current = registry.champion_version()
         restored = registry.rollback()
-        push_champion(metrics, registry)
+        push_champion(ctx.reporter, registry)
         log.info("rollback: champion %s -> %s", current, restored)
         print(f"champion is now {restored} (was {current})")
     return restored

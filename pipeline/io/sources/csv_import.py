@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from pipeline.io.sources.base import FetchResult, SourceError, SourceStats
 from pipeline.core.units import UnitError, to_canonical
+from pipeline.io.sources.base import FetchResult, SourceError, SourceStats
 from pipeline.schema import KEYS, VALUE_COLUMNS, VARIABLES, conform, empty_frame
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from pipeline.core.units import UnitError, to_canonical
 from pipeline.io.sources.base import FetchResult, SourceStats
 from pipeline.io.sources.http import (
     HttpClient,
@@ -26,7 +27,6 @@ from pipeline.io.sources.http import (
     ResponseFormatError,
     RetryPolicy,
 )
-from pipeline.core.units import UnitError, to_canonical
 from pipeline.schema import TIME_DTYPE, WEATHER, conform, empty_frame
 from pipeline.timeutil import now_utc
 

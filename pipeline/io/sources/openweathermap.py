@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from pipeline.core.units import to_canonical
 from pipeline.io.sources.base import FetchResult, SourceError, SourceStats
 from pipeline.io.sources.http import (
     HttpClient,
@@ -32,7 +33,6 @@ from pipeline.io.sources.open_meteo import (
     time_chunks,
     trim,
 )
-from pipeline.core.units import to_canonical
 from pipeline.schema import TIME_DTYPE
 from pipeline.timeutil import now_utc
 
