@@ -31,5 +31,7 @@ python -m pipeline summary
 if [ "${AQ_NO_SERVICES:-0}" != "1" ]; then
   echo
   python -m pipeline.ops status || true
+  echo "The Airflow DAGs start paused, so no scheduled run races this one. Hand over to the"
+  echo "schedule with: .venv/bin/python -m pipeline.ops.airflow_local unpause"
   echo "Stop the services with: make stop"
 fi
