@@ -3,7 +3,7 @@
 One Airflow for the module (starting it is the slow part): API server,
 scheduler, DAG processor and triggerer from :mod:`pipeline.ops.airflow_local`
 on free ports, a real Pushgateway, a temporary project with history. The
-nightly retraining and two hourly ingestions are triggered at the same time;
+nightly retraining, two hourly ingestions and a backfill start at the same time;
 the one-slot ``dvc`` pool must keep every DVC command apart, and nothing may
 be lost. Then Airflow's own metrics, and a clean stop.
 """
@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 RUN_TIMEOUT_S = 420
 INGEST_HOURS = ("2025-03-01T03:00:00Z", "2025-03-01T04:00:00Z")  # logical dates
+BACKFILL = ("2025-03-01T05:00:00Z", "2025-03-01T06:00:00Z")  # from, to (inclusive)
 LOCATIONS = ("berlin", "delhi")
 DVC_STAGES = ("preprocess", "train", "evaluate", "promote")
 
@@ -128,7 +129,6 @@ def local_airflow(tmp_path_factory, pushgateway, monkeypatch_module):
     root = make_dvc_project(tmp_path_factory.mktemp("scheduler") / "project")
     seed_history(root)
     monkeypatch_module.setenv("AQ_TASK_RETRIES", "0")
-    monkeypatch_module.setenv("AQ_INGEST_BATCH_SIZE", "1")
     # only the runs the tests trigger: no scheduled run for the current hour or night
     monkeypatch_module.setenv("AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE", "False")
     paths = ProjectPaths(root)
@@ -167,8 +167,20 @@ def test_start_prints_the_ui_and_login_and_binds_loopback_only(local_airflow, ap
     assert cfg.stat().st_mode & 0o077 == 0  # it holds the JWT secret
 
 
-def test_retraining_and_two_ingestions_at_once_share_dvc_without_losing_data(
+def create_backfill(api: AirflowApi, body: dict) -> dict:
+    """POST /backfills; on SQLite Airflow answers 503 while the scheduler holds the write lock."""
+
+    def create():
+        reply = api.session.post(f"{api.base}/api/v2/backfills", json=body, timeout=30)
+        assert reply.ok or reply.status_code == 503, reply.text
+        return reply.json() if reply.ok else None
+
+    return wait_until(create, 60, interval=1, what="the backfill to be created")
+
+
+def test_retraining_two_ingestions_and_a_backfill_at_once_share_dvc_losing_nothing(
         local_airflow, api, pushgateway):
+    """The retraining, two triggered hours and a backfill of two more, all started together."""
     root = local_airflow["paths"].root
     assert all(api.call("GET", f"/dags/{d}")["is_paused"] for d in airflow_local.DAG_IDS)
     # what `make run` does once its first pipeline run is done; aq_predict stays paused here
@@ -176,29 +188,42 @@ def test_retraining_and_two_ingestions_at_once_share_dvc_without_losing_data(
     triggered_at = datetime.now(UTC).timestamp()
     runs = [("aq_retrain", api.trigger("aq_retrain", None))]
     runs += [("aq_ingest", api.trigger("aq_ingest", hour)) for hour in INGEST_HOURS]
+    # `airflow backfill create` (here via REST): one run per hour of the range
+    backfill = create_backfill(api, {"dag_id": "aq_ingest", "max_active_runs": 2,
+                                     "from_date": BACKFILL[0], "to_date": BACKFILL[1]})
+
+    def backfill_runs():
+        found = api.call("GET", "/dags/aq_ingest/dagRuns",
+                         params={"run_type": "backfill"})["dag_runs"]
+        return found if len(found) == 2 else None
+
+    runs += [("aq_ingest", r["dag_run_id"])
+             for r in wait_until(backfill_runs, 60, what="the backfill's runs")]
 
     def finished():
         states = {run_id: api.run_state(dag_id, run_id) for dag_id, run_id in runs}
         return states if all(s in ("success", "failed") for s in states.values()) else None
 
-    states = wait_until(finished, RUN_TIMEOUT_S, interval=2, what="the three runs to finish")
+    states = wait_until(finished, RUN_TIMEOUT_S, interval=2, what="the five runs to finish")
     assert set(states.values()) == {"success"}, failure_report(local_airflow["paths"], runs)
+    wait_until(lambda: api.call("GET", f"/backfills/{backfill['id']}")["completed_at"], 60,
+               what="the backfill to be marked complete")
 
     # the pool kept DVC commands apart: no two dvc-pool task instances overlapped
     dvc_tis = [ti for dag_id, run_id in runs for ti in api.task_instances(dag_id, run_id)
                if ti["pool"] == "dvc"]
-    assert len(dvc_tis) == len(DVC_STAGES) + len(INGEST_HOURS)
+    assert len(dvc_tis) == len(DVC_STAGES) + len(INGEST_HOURS) + 2
     spans = [(pd.Timestamp(ti["start_date"]), pd.Timestamp(ti["end_date"]), ti["task_id"])
              for ti in dvc_tis]
     for a, b in combinations(spans, 2):
         assert a[1] <= b[0] or b[1] <= a[0], f"{a[2]} and {b[2]} ran DVC at the same time"
 
-    # no data lost: both hours of both locations stored, versioned and pushed
+    # no data lost: every hour of both locations stored, versioned and pushed. A triggered
+    # run ingests the hour before its logical date; a scheduled (backfill) interval starts at it.
+    expected = {pd.Timestamp(f"2025-03-01T{h:02d}:00", tz="UTC") for h in (2, 3, 5, 6)}
     for loc in LOCATIONS:
         part = root / "data/raw/source=synthetic" / f"location={loc}" / "month=2025-03.parquet"
-        stored = set(pd.read_parquet(part, columns=["time"])["time"])
-        assert stored == {pd.Timestamp("2025-03-01T02:00", tz="UTC"),
-                          pd.Timestamp("2025-03-01T03:00", tz="UTC")}, loc
+        assert set(pd.read_parquet(part, columns=["time"])["time"]) == expected, loc
     assert "up to date" in run(["dvc", "status", "data.dvc"], cwd=root).stdout
     assert "in sync" in run(["dvc", "status", "-c", "-r", "local", "data.dvc"], cwd=root).stdout
 
@@ -209,35 +234,6 @@ def test_retraining_and_two_ingestions_at_once_share_dvc_without_losing_data(
         assert pushed is not None
         assert pushed >= triggered_at, step
     assert (root / "models" / "champion.json").is_file()
-
-
-def test_an_airflow_backfill_ingests_a_past_range(local_airflow, api):
-    """`airflow backfill create` (here via REST): one run per hour of the range, each its hour."""
-    root = local_airflow["paths"].root
-    body = {"dag_id": "aq_ingest", "from_date": "2025-03-01T05:00:00Z",
-            "to_date": "2025-03-01T06:00:00Z", "max_active_runs": 2}
-
-    def create():  # on SQLite, Airflow answers 503 while the scheduler holds the write lock
-        reply = api.session.post(f"{api.base}/api/v2/backfills", json=body, timeout=30)
-        assert reply.ok or reply.status_code == 503, reply.text
-        return reply.json() if reply.ok else None
-
-    backfill = wait_until(create, 60, interval=1, what="the backfill to be created")
-
-    def completed():
-        return api.call("GET", f"/backfills/{backfill['id']}")["completed_at"]
-
-    wait_until(completed, RUN_TIMEOUT_S, interval=2, what="the backfill to complete")
-    runs = api.call("GET", "/dags/aq_ingest/dagRuns", params={"run_type": "backfill"})["dag_runs"]
-    assert sorted((r["logical_date"][:16], r["state"]) for r in runs) == [
-        ("2025-03-01T05:00", "success"), ("2025-03-01T06:00", "success")
-    ], failure_report(local_airflow["paths"], [("aq_ingest", r["dag_run_id"]) for r in runs])
-    # a scheduled interval starts at its logical date: 05:00-06:00 and 06:00-07:00
-    for loc in LOCATIONS:
-        part = root / "data/raw/source=synthetic" / f"location={loc}" / "month=2025-03.parquet"
-        stored = set(pd.read_parquet(part, columns=["time"])["time"])
-        assert stored == {pd.Timestamp(f"2025-03-01T{h:02d}:00", tz="UTC") for h in (2, 3, 5, 6)}
-    assert "up to date" in run(["dvc", "status", "data.dvc"], cwd=root).stdout
 
 
 def test_airflow_metrics_are_exported_for_prometheus(local_airflow, api):
