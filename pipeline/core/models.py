@@ -81,14 +81,40 @@ class Split:
     holdout_start: pd.Timestamp
 
     @classmethod
-    def last_days(cls, times: pd.Series, days: int) -> Split:
-        return cls(times.max().floor("D") - pd.Timedelta(days=days) + pd.Timedelta(days=1))
+    def last_observed_days(cls, frame: pd.DataFrame, targets: Sequence[str], days: int) -> Split:
+        """The holdout is the last ``days`` x 24 hours that have an observation.
+
+        Counting observed hours, not calendar days, keeps a holdout when the newest
+        data sits after a long gap (e.g. hourly ingestion resumed today after a
+        backfill that ended months ago).
+        """
+        observed = frame.loc[frame[list(targets)].notna().any(axis=1), "time"]
+        hours = np.sort(observed.unique())
+        if len(hours) < 2:
+            raise ValueError("fewer than two observed hours: ingest more data")
+        wanted = days * 24
+        start = hours[-wanted] if len(hours) > 2 * wanted else hours[len(hours) // 2]
+        return cls(pd.Timestamp(start))
 
     def train_mask(self, frame: pd.DataFrame, horizon: int) -> pd.Series:
         return frame["time"] + pd.Timedelta(hours=horizon) < self.holdout_start
 
     def holdout_mask(self, frame: pd.DataFrame) -> pd.Series:
         return frame["time"] >= self.holdout_start
+
+
+def training_rows(eligible: pd.Series, max_rows: int | None, seed: int) -> np.ndarray:
+    """Positions of the rows a model is fitted on, in their original (time) order.
+
+    All eligible rows, or a seeded uniform sample of ``max_rows`` of them: spread over
+    the whole training period, so every season and location stays represented. Only
+    rows before the holdout are eligible, so sampling never touches the time split.
+    """
+    positions = np.flatnonzero(eligible.to_numpy())
+    if max_rows is None or len(positions) <= max_rows:
+        return positions
+    chosen = np.random.default_rng(seed).choice(positions, size=max_rows, replace=False)
+    return np.sort(chosen)
 
 
 def fit_models(
@@ -101,17 +127,19 @@ def fit_models(
     progress=None,
 ) -> dict[tuple[str, int], Pipeline]:
     models = {}
+    columns = [frame.columns.get_loc(f) for f in features]
     for target in targets:
         for horizon in horizons:
             label = label_column(target, horizon)
-            rows = split.train_mask(frame, horizon) & frame[label].notna()
-            if rows.sum() < 100:
+            eligible = split.train_mask(frame, horizon) & frame[label].notna()
+            if eligible.sum() < 100:
                 raise ValueError(
-                    f"only {int(rows.sum())} training rows for {target} h={horizon}: "
+                    f"only {int(eligible.sum())} training rows for {target} h={horizon}: "
                     "ingest more history or lower evaluation.holdout_days"
                 )
+            rows = training_rows(eligible, config.max_train_rows, config.random_state)
             estimator = build_estimator(config, features, target)
-            estimator.fit(frame.loc[rows, list(features)], frame.loc[rows, label])
+            estimator.fit(frame.iloc[rows, columns], frame[label].iloc[rows])
             models[(target, horizon)] = estimator
             if progress is not None:
                 progress(target, horizon)

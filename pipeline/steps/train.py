@@ -22,7 +22,7 @@ def run(ctx: Context) -> dict:
         p = ctx.params
         frame = pd.read_parquet(require(ctx.paths.features, "preprocess"))
         features = feature_columns(frame)
-        split = Split.last_days(frame["time"], p.evaluation.holdout_days)
+        split = Split.last_observed_days(frame, p.targets, p.evaluation.holdout_days)
         total = len(p.targets) * len(p.horizons)
         with tqdm(total=total, desc="train", unit="model", disable=None) as bar:
             models = fit_models(frame, features, p.targets, p.horizons, p.model, split,
