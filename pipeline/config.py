@@ -188,6 +188,9 @@ class ModelConfig(_Strict):
     l2_regularization: Annotated[float, Field(ge=0)] = 0.0
     early_stopping: bool = False
     random_state: int = 0
+    # more eligible training rows than this: fit on a seeded uniform sample of them
+    # (pipeline/core/models.py training_rows); null = always all rows
+    max_train_rows: Annotated[int, Field(ge=1000)] | None = 400_000
 
 
 class EvaluationConfig(_Strict):
