@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 STEPS = {
@@ -39,7 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_openmp_waits() -> None:
+    """Idle OpenMP threads sleep instead of spinning (unless the caller chose a policy).
+
+    scikit-learn's OpenMP runtime busy-waits between parallel regions by default; with
+    other processes on the cores that made training 2.5-5x slower (docs/benchmarks.md).
+    It must be set before the runtime loads, i.e. before the step imports scikit-learn.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_openmp_waits()
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
