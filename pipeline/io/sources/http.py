@@ -154,6 +154,16 @@ class RetryPolicy:
     max_backoff_s: float = 30.0
     max_retry_after_s: float = 120.0
 
+    @classmethod
+    def of(cls, config) -> RetryPolicy:
+        """The policy a source's params.yaml section sets (same four field names)."""
+        return cls(
+            max_retries=config.max_retries,
+            backoff_s=config.backoff_s,
+            max_backoff_s=config.max_backoff_s,
+            max_retry_after_s=config.max_retry_after_s,
+        )
+
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Exponential backoff with equal jitter: half fixed, half random."""
         base = min(self.max_backoff_s, self.backoff_s * (2**attempt))

@@ -131,12 +131,7 @@ class OpenWeatherMapSource:
         self.client = HttpClient(
             PROVIDER,
             timeout_s=settings.http_timeout_s,
-            retry=RetryPolicy(
-                max_retries=config.max_retries,
-                backoff_s=config.backoff_s,
-                max_backoff_s=config.max_backoff_s,
-                max_retry_after_s=config.max_retry_after_s,
-            ),
+            retry=RetryPolicy.of(config),
             requests_per_second=config.requests_per_second,
             secrets=[self._key],
             session=session,
