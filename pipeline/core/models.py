@@ -132,9 +132,9 @@ def fit_models(
         for horizon in horizons:
             label = label_column(target, horizon)
             eligible = split.train_mask(frame, horizon) & frame[label].notna()
-            if eligible.sum() < 100:
+            if (count := int(eligible.sum())) < 100:
                 raise ValueError(
-                    f"only {int(eligible.sum())} training rows for {target} h={horizon}: "
+                    f"only {count} training rows for {target} h={horizon}: "
                     "ingest more history or lower evaluation.holdout_days"
                 )
             rows = training_rows(eligible, config.max_train_rows, config.random_state)

@@ -14,6 +14,7 @@ The model and its parameters are described in ``docs/data.md``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,29 +72,23 @@ def hash_normal(key: int, index: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ value noise
 
-_CR_TABLES: dict[int, np.ndarray] = {}
-
-
+@functools.cache
 def _catmull_rom_weights(period: int) -> np.ndarray:
     """Interpolation weights for each position inside a knot interval, unit-variance scaled."""
-    table = _CR_TABLES.get(period)
-    if table is None:
-        f = np.arange(period, dtype=np.float64) / period
-        f2, f3 = f * f, f * f * f
-        w = np.stack(
-            [
-                (-f3 + 2 * f2 - f) / 2,
-                (3 * f3 - 5 * f2 + 2) / 2,
-                (-3 * f3 + 4 * f2 + f) / 2,
-                (f3 - f2) / 2,
-            ],
-            axis=1,
-        )
-        # independent unit-normal knots: dividing by the weights' norm keeps the
-        # variance constant inside an interval, so no spurious cycle at the knot period
-        table = w / np.sqrt((w * w).sum(axis=1, keepdims=True))
-        _CR_TABLES[period] = table
-    return table
+    f = np.arange(period, dtype=np.float64) / period
+    f2, f3 = f * f, f * f * f
+    w = np.stack(
+        [
+            (-f3 + 2 * f2 - f) / 2,
+            (3 * f3 - 5 * f2 + 2) / 2,
+            (-3 * f3 + 4 * f2 + f) / 2,
+            (f3 - f2) / 2,
+        ],
+        axis=1,
+    )
+    # independent unit-normal knots: dividing by the weights' norm keeps the
+    # variance constant inside an interval, so no spurious cycle at the knot period
+    return w / np.sqrt((w * w).sum(axis=1, keepdims=True))
 
 
 def value_noise(key: int, hours: np.ndarray, period: int) -> np.ndarray:
