@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -111,13 +112,16 @@ def child_env(project: Path) -> dict[str, str]:
     """Environment for DVC and the stage commands it runs.
 
     ``python`` in dvc.yaml must be this interpreter (the venv), whether or not
-    the venv is activated; the project dir is pinned for the steps.
+    the venv is activated; the project dir is pinned for the steps, and the steps
+    log without their own timestamp (the task log adds one) and unbuffered, so
+    each line reaches the task log as it happens.
     """
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["AQ_PROJECT_DIR"] = str(project)
+    env["AQ_LOG_FORMAT"] = "plain"
     env["DVC_NO_ANALYTICS"] = "1"
-    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
@@ -125,31 +129,80 @@ class DvcError(RuntimeError):
     """A DVC command failed; the message carries the command and its output tail."""
 
 
-def run_dvc(*args: str, project: Path | None = None) -> str:
-    """Run ``dvc <args>`` in the project and return its output; raise with the tail on failure.
+# DVC's advice after repro/add is for people at a git checkout, not for a scheduled task
+_DVC_ADVICE = re.compile(
+    r"^\s*(To track the changes with git, run:|git add \S|To enable auto staging, run:|"
+    r"dvc config core\.autostage|Use `dvc push` to send your updates)"
+)
+_STEP_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) ([\w.]+): (.*)$")
+_DVC_LEVEL = re.compile(r"^(ERROR|WARNING): (.*)$")
+_BUSY = "is busy, it is being blocked by"
+
+
+def relay_line(line: str) -> None:
+    """One line of DVC or step output into the task log, at its own level, once stamped."""
+    line = line.rstrip("\n")
+    if not line.strip() or _DVC_ADVICE.match(line):
+        return
+    if match := _STEP_LINE.match(line):
+        level, name, message = match.groups()
+        logging.getLogger(name).log(getattr(logging, level), "%s", message)
+    elif match := _DVC_LEVEL.match(line):
+        log.log(getattr(logging, match.group(1)), "dvc: %s", match.group(2))
+    elif line.startswith("error: "):
+        log.error("%s", line)
+    else:
+        log.info("%s", line)
+
+
+def run_dvc(*args: str, project: Path | None = None, busy_wait_s: float = 600.0) -> str:
+    """Run ``dvc <args>`` in the project, streaming its output; raise with the tail on failure.
 
     ``--wait-for-lock`` makes a DVC command started outside Airflow's ``dvc``
-    pool (a person running ``dvc repro``) a wait, not a failure; the task's
-    execution timeout bounds the wait.
+    pool (a person running ``dvc repro``) a wait, not a failure; a "busy" answer
+    (an ingestion writing data/raw holds DVC's read/write lock) is retried for at
+    most ``busy_wait_s``. The task's execution timeout bounds the whole wait.
     """
     project = project or project_dir()
     dvc = Path(sys.executable).parent / "dvc"
     cmd = [str(dvc) if dvc.exists() else "dvc", "--wait-for-lock", *args]
-    log.info("running in %s: %s", project, " ".join(cmd))
     started = time.monotonic()
-    proc = subprocess.run(
-        cmd, cwd=project, env=child_env(project), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
-    )
-    for line in proc.stdout.splitlines():
-        log.info("dvc: %s", line)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-30:])
-        raise DvcError(
-            f"`dvc {' '.join(args)}` exited with {proc.returncode} in {project}:\n{tail}"
-        )
-    log.info("dvc %s done in %.1fs", args[0], time.monotonic() - started)
-    return proc.stdout
+    delay = 1.0
+    while True:
+        log.info("running in %s: %s", project, " ".join(cmd))
+        output: list[str] = []
+        with subprocess.Popen(
+            cmd, cwd=project, env=child_env(project), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                output.append(line)
+                del output[:-200]  # the tail is what an error message needs
+                relay_line(line)
+            returncode = proc.wait()
+        text = "".join(output)
+        if returncode == 0:
+            log.info("dvc %s done in %.1fs", args[0], time.monotonic() - started)
+            return text
+        if _BUSY in text and time.monotonic() - started + delay < busy_wait_s:
+            log.warning("data/raw is being written (DVC says busy); retrying in %.0f s", delay)
+            time.sleep(delay)
+            delay = min(30.0, delay * 2)
+            continue
+        tail = "\n".join(line.rstrip() for line in output[-30:])
+        raise DvcError(f"`dvc {' '.join(args)}` exited with {returncode} in {project}:\n{tail}")
+
+
+def data_dvc_md5(project: Path, full: bool = False):
+    """The md5 of data/ recorded in ``data.dvc`` (None if absent), or its whole ``outs`` entry."""
+    import yaml
+
+    path = Path(project) / "data.dvc"
+    if not path.exists():
+        return {} if full else None
+    out = (yaml.safe_load(path.read_text()) or {}).get("outs", [{}])[0]
+    return out if full else out.get("md5")
 
 
 def repro_stage(stage: str) -> str:

@@ -53,9 +53,12 @@ def quiet_openmp_waits() -> None:
 def main(argv: list[str] | None = None) -> int:
     quiet_openmp_waits()
     args = _parser().parse_args(argv)
+    from pipeline.settings import Settings
+
+    plain = Settings.from_env().log_format == "plain"
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=("" if plain else "%(asctime)s ") + "%(levelname)s %(name)s: %(message)s",
     )
     from pipeline.config import ConfigError
     from pipeline.context import Context

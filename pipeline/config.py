@@ -150,6 +150,8 @@ class SourceConfig(_Strict):
     kind: Literal["synthetic", "open_meteo", "openweathermap", "csv"] = "synthetic"
     start: dt.date = dt.date(2025, 1, 1)
     end: dt.date = dt.date(2026, 1, 1)
+    # the hourly schedule resumes each location where it stopped, at most this far per run
+    max_catchup_days: Annotated[int, Field(ge=1, le=3660)] = 366
     synthetic: SyntheticSource = SyntheticSource()
     open_meteo: OpenMeteoSource = OpenMeteoSource()
     openweathermap: OpenWeatherMapSource = OpenWeatherMapSource()

@@ -61,6 +61,8 @@ class Settings:
     open_meteo_forecast_url: str = "https://api.open-meteo.com/v1/forecast"
     open_meteo_archive_url: str = "https://archive-api.open-meteo.com/v1/archive"
     openweathermap_url: str = "https://api.openweathermap.org/data/2.5/air_pollution"
+    # "plain": no timestamp on log lines (a task log that stamps each line itself)
+    log_format: str = "timestamped"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -79,4 +81,5 @@ class Settings:
             open_meteo_archive_url=env.get("AQ_OPEN_METEO_ARCHIVE_URL")
             or defaults.open_meteo_archive_url,
             openweathermap_url=env.get("AQ_OPENWEATHERMAP_URL") or defaults.openweathermap_url,
+            log_format="plain" if env.get("AQ_LOG_FORMAT") == "plain" else defaults.log_format,
         )

@@ -1,8 +1,11 @@
-"""Atomic, idempotent file storage for raw partitions and stage outputs.
+"""Atomic, idempotent file storage for raw partitions, stage outputs and state files.
 
 Every write goes to a temporary file in the target directory, is fsynced and
 then renamed over the target, so a crash leaves either the old or the new file,
-never a torn one.
+never a torn one; the temporary file is removed on every failure (a full disk
+included). Outputs are readable by others (0644 under the usual umask), secrets
+are written 0600. Raw partitions are written under the raw-data lock
+(:func:`raw_write_lock`) and read under its shared side (:func:`raw_read_lock`).
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ import contextlib
 import fcntl
 import io
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +27,54 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import PipelineError
 from pipeline.schema import COLUMNS, KEYS, VALUE_COLUMNS, conform, empty_frame
 
+log = logging.getLogger(__name__)
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
+SECRET_MODE = 0o600
+
+
+class StateFileError(PipelineError):
+    """A state or report file is unreadable; the message names it and says how to recover."""
+
+
+class DamagedPartitionError(PipelineError):
+    """A raw partition cannot be read; the message names it and the window to re-ingest."""
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else by the set-and-restore dance."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_mode() -> int:
+    """What ``open()`` would give a new file: 0644 under the usual umask 022."""
+    return 0o666 & ~_umask()
+
+
+def ensure_dir(path: Path) -> Path:
+    """``mkdir -p`` whose new directories are 0755 under the usual umask (not mkdtemp's 0700)."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return Path(path)
+
+
+def atomic_write_bytes(path: Path, payload: bytes, mode: int | None = None) -> None:
+    """Write ``payload`` to ``path`` atomically; ``mode`` defaults to :func:`output_mode`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, output_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -41,12 +86,70 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: Path, obj: Any, mode: int | None = None) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", mode)
+
+
+def read_state_json(path: Path, what: str, recovery: str) -> Any:
+    """The one way state and report files are read: errors name the file and the way out.
+
+    ``what`` says what the file is ("champion pointer"), ``recovery`` what to do about a
+    damaged one ("run `python -m pipeline rollback --to VERSION`").
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StateFileError(f"{what} {path} does not exist: {recovery}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateFileError(f"{what} {path} cannot be read ({exc}): {recovery}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise StateFileError(f"{what} {path} is not valid JSON ({exc}): {recovery}") from None
+
+
+def require_keys(obj: Any, keys: Iterable[str], path: Path, what: str, recovery: str) -> dict:
+    """``obj`` as a mapping holding ``keys``; else a :class:`StateFileError` naming the file."""
+    if not isinstance(obj, dict):
+        raise StateFileError(f"{what} {path} holds {type(obj).__name__}, not an object: "
+                             f"{recovery}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise StateFileError(f"{what} {path} lacks {missing}: {recovery}")
+    return obj
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, shared: bool = False, timeout_s: float | None = None,
+              what: str = "lock"):
+    """An advisory ``flock`` on ``path`` (created if needed), waited for at most ``timeout_s``."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    with open(path, "a") as handle:
+        op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        if timeout_s is None:
+            fcntl.flock(handle, op)
+        else:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(handle, op | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise PipelineError(
+                            f"{what} {path} still held by another process after {timeout_s:g} s"
+                        ) from None
+                    time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
@@ -90,6 +193,13 @@ class WriteReport:
     def files(self) -> list[Path]:
         return self.written + self.unchanged
 
+    def merge(self, other: WriteReport) -> None:
+        self.written.extend(p for p in other.written if p not in self.written)
+        self.unchanged.extend(p for p in other.unchanged
+                              if p not in self.unchanged and p not in self.written)
+        self.rows_new += other.rows_new
+        self.rows_updated += other.rows_updated
+
 
 def _merge(existing: pd.DataFrame, incoming: pd.DataFrame) -> pd.DataFrame:
     """Incoming values win where they are present; a NaN never erases a stored value."""
@@ -103,20 +213,75 @@ def _merge(existing: pd.DataFrame, incoming: pd.DataFrame) -> pd.DataFrame:
     return conform(merged[list(COLUMNS)]).sort_values(list(KEYS)).reset_index(drop=True)
 
 
-@contextlib.contextmanager
-def raw_lock(raw_dir: Path):
-    """Serialise read-merge-write of raw partitions across processes (two ingest runs at once).
+RAW_LOCK_TIMEOUT_S = 30 * 60.0  # a DVC stage (train) may read data/raw for minutes
 
-    The lock file sits beside data/, not in it, so it never changes the data hash.
+
+def raw_lock_path(raw_dir: Path) -> Path:
+    """Beside data/, not in it, so the lock never changes the data hash."""
+    return Path(raw_dir).resolve().parent.parent / ".raw.lock"
+
+
+@contextlib.contextmanager
+def _dvc_write_lock(raw_dir: Path, timeout_s: float):
+    """DVC's own read/write lock on ``data/raw``, taken as a writer.
+
+    DVC holds a read entry on a stage's dependencies for the whole stage (hashing before, the
+    command, hashing after), and ``dvc add data`` a write entry. Taking a write entry here makes
+    a raw write wait for any DVC command reading the store, and any DVC command refuse to start
+    ("busy") while a write is in progress, so ``dvc.lock`` always records the data a stage read.
+    No-op outside a DVC repository.
     """
-    lock_path = Path(raw_dir).parent.parent / ".raw.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    root = Path(raw_dir).resolve().parent.parent
+    if not (root / ".dvc").is_dir():
+        yield
+        return
+    from dvc.fs import localfs
+    from dvc.lock import LockError
+    from dvc.rwlock import rwlock
+
+    tmp_dir = ensure_dir(root / ".dvc" / "tmp")
+    deadline = time.monotonic() + timeout_s
+    cmd = f"aq-forecast: writing {Path(raw_dir).resolve()} (pid {os.getpid()})"
+    delay = 0.1
+    while True:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            lock = rwlock(str(tmp_dir), localfs, cmd, [], [str(Path(raw_dir).resolve())], False)
+            lock.__enter__()
+            break
+        except LockError as exc:
+            if time.monotonic() > deadline:
+                raise PipelineError(
+                    f"raw data {raw_dir} still in use by DVC after {timeout_s:g} s: "
+                    f"{str(exc).splitlines()[0:3]}"
+                ) from None
+            time.sleep(delay)
+            delay = min(2.0, delay * 1.5)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def raw_write_lock(raw_dir: Path, timeout_s: float = RAW_LOCK_TIMEOUT_S):
+    """Exclusive access to the raw store for one read-merge-write (two ingest runs at once).
+
+    DVC's lock first (see :func:`_dvc_write_lock`), then the file lock readers outside DVC
+    share; always in this order, so a writer never holds one while waiting for the other held
+    by a DVC stage.
+    """
+    with _dvc_write_lock(raw_dir, timeout_s), file_lock(
+        raw_lock_path(raw_dir), shared=False, timeout_s=timeout_s, what="raw-data lock"
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def raw_read_lock(raw_dir: Path, timeout_s: float = RAW_LOCK_TIMEOUT_S):
+    """A consistent view of the raw store: no partition changes while it is held."""
+    with file_lock(raw_lock_path(raw_dir), shared=True, timeout_s=timeout_s,
+                   what="raw-data lock"):
+        yield
 
 
 def write_raw(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteReport:
@@ -127,7 +292,7 @@ def write_raw(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteReport:
     """
     if frame.empty:
         return WriteReport()
-    with raw_lock(raw_dir):
+    with raw_write_lock(raw_dir):
         return _write_raw_locked(raw_dir, source, frame)
 
 
@@ -137,7 +302,15 @@ def _write_raw_locked(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteR
     months = frame["time"].dt.strftime("%Y-%m")
     for (location_id, month), part in frame.groupby([frame["location_id"], months], sort=True):
         path = partition_path(raw_dir, source, str(location_id), str(month))
-        existing = read_partition(path) if path.exists() else empty_frame()
+        existing = empty_frame()
+        if path.exists():
+            try:
+                existing = read_partition(path)
+            except DamagedPartitionError as exc:
+                kept = _set_aside(path)
+                log.warning("%s; moved it to %s and storing the new rows in a fresh partition: "
+                            "re-ingest month %s of %s to restore the rest", exc, kept, month,
+                            location_id)
         merged = _merge(existing, part)
         known = set(zip(existing["location_id"], existing["time"], strict=True))
         incoming_keys = list(zip(part["location_id"], part["time"], strict=True))
@@ -154,7 +327,34 @@ def _write_raw_locked(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteR
 
 
 def read_partition(path: Path) -> pd.DataFrame:
-    return conform(pd.read_parquet(path))
+    try:
+        return conform(pd.read_parquet(path))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DamagedPartitionError(_damaged_message(path, exc)) from None
+
+
+def _damaged_message(path: Path, exc: BaseException) -> str:
+    month = Path(path).stem.removeprefix("month=")
+    location = Path(path).parent.name.removeprefix("location=")
+    try:
+        start = pd.Timestamp(f"{month}-01", tz="UTC")
+        window = f"--start {start:%Y-%m-%d} --end {start + pd.offsets.MonthBegin(1):%Y-%m-%d}"
+    except ValueError:
+        window = "--start ... --end ..."
+    return (f"raw partition {path} is damaged ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"rebuild it with `python -m pipeline backfill {window} --locations {location}` "
+            "(the damaged file is set aside on the next write)")
+
+
+def _set_aside(path: Path) -> Path:
+    """Move a damaged partition out of the store (kept for inspection, never read again)."""
+    root = Path(path).resolve().parents[3]  # data/raw/source=S/location=L/month=M.parquet
+    stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S")
+    relative = Path(path).resolve().relative_to(root / "raw")
+    target = root / "quarantine" / "damaged" / relative.parent / f"{relative.stem}.{stamp}.parquet"
+    ensure_dir(target.parent)
+    os.replace(path, target)
+    return target
 
 
 def raw_files(raw_dir: Path, source: str, locations: Iterable[str] | None = None) -> list[Path]:
@@ -169,13 +369,37 @@ def raw_files(raw_dir: Path, source: str, locations: Iterable[str] | None = None
     return files
 
 
+def _partition_times(path: Path) -> pd.DatetimeIndex:
+    try:
+        times = pq.read_table(path, columns=["time"]).column("time").to_pandas()
+    except (OSError, pa.ArrowException) as exc:
+        raise DamagedPartitionError(_damaged_message(path, exc)) from None
+    return pd.DatetimeIndex(times).tz_convert("UTC")
+
+
 def newest_observation(raw_dir: Path, source: str, location_id: str) -> pd.Timestamp | None:
-    """Newest stored hour for a location, read from its latest partition only."""
-    files = raw_files(raw_dir, source, [location_id])
-    if not files:
-        return None
-    times = pq.read_table(files[-1], columns=["time"]).column("time").to_pandas()
-    return None if times.empty else pd.Timestamp(times.max()).tz_convert("UTC")
+    """Newest stored hour for a location, read from its latest non-empty partition."""
+    for path in reversed(raw_files(raw_dir, source, [location_id])):
+        times = _partition_times(path)
+        if len(times):
+            return pd.Timestamp(times.max())
+    return None
+
+
+def stored_times(raw_dir: Path, source: str, location_id: str, start: pd.Timestamp,
+                 end: pd.Timestamp) -> pd.DatetimeIndex:
+    """Stored hours of a location in ``[start, end)``, read from the partitions that hold them."""
+    start, end = pd.Timestamp(start), pd.Timestamp(end)
+    lo, hi = start.strftime("%Y-%m"), end.strftime("%Y-%m")
+    found = []
+    for path in raw_files(raw_dir, source, [location_id]):
+        month = path.stem.removeprefix("month=")
+        if lo <= month <= hi:
+            times = _partition_times(path)
+            found.append(times[(times >= start) & (times < end)])
+    if not found:
+        return pd.DatetimeIndex([], tz="UTC")
+    return found[0].append(found[1:]) if len(found) > 1 else found[0]
 
 
 def read_raw(
@@ -198,8 +422,14 @@ def read_raw(
         ]
     if not files:
         return empty_frame()
-    table = pa.concat_tables([pq.read_table(f) for f in files])
-    frame = conform(table.to_pandas())
+    tables = []
+    with raw_read_lock(raw_dir):
+        for f in files:
+            try:
+                tables.append(pq.read_table(f))
+            except (OSError, pa.ArrowException) as exc:
+                raise DamagedPartitionError(_damaged_message(f, exc)) from None
+    frame = conform(pa.concat_tables(tables).to_pandas())
     if start is not None:
         frame = frame[frame["time"] >= pd.Timestamp(start)]
     if end is not None:
@@ -219,6 +449,8 @@ def append_quarantine(
 
 
 __all__ = [
+    "DamagedPartitionError",
+    "StateFileError",
     "VALUE_COLUMNS",
     "WriteReport",
     "append_quarantine",
@@ -229,7 +461,11 @@ __all__ = [
     "parquet_bytes",
     "partition_path",
     "raw_files",
+    "raw_read_lock",
+    "raw_write_lock",
     "read_json",
+    "read_state_json",
+    "stored_times",
     "read_partition",
     "read_raw",
     "write_raw",

@@ -85,9 +85,11 @@ def test_hourly_ingestion_stores_checks_versions_and_announces_the_hour(project,
     dag_run = dags.get_dag("aq_ingest").test(logical_date=HOUR)
 
     assert dag_run.state == "success"
-    interval_start = pd.Timestamp("2025-03-01T02:00", tz="UTC")
-    for loc in LOCATIONS:  # exactly the run's data interval, nothing beyond it
-        assert hours_stored(project, loc) == {interval_start}
+    # the history ends 2025-02-28T23:00: the run fills the two hours after it, then its own
+    # data interval [02:00, 03:00), and nothing beyond it
+    caught_up = set(pd.date_range("2025-03-01T00:00", periods=3, freq="h", tz="UTC"))
+    for loc in LOCATIONS:
+        assert hours_stored(project, loc) == caught_up
     # DVC recorded the new data and pushed it to the remote
     md5 = data_md5(project)
     assert md5 != before_md5
@@ -103,7 +105,7 @@ def test_hourly_ingestion_stores_checks_versions_and_announces_the_hour(project,
     for step in ("ingest", "ingest_quality", "data_version"):
         assert pushgateway.value("aq_step_success", step=step) == 1, step
     for loc in LOCATIONS:
-        assert pushgateway.value("aq_ingest_rows", step="ingest", location=loc) == 1, loc
+        assert pushgateway.value("aq_ingest_rows", step="ingest", location=loc) == 3, loc
         assert pushgateway.value("aq_ingest_location_success", step="ingest", location=loc) == 1
 
 
@@ -115,6 +117,9 @@ def test_rerunning_the_same_hour_is_idempotent(project, dags):
     assert dag_run.state == "success"
     assert raw_snapshot(project) == files
     assert data_md5(project) == md5
+    # nothing new stored: no Asset event, so aq_predict does not re-run for nothing
+    assert asset_events(dag_run.run_id) == []
+    assert dag_run.get_task_instance("data_version").state == "skipped"
 
 
 def test_nightly_retraining_runs_every_stage_through_dvc_and_promotes(project, dags,
@@ -185,11 +190,13 @@ def test_live_source_is_ingested_from_the_replay_server(tmp_path, dags, pushgate
 
         assert dag_run.state == "success"
         assert server.requests_to("/v1/air-quality") or server.requests_to("/v1/archive")
-    stored = pd.read_parquet(
-        root / "data/raw/source=open_meteo/location=berlin/month=2025-03.parquet"
-    )
-    assert list(stored["time"]) == [pd.Timestamp("2025-03-01T02:00", tz="UTC")]
+    # nothing was stored: the first run fetches the configured history (source.start) up to
+    # the end of its interval, in provider-sized chunks
+    stored = pd.read_parquet(root / "data/raw/source=open_meteo/location=berlin")
+    expected = pd.date_range("2025-01-01", "2025-03-01T03:00", freq="h", inclusive="left",
+                             tz="UTC")
+    assert list(stored["time"]) == list(expected)
     unix = int(pd.Timestamp("2025-03-01T02:00", tz="UTC").timestamp())
-    assert stored["pm2_5"].iloc[0] == pytest.approx(truth("pm2_5", 52.52, unix))
+    assert stored["pm2_5"].iloc[-1] == pytest.approx(truth("pm2_5", 52.52, unix))
     assert "up to date" in run(["dvc", "status", "data.dvc"], cwd=root).stdout
     assert pushgateway.value("aq_step_success", step="data_version") == 1

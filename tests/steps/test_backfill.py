@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.context import Context
-from pipeline.errors import IngestError
+from pipeline.errors import IngestError, PipelineError
+from pipeline.io.ingestion import Ingestion
 from pipeline.io.storage import raw_files, read_raw
 from pipeline.settings import Settings
 from pipeline.steps import backfill
@@ -88,7 +89,7 @@ def test_a_failed_chunk_is_reported_and_a_rerun_redoes_only_it(tmp_path, server)
     assert "Run the same command again" in text
     stored = read_raw(ctx.paths.raw_dir, "open_meteo")
     assert stored.groupby("location_id").size().to_dict() == {"berlin": 240, "delhi": 144}
-    state = json.loads(backfill.state_path(ctx, "open_meteo", pd.Timestamp("2025-01-01", tz="UTC"),
+    state = json.loads(Ingestion(ctx).state_path(pd.Timestamp("2025-01-01", tz="UTC"),
                                            pd.Timestamp("2025-01-11", tz="UTC"), 4).read_text())
     middle = state["chunks"]["20250105T00_20250109T00"]
     assert middle["done"] == ["berlin"]
@@ -116,15 +117,15 @@ def test_chunks_never_exceed_the_provider_limit(tmp_path, server, caplog):
 
 def test_a_state_file_of_another_plan_or_corrupt_is_refused(tmp_path, server):
     ctx = context(tmp_path, server)
-    path = backfill.state_path(ctx, "open_meteo", pd.Timestamp("2025-01-01", tz="UTC"),
+    path = Ingestion(ctx).state_path(pd.Timestamp("2025-01-01", tz="UTC"),
                                pd.Timestamp("2025-01-11", tz="UTC"), 5)
     path.parent.mkdir(parents=True)
     path.write_text('{"source": "open_meteo", "chunks": {')
-    with pytest.raises(IngestError, match="not valid JSON .* delete it"):
+    with pytest.raises(PipelineError, match="not valid JSON .* delete it"):
         backfill.run(ctx, chunk_days=5, progress=False)
     path.write_text(json.dumps({"source": "csv", "start": "x", "end": "y", "chunk_days": 5,
                                 "chunks": {}}))
-    with pytest.raises(IngestError, match="belongs to another plan"):
+    with pytest.raises(PipelineError, match="belongs to another plan"):
         backfill.run(ctx, chunk_days=5, progress=False)
     assert server.requests == []
 

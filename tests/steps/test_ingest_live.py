@@ -16,12 +16,12 @@ import pytest
 from pipeline.__main__ import main
 from pipeline.context import Context
 from pipeline.errors import IngestError
+from pipeline.io.ingestion import push_quality
 from pipeline.io.metrics import StepRun
 from pipeline.io.storage import raw_files, read_raw
 from pipeline.schema import VALUE_COLUMNS
 from pipeline.settings import Secret, Settings
 from pipeline.steps import ingest
-from pipeline.steps.ingest import push_quality
 from tests.conftest import make_project
 from tests.replay_server import (
     ReplayServer,

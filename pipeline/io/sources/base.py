@@ -1,14 +1,15 @@
-"""The one interface every source implements."""
+"""The one interface every source implements, and the helpers every source shares."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.schema import TIME_DTYPE, conform, empty_frame
 
 if TYPE_CHECKING:
     from pipeline.config import Location
@@ -62,3 +63,44 @@ class Source(Protocol):
     ) -> FetchResult:
         """Rows for every location and every UTC hour in [start, end)."""
         ...
+
+
+def batched(items: Sequence, size: int) -> Iterator[list]:
+    """Consecutive slices of at most ``size`` items."""
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def time_chunks(start: pd.Timestamp, end: pd.Timestamp, days: int) -> list[tuple]:
+    """[start, end) cut into consecutive windows of at most ``days`` days."""
+    step = pd.Timedelta(days=days)
+    chunks, cursor = [], start
+    while cursor < end:
+        chunks.append((cursor, min(cursor + step, end)))
+        cursor += step
+    return chunks
+
+
+def trim(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    return frame[(frame["time"] >= start) & (frame["time"] < end)]
+
+
+def assemble(location_id: str, parts: Sequence[pd.DataFrame], start: pd.Timestamp,
+             end: pd.Timestamp) -> pd.DataFrame:
+    """One row per hour of [start, end): the parts joined on time (not yet conformed)."""
+    grid = pd.DatetimeIndex(pd.date_range(start, end, freq="h", inclusive="left"),
+                            name="time").astype(TIME_DTYPE)
+    columns = []
+    for part in parts:
+        indexed = part.assign(time=part["time"].astype(TIME_DTYPE)).set_index("time")
+        indexed = indexed[~indexed.index.duplicated(keep="last")]
+        columns.append(indexed.reindex(grid))
+    frame = pd.concat(columns, axis=1) if columns else pd.DataFrame(index=grid)
+    frame = frame.reset_index()
+    frame.insert(0, "location_id", location_id)
+    return frame
+
+
+def combine(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Assembled per-location frames as one canonical frame."""
+    return conform(pd.concat(frames, ignore_index=True)) if frames else empty_frame()

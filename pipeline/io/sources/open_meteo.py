@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.core.units import UnitError, to_canonical
-from pipeline.io.sources.base import FetchResult, SourceStats
+from pipeline.io.sources.base import (
+    FetchResult,
+    SourceStats,
+    assemble,
+    batched,
+    combine,
+    time_chunks,
+    trim,
+)
 from pipeline.io.sources.http import (
     HttpClient,
     HttpSourceError,
@@ -27,7 +35,7 @@ from pipeline.io.sources.http import (
     ResponseFormatError,
     RetryPolicy,
 )
-from pipeline.schema import TIME_DTYPE, WEATHER, conform, empty_frame
+from pipeline.schema import TIME_DTYPE, WEATHER
 from pipeline.timeutil import now_utc
 
 if TYPE_CHECKING:
@@ -58,21 +66,6 @@ WEATHER_UNIT_PARAMS = {
 PROVIDER_AIR_QUALITY = "open_meteo_air_quality"
 PROVIDER_FORECAST = "open_meteo_forecast"
 PROVIDER_ARCHIVE = "open_meteo_archive"
-
-
-def batched(items: Sequence, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield list(items[i : i + size])
-
-
-def time_chunks(start: pd.Timestamp, end: pd.Timestamp, days: int) -> list[tuple]:
-    """[start, end) cut into consecutive windows of at most ``days`` days."""
-    step = pd.Timedelta(days=days)
-    chunks, cursor = [], start
-    while cursor < end:
-        chunks.append((cursor, min(cursor + step, end)))
-        cursor += step
-    return chunks
 
 
 def date_params(start: pd.Timestamp, end: pd.Timestamp) -> dict[str, str]:
@@ -199,31 +192,6 @@ def parse_hourly(payload: Any, group: Sequence[Location], variables: Mapping[str
                                           provider=provider) from None
         out[loc.id] = frame
     return out
-
-
-def trim(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-    return frame[(frame["time"] >= start) & (frame["time"] < end)]
-
-
-def assemble(location_id: str, parts: Sequence[pd.DataFrame], start: pd.Timestamp,
-             end: pd.Timestamp) -> pd.DataFrame:
-    """One row per hour of [start, end): the parts joined on time (not yet conformed)."""
-    grid = pd.DatetimeIndex(pd.date_range(start, end, freq="h", inclusive="left"),
-                            name="time").astype(TIME_DTYPE)
-    columns = []
-    for part in parts:
-        indexed = part.assign(time=part["time"].astype(TIME_DTYPE)).set_index("time")
-        indexed = indexed[~indexed.index.duplicated(keep="last")]
-        columns.append(indexed.reindex(grid))
-    frame = pd.concat(columns, axis=1) if columns else pd.DataFrame(index=grid)
-    frame = frame.reset_index()
-    frame.insert(0, "location_id", location_id)
-    return frame
-
-
-def combine(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Assembled per-location frames as one canonical frame."""
-    return conform(pd.concat(frames, ignore_index=True)) if frames else empty_frame()
 
 
 # ------------------------------------------------------------------ source

@@ -18,7 +18,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.units import to_canonical
-from pipeline.io.sources.base import FetchResult, SourceError, SourceStats
+from pipeline.io.sources.base import (
+    FetchResult,
+    SourceError,
+    SourceStats,
+    assemble,
+    combine,
+    time_chunks,
+    trim,
+)
 from pipeline.io.sources.http import (
     HttpClient,
     HttpSourceError,
@@ -26,13 +34,7 @@ from pipeline.io.sources.http import (
     ResponseFormatError,
     RetryPolicy,
 )
-from pipeline.io.sources.open_meteo import (
-    OpenMeteoSource,
-    assemble,
-    combine,
-    time_chunks,
-    trim,
-)
+from pipeline.io.sources.open_meteo import OpenMeteoSource
 from pipeline.schema import TIME_DTYPE
 from pipeline.timeutil import now_utc
 

@@ -1,0 +1,607 @@
+"""Ingestion in one place: fetch -> validate -> store -> quality, in provider-sized chunks.
+
+Every way data enters the store goes through :class:`Ingestion`:
+
+- :meth:`Ingestion.window` ingests one ``[start, end)`` window (``python -m pipeline ingest``);
+- :meth:`Ingestion.backfill` ingests a long range resumably, recording finished chunks in a state
+  file (``python -m pipeline backfill``);
+- :meth:`Ingestion.catch_up` is what the hourly schedule runs: each location from its newest stored
+  hour up to the end of the run's interval (at most ``source.max_catchup_days`` per run, oldest
+  first), so the store never has a hole the schedule created;
+- :func:`check_run` merges the figures of the mapped batches of one scheduled run and names every
+  problem (the DAG's quality gate).
+
+All of them cut their window into chunks no longer than the provider accepts, log one line per
+chunk (and show a bar on a terminal), never overwrite stored data with a failed or empty answer,
+and fail at the end naming every location that failed; the others are stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.core.quality import IngestQuality, freshness_lag
+from pipeline.core.validation import validate
+from pipeline.errors import IngestError
+from pipeline.io.metrics import StepRun
+from pipeline.io.sources import SourceStats, make_source
+from pipeline.io.sources.base import time_chunks
+from pipeline.io.storage import (
+    StateFileError,
+    WriteReport,
+    append_quarantine,
+    atomic_write_json,
+    file_lock,
+    newest_observation,
+    raw_files,
+    read_state_json,
+    stored_times,
+    write_raw,
+)
+from pipeline.schema import VALUE_COLUMNS
+from pipeline.timeutil import floor_hour, now_utc, utc
+
+if TYPE_CHECKING:
+    from pipeline.config import Location
+    from pipeline.context import Context
+    from pipeline.io.sources import Source
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_DAYS = 31
+STATE_VERSION = 1
+HOUR = pd.Timedelta(hours=1)
+
+
+# ------------------------------------------------------------------ reports
+
+
+@dataclass
+class IngestReport:
+    """What one ingestion (window, backfill or catch-up) did."""
+
+    source: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+    write: WriteReport = field(default_factory=WriteReport)
+    quality: IngestQuality = field(default_factory=IngestQuality)
+    stats: SourceStats = field(default_factory=SourceStats)
+    chunks_total: int = 0
+    chunks_fetched: int = 0
+    chunks_skipped: int = 0
+    rows_valid: int = 0
+    rows_quarantined: int = 0
+    state_path: Path | None = None
+    chunk_days: int = 0
+    chunk_failures: dict[str, dict[str, str]] = field(default_factory=dict)  # chunk -> loc -> err
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.quality.failures
+
+    @property
+    def changed(self) -> bool:
+        """True when a partition file changed (new or corrected hours were stored)."""
+        return bool(self.write.written)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (no infinities) for Airflow's XCom; :func:`check_run` reads it back."""
+        quality = self.quality.as_dict()
+        quality["freshness_lag_s"] = {
+            loc: (None if math.isinf(lag) else lag)
+            for loc, lag in quality["freshness_lag_s"].items()
+        }
+        return {
+            "source": self.source,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "quality": quality,
+            "files_written": len(self.write.written),
+            "files_unchanged": len(self.write.unchanged),
+            "rows_new": self.write.rows_new,
+            "rows_valid": self.rows_valid,
+            "chunks": self.chunks_fetched,
+            "notes": list(self.notes),
+            "stats": {
+                "requests": dict(self.stats.requests),
+                "responses": [[p, c, n] for (p, c), n in self.stats.responses.items()],
+                "latency_s": {p: list(v) for p, v in self.stats.latency_s.items()},
+            },
+        }
+
+
+class _Tally:
+    """Quality figures summed over the chunks of one ingestion."""
+
+    def __init__(self, location_ids: Sequence[str]) -> None:
+        self.rows = dict.fromkeys(location_ids, 0)
+        self.nulls = dict.fromkeys(VALUE_COLUMNS, 0)
+        self.valid = 0
+        self.quarantined = 0
+        self.reasons: dict[str, int] = {}
+        self.failures: dict[str, str] = {}
+
+    def add(self, checked, failures: dict[str, str], chunk: str | None) -> None:
+        valid = checked.valid
+        self.valid += len(valid)
+        self.quarantined += len(checked.quarantine)
+        for loc, n in valid.groupby("location_id").size().items():
+            self.rows[str(loc)] = self.rows.get(str(loc), 0) + int(n)
+        for col in VALUE_COLUMNS:
+            self.nulls[col] += int(valid[col].isna().sum())
+        for reason, n in checked.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
+        for loc, err in failures.items():
+            self.failures[loc] = f"{chunk}: {err}" if chunk else err
+
+    def quality(self, freshness: dict[str, float]) -> IngestQuality:
+        return IngestQuality(
+            rows_per_location=dict(self.rows),
+            null_fraction={c: (self.nulls[c] / self.valid if self.valid else 1.0)
+                           for c in VALUE_COLUMNS},
+            freshness_lag_s=freshness,
+            failures=dict(self.failures),
+            quarantined=self.quarantined,
+            quarantine_reasons=dict(self.reasons),
+        )
+
+
+def push_quality(run: StepRun, quality: IngestQuality, stats: SourceStats) -> None:
+    """The per-location and per-provider ingestion figures, onto a step's metrics."""
+    for loc, rows in quality.rows_per_location.items():
+        run.set("aq_ingest_rows", rows, location=loc)
+        run.set("aq_ingest_location_success", 0 if loc in quality.failures else 1, location=loc)
+    for loc, lag in quality.freshness_lag_s.items():
+        if lag != float("inf"):
+            run.set("aq_ingest_freshness_lag_seconds", lag, location=loc)
+    for var, frac in quality.null_fraction.items():
+        run.set("aq_ingest_null_fraction", frac, variable=var)
+    for provider, n in stats.requests.items():
+        run.set("aq_ingest_requests", n, provider=provider)
+        latencies = stats.latency_s.get(provider) or [0.0]
+        run.set("aq_ingest_request_latency_seconds", sum(latencies) / len(latencies),
+                provider=provider)
+    for (provider, code), n in stats.responses.items():
+        run.set("aq_ingest_http_responses", n, provider=provider, code=code)
+
+
+def chunk_id(start: pd.Timestamp, end: pd.Timestamp) -> str:
+    return f"{start:%Y%m%dT%H}_{end:%Y%m%dT%H}"
+
+
+# ------------------------------------------------------------------ the ingestion
+
+
+class Ingestion:
+    """Fetch -> validate -> store -> quality for the project's configured source."""
+
+    def __init__(self, ctx: Context, source: Source | None = None) -> None:
+        self.ctx = ctx
+        self._source = source
+
+    @property
+    def source(self) -> Source:
+        if self._source is None:
+            self._source = make_source(self.ctx.params, self.ctx.settings,
+                                       root=self.ctx.paths.root)
+        return self._source
+
+    # -- arguments
+
+    def resolve_window(self, start=None, end=None) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """``[start, end)`` on whole UTC hours; the configured window where not given."""
+        src = self.ctx.params.source
+        start_ts = floor_hour(utc(start if start is not None else src.start))
+        end_ts = floor_hour(utc(end if end is not None else src.end))
+        if end_ts <= start_ts:
+            raise IngestError(f"empty window: end {end_ts} is not after start {start_ts}")
+        return start_ts, end_ts
+
+    def resolve_locations(self, locations: str | Sequence[str] | None) -> list[Location]:
+        if locations is None:
+            return list(self.ctx.params.locations)
+        wanted = locations.split(",") if isinstance(locations, str) else list(locations)
+        known = {loc.id: loc for loc in self.ctx.params.locations}
+        unknown = [w for w in wanted if w not in known]
+        if unknown:
+            raise IngestError(f"unknown location id(s) {unknown}; params.yaml has {sorted(known)}")
+        return [known[w] for w in wanted]
+
+    def chunk_days(self, requested: int | None = None) -> int:
+        """Days per request: as asked, never more than the provider accepts."""
+        if requested is not None and requested < 1:
+            raise IngestError(f"--chunk-days must be at least 1, got {requested}")
+        limit = getattr(self.source, "max_days_per_request", None)
+        days = requested or limit or DEFAULT_CHUNK_DAYS
+        if limit and days > limit:
+            log.warning("chunk of %d days exceeds the provider limit of %d days per request: "
+                        "using %d", days, limit, limit)
+            days = limit
+        return int(days)
+
+    # -- the one path every chunk takes
+
+    def _store_chunk(self, locs: Sequence[Location], start: pd.Timestamp, end: pd.Timestamp,
+                     run_id: str, report: IngestReport, tally: _Tally):
+        result = self.source.fetch(locs, start, end)
+        checked = validate(result.frame, known_locations=self.ctx.params.location_ids)
+        write = write_raw(self.ctx.paths.raw_dir, self.source.name, checked.valid)
+        append_quarantine(self.ctx.paths.ingest_quarantine_dir, self.source.name,
+                          checked.quarantine, run_id)
+        report.write.merge(write)
+        report.stats.merge(result.stats)
+        report.chunks_fetched += 1
+        report.rows_valid += len(checked.valid)
+        report.rows_quarantined += len(checked.quarantine)
+        return checked, result.failures
+
+    def _finish(self, report: IngestReport, tally: _Tally, location_ids: Sequence[str],
+                metrics: StepRun) -> IngestReport:
+        newest = {loc: newest_observation(self.ctx.paths.raw_dir, self.source.name, loc)
+                  for loc in location_ids}
+        report.quality = tally.quality(freshness_lag(newest, now_utc()))
+        metrics.rows(rows_in=report.rows_valid + report.rows_quarantined,
+                     rows_out=report.rows_valid, quarantined=report.rows_quarantined)
+        push_quality(metrics, report.quality, report.stats)
+        return report
+
+    def _chunks(self, locs: Sequence[Location], start: pd.Timestamp, end: pd.Timestamp,
+                days: int, what: str, report: IngestReport, tally: _Tally,
+                progress: bool | None, done: dict[str, set[str]] | None = None,
+                on_chunk=None) -> None:
+        """Fetch and store ``[start, end)`` chunk by chunk, oldest first, logging each."""
+        chunks = time_chunks(start, end, days)
+        report.chunks_total += len(chunks)
+        # progress=None: a bar on a terminal, none in captured logs (Airflow, CI)
+        bar = tqdm(chunks, desc=f"{what} {self.source.name}", unit="chunk",
+                   disable=None if progress is None else not progress, dynamic_ncols=True)
+        for number, (chunk_start, chunk_end) in enumerate(bar, start=1):
+            cid = chunk_id(chunk_start, chunk_end)
+            finished = (done or {}).get(cid, set())
+            todo = [loc for loc in locs if loc.id not in finished]
+            if not todo:
+                report.chunks_skipped += 1
+                log.info("%s %s: chunk %d/%d %s .. %s already stored, skipped", what,
+                         self.source.name, number, len(chunks), chunk_start, chunk_end)
+                continue
+            checked, failures = self._store_chunk(todo, chunk_start, chunk_end, f"{what}_{cid}",
+                                                  report, tally)
+            tally.add(checked, failures, cid if len(chunks) > 1 else None)
+            if failures:
+                report.chunk_failures[cid] = dict(failures)
+            log.info("%s %s: chunk %d/%d %s .. %s: %d rows valid, %d quarantined%s", what,
+                     self.source.name, number, len(chunks), chunk_start, chunk_end,
+                     len(checked.valid), len(checked.quarantine),
+                     f", failed: {sorted(failures)}" if failures else "")
+            bar.set_postfix(rows=report.rows_valid, failed=len(report.chunk_failures))
+            if on_chunk is not None:
+                on_chunk(cid, chunk_end, todo, checked, failures)
+        bar.close()
+
+    # -- entry points
+
+    def window(self, start=None, end=None, locations=None,
+               progress: bool | None = None) -> IngestReport:
+        """Ingest ``[start, end)`` (default: the configured window) for some or all locations."""
+        start_ts, end_ts = self.resolve_window(start, end)
+        locs = self.resolve_locations(locations)
+        ids = [loc.id for loc in locs]
+        with self.ctx.reporter.step("ingest") as metrics:
+            report = IngestReport(self.source.name, start_ts, end_ts)
+            tally = _Tally(ids)
+            days = report.chunk_days = self.chunk_days()
+            log.info("ingest %s: %s .. %s for %d location(s) in chunks of up to %d day(s)",
+                     self.source.name, start_ts, end_ts, len(locs), days)
+            self._chunks(locs, start_ts, end_ts, days, "ingest", report, tally, progress)
+            self._finish(report, tally, ids, metrics)
+            self._log_summary("ingest", report)
+            _raise_failures("ingest", report, ids)
+        return report
+
+    def catch_up(self, end, locations=None, interval_start=None,
+                 max_days: int | None = None) -> IngestReport:
+        """Ingest every location from where it stopped up to ``end`` (the schedule's run).
+
+        Each location resumes after the later of its newest stored hour and its catch-up cursor
+        (the end of the last window the provider answered for it, so a provider with no data for
+        a while cannot hold the schedule in the past). The window starts at the earliest resume
+        point of the batch (or ``interval_start`` if earlier: a backfill of a past hour) and
+        covers at most ``max_days`` (``source.max_catchup_days``): a longer gap is closed oldest
+        first over successive runs, never leaving a hole behind. A location with nothing stored
+        starts at ``source.start`` (or ``max_days`` before ``end`` if that is later).
+        """
+        end_ts = floor_hour(utc(end))
+        locs = self.resolve_locations(locations)
+        ids = [loc.id for loc in locs]
+        max_days = max_days or self.ctx.params.source.max_catchup_days
+        bound = pd.Timedelta(days=max_days)
+        with self.ctx.reporter.step("ingest") as metrics:
+            cursor = CatchUpCursor(self.ctx.paths.ingest_state_dir
+                                   / f"catchup_{self.source.name}.json")
+            through = cursor.read()
+            resume = {}
+            for loc in ids:
+                newest = newest_observation(self.ctx.paths.raw_dir, self.source.name, loc)
+                points = [t for t in (newest + HOUR if newest is not None else None,
+                                      through.get(loc)) if t is not None]
+                first = max(floor_hour(utc(self.ctx.params.source.start)), end_ts - bound)
+                resume[loc] = max(points) if points else first
+            start_ts = min(resume.values())
+            if interval_start is not None:
+                start_ts = min(start_ts, floor_hour(utc(interval_start)))
+            stop = min(end_ts, start_ts + bound)
+            report = IngestReport(self.source.name, start_ts, max(stop, start_ts))
+            tally = _Tally(ids)
+            if stop <= start_ts:
+                log.info("ingest %s: every location is stored up to %s; nothing to fetch",
+                         self.source.name, end_ts)
+            else:
+                if stop < end_ts:
+                    note = (f"catch-up limited to {max_days} day(s) per run "
+                            f"(source.max_catchup_days): stored up to {stop}; the "
+                            f"{int((end_ts - stop) / HOUR)} hour(s) after it follow in the next "
+                            "runs")
+                    report.notes.append(note)
+                    log.warning("ingest %s: %s", self.source.name, note)
+                log.info("ingest %s: %d hour(s) %s .. %s for %d location(s) (resume points: %s)",
+                         self.source.name, int((stop - start_ts) / HOUR), start_ts, stop,
+                         len(locs), ", ".join(f"{k} {v:%Y-%m-%dT%H}" for k, v in resume.items()))
+                blocked: set[str] = set()
+
+                def advance(cid, chunk_end, todo, checked, failures):
+                    # a location's cursor moves only over contiguous answered chunks
+                    blocked.update(failures)
+                    cursor.advance([loc.id for loc in todo if loc.id not in blocked], chunk_end)
+
+                self._chunks(locs, start_ts, stop, self.chunk_days(), "ingest", report, tally,
+                             progress=False, on_chunk=advance)
+            self._finish(report, tally, ids, metrics)
+            self._log_summary("ingest", report)
+            _raise_failures("ingest", report, ids)
+        return report
+
+    def backfill(self, start=None, end=None, locations=None, chunk_days: int | None = None,
+                 progress: bool | None = None) -> IngestReport:
+        """Ingest ``[start, end)`` in chunks, resumably: a re-run redoes only what is missing.
+
+        After each chunk the locations it stored are recorded (atomically) in a state file under
+        ``build/ingest_state``; raises ``IngestError`` if any location of any chunk still failed
+        (the rest is stored and recorded).
+        """
+        start_ts, end_ts = self.resolve_window(start, end)
+        locs = self.resolve_locations(locations)
+        ids = [loc.id for loc in locs]
+        with self.ctx.reporter.step("backfill") as metrics:
+            days = self.chunk_days(chunk_days)
+            path = self.state_path(start_ts, end_ts, days)
+            state = load_backfill_state(path, self.source.name, start_ts, end_ts, days)
+            report = IngestReport(self.source.name, start_ts, end_ts, state_path=path,
+                                  chunk_days=days)
+            tally = _Tally(ids)
+            log.info("backfill %s: %s .. %s in chunks of %d day(s), state %s", self.source.name,
+                     start_ts, end_ts, days, path)
+            done = {cid: set(entry.get("done", [])) for cid, entry in state["chunks"].items()}
+
+            def record(cid, chunk_end, todo, checked, failures):
+                entry = state["chunks"].setdefault(cid, {"done": [], "failed": {}})
+                stored = [loc.id for loc in todo if loc.id not in failures]
+                entry["done"] = sorted(set(entry["done"]) | set(stored))
+                entry["failed"] = dict(sorted(failures.items()))
+                entry["rows"] = entry.get("rows", 0) + len(checked.valid)
+                entry["updated"] = now_utc().isoformat()
+                atomic_write_json(path, state)
+
+            self._chunks(locs, start_ts, end_ts, days, "backfill", report, tally, progress,
+                         done=done, on_chunk=record)
+            self._finish(report, tally, ids, metrics)
+            self._log_summary("backfill", report)
+            if report.chunk_failures:
+                detail = "; ".join(
+                    f"{cid} {loc}: {err}" for cid, errs in sorted(report.chunk_failures.items())
+                    for loc, err in sorted(errs.items())
+                )
+                raise IngestError(
+                    f"backfill {self.source.name}: {len(report.chunk_failures)} of "
+                    f"{report.chunks_total} chunk(s) have failed locations ({detail}); everything "
+                    f"else is stored. Run the same command again to retry only what failed "
+                    f"(state: {path})"
+                )
+        return report
+
+    def state_path(self, start: pd.Timestamp, end: pd.Timestamp, chunk_days: int) -> Path:
+        """One state file per source, range and chunk size (a different cut is another plan)."""
+        name = f"backfill_{self.source.name}_{chunk_id(start, end)}_{chunk_days}d.json"
+        return self.ctx.paths.ingest_state_dir / name
+
+    def _log_summary(self, what: str, report: IngestReport) -> None:
+        log.info("%s %s: %d chunk(s) fetched, %d already stored, %d rows valid, %d quarantined, "
+                 "%d file(s) written, %d unchanged", what, report.source, report.chunks_fetched,
+                 report.chunks_skipped, report.rows_valid, report.rows_quarantined,
+                 len(report.write.written), len(report.write.unchanged))
+
+
+def _raise_failures(what: str, report: IngestReport, location_ids: Sequence[str]) -> None:
+    failures = report.quality.failures
+    if not failures:
+        return
+    failed = "; ".join(f"{loc}: {err}" for loc, err in sorted(failures.items()))
+    ok = [loc for loc in location_ids if loc not in failures]
+    raise IngestError(
+        f"{len(failures)} of {len(location_ids)} location(s) failed after retries ({failed}); "
+        f"written: {ok or 'none'}"
+    )
+
+
+class CatchUpCursor:
+    """Per location, the end of the last window the provider answered (a JSON state file).
+
+    Updated under a file lock (several scheduled runs may finish at once) and only forwards.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def read(self) -> dict[str, pd.Timestamp]:
+        if not self.path.exists():
+            return {}
+        state = read_state_json(self.path, "catch-up cursor",
+                                "delete it: the next run resumes from the newest stored hours")
+        through = state.get("through") if isinstance(state, dict) else None
+        if not isinstance(through, dict):
+            raise StateFileError(f"catch-up cursor {self.path} has no 'through' mapping: delete "
+                                 "it; the next run resumes from the newest stored hours")
+        try:
+            return {str(k): utc(v) for k, v in through.items()}
+        except ValueError as exc:
+            raise StateFileError(f"catch-up cursor {self.path}: {exc}: delete it; the next run "
+                                 "resumes from the newest stored hours") from None
+
+    def advance(self, location_ids: Sequence[str], to: pd.Timestamp) -> None:
+        if not location_ids:
+            return
+        with file_lock(self.path.with_suffix(".lock")):
+            through = self.read()
+            for loc in location_ids:
+                if loc not in through or through[loc] < to:
+                    through[loc] = to
+            atomic_write_json(self.path, {
+                "version": STATE_VERSION,
+                "through": {k: v.isoformat() for k, v in sorted(through.items())},
+            })
+
+
+def load_backfill_state(path: Path, source: str, start: pd.Timestamp, end: pd.Timestamp,
+                        chunk_days: int) -> dict:
+    fresh = {"version": STATE_VERSION, "source": source, "start": start.isoformat(),
+             "end": end.isoformat(), "chunk_days": chunk_days, "chunks": {}}
+    if not path.exists():
+        return fresh
+    recovery = "delete it to start the backfill over (stored data is kept)"
+    state = read_state_json(path, "backfill state", recovery)
+    expected = {k: fresh[k] for k in ("source", "start", "end", "chunk_days")}
+    found = {k: state.get(k) if isinstance(state, dict) else None for k in expected}
+    if found != expected or not isinstance(state.get("chunks"), dict):
+        raise StateFileError(f"backfill state {path} belongs to another plan ({found}): {recovery}")
+    return state
+
+
+# ------------------------------------------------------------------ the schedule's quality gate
+
+
+def merge_reports(summaries: Sequence[dict[str, Any]]) -> tuple[IngestQuality, SourceStats]:
+    """One ``IngestQuality`` and ``SourceStats`` for all mapped batches of a run."""
+    merged = IngestQuality()
+    stats = SourceStats()
+    weighted_nulls: dict[str, float] = {}
+    total_rows = 0
+    for summary in summaries:
+        quality = summary["quality"]
+        rows = sum(quality["rows_per_location"].values())
+        total_rows += rows
+        merged.rows_per_location.update(quality["rows_per_location"])
+        merged.freshness_lag_s.update(
+            {loc: math.inf if lag is None else lag
+             for loc, lag in quality["freshness_lag_s"].items()}
+        )
+        merged.failures.update(quality["failures"])
+        merged.quarantined += quality["quarantined"]
+        for reason, n in quality["quarantine_reasons"].items():
+            merged.quarantine_reasons[reason] = merged.quarantine_reasons.get(reason, 0) + n
+        for var, frac in quality["null_fraction"].items():
+            weighted_nulls[var] = weighted_nulls.get(var, 0.0) + frac * rows
+        stats.merge(SourceStats(
+            requests=dict(summary["stats"]["requests"]),
+            responses={(p, c): n for p, c, n in summary["stats"]["responses"]},
+            latency_s={p: list(v) for p, v in summary["stats"]["latency_s"].items()},
+        ))
+    merged.null_fraction = (
+        {var: w / total_rows for var, w in weighted_nulls.items()}
+        if total_rows
+        else {var: 1.0 for var in weighted_nulls}
+    )
+    return merged, stats
+
+
+def stored_hours(raw_dir: Path, source: str, location_id: str, start, end) -> int:
+    """Stored observation hours of a location in ``[start, end)``."""
+    start, end = utc(start), utc(end)
+    times = stored_times(raw_dir, source, location_id, start, end)
+    return int(len(times))
+
+
+def check_run(ctx: Context, summaries: Sequence[dict[str, Any]], start, end, *,
+              max_silent_hours: int, max_quarantine_share: float) -> dict[str, Any]:
+    """Problems of one scheduled ingestion run; pushes the merged per-location figures.
+
+    Raises ``IngestError`` naming every problem found: a location not ingested or failed, a
+    location with no stored observation in the ``max_silent_hours`` before ``end``, or more than
+    ``max_quarantine_share`` of the rows quarantined.
+    """
+    quality, stats = merge_reports(summaries)
+    sources = {s["source"] for s in summaries}
+    run = StepRun("ingest")  # all batches' figures under the ingest step's grouping key
+    push_quality(run, quality, stats)
+    ctx.reporter.push(run)
+
+    problems: list[str] = []
+    expected = ctx.params.location_ids
+    missing = [loc for loc in expected if loc not in quality.rows_per_location]
+    if missing:
+        problems.append(f"location(s) {missing} were not ingested")
+    if quality.failures:
+        problems.append(f"location(s) failed: {quality.failures}")
+    valid = sum(quality.rows_per_location.values())
+    total = valid + quality.quarantined
+    share = quality.quarantined / total if total else 0.0
+    if share > max_quarantine_share:
+        problems.append(
+            f"{quality.quarantined} of {total} rows quarantined ({share:.0%} > "
+            f"{max_quarantine_share:.0%}); reasons {quality.quarantine_reasons}"
+        )
+    end_ts = utc(end)
+    silent_from = end_ts - pd.Timedelta(hours=max_silent_hours)
+    silent = [
+        loc for loc in expected
+        if not any(stored_hours(ctx.paths.raw_dir, src, loc, silent_from, end_ts)
+                   for src in sources)
+    ]
+    if silent:
+        problems.append(
+            f"no stored observation for {silent} in the {max_silent_hours} h before {end_ts}"
+        )
+    result = {
+        "source": sorted(sources),
+        "rows_valid": valid,
+        "rows_quarantined": quality.quarantined,
+        "locations": len(quality.rows_per_location),
+        "files_written": sum(s["files_written"] for s in summaries),
+        "changed": any(s["files_written"] for s in summaries),
+        "notes": [n for s in summaries for n in s.get("notes", [])],
+    }
+    if problems:
+        raise IngestError(
+            f"ingestion of [{utc(start)}, {end_ts}) failed its checks: " + "; ".join(problems)
+        )
+    return result
+
+
+__all__ = [
+    "IngestReport",
+    "Ingestion",
+    "check_run",
+    "chunk_id",
+    "load_backfill_state",
+    "merge_reports",
+    "push_quality",
+    "raw_files",
+    "stored_hours",
+]

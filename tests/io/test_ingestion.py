@@ -1,0 +1,124 @@
+"""The hourly schedule's catch-up: every location continues where it stopped, no hole left."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from pipeline.context import Context
+from pipeline.errors import PipelineError
+from pipeline.io.ingestion import Ingestion
+from pipeline.io.storage import newest_observation, read_raw
+from pipeline.settings import Settings
+from tests.conftest import make_project
+from tests.replay_server import ReplayServer, open_meteo_handler, truth
+
+AQ, FORECAST, ARCHIVE = "/v1/air-quality", "/v1/forecast", "/v1/archive"
+
+
+def ts(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz="UTC")
+
+
+def stored_hours(ctx: Context, location: str) -> pd.DatetimeIndex:
+    frame = read_raw(ctx.paths.raw_dir, ctx.params.source.kind, [location])
+    return pd.DatetimeIndex(frame["time"])
+
+
+def assert_no_hole(hours: pd.DatetimeIndex, start: pd.Timestamp, end: pd.Timestamp) -> None:
+    expected = pd.date_range(start, end, freq="h", inclusive="left", tz="UTC")
+    missing = expected.difference(hours)
+    assert missing.empty, f"{len(missing)} hour(s) missing, first {missing[:3].tolist()}"
+
+
+@pytest.fixture
+def history(tmp_path) -> Context:
+    """Two locations stored up to 2025-01-03 (what `make run` leaves, in small)."""
+    root = make_project(tmp_path / "project", {
+        "source": {"kind": "synthetic", "start": "2025-01-01", "end": "2025-01-03",
+                   "synthetic": {"gap_rate": 0.0, "spike_rate": 0.0}},
+    })
+    ctx = Context.load(root, settings=Settings())
+    Ingestion(ctx).window()
+    return ctx
+
+
+def test_the_first_scheduled_run_fills_the_whole_gap_since_the_history(history):
+    """`make run` stored until 2025-01-03; the schedule starts ten days later, for one hour."""
+    end = ts("2025-01-13T10:00")
+    report = Ingestion(history).catch_up(end, interval_start=end - pd.Timedelta(hours=1))
+    assert report.start == ts("2025-01-03T00:00")
+    assert report.chunks_fetched >= 1
+    for location in ("berlin", "delhi"):
+        assert_no_hole(stored_hours(history, location), ts("2025-01-01"), end)
+        newest = newest_observation(history.paths.raw_dir, "synthetic", location)
+        assert newest == end - pd.Timedelta(hours=1)
+    # the next hourly run fetches exactly its own hour
+    again = Ingestion(history).catch_up(end + pd.Timedelta(hours=1), interval_start=end)
+    assert (again.start, again.end) == (end, end + pd.Timedelta(hours=1))
+    assert again.rows_valid == 2
+
+
+def test_a_long_gap_is_closed_oldest_first_over_successive_runs(history, caplog):
+    end = ts("2025-01-08T00:00")
+    first = Ingestion(history).catch_up(end, max_days=2)
+    assert (first.start, first.end) == (ts("2025-01-03"), ts("2025-01-05"))
+    assert any("follow in the next runs" in note for note in first.notes)
+    assert "catch-up limited to 2 day(s)" in caplog.text
+    assert_no_hole(stored_hours(history, "berlin"), ts("2025-01-01"), ts("2025-01-05"))
+    Ingestion(history).catch_up(end, max_days=2)
+    last = Ingestion(history).catch_up(end, max_days=2)
+    assert last.end == end
+    assert not last.notes
+    assert_no_hole(stored_hours(history, "delhi"), ts("2025-01-01"), end)
+
+
+def test_a_location_the_provider_has_no_data_for_does_not_hold_the_schedule_back(tmp_path):
+    """Delhi's station goes silent (the provider answers with nulls); Berlin keeps flowing."""
+    silent_from = ts("2025-01-02").timestamp()
+
+    def values(variable, latitude, unix_s):
+        if abs(latitude - 28.6139) < 1e-3 and unix_s >= silent_from:
+            return None
+        return truth(variable, latitude, unix_s)
+
+    with ReplayServer() as server:
+        for path in (AQ, FORECAST, ARCHIVE):
+            server.route(path, open_meteo_handler(values))
+        root = make_project(tmp_path / "project", {"source": {
+            "kind": "open_meteo", "start": "2025-01-01", "end": "2025-01-02",
+            "open_meteo": {"backoff_s": 0.01, "max_retries": 0, "requests_per_second": 100},
+        }})
+        settings = Settings(open_meteo_air_quality_url=server.url(AQ),
+                            open_meteo_forecast_url=server.url(FORECAST),
+                            open_meteo_archive_url=server.url(ARCHIVE), http_timeout_s=5.0)
+        ctx = Context.load(root, settings=settings)
+        Ingestion(ctx).window()
+        Ingestion(ctx).catch_up(ts("2025-01-04"))
+        cursor = json.loads((ctx.paths.ingest_state_dir / "catchup_open_meteo.json").read_text())
+        assert cursor["through"] == {"berlin": "2025-01-04T00:00:00+00:00",
+                                     "delhi": "2025-01-04T00:00:00+00:00"}
+        # the next run starts after the answered window, not back where Delhi went silent
+        report = Ingestion(ctx).catch_up(ts("2025-01-05"))
+        assert report.start == ts("2025-01-04")
+        assert_no_hole(stored_hours(ctx, "berlin"), ts("2025-01-01"), ts("2025-01-05"))
+
+
+def test_a_damaged_cursor_names_the_file_and_the_way_out(history):
+    path = history.paths.ingest_state_dir / "catchup_synthetic.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"through": {"berlin": ')
+    with pytest.raises(PipelineError, match=r"catch-up cursor .*catchup_synthetic.json is not "
+                                            r"valid JSON.*delete it"):
+        Ingestion(history).catch_up(ts("2025-01-04"))
+
+
+def test_a_backfill_of_a_past_hour_fetches_that_hour_only(history):
+    """An Airflow backfill of an old interval re-ingests that interval, not the whole store."""
+    Ingestion(history).catch_up(ts("2025-01-05"))
+    report = Ingestion(history).catch_up(ts("2025-01-02T06:00"),
+                                         interval_start=ts("2025-01-02T05:00"))
+    assert (report.start, report.end) == (ts("2025-01-02T05:00"), ts("2025-01-02T06:00"))
+    assert not report.changed  # the same rows again: nothing new stored
