@@ -18,7 +18,7 @@ STEPS = {
     "predict": "batch forecasts for every location, target and horizon",
     "score": "realised accuracy of earlier forecasts against new observations",
     "drift": "PSI of recent features against the champion's training reference",
-    "rollback": "restore the previous champion",
+    "rollback": "restore the previous champion (or --to VERSION) and re-issue the forecasts",
     "summary": "print the run summary table",
 }
 
@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
             )
         if name == "backfill":
             cmd.add_argument("--chunk-days", type=int, default=None, help="days per request chunk")
+        if name == "rollback":
+            cmd.add_argument("--to", metavar="VERSION",
+                             help="make this registered version champion (earlier or later)")
     return parser
 
 

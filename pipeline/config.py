@@ -211,6 +211,13 @@ class DriftConfig(_Strict):
     share_threshold: Annotated[float, Field(gt=0, le=1)] = 0.3
 
 
+class ForecastConfig(_Strict):
+    """When a location's inputs are too incomplete for an honest forecast (none is issued)."""
+
+    min_input_completeness: Annotated[float, Field(ge=0, le=1)] = 0.8
+    max_hours_since_observation: Annotated[float, Field(ge=0, le=24 * 14)] = 3.0
+
+
 class Params(_Strict):
     locations: Annotated[list[Location], Field(min_length=1)]
     targets: Annotated[list[Target], Field(min_length=1)] = ["pm2_5"]
@@ -227,6 +234,7 @@ class Params(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     promotion: PromotionConfig = PromotionConfig()
     drift: DriftConfig = DriftConfig()
+    forecast: ForecastConfig = ForecastConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> Params:

@@ -106,6 +106,18 @@ CATALOGUE: dict[str, MetricSpec] = {
         "gauge", "Highest forecast US AQI within the next 24 h.", ("location", "target")
     ),
     "aq_forecast_rows": MetricSpec("gauge", "Forecast rows written by the last batch."),
+    "aq_forecast_input_completeness": MetricSpec(
+        "gauge", "Share of the champion's features present in a location's latest row.",
+        ("location",)
+    ),
+    "aq_forecast_hours_since_observation": MetricSpec(
+        "gauge", "Hours between a target's last observation and the forecast's issue time.",
+        ("location", "target")
+    ),
+    "aq_forecast_degraded": MetricSpec(
+        "gauge", "1 if the location got no forecast in the last batch (inputs too incomplete).",
+        ("location",)
+    ),
 }
 
 

@@ -1,27 +1,52 @@
-"""Model registry: versioned artifacts with metadata, an atomic champion pointer, rollback.
+"""Model registry: versioned artifacts with metadata, an atomic champion pointer with history.
 
-An artifact is loaded only if its sha256 matches the one in its metadata.
+An artifact is loaded only if its sha256 matches the one in its metadata. The champion
+switches (promote, rollback, rollback to a version) happen under one lock, so two at once
+leave one winner and one history entry; every switch is appended to
+``models/champion_history.jsonl`` before the pointer moves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import joblib
 
 from pipeline.errors import ArtifactIntegrityError, RegistryError
-from pipeline.io.storage import atomic_write_bytes, atomic_write_json, read_json
+from pipeline.io.metrics import MetricsReporter, StepRun
+from pipeline.io.storage import (
+    StateFileError,
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_dir,
+    file_lock,
+    read_state_json,
+    require_keys,
+)
 from pipeline.paths import ProjectPaths
 from pipeline.timeutil import now_utc
 
+log = logging.getLogger(__name__)
+
 ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
+STAGING_PREFIX = ".register-"
+CHAMPION_LOCK_TIMEOUT_S = 15 * 60.0
+CHAMPION_RECOVERY = (
+    "point it at a registered version with `python -m pipeline rollback --to VERSION` "
+    "(versions: models/registry/, past champions: models/champion_history.jsonl)"
+)
 
 
 def sha256_file(path: Path) -> str:
@@ -42,11 +67,19 @@ def save_bundle(directory: Path, models: dict, metadata: dict[str, Any]) -> dict
     """Write artifact then metadata (with the artifact's sha256 and a version) atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
-        joblib.dump({f"{t}__h{h}": m for (t, h), m in models.items()}, tmp)
-    tmp_path = Path(tmp.name)
-    digest = sha256_file(tmp_path)
-    tmp_path.replace(directory / ARTIFACT)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{ARTIFACT}.", suffix=".tmp")
+    tmp_path = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            joblib.dump({f"{t}__h{h}": m for (t, h), m in models.items()}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        digest = sha256_file(tmp_path)
+        os.chmod(tmp_path, 0o644)
+        tmp_path.replace(directory / ARTIFACT)
+    except BaseException:  # a full disk included: never leave the partial file behind
+        tmp_path.unlink(missing_ok=True)
+        raise
     created = now_utc()
     metadata = {
         **metadata,
@@ -61,10 +94,13 @@ def save_bundle(directory: Path, models: dict, metadata: dict[str, Any]) -> dict
 def load_bundle(directory: Path) -> ModelBundle:
     """Load a bundle after checking its sha256; a mismatch is never loaded."""
     directory = Path(directory)
-    try:
-        metadata = json.loads((directory / METADATA).read_text())
-    except FileNotFoundError:
-        raise RegistryError(f"no model metadata at {directory / METADATA}") from None
+    if not (directory / METADATA).exists():
+        raise RegistryError(f"no model metadata at {directory / METADATA}")
+    metadata = require_keys(
+        read_state_json(directory / METADATA, "model metadata",
+                        "retrain (`python -m pipeline train`) or register another version"),
+        ("sha256", "version"), directory / METADATA, "model metadata",
+        "retrain (`python -m pipeline train`) or register another version")
     artifact = directory / ARTIFACT
     if not artifact.exists():
         raise RegistryError(f"no model artifact at {artifact}")
@@ -85,27 +121,68 @@ def load_bundle(directory: Path) -> ModelBundle:
 class Registry:
     def __init__(self, paths: ProjectPaths) -> None:
         self.paths = paths
+        self._lock_depth = 0
+        self._lock_guard = threading.Lock()
 
     def version_dir(self, version: str) -> Path:
         return self.paths.registry_dir / version
 
+    # -- the champion lock (re-entrant within one Registry: promote holds it around the gate)
+
+    @contextlib.contextmanager
+    def champion_lock(self):
+        """Exclusive right to read-decide-switch the champion, across processes."""
+        with self._lock_guard:
+            outer = self._lock_depth == 0
+            self._lock_depth += 1
+        try:
+            if outer:
+                with file_lock(self.paths.models_dir / ".champion.lock",
+                               timeout_s=CHAMPION_LOCK_TIMEOUT_S, what="champion lock"):
+                    yield
+            else:
+                yield
+        finally:
+            with self._lock_guard:
+                self._lock_depth -= 1
+
+    # -- versions
+
     def register(self, candidate_dir: Path) -> str:
-        """Copy a candidate bundle into the registry (idempotent by version)."""
-        metadata = read_json(Path(candidate_dir) / METADATA)
+        """Verify a candidate bundle, then copy it into the registry (idempotent by version).
+
+        A torn candidate (a train killed between artifact and metadata) fails verification and
+        never enters the registry. Staging directories of copies killed mid-way are removed.
+        """
+        candidate_dir = Path(candidate_dir)
+        try:
+            metadata = load_bundle(candidate_dir).metadata
+        except (RegistryError, ArtifactIntegrityError) as exc:
+            raise RegistryError(f"candidate in {candidate_dir} is incomplete or damaged ({exc}): "
+                                "run `python -m pipeline train` again") from None
         version = metadata["version"]
         target = self.version_dir(version)
+        ensure_dir(self.paths.registry_dir)
+        self._remove_stale_staging()
         if not target.exists():
-            staging = Path(tempfile.mkdtemp(dir=self.paths.registry_dir.parent
-                                            if self.paths.registry_dir.parent.exists()
-                                            else None, prefix=".register-"))
+            staging = Path(tempfile.mkdtemp(dir=self.paths.models_dir,
+                                            prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
             try:
+                os.chmod(staging, 0o755)
                 for name in (ARTIFACT, METADATA):
-                    shutil.copy2(Path(candidate_dir) / name, staging / name)
-                target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(candidate_dir / name, staging / name)
                 staging.rename(target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return version
+
+    def _remove_stale_staging(self) -> None:
+        for path in self.paths.models_dir.glob(f"{STAGING_PREFIX}*"):
+            pid = path.name.removeprefix(STAGING_PREFIX).split("-", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            log.info("removing %s left by a register that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
 
     def versions(self) -> list[str]:
         if not self.paths.registry_dir.exists():
@@ -113,16 +190,30 @@ class Registry:
         return sorted(p.name for p in self.paths.registry_dir.iterdir()
                       if (p / METADATA).exists())
 
-    def champion_version(self) -> str | None:
-        pointer = self.paths.champion_pointer
-        if not pointer.exists():
-            return None
-        return read_json(pointer)["version"]
-
     def load(self, version: str) -> ModelBundle:
         if not (self.version_dir(version) / METADATA).exists():
             raise RegistryError(f"unknown model version {version!r}")
         return load_bundle(self.version_dir(version))
+
+    def metadata(self, version: str) -> dict[str, Any]:
+        """A version's metadata without loading its artifact."""
+        path = self.version_dir(version) / METADATA
+        if not path.exists():
+            raise RegistryError(f"unknown model version {version!r}")
+        return read_state_json(path, "model metadata", "register the version again")
+
+    # -- the champion
+
+    def pointer(self) -> dict[str, Any] | None:
+        path = self.paths.champion_pointer
+        if not path.exists():
+            return None
+        return require_keys(read_state_json(path, "champion pointer", CHAMPION_RECOVERY),
+                            ("version",), path, "champion pointer", CHAMPION_RECOVERY)
+
+    def champion_version(self) -> str | None:
+        pointer = self.pointer()
+        return None if pointer is None else str(pointer["version"])
 
     def load_champion(self) -> ModelBundle:
         version = self.champion_version()
@@ -130,38 +221,96 @@ class Registry:
             raise RegistryError("no champion yet: run train, evaluate and promote first")
         return self.load(version)
 
-    def _history(self) -> list[dict]:
+    def history(self) -> list[dict]:
+        """Every champion switch, oldest first."""
         path = self.paths.champion_history
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        entries = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                raise StateFileError(
+                    f"champion history {path} line {number} is not JSON: remove that line "
+                    "(the pointer models/champion.json is unaffected)") from None
+        return entries
 
-    def _switch(self, version: str, previous: str | None, reason: str) -> None:
-        """Append to the history, then replace the pointer atomically."""
+    def _switch(self, version: str, previous: str | None, reason: str) -> dict:
+        """Append to the history, then replace the pointer atomically (under the lock)."""
         entry = {"version": version, "previous": previous, "at": now_utc().isoformat(),
                  "reason": reason}
-        history = self._history() + [entry]
+        history = self.history() + [entry]
         atomic_write_bytes(
             self.paths.champion_history,
             "".join(json.dumps(h, sort_keys=True) + "\n" for h in history).encode(),
         )
         atomic_write_json(self.paths.champion_pointer, entry)
+        return entry
 
-    def promote(self, version: str, reason: str = "promoted") -> None:
-        self.load(version)  # refuses a missing or tampered artifact before switching
-        self._switch(version, self.champion_version(), reason)
+    def promote(self, version: str, reason: str = "promoted") -> bool:
+        """Make ``version`` champion; False (and no history entry) if it already is."""
+        with self.champion_lock():
+            self.load(version)  # refuses a missing or tampered artifact before switching
+            current = self.champion_version()
+            if current == version:
+                return False
+            self._switch(version, current, reason)
+            return True
 
-    def rollback(self) -> str:
-        """Restore the champion before the current one."""
-        current = self.champion_version()
-        if current is None:
-            raise RegistryError("no champion to roll back")
-        previous = read_json(self.paths.champion_pointer).get("previous")
-        if not previous:
-            raise RegistryError(f"champion {current} has no previous champion to roll back to")
-        self.load(previous)
-        # the previous entry's own 'previous' lets repeated rollbacks walk further back
-        earlier = next((h.get("previous") for h in reversed(self._history())
-                        if h["version"] == previous), None)
-        self._switch(previous, earlier, f"rollback from {current}")
-        return previous
+    def rollback(self, to: str | None = None) -> str:
+        """Restore the champion before the current one, or make ``to`` champion (roll forward).
+
+        Repeated plain rollbacks walk further back through the history; ``to`` may be any
+        registered version, earlier or later.
+        """
+        with self.champion_lock():
+            pointer = self.pointer()
+            if pointer is None:
+                raise RegistryError("no champion to roll back")
+            current = str(pointer["version"])
+            if to is not None:
+                if to == current:
+                    raise RegistryError(f"{to} is already the champion")
+                self.load(to)  # unknown, missing or tampered: refused before switching
+                self._switch(to, current, f"rollback --to {to} from {current}")
+                return to
+            previous = pointer.get("previous")
+            if not previous:
+                raise RegistryError(f"champion {current} has no previous champion to roll back to")
+            self.load(previous)
+            # the previous entry's own 'previous' lets repeated rollbacks walk further back
+            earlier = next((h.get("previous") for h in reversed(self.history())
+                            if h.get("version") == previous), None)
+            self._switch(previous, earlier, f"rollback from {current}")
+            return previous
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def push_champion(reporter: MetricsReporter, registry: Registry) -> None:
+    """Push the current champion under its own group (step="champion").
+
+    Promote and rollback both change the champion; one group means the latest
+    change wins, whichever step made it, and a failing step cannot make an older
+    champion look current.
+    """
+    version = registry.champion_version()
+    if version is None:
+        return
+    meta = registry.metadata(version)
+    run = StepRun("champion")
+    run.info("aq_champion_info", {"version": version})
+    created = datetime.fromisoformat(meta["created_at"]).timestamp()
+    run.set("aq_champion_created_timestamp_seconds", created)
+    reporter.push(run)

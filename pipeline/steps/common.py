@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from pipeline.config import FeatureConfig
 from pipeline.context import Context
 from pipeline.core.features import FeatureSpec, build_features, location_codes
 from pipeline.core.validation import ValidationResult, validate
@@ -18,6 +19,15 @@ from pipeline.io.storage import newest_observation, raw_files, read_raw
 def feature_spec(ctx: Context) -> FeatureSpec:
     p = ctx.params
     return FeatureSpec(tuple(p.targets), tuple(p.horizons), p.features)
+
+
+def feature_spec_of(metadata: dict) -> FeatureSpec:
+    """The feature spec a model was trained with (from its metadata), whatever params.yaml
+    says now: predicting builds exactly the features the model knows."""
+    targets = sorted({str(t) for t in metadata["targets"]})
+    horizons = sorted(int(h) for h in metadata["horizons"])
+    config = FeatureConfig.model_validate(metadata["params"]["features"])
+    return FeatureSpec(tuple(targets), tuple(horizons), config)
 
 
 def timezones(ctx: Context) -> dict[str, str]:
@@ -37,9 +47,9 @@ def load_validated_raw(ctx: Context, start: pd.Timestamp | None = None) -> Valid
 
 
 def features_from_raw(ctx: Context, valid: pd.DataFrame, codes: dict[str, int] | None = None,
-                      with_labels: bool = True) -> pd.DataFrame:
+                      with_labels: bool = True, spec: FeatureSpec | None = None) -> pd.DataFrame:
     codes = codes or location_codes(ctx.params.location_ids)
-    return build_features(valid, feature_spec(ctx), timezones(ctx), codes, with_labels)
+    return build_features(valid, spec or feature_spec(ctx), timezones(ctx), codes, with_labels)
 
 
 def data_version(ctx: Context) -> dict[str, str | None]:
@@ -74,3 +84,4 @@ def recent_window_start(
     if not newest:
         return None
     return min(newest) - pd.Timedelta(hours=spec.warmup_hours + extra_hours)
+

@@ -10,9 +10,8 @@ import pandas as pd
 from pipeline.context import Context
 from pipeline.core.models import Split, evaluate_models
 from pipeline.errors import PipelineError
-from pipeline.io.metrics import MetricsReporter, StepRun
-from pipeline.io.registry import ModelBundle, Registry
-from pipeline.io.storage import atomic_write_json, read_json
+from pipeline.io.registry import ModelBundle, Registry, push_champion
+from pipeline.io.storage import atomic_write_json, read_state_json, require_keys
 from pipeline.steps.common import require
 
 log = logging.getLogger(__name__)
@@ -52,67 +51,64 @@ def decide(candidate: dict, champion: dict | None, min_skill: float,
     return not refusals, refusals
 
 
-def push_champion(reporter: MetricsReporter, registry: Registry) -> None:
-    """Push the current champion under its own group (step="champion").
-
-    Promote and rollback both change the champion; one group means the latest
-    change wins, whichever step made it, and a failing step cannot make an older
-    champion look current.
-    """
-    version = registry.champion_version()
-    if version is None:
-        return
-    meta = read_json(registry.version_dir(version) / "metadata.json")
-    run = StepRun("champion")
-    run.info("aq_champion_info", {"version": version})
-    run.set("aq_champion_created_timestamp_seconds", pd.Timestamp(meta["created_at"]).timestamp())
-    reporter.push(run)
-
-
 def run(ctx: Context) -> dict:
     with ctx.reporter.step("promote") as metrics:
         registry = Registry(ctx.paths)
-        evaluation = read_json(require(ctx.paths.evaluation_report, "evaluate"))
+        path = require(ctx.paths.evaluation_report, "evaluate")
+        redo = "run `python -m pipeline evaluate` again"
+        evaluation = require_keys(read_state_json(path, "evaluation report", redo),
+                                  ("version", "scores", "holdout_start"), path,
+                                  "evaluation report", redo)
         require(ctx.paths.candidate_dir, "train")
+        # verified before it enters the registry; decide and switch under the champion lock,
+        # so two promotes at once leave one winner and one history entry
         version = registry.register(ctx.paths.candidate_dir)
         if evaluation["version"] != version:
             raise PipelineError(
-                f"evaluation is of {evaluation['version']}, candidate is {version}: "
-                "run `python -m pipeline evaluate` again"
+                f"evaluation is of {evaluation['version']}, candidate is {version}: {redo}"
             )
-        candidate = evaluation["scores"]
-        champion_version = registry.champion_version()
-        champ, note = None, None
-        if champion_version == version:
-            note = "candidate is already the champion"
-        elif champion_version is not None:
-            frame = pd.read_parquet(require(ctx.paths.features, "preprocess"))
-            split = Split(pd.Timestamp(evaluation["holdout_start"]))
-            wanted = {(t, int(h)) for t, by_h in candidate.items() for h in by_h}
-            champ, note = champion_scores(registry.load_champion(), frame, split, wanted)
-            if champ is not None:
-                champ = {t: {str(h): s for h, s in by_h.items()} for t, by_h in champ.items()}
-        promoted, refusals = decide(candidate, champ, ctx.params.promotion.min_skill,
-                                    ctx.params.promotion.tolerance)
-        if promoted and champion_version != version:
-            registry.promote(version, reason="passed the promotion gate")
-        report = {
-            "candidate": version,
-            "previous_champion": champion_version,
-            "champion": registry.champion_version(),
-            "promoted": promoted,
-            "switched": promoted and champion_version != version,
-            "refusals": refusals,
-            "note": note,
-            "champion_scores_on_holdout": champ,
-        }
+        with registry.champion_lock():
+            report = _gate(ctx, registry, evaluation, version)
         atomic_write_json(ctx.paths.promotion_report, report)
         metrics.set("aq_promotion_promoted", 1 if report["promoted"] else 0)
         push_champion(ctx.reporter, registry)
         if report["switched"]:
-            log.info("promote: %s is the new champion (was %s)", version, champion_version)
-        elif promoted:
+            log.info("promote: %s is the new champion (was %s)", version,
+                     report["previous_champion"])
+        elif report["promoted"]:
             log.info("promote: %s passed the gate and stays champion", version)
         else:
-            log.warning("promote: %s not promoted: %s", version, "; ".join(refusals) or note)
+            log.warning("promote: %s not promoted: %s", version,
+                        "; ".join(report["refusals"]) or report["note"])
     return report
+
+
+def _gate(ctx: Context, registry: Registry, evaluation: dict, version: str) -> dict:
+    """The gate against the current champion, re-scored on the candidate's holdout."""
+    candidate = evaluation["scores"]
+    champion_version = registry.champion_version()
+    champ, note = None, None
+    if champion_version == version:
+        note = "candidate is already the champion"
+    elif champion_version is not None:
+        frame = pd.read_parquet(require(ctx.paths.features, "preprocess"))
+        split = Split(pd.Timestamp(evaluation["holdout_start"]))
+        wanted = {(t, int(h)) for t, by_h in candidate.items() for h in by_h}
+        champ, note = champion_scores(registry.load_champion(), frame, split, wanted)
+        if champ is not None:
+            champ = {t: {str(h): s for h, s in by_h.items()} for t, by_h in champ.items()}
+    promoted, refusals = decide(candidate, champ, ctx.params.promotion.min_skill,
+                                ctx.params.promotion.tolerance)
+    switched = False
+    if promoted and champion_version != version:
+        switched = registry.promote(version, reason="passed the promotion gate")
+    return {
+        "candidate": version,
+        "previous_champion": champion_version,
+        "champion": registry.champion_version(),
+        "promoted": promoted,
+        "switched": switched,
+        "refusals": refusals,
+        "note": note,
+        "champion_scores_on_holdout": champ,
+    }
