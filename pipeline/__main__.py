@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PipelineError) as exc:
         print(f"error: {args.step}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk, a read-only or missing directory: say which file
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {args.step}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,6 +7,7 @@ holds what differs between machines: endpoints, credentials, timeouts.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -83,3 +84,13 @@ class Settings:
             openweathermap_url=env.get("AQ_OPENWEATHERMAP_URL") or defaults.openweathermap_url,
             log_format="plain" if env.get("AQ_LOG_FORMAT") == "plain" else defaults.log_format,
         )
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook: ``AQ_FAULT_KILL_AT=<name>`` SIGKILLs this process at that write point.
+
+    The crash-safety tests kill real processes exactly between two writes (e.g. a model's
+    artifact and its metadata) and check what the next run makes of it.
+    """
+    if os.environ.get("AQ_FAULT_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -31,10 +31,12 @@ from pipeline.io.storage import (
     atomic_write_json,
     ensure_dir,
     file_lock,
+    raise_naming,
     read_state_json,
     require_keys,
 )
 from pipeline.paths import ProjectPaths
+from pipeline.settings import fault_point
 from pipeline.timeutil import now_utc
 
 log = logging.getLogger(__name__)
@@ -77,9 +79,11 @@ def save_bundle(directory: Path, models: dict, metadata: dict[str, Any]) -> dict
         digest = sha256_file(tmp_path)
         os.chmod(tmp_path, 0o644)
         tmp_path.replace(directory / ARTIFACT)
-    except BaseException:  # a full disk included: never leave the partial file behind
+    except BaseException as exc:  # a full disk included: never leave the partial file behind
         tmp_path.unlink(missing_ok=True)
+        raise_naming(exc, directory / ARTIFACT)
         raise
+    fault_point("save_bundle:artifact_written")
     created = now_utc()
     metadata = {
         **metadata,
@@ -171,6 +175,7 @@ class Registry:
                 os.chmod(staging, 0o755)
                 for name in (ARTIFACT, METADATA):
                     shutil.copy2(candidate_dir / name, staging / name)
+                fault_point("register:staged")
                 staging.rename(target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

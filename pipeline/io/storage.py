@@ -80,10 +80,17 @@ def atomic_write_bytes(path: Path, payload: bytes, mode: int | None = None) -> N
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise_naming(exc, path)
         raise
+
+
+def raise_naming(exc: BaseException, path: Path) -> None:
+    """Re-raise an ``OSError`` that does not say which file (a full disk) with ``path``."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:

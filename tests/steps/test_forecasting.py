@@ -186,3 +186,99 @@ def test_evaluation_report_without_scores_is_named(project):
     with pytest.raises(PipelineError, match=r"evaluation report .*evaluation.json lacks "
                                             r"\['scores', 'holdout_start'\]"):
         promote.run(ctx)
+
+
+# ------------------------------------------------------------------ crashes and concurrency
+
+
+def cli(root, *args, fault: str | None = None, timeout: float = 300):
+    env = {"PATH": "/usr/bin:/bin", "AQ_PROJECT_DIR": str(root)}
+    if fault:
+        env["AQ_FAULT_KILL_AT"] = fault
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def finish(proc, timeout: float = 300) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def new_candidate(root, seed: int) -> Context:
+    ctx = load(root, {"promotion": {"min_skill": -1.0, "tolerance": 1.0},
+                      "model": {"max_iter": 25, "random_state": seed}})
+    train.run(ctx)
+    evaluate.run(ctx)
+    return ctx
+
+
+def test_two_promotes_at_once_leave_one_winner_and_one_history_entry(project):
+    root, _, _ = project
+    ctx = new_candidate(root, seed=11)
+    registry = Registry(ctx.paths)
+    before = len(registry.history())
+
+    procs = [cli(root, "promote") for _ in range(2)]
+    results = [finish(p) for p in procs]
+
+    assert [code for code, _ in results] == [0, 0], results
+    logs = "\n".join(out for _, out in results)
+    assert logs.count("is the new champion") == 1
+    assert logs.count("passed the gate and stays champion") == 1
+    history = registry.history()
+    assert len(history) == before + 1
+    assert history[-1]["version"] == registry.champion_version()
+
+
+def test_a_train_killed_between_artifact_and_metadata_never_enters_the_registry(project):
+    root, _, second = project
+    new_candidate(root, seed=12)  # evaluation.json and metadata of a finished candidate
+    code, _ = finish(cli(root, "train", fault="save_bundle:artifact_written"))
+    assert code == -9  # killed at the write point: new artifact, old metadata
+    ctx = load(root)
+    versions = Registry(ctx.paths).versions()
+
+    code, out = finish(cli(root, "promote"))
+
+    assert code == 1
+    assert "candidate in" in out
+    assert "is incomplete or damaged" in out
+    assert "run `python -m pipeline train` again" in out
+    assert Registry(ctx.paths).versions() == versions
+    assert Registry(ctx.paths).champion_version() == second
+
+
+def test_a_promote_killed_while_registering_leaves_nothing_the_next_one_keeps(project):
+    root, _, _ = project
+    ctx = new_candidate(root, seed=13)
+    code, _ = finish(cli(root, "promote", fault="register:staged"))
+    assert code == -9
+    assert list(ctx.paths.models_dir.glob(".register-*"))  # the killed copy's staging
+
+    code, out = finish(cli(root, "promote"))
+
+    assert code == 0, out
+    assert not list(ctx.paths.models_dir.glob(".register-*"))
+    assert "is the new champion" in out
+
+
+def test_a_full_disk_during_train_leaves_no_temporary_file(project, tmp_path):
+    """build/candidate on a 16 KiB tmpfs: the artifact cannot fit."""
+    root, _, _ = project
+    candidate = root / "build" / "candidate"
+    shutil.rmtree(candidate)
+    candidate.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs",
+                              str(candidate)], capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        code, out = finish(cli(root, "train"))
+        leftovers = sorted(p.name for p in candidate.iterdir())
+    finally:
+        subprocess.run(["umount", str(candidate)], check=True)
+    assert code == 1
+    assert "error: train: No space left on device" in out
+    assert "build/candidate/model.joblib" in out  # the file it could not write
+    assert "Traceback" not in out
+    assert not [name for name in leftovers if name.endswith(".tmp")], leftovers
