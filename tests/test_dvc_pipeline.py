@@ -133,3 +133,68 @@ def test_stage_outputs_never_overlap_the_raw_data():
                 path = next(iter(out)) if isinstance(out, dict) else out
                 assert not any(path == t or path.startswith(t.rstrip("/") + "/")
                                for t in tracked), f"{name} writes {path} inside {tracked}"
+
+
+CONCURRENT_WRITER = """
+import sys, time
+import pandas as pd
+from pipeline.io.storage import write_raw
+raw_dir, generations = sys.argv[1], int(sys.argv[2])
+times = pd.date_range("2025-01-01", "2025-03-01", freq="h", inclusive="left", tz="UTC")
+print("started", flush=True)
+for g in range(2, generations + 2):
+    write_raw(raw_dir, "synthetic", pd.DataFrame({"location_id": "berlin", "time": times,
+                                                 "pm2_5": float(g)}))
+    time.sleep(0.05)
+print("done", flush=True)
+"""
+
+
+def write_generation(root: Path, value: float) -> None:
+    import pandas as pd
+
+    from pipeline.io.storage import write_raw
+
+    times = pd.date_range("2025-01-01", "2025-03-01", freq="h", inclusive="left", tz="UTC")
+    write_raw(root / "data" / "raw", "synthetic",
+              pd.DataFrame({"location_id": "berlin", "time": times, "pm2_5": value}))
+
+
+def test_dvc_lock_records_the_data_preprocess_read_while_ingestion_writes(tmp_path, monkeypatch):
+    """An ingestion writes raw partitions over and over while `dvc repro preprocess` runs.
+
+    Whatever interleaving happens, dvc.lock must describe the data the features were built
+    from: put that generation back and DVC must call the stage up to date.
+    """
+    import pandas as pd
+
+    from tests.conftest import make_project
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    root = make_project(tmp_path / "project", {"locations": [
+        {"id": "berlin", "name": "Berlin", "latitude": 52.52, "longitude": 13.405}]},
+        with_dvc=True)
+    write_generation(root, 1.0)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "AQ_PROJECT_DIR": str(root)}
+    env.pop("AQ_PUSHGATEWAY_URL", None)
+    writer = subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITER,
+                               str(root / "data" / "raw"), "40"], cwd=root, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "started"
+    busy = 0
+    try:
+        for _ in range(60):  # a hand-run repro meets "busy" while a write is in progress
+            proc = subprocess.run(["dvc", "repro", "--single-item", "preprocess"], cwd=root,
+                                  env=env, capture_output=True, text=True, timeout=300)
+            if proc.returncode == 0:
+                break
+            assert "is busy, it is being blocked by" in proc.stdout + proc.stderr, proc.stderr
+            busy += 1
+        else:
+            pytest.fail("dvc repro never got the raw data")
+    finally:
+        writer.communicate(timeout=300)
+    read = pd.read_parquet(root / "build" / "features.parquet")["pm2_5"].dropna().unique()
+    assert len(read) == 1, f"features mixed generations {sorted(read)}"
+    write_generation(root, float(read[0]))
+    assert "up to date" in dvc(root, "status", "preprocess")

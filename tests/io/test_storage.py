@@ -119,3 +119,75 @@ def test_read_raw_filters_window_and_locations(tmp_path):
                     end=pd.Timestamp("2025-02-02", tz="UTC"))
     assert len(part) == 24
     assert set(part["location_id"]) == {"a"}
+
+
+# ------------------------------------------------------------------ consistency and damage
+
+WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np, pandas as pd
+    from pipeline.io.storage import write_raw
+    raw_dir, generations = sys.argv[1], int(sys.argv[2])
+    times = pd.date_range("2025-01-01", "2026-01-01", freq="h", inclusive="left", tz="UTC")
+    for g in range(2, generations + 2):
+        frame = pd.DataFrame({"location_id": "a", "time": times, "pm2_5": float(g)})
+        write_raw(raw_dir, "s", frame)  # twelve monthly partitions, one generation at a time
+    print("done", flush=True)
+""")
+
+
+def test_readers_never_see_a_half_written_store(tmp_path):
+    """A writer replaces twelve partitions per generation; every read sees one generation."""
+    raw_dir = tmp_path / "data" / "raw"
+    times = pd.date_range("2025-01-01", "2026-01-01", freq="h", inclusive="left", tz="UTC")
+    write_raw(raw_dir, "s", pd.DataFrame({"location_id": "a", "time": times, "pm2_5": 1.0}))
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(raw_dir), "12"],
+                              stdout=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        while writer.poll() is None and len(seen) < 400:
+            generations = set(read_raw(raw_dir, "s")["pm2_5"].unique())
+            assert len(generations) == 1, f"a read mixed generations {sorted(generations)}"
+            seen.append(generations.pop())
+    finally:
+        out, _ = writer.communicate(timeout=120)
+    assert "done" in out
+    assert len(set(seen)) > 1  # the reads really overlapped the writes
+
+
+def test_a_damaged_partition_is_named_and_rebuilt_by_reingesting(tmp_path, caplog):
+    raw_dir = tmp_path / "data" / "raw"
+    write_raw(raw_dir, "s", rows("2025-01-30", 72, pm=5.0))
+    damaged = raw_dir / "source=s" / "location=a" / "month=2025-01.parquet"
+    truncated = damaged.read_bytes()[:100]
+    damaged.write_bytes(truncated)  # what a failing disk or a copy cut short leaves
+
+    with pytest.raises(storage.DamagedPartitionError) as caught:
+        read_raw(raw_dir, "s")
+    message = str(caught.value)
+    assert str(damaged) in message
+    assert "python -m pipeline backfill --start 2025-01-01 --end 2025-02-01 --locations a" \
+        in message
+
+    # re-ingesting the window sets the damaged file aside and stores the rows again
+    write_raw(raw_dir, "s", rows("2025-01-30", 72, pm=5.0))
+    assert "moved it to" in caplog.text
+    restored = read_raw(raw_dir, "s")
+    assert len(restored) == 72
+    kept = list((tmp_path / "data" / "quarantine" / "damaged").rglob("*.parquet"))
+    assert len(kept) == 1
+    assert kept[0].read_bytes() == truncated  # kept for inspection, out of the store
+
+
+def test_outputs_are_readable_by_others_and_secrets_are_not(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "out" / "latest.parquet", b"x")
+        atomic_write_bytes(tmp_path / "secret", b"y", mode=storage.SECRET_MODE)
+        storage.ensure_dir(tmp_path / "a" / "b")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "latest.parquet").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o600
