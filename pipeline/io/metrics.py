@@ -101,6 +101,10 @@ CATALOGUE: dict[str, MetricSpec] = {
     ),
     "aq_drift_share": MetricSpec("gauge", "Share of features whose PSI exceeds the threshold."),
     "aq_drift_detected": MetricSpec("gauge", "1 if drift exceeds the share threshold."),
+    "aq_drift_reference_info": MetricSpec(
+        "info", "The training months the recent window was compared with (same season).",
+        ("months", "seasonal")
+    ),
     # forecasts
     "aq_forecast_max_aqi_24h": MetricSpec(
         "gauge", "Highest forecast US AQI within the next 24 h.", ("location", "target")

@@ -39,8 +39,16 @@ def run(ctx: Context) -> dict:
             if pd.notna(value):
                 metrics.set("aq_drift_psi", value, feature=feature)
         metrics.set("aq_drift_share", report["share"])
+        metrics.info("aq_drift_reference_info", {
+            "months": ",".join(str(m) for m in report["reference_months"]) or "all",
+            "seasonal": str(report["seasonal"]).lower(),
+        })
         metrics.set("aq_drift_detected", 1 if report["detected"] else 0)
         metrics.rows(rows_in=len(recent), rows_out=len(report["psi"]))
-        log.info("drift: %.0f%% of features drifted (%s)", 100 * report["share"],
-                 ", ".join(report["drifted_features"][:8]) or "none")
+        reference = (f"training months {report['reference_months']}" if report["seasonal"]
+                     else "all training data (too little of this season)")
+        log_at = logging.WARNING if report["detected"] else logging.INFO
+        log.log(log_at, "drift: %.0f%% of features drifted (%s); months %s against %s",
+                100 * report["share"], ", ".join(report["drifted_features"][:8]) or "none",
+                report["recent_months"], reference)
     return report

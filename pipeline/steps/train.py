@@ -40,7 +40,8 @@ def run(ctx: Context) -> dict:
                 "train_rows": int(len(training)),
                 "params": p.model_dump(mode="json"),
                 "data_version": data_version(ctx),
-                "reference": reference_distribution(training, features, p.drift.bins),
+                "reference": reference_distribution(training, features, p.drift.bins,
+                                                    months=training["time"].dt.month),
             },
         )
         metrics.rows(rows_in=len(frame), rows_out=total)

@@ -24,6 +24,44 @@ def test_psi_is_small_for_same_distribution_and_large_for_a_shift():
     assert report["drifted_features"] == ["pm2_5"]
 
 
+def seasonal_year(rng, start: str, end: str, shift: float = 1.0) -> pd.DataFrame:
+    """Hourly temperature with a yearly cycle and PM2.5 that follows it (heating season)."""
+    time = pd.Series(pd.date_range(start, end, freq="h", inclusive="left", tz="UTC"))
+    season = np.cos(2 * np.pi * (time.dt.day_of_year.to_numpy() - 15) / 365.25)
+    temperature = 10 - 12 * season + rng.normal(0, 3, len(time))
+    pm2_5 = (15 + 12 * season) * rng.gamma(4, 0.25, len(time)) * shift
+    return pd.DataFrame({"time": time, "temperature_2m": temperature, "pm2_5": pm2_5})
+
+
+def test_december_is_compared_with_the_same_season_not_the_whole_training_year():
+    """Training Jan-Oct, recent window in December: winter is not drift, an emission shift is."""
+    rng = np.random.default_rng(3)
+    train = seasonal_year(rng, "2025-01-01", "2025-11-01")
+    features = ["temperature_2m", "pm2_5"]
+    ref = reference_distribution(train, features, bins=10, months=train["time"].dt.month)
+    december = seasonal_year(rng, "2025-12-10", "2025-12-24")
+
+    seasonal = drift_report(ref, december, 0.25, 0.3)
+    whole_year = drift_report(ref, december.drop(columns="time"), 0.25, 0.3)
+
+    assert whole_year["detected"]  # the old comparison: every winter looks like drift
+    assert not whole_year["seasonal"]
+    assert not seasonal["detected"]
+    assert seasonal["reference_months"] == [1]  # December's season in Jan-Oct training
+    assert seasonal["recent_months"] == [12]
+    shifted = seasonal_year(rng, "2025-12-10", "2025-12-24", shift=1.8)
+    assert drift_report(ref, shifted, 0.25, 0.3)["drifted_features"] == ["pm2_5"]
+
+
+def test_a_season_training_barely_covers_falls_back_to_the_whole_reference():
+    rng = np.random.default_rng(4)
+    train = seasonal_year(rng, "2025-03-01", "2025-08-01")  # spring and summer only
+    ref = reference_distribution(train, ["pm2_5"], bins=10, months=train["time"].dt.month)
+    report = drift_report(ref, seasonal_year(rng, "2025-11-01", "2025-11-15"), 0.25, 0.3)
+    assert report["reference_months"] == []
+    assert not report["seasonal"]
+
+
 @pytest.mark.parametrize(
     ("pollutant", "value", "expected_aqi", "expected_category"),
     [

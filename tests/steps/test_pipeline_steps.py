@@ -198,3 +198,22 @@ def test_ingest_quarantines_spikes_and_is_idempotent(tmp_path):
     stored = read_raw(ctx.paths.raw_dir, "synthetic")
     hours = 14 * 24 * len(ctx.params.location_ids)
     assert len(stored) + first.quality.quarantined == hours  # every hour stored or quarantined
+
+
+def test_the_emission_shift_scenario_makes_drift_fire_and_plain_data_does_not(trained, tmp_path):
+    """DriftDetected must mean something: quiet on the generator's normal data, firing when
+    its emission_shift scenario multiplies local emissions by 2.5 over the recent window
+    (regional background unchanged: PM2.5 roughly doubles)."""
+    plain = drift.run(reload(trained[0]))
+    assert not plain["detected"], plain["drifted_features"]
+
+    root = make_project(tmp_path / "shifted", {"promotion": {"min_skill": -1.0}, "source": {
+        "synthetic": {"scenarios": [{"kind": "emission_shift", "start": "2025-02-15",
+                                     "variable": "pm2_5", "factor": 2.5}]}}})
+    ctx = reload(root)
+    ingest.run(ctx)
+    retrain(ctx)
+    shifted = drift.run(ctx)
+    assert shifted["detected"]
+    assert shifted["seasonal"]
+    assert {"pm2_5", "pm2_5_lag1", "pm10"} <= set(shifted["drifted_features"])
