@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
     from pipeline.context import Context
     from pipeline.errors import PipelineError
+    from pipeline.redaction import install_log_redaction, redact
+
+    install_log_redaction()
 
     try:
         ctx = Context.load()
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         module.run(ctx, **options)
     except (ConfigError, PipelineError) as exc:
-        print(f"error: {args.step}: {exc}", file=sys.stderr)
+        print(redact(f"error: {args.step}: {exc}"), file=sys.stderr)
         return 1
     return 0
 
