@@ -24,20 +24,35 @@ STEPS = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    from pipeline.timeutil import cli_time  # pandas: after quiet_openmp_waits()
+
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     for name, help_text in STEPS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         if name in {"ingest", "backfill"}:
-            cmd.add_argument("--start", help="UTC start, inclusive (ISO date or time)")
-            cmd.add_argument("--end", help="UTC end, exclusive (ISO date or time)")
+            cmd.add_argument("--start", type=cli_time,
+                             help="UTC start, inclusive (ISO 8601 date or time)")
+            cmd.add_argument("--end", type=cli_time,
+                             help="UTC end, exclusive (ISO 8601 date or time)")
             cmd.add_argument(
                 "--locations", help="comma-separated location ids (default: all in params.yaml)"
             )
         if name == "backfill":
-            cmd.add_argument("--chunk-days", type=int, default=None, help="days per request chunk")
+            cmd.add_argument("--chunk-days", type=_positive_int, default=None,
+                             help="days per request chunk")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 366:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1..366 days")
+    return value
 
 
 def quiet_openmp_waits() -> None:
