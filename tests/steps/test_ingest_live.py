@@ -198,9 +198,9 @@ def test_nulls_never_erase_stored_values(tmp_path, server):
     ingest.run(ctx)
     before = read_raw(ctx.paths.raw_dir, "open_meteo")
     server.route(AQ, open_meteo_handler(lambda var, lat, t: None))  # the provider lost its data
-    report = ingest.run(ctx)
-    assert report.ok
-    assert report.quality.null_fraction["pm2_5"] == 1.0  # visible in the quality figures
+    # an answer with every value null is no data: the locations fail (not "fresh"), disk unchanged
+    with pytest.raises(IngestError, match="every value of .* is null: no data"):
+        ingest.run(ctx)
     pd.testing.assert_frame_equal(read_raw(ctx.paths.raw_dir, "open_meteo"), before)
 
 
