@@ -148,7 +148,13 @@ class CsvSource(_Strict):
     path: str = ""  # a .csv, .csv.gz or .parquet file, or a glob of them; relative to the project
     time_zone: str = "UTC"  # zone of naive times in the file (times with an offset keep theirs)
     time_format: str | None = None  # strftime format of the time column; None = ISO-like
-    separator: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    # non-ISO dates like 03/01/2024: true = day first, false = month first, null = detect
+    # (refused when the file's dates read both ways)
+    day_first: bool | None = None
+    # field separator; null = detect from the header (refused when it stays ambiguous)
+    separator: Annotated[str, Field(min_length=1, max_length=1)] | None = None
+    # decimal mark of the values; null = "." and a column written with "," is refused
+    decimal: Literal[".", ","] | None = None
     location_id: str | None = None  # for single-location files without a location column
     mapping: CsvColumnMap = CsvColumnMap()
 
