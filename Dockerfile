@@ -9,7 +9,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/aq
-COPY pyproject.toml README.md ./
+COPY pyproject.toml requirements.lock README.md ./
 COPY pipeline ./pipeline
 COPY serving ./serving
-RUN pip install -e '.[airflow,serving]'
+# the tested versions, hash-checked (requirements.lock, `make lock`); then the project alone
+RUN pip install uv==0.13.9 \
+    && uv pip install --system --require-hashes -r requirements.lock \
+    && pip install --no-deps -e .

@@ -7,12 +7,16 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE :=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint stop clean
+.PHONY: help setup run test lint stop clean lock
+# the one command that writes requirements.lock (every pinned version, with hashes)
+LOCK_CMD := $(PY) -m uv pip compile pyproject.toml --extra dev --extra serving --extra airflow \
+	--generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	--custom-compile-command "make lock" --quiet -o requirements.lock
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml requirements.lock scripts/setup.sh
 	./scripts/setup.sh
 	@touch $(STAMP)
 
@@ -29,6 +33,12 @@ lint: $(STAMP) ## ruff
 
 stop: ## stop the local services `make run` started
 	@if [ -x $(PY) ]; then $(PY) -m pipeline.ops stop; fi
+
+lock: ## re-resolve requirements.lock from pyproject.toml (after changing dependencies), then install it
+	@[ -x $(PY) ] || ./scripts/setup.sh
+	$(LOCK_CMD) --upgrade
+	./scripts/setup.sh
+	@touch $(STAMP)
 
 clean: stop ## remove generated outputs (keeps data/ and the venv)
 	rm -rf build reports predictions models metrics.json .stack

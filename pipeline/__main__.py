@@ -24,23 +24,38 @@ STEPS = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    from pipeline.timeutil import cli_time  # pandas: after quiet_openmp_waits()
+
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     for name, help_text in STEPS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         if name in {"ingest", "backfill"}:
-            cmd.add_argument("--start", help="UTC start, inclusive (ISO date or time)")
-            cmd.add_argument("--end", help="UTC end, exclusive (ISO date or time)")
+            cmd.add_argument("--start", type=cli_time,
+                             help="UTC start, inclusive (ISO 8601 date or time)")
+            cmd.add_argument("--end", type=cli_time,
+                             help="UTC end, exclusive (ISO 8601 date or time)")
             cmd.add_argument(
                 "--locations", help="comma-separated location ids (default: all in params.yaml)"
             )
         if name == "backfill":
-            cmd.add_argument("--chunk-days", type=int, default=None, help="days per request chunk")
+            cmd.add_argument("--chunk-days", type=_positive_int, default=None,
+                             help="days per request chunk")
         if name == "rollback":
             cmd.add_argument("--to", metavar="VERSION",
                              help="make this registered version champion (earlier or later)")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 366:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1..366 days")
+    return value
 
 
 def quiet_openmp_waits() -> None:
@@ -66,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
     from pipeline.context import Context
     from pipeline.errors import PipelineError
+    from pipeline.redaction import install_log_redaction, redact
+
+    install_log_redaction()
 
     try:
         ctx = Context.load()
@@ -75,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         module.run(ctx, **options)
     except (ConfigError, PipelineError) as exc:
-        print(f"error: {args.step}: {exc}", file=sys.stderr)
+        print(redact(f"error: {args.step}: {exc}"), file=sys.stderr)
         return 1
     except OSError as exc:  # a full disk, a read-only or missing directory: say which file
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {args.step}: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(redact(f"error: {args.step}: {exc.strerror or exc}{where}"), file=sys.stderr)
         return 1
     return 0
 

@@ -1,7 +1,11 @@
 """``params.yaml`` loaded into typed, validated objects.
 
 Unknown keys, wrong types and impossible values stop the run with a message
-that names the key (e.g. ``locations.0.latitude``).
+that names the key (e.g. ``locations.0.latitude``). Strict on purpose: a key
+written twice, ``true`` or ``"150"`` where a number is due, ``.inf``/``.nan``
+and windows too long to compute with are refused, never coerced or guessed
+(YAML would quietly keep the last duplicate, pydantic would turn ``true``
+into 1). Dates may be written quoted or not.
 """
 
 from __future__ import annotations
@@ -20,12 +24,20 @@ from pipeline.schema import POLLUTANTS, VALUE_COLUMNS, WEATHER
 Target = Literal["pm2_5", "pm10", "no2", "o3", "so2", "co"]
 
 
+# the longest span any day-count setting may name (100 years): longer ones overflow pandas
+MAX_DAYS = 36_600
+# a date outside this range is a typo, and beyond 2262 pandas cannot hold it
+MIN_DATE, MAX_DATE = dt.date(1900, 1, 1), dt.date(2200, 1, 1)
+Date = Annotated[dt.date, Field(strict=False, ge=MIN_DATE, le=MAX_DATE)]
+
+
 class ConfigError(ValueError):
     """params.yaml is missing, unreadable or invalid."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # strict: no bool or str where a number is due; allow_inf_nan: every float is finite
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Location(_Strict):
@@ -49,7 +61,7 @@ class DriftScenario(_Strict):
     """A change injected into the synthetic data from ``start`` on, to exercise drift checks."""
 
     kind: Literal["emission_shift", "sensor_recalibration"]
-    start: dt.date
+    start: Date
     variable: Literal[
         "pm2_5", "pm10", "no2", "o3", "so2", "co", "temperature_2m", "relative_humidity_2m"
     ] = "pm2_5"
@@ -136,7 +148,13 @@ class CsvSource(_Strict):
     path: str = ""  # a .csv, .csv.gz or .parquet file, or a glob of them; relative to the project
     time_zone: str = "UTC"  # zone of naive times in the file (times with an offset keep theirs)
     time_format: str | None = None  # strftime format of the time column; None = ISO-like
-    separator: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    # non-ISO dates like 03/01/2024: true = day first, false = month first, null = detect
+    # (refused when the file's dates read both ways)
+    day_first: bool | None = None
+    # field separator; null = detect from the header (refused when it stays ambiguous)
+    separator: Annotated[str, Field(min_length=1, max_length=1)] | None = None
+    # decimal mark of the values; null = "." and a column written with "," is refused
+    decimal: Literal[".", ","] | None = None
     location_id: str | None = None  # for single-location files without a location column
     mapping: CsvColumnMap = CsvColumnMap()
 
@@ -148,8 +166,8 @@ class CsvSource(_Strict):
 
 class SourceConfig(_Strict):
     kind: Literal["synthetic", "open_meteo", "openweathermap", "csv"] = "synthetic"
-    start: dt.date = dt.date(2025, 1, 1)
-    end: dt.date = dt.date(2026, 1, 1)
+    start: Date = dt.date(2025, 1, 1)
+    end: Date = dt.date(2026, 1, 1)
     # the hourly schedule resumes each location where it stopped, at most this far per run
     max_catchup_days: Annotated[int, Field(ge=1, le=3660)] = 366
     synthetic: SyntheticSource = SyntheticSource()
@@ -186,13 +204,13 @@ class ModelConfig(_Strict):
     max_iter: Annotated[int, Field(ge=1, le=5000)] = 150
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
     max_leaf_nodes: Annotated[int, Field(ge=2, le=1024)] = 31
-    min_samples_leaf: Annotated[int, Field(ge=1)] = 40
-    l2_regularization: Annotated[float, Field(ge=0)] = 0.0
+    min_samples_leaf: Annotated[int, Field(ge=1, le=10_000_000)] = 40
+    l2_regularization: Annotated[float, Field(ge=0, le=1e6)] = 0.0
     early_stopping: bool = False
     random_state: int = 0
     # more eligible training rows than this: fit on a seeded uniform sample of them
     # (pipeline/core/models.py training_rows); null = always all rows
-    max_train_rows: Annotated[int, Field(ge=1000)] | None = 400_000
+    max_train_rows: Annotated[int, Field(ge=1000, le=10**10)] | None = 400_000
 
 
 class EvaluationConfig(_Strict):
@@ -207,7 +225,7 @@ class PromotionConfig(_Strict):
 class DriftConfig(_Strict):
     window_days: Annotated[int, Field(ge=1, le=365)] = 14
     bins: Annotated[int, Field(ge=2, le=100)] = 10
-    psi_threshold: Annotated[float, Field(gt=0)] = 0.25
+    psi_threshold: Annotated[float, Field(gt=0, le=100)] = 0.25
     share_threshold: Annotated[float, Field(gt=0, le=1)] = 0.3
 
 
@@ -227,7 +245,7 @@ class Params(_Strict):
         12,
         24,
     ]
-    history_days: Annotated[int, Field(ge=0)] = 0
+    history_days: Annotated[int, Field(ge=0, le=MAX_DAYS)] = 0
     source: SourceConfig = SourceConfig()
     features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
@@ -273,15 +291,65 @@ def parse_params(raw: object, source: str = "params") -> Params:
         raise ConfigError(_format_error(exc, source)) from None
 
 
-def load_params(path: Path | str) -> Params:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key written twice (YAML 1.2 says keys are unique)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode,
+                              deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[object, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"unhashable key {key!r}", key_node.start_mark) from None
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                f"while reading the mapping starting on line {node.start_mark.line + 1}", None,
+                f"key {key!r} appears twice (line {first.start_mark.line + 1} and line "
+                f"{key_node.start_mark.line + 1}): keep one", key_node.start_mark)
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _construct_unique_mapping)
+
+# a params file is a few kilobytes; refuse to parse something far bigger
+MAX_PARAMS_BYTES = 1 << 20
+
+
+def load_yaml(path: Path | str) -> object:
+    """The YAML document at ``path``, refusing duplicate keys; errors name the file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_PARAMS_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_PARAMS_BYTES} bytes: not a params file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save the file as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(raw, str(path))
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+
+
+def load_params(path: Path | str) -> Params:
+    return parse_params(load_yaml(path), str(path))
 
 
 # the pollutant list is re-exported so callers need only this module for params

@@ -1,8 +1,13 @@
 """Errors a step raises for a reason a user can act on (printed without a traceback)."""
 
+from pipeline.redaction import redact
+
 
 class PipelineError(RuntimeError):
-    """Base class: the message names the problem."""
+    """Base class: the message names the problem (registered secrets are redacted from it)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class IngestError(PipelineError):

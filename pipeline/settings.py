@@ -51,12 +51,27 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
     return value
 
 
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {key}={raw!r} is not a whole number") from exc
+    if value <= 0:
+        raise ValueError(f"environment variable {key}={raw!r} must be positive")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     pushgateway_url: str | None = None
     metrics_job: str = "aq_pipeline"
     push_timeout_s: float = 2.0
-    http_timeout_s: float = 20.0
+    http_timeout_s: float = 20.0  # wall clock of one attempt: connect, headers, whole body
+    http_total_s: float = 120.0  # every attempt and backoff wait of one request
+    http_max_bytes: int = 64 * 1024 * 1024  # largest response body read
     openweathermap_api_key: Secret = field(default_factory=lambda: Secret(""))
     open_meteo_air_quality_url: str = "https://air-quality-api.open-meteo.com/v1/air-quality"
     open_meteo_forecast_url: str = "https://api.open-meteo.com/v1/forecast"
@@ -67,13 +82,18 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from the environment; every secret read is registered for redaction."""
+        from pipeline.redaction import register_secret
+
         env = os.environ if env is None else env
         defaults = cls()
-        return cls(
+        settings = cls(
             pushgateway_url=env.get("AQ_PUSHGATEWAY_URL") or None,
             metrics_job=env.get("AQ_METRICS_JOB") or defaults.metrics_job,
             push_timeout_s=_float(env, "AQ_PUSH_TIMEOUT_S", defaults.push_timeout_s),
             http_timeout_s=_float(env, "AQ_HTTP_TIMEOUT_S", defaults.http_timeout_s),
+            http_total_s=_float(env, "AQ_HTTP_TOTAL_S", defaults.http_total_s),
+            http_max_bytes=_int(env, "AQ_HTTP_MAX_BYTES", defaults.http_max_bytes),
             openweathermap_api_key=Secret(env.get("OPENWEATHERMAP_API_KEY", "")),
             open_meteo_air_quality_url=env.get("AQ_OPEN_METEO_AIR_QUALITY_URL")
             or defaults.open_meteo_air_quality_url,
@@ -84,6 +104,8 @@ class Settings:
             openweathermap_url=env.get("AQ_OPENWEATHERMAP_URL") or defaults.openweathermap_url,
             log_format="plain" if env.get("AQ_LOG_FORMAT") == "plain" else defaults.log_format,
         )
+        register_secret(settings.openweathermap_api_key)
+        return settings
 
 
 def fault_point(name: str) -> None:

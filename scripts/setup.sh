@@ -41,7 +41,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
   fi
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv
+# the installer is pinned too; everything else comes from requirements.lock (exact versions and
+# sha256 hashes, `make lock` refreshes it), then the project itself without resolving anything
+UV_VERSION=0.13.9
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 "$VENV/bin/python" -m uv pip install --python "$VENV/bin/python" --compile-bytecode --quiet \
-  -e '.[dev,serving,airflow]'
+  --require-hashes -r requirements.lock
+"$VENV/bin/python" -m uv pip install --python "$VENV/bin/python" --quiet --no-deps -e .
 echo "setup: ready ($("$VENV/bin/python" --version), venv $VENV)"

@@ -12,6 +12,12 @@ handler that builds the providers' documented response shapes:
 
 Values are a deterministic function of (variable, latitude, time) so tests can
 assert exactly what lands on disk: :func:`truth`.
+
+Hostile modes (a :class:`Reply` field each) lie the way broken or malicious
+servers do: ``trickle_s`` sends the body one byte at a time, ``trickle_headers_s``
+the header lines too, ``endless`` streams a body that never ends (no
+Content-Length); deep JSON, off-hour times and echoed keys are bodies
+(:func:`deep_json`). Every mode is bounded server-side (``HOSTILE_MAX_S``).
 """
 
 from __future__ import annotations
@@ -33,12 +39,24 @@ import pandas as pd
 # ------------------------------------------------------------------ server
 
 
+# no hostile reply runs longer than this, whatever the client does
+HOSTILE_MAX_S = 60.0
+
+
 @dataclass
 class Reply:
     status: int = 200
     body: Any = None  # dict/list -> JSON; str/bytes -> sent as is
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0  # sleep before answering (timeouts)
+    trickle_s: float = 0.0  # > 0: send the body one byte per trickle_s seconds
+    trickle_headers_s: float = 0.0  # > 0: send the header block one byte at a time too
+    endless: bool = False  # stream the body (repeated) forever, without Content-Length
+
+
+def deep_json(depth: int = 200_000) -> bytes:
+    """Valid JSON nested ``depth`` arrays deep (Python's json raises RecursionError)."""
+    return b"[" * depth + b"]" * depth
 
 
 @dataclass
@@ -80,6 +98,9 @@ class ReplayServer:
                 else:
                     payload, content_type = body or b"", "application/octet-stream"
                 try:
+                    if reply.trickle_headers_s or reply.trickle_s or reply.endless:
+                        self._hostile(reply, payload, content_type)
+                        return
                     self.send_response(reply.status)
                     headers = {"Content-Type": content_type, **reply.headers}
                     for key, value in headers.items():
@@ -89,6 +110,38 @@ class ReplayServer:
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout tests)
+
+            def _hostile(self, reply: Reply, payload: bytes, content_type: str) -> None:
+                stop_at = time.monotonic() + HOSTILE_MAX_S
+                self.close_connection = True
+                lines = [f"HTTP/1.1 {reply.status} OK", f"Content-Type: {content_type}",
+                         *(f"{k}: {v}" for k, v in reply.headers.items())]
+                if not reply.endless:
+                    lines.append(f"Content-Length: {len(payload)}")
+                head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+                if reply.trickle_headers_s:
+                    for i in range(len(head)):
+                        if time.monotonic() > stop_at:
+                            return
+                        self.wfile.write(head[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(reply.trickle_headers_s)
+                else:
+                    self.wfile.write(head)
+                    self.wfile.flush()
+                if reply.endless:
+                    block = (payload or b"x") * max(1, 65536 // max(1, len(payload or b"x")))
+                    while time.monotonic() < stop_at:
+                        self.wfile.write(block)
+                elif reply.trickle_s:
+                    for i in range(len(payload)):
+                        if time.monotonic() > stop_at:
+                            return
+                        self.wfile.write(payload[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(reply.trickle_s)
+                else:
+                    self.wfile.write(payload)
 
             def log_message(self, *args) -> None:
                 pass

@@ -64,3 +64,63 @@ def test_missing_and_broken_files_are_clear(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_params(bad)
+
+
+def _params_file(tmp_path, text: str):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = "locations:\n  - {id: a, name: A, latitude: 1, longitude: 2}\n"
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
+    """YAML keeps the last duplicate silently: targets would become [no2]."""
+    path = _params_file(tmp_path, MINIMAL + "targets: [pm2_5]\nhorizons: [1]\ntargets: [no2]\n")
+    with pytest.raises(ConfigError, match=r"key 'targets' appears twice \(line 3 and line 5\)"):
+        load_params(path)
+    nested = _params_file(tmp_path, MINIMAL + "model:\n  max_iter: 10\n  max_iter: 20\n")
+    with pytest.raises(ConfigError, match=rf"(?s){nested}: .*'max_iter' appears twice"):
+        load_params(nested)
+
+
+@pytest.mark.parametrize(
+    ("setting", "key", "message"),
+    [
+        ("model: {max_iter: true}", "model.max_iter", "valid integer"),
+        ("model: {max_iter: '150'}", "model.max_iter", "valid integer"),
+        ("model: {learning_rate: '0.1'}", "model.learning_rate", "valid number"),
+        ("model: {max_iter: 150.5}", "model.max_iter", "valid integer"),
+        ("model: {l2_regularization: .inf}", "model.l2_regularization", "finite number"),
+        ("model: {l2_regularization: .nan}", "model.l2_regularization", "finite number"),
+        ("drift: {psi_threshold: .inf}", "drift.psi_threshold", "finite number"),
+        ("history_days: 1e18", "history_days", "valid integer"),
+        ("history_days: 1000000000000000000", "history_days", "less than or equal to 36600"),
+        ("model: {early_stopping: 'yes'}", "model.early_stopping", "valid boolean"),
+        ("source: {start: 1000-01-01}", "source.start", "greater than or equal to 1900-01-01"),
+        ("source: {end: '9999-01-01'}", "source.end", "less than or equal to 2200-01-01"),
+    ],
+)
+def test_numbers_are_strict_finite_and_bounded(tmp_path, setting, key, message):
+    with pytest.raises(ConfigError) as err:
+        load_params(_params_file(tmp_path, MINIMAL + setting + "\n"))
+    assert key in str(err.value)
+    assert message in str(err.value)
+
+
+def test_quoted_dates_and_integers_for_floats_still_load(tmp_path):
+    params = load_params(_params_file(
+        tmp_path, MINIMAL + "source: {start: '2024-01-01', end: 2024-02-01}\n"
+        "model: {learning_rate: 1, l2_regularization: 0}\n"))
+    assert str(params.source.start) == "2024-01-01"
+    assert params.model.learning_rate == 1.0
+
+
+def test_a_file_that_is_not_utf8_is_named_with_the_byte(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(MINIMAL.encode() + b"# caf\xe9 in Latin-1\n")
+    with pytest.raises(ConfigError, match=rf"{path}: not UTF-8 text \(byte 0xe9 at offset"):
+        load_params(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_params(tmp_path)  # a directory

@@ -31,3 +31,13 @@ def test_env_overrides_and_defaults():
 def test_bad_number_names_the_variable():
     with pytest.raises(ValueError, match="AQ_HTTP_TIMEOUT_S"):
         Settings.from_env({"AQ_HTTP_TIMEOUT_S": "soon"})
+
+
+def test_http_bounds_come_from_the_environment():
+    settings = Settings.from_env({"AQ_HTTP_TOTAL_S": "45", "AQ_HTTP_MAX_BYTES": "1048576"})
+    assert (settings.http_total_s, settings.http_max_bytes) == (45.0, 1048576)
+    defaults = Settings.from_env({})
+    assert defaults.http_max_bytes == 64 * 1024 * 1024
+    assert defaults.http_total_s == 120.0
+    with pytest.raises(ValueError, match="AQ_HTTP_MAX_BYTES"):
+        Settings.from_env({"AQ_HTTP_MAX_BYTES": "1.5e6"})

@@ -1,9 +1,19 @@
 """Model registry: versioned artifacts with metadata, an atomic champion pointer with history.
 
-An artifact is loaded only if its sha256 matches the one in its metadata. The champion
-switches (promote, rollback, rollback to a version) happen under one lock, so two at once
-leave one winner and one history entry; every switch is appended to
+The champion switches (promote, rollback, rollback to a version) happen under one lock, so
+two at once leave one winner and one history entry; every switch is appended to
 ``models/champion_history.jsonl`` before the pointer moves.
+
+Loading a model can never run code from the model directory:
+
+* artifacts are skops files (``model.skops``), not pickles: loading builds
+  only the types on a trust list, and a file naming any other type is refused
+  before anything is built (:data:`TRUSTED_TYPES`, checked on save too, so a
+  new model class fails at ``train`` with the name to add, not at serving);
+* the sha256 in ``metadata.json`` proves the file is the one written (integrity,
+  not origin: the trust list is what keeps a forged file from running code);
+* an old ``model.joblib`` (pickle) is never opened: retrain;
+* version names are plain names inside the registry (no separators, no ``..``).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -21,9 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import joblib
-
-from pipeline.errors import ArtifactIntegrityError, RegistryError
+from pipeline.errors import ArtifactIntegrityError, PipelineError, RegistryError
 from pipeline.io.metrics import MetricsReporter, StepRun
 from pipeline.io.storage import (
     StateFileError,
@@ -41,14 +50,26 @@ from pipeline.timeutil import now_utc
 
 log = logging.getLogger(__name__)
 
-ARTIFACT = "model.joblib"
-METADATA = "metadata.json"
 STAGING_PREFIX = ".register-"
 CHAMPION_LOCK_TIMEOUT_S = 15 * 60.0
 CHAMPION_RECOVERY = (
     "point it at a registered version with `python -m pipeline rollback --to VERSION` "
     "(versions: models/registry/, past champions: models/champion_history.jsonl)"
 )
+METADATA_RECOVERY = "retrain (`python -m pipeline train`) or register another version"
+ARTIFACT = "model.skops"
+LEGACY_ARTIFACT = "model.joblib"  # pickle: refused, never loaded
+METADATA = "metadata.json"
+# the types a bundle we write holds beyond skops' defaults (scikit-learn estimators, numpy):
+# measured with skops.io.get_untrusted_types on a bundle saved by train (tests/io/test_registry.py)
+TRUSTED_TYPES: tuple[str, ...] = (
+    "pipeline.core.models.LogResidualRegressor",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "functools.partial",  # HGB's partial(check_array, ...): the function is checked on its own
+    "sklearn.utils.validation.check_array",
+)
+VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+MAX_ARTIFACT_BYTES = 4 << 30
 
 
 def sha256_file(path: Path) -> str:
@@ -65,24 +86,52 @@ class ModelBundle:
     metadata: dict[str, Any]
 
 
+def untrusted_types(data: bytes, where: Path | str) -> list[str]:
+    """Types in a skops file outside skops' defaults and :data:`TRUSTED_TYPES` (nothing built)."""
+    import zipfile
+
+    import skops.io as sio
+
+    try:
+        found = sio.get_untrusted_types(data=data)
+    except (zipfile.BadZipFile, KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise ArtifactIntegrityError(
+            f"refusing to load {where}: not a skops model file ({type(exc).__name__}: {exc})"
+        ) from None
+    return sorted(set(found) - set(TRUSTED_TYPES))
+
+
 def save_bundle(directory: Path, models: dict, metadata: dict[str, Any]) -> dict[str, Any]:
-    """Write artifact then metadata (with the artifact's sha256 and a version) atomically."""
+    """Write artifact then metadata (with the artifact's sha256 and a version) atomically.
+
+    The artifact is checked against the trust list before it is kept: a model
+    holding a type the loader would refuse fails here, naming the type.
+    """
+    import skops.io as sio
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    data = sio.dumps({f"{t}__h{h}": m for (t, h), m in models.items()})
+    unknown = untrusted_types(data, directory / ARTIFACT)
+    if unknown:
+        raise RegistryError(
+            f"model bundle for {directory} holds types the loader does not trust: {unknown}; "
+            "if they are ours, add them to TRUSTED_TYPES in pipeline/io/registry.py")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{ARTIFACT}.", suffix=".tmp")
     tmp_path = Path(tmp)
     try:
         with os.fdopen(fd, "wb") as handle:
-            joblib.dump({f"{t}__h{h}": m for (t, h), m in models.items()}, handle)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        digest = sha256_file(tmp_path)
         os.chmod(tmp_path, 0o644)
         tmp_path.replace(directory / ARTIFACT)
     except BaseException as exc:  # a full disk included: never leave the partial file behind
         tmp_path.unlink(missing_ok=True)
         raise_naming(exc, directory / ARTIFACT)
         raise
+    digest = hashlib.sha256(data).hexdigest()
+    (directory / LEGACY_ARTIFACT).unlink(missing_ok=True)
     fault_point("save_bundle:artifact_written")
     created = now_utc()
     metadata = {
@@ -96,25 +145,45 @@ def save_bundle(directory: Path, models: dict, metadata: dict[str, Any]) -> dict
 
 
 def load_bundle(directory: Path) -> ModelBundle:
-    """Load a bundle after checking its sha256; a mismatch is never loaded."""
+    """Load a bundle: sha256 checked, then only trusted types built; anything else refused."""
+    import skops.io as sio
+
     directory = Path(directory)
     if not (directory / METADATA).exists():
         raise RegistryError(f"no model metadata at {directory / METADATA}")
-    metadata = require_keys(
-        read_state_json(directory / METADATA, "model metadata",
-                        "retrain (`python -m pipeline train`) or register another version"),
-        ("sha256", "version"), directory / METADATA, "model metadata",
-        "retrain (`python -m pipeline train`) or register another version")
+    metadata = read_state_json(directory / METADATA, "model metadata", METADATA_RECOVERY)
+    if not isinstance(metadata, dict):
+        raise ArtifactIntegrityError(f"model metadata {directory / METADATA} is not an object")
     artifact = directory / ARTIFACT
     if not artifact.exists():
+        if (directory / LEGACY_ARTIFACT).exists():
+            raise RegistryError(
+                f"{directory / LEGACY_ARTIFACT} is the old pickle format, which is never loaded "
+                "(it could run code): retrain with `python -m pipeline train` (then evaluate "
+                "and promote)")
         raise RegistryError(f"no model artifact at {artifact}")
-    actual = sha256_file(artifact)
+    if artifact.stat().st_size > MAX_ARTIFACT_BYTES:
+        raise ArtifactIntegrityError(f"refusing to load {artifact}: larger than "
+                                     f"{MAX_ARTIFACT_BYTES} bytes")
+    data = artifact.read_bytes()  # checked and loaded from the same bytes
+    actual = hashlib.sha256(data).hexdigest()
     if actual != metadata.get("sha256"):
         raise ArtifactIntegrityError(
             f"refusing to load {artifact}: sha256 {actual[:12]}... does not match "
             f"metadata {str(metadata.get('sha256'))[:12]}... (tampered or corrupt)"
         )
-    stored = joblib.load(artifact)
+    unknown = untrusted_types(data, artifact)
+    if unknown:
+        raise ArtifactIntegrityError(
+            f"refusing to load {artifact}: it names types outside the trust list {unknown} "
+            "(nothing was built from it)")
+    try:
+        stored = sio.loads(data, trusted=list(TRUSTED_TYPES))
+    except Exception as exc:  # noqa: BLE001 - whatever a forged file does, it is refused
+        raise ArtifactIntegrityError(f"refusing to load {artifact}: {type(exc).__name__}: "
+                                     f"{exc}") from None
+    if not isinstance(stored, dict):
+        raise ArtifactIntegrityError(f"refusing to load {artifact}: not a model bundle")
     models = {}
     for key, model in stored.items():
         target, h = key.rsplit("__h", 1)
@@ -129,7 +198,15 @@ class Registry:
         self._lock_guard = threading.Lock()
 
     def version_dir(self, version: str) -> Path:
-        return self.paths.registry_dir / version
+        """The directory of ``version``: a plain name inside the registry, never a path."""
+        if not isinstance(version, str) or not VERSION_NAME.match(version) or ".." in version:
+            raise RegistryError(
+                f"invalid model version name {version!r}: letters, digits, '_', '-' and '.' "
+                "only (no path separators, no '..')")
+        directory = self.paths.registry_dir / version
+        if directory.resolve().parent != self.paths.registry_dir.resolve():
+            raise RegistryError(f"model version {version!r} is outside the registry")
+        return directory
 
     # -- the champion lock (re-entrant within one Registry: promote holds it around the gate)
 
@@ -161,7 +238,7 @@ class Registry:
         candidate_dir = Path(candidate_dir)
         try:
             metadata = load_bundle(candidate_dir).metadata
-        except (RegistryError, ArtifactIntegrityError) as exc:
+        except PipelineError as exc:
             raise RegistryError(f"candidate in {candidate_dir} is incomplete or damaged ({exc}): "
                                 "run `python -m pipeline train` again") from None
         version = metadata["version"]

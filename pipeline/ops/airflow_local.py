@@ -70,6 +70,32 @@ def password_file(paths: ProjectPaths) -> Path:
     return paths.airflow_home / "simple_auth_manager_passwords.json.generated"
 
 
+def ensure_password_file(paths: ProjectPaths) -> Path:
+    """The admin password file, created by us (0600) before Airflow starts.
+
+    Left to itself the simple auth manager writes the file with the umask's
+    mode (0644) and prints the new password into the api-server log. A file
+    that already names the admin is read and its mode tightened; Airflow then
+    neither generates nor prints a password.
+    """
+    path = password_file(paths)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        current = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        current = None
+    if not isinstance(current, dict) or not current.get(ADMIN_USER):
+        passwords = {**(current if isinstance(current, dict) else {}),
+                     ADMIN_USER: secrets.token_urlsafe(18)}
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(passwords) + "\n")
+        os.replace(tmp, path)
+    os.chmod(path, 0o600)
+    return path
+
+
 def _kept_secrets(cfg_path: Path) -> tuple[str, str]:
     """The JWT secret and Fernet key of an earlier start, or new ones."""
     jwt_secret = fernet_key = ""
@@ -106,7 +132,10 @@ def settings(paths: ProjectPaths, ports: Ports) -> dict[str, dict[str, str]]:
         "api": {"host": ports.host, "port": str(ports.airflow), "base_url": base_url,
                 "workers": "1", "expose_config": "False"},
         "api_auth": {"jwt_secret": jwt_secret},
-        "logging": {"base_log_folder": str(home / "logs")},
+        # task logs private: a task may print what it read from the environment
+        "logging": {"base_log_folder": str(home / "logs"),
+                    "file_task_handler_new_file_permissions": "0o600",
+                    "file_task_handler_new_folder_permissions": "0o700"},
         "scheduler": {"enable_health_check": "False"},
         "dag_processor": {"refresh_interval": "60"},
         "triggerer": {"capacity": "50"},
@@ -165,8 +194,9 @@ def _airflow_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float
 
 def prepare(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = False
             ) -> dict[str, str]:
-    """Config, database schema and the one-slot ``dvc`` pool; returns the service env."""
+    """Config, password file, database schema and the one-slot ``dvc`` pool; the service env."""
     write_config(paths, ports)
+    ensure_password_file(paths)
     env = service_env(paths, ports, keep_airflow_env=keep_airflow_env)
     _airflow_cli(["db", "migrate"], env, paths.root)
     name, slots, description = DVC_POOL

@@ -132,9 +132,13 @@ class ServiceManager:
             return rec
         if rec is not None:  # stale record: kill stragglers of its group before reusing the name
             self.stop(name)
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.logs_dir, 0o700)
         log_path = self.log_file(name)
-        with open(log_path, "ab") as out:
+        # 0600: a service may print a secret (a generated password, a key in an error)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.chmod(log_path, 0o600)  # logs of earlier versions were 0644
+        with os.fdopen(fd, "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {list(cmd)}\n".encode())
             out.flush()
             child = subprocess.Popen(

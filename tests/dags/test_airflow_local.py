@@ -79,3 +79,30 @@ def test_unpause_without_a_running_airflow_is_a_clear_error(tmp_path, monkeypatc
     monkeypatch.setenv("AQ_PROJECT_DIR", str(tmp_path))
     assert airflow_local.main(["unpause"]) == 1
     assert "start the local Airflow first" in capsys.readouterr().err
+
+
+def test_the_admin_password_file_is_ours_private_and_kept(tmp_path):
+    """Airflow would write it 0644 and print the new password into the api-server log."""
+    paths = ProjectPaths(tmp_path)
+    path = airflow_local.ensure_password_file(paths)
+    assert path.stat().st_mode & 0o777 == 0o600
+    password = airflow_local.admin_password(paths, timeout=0)
+    assert len(password) >= 16
+    path.chmod(0o644)  # a file left by an earlier version
+    assert airflow_local.ensure_password_file(paths) == path
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert airflow_local.admin_password(paths, timeout=0) == password
+
+
+def test_no_secret_on_any_command_line_we_start(tmp_path):
+    paths = ProjectPaths(make_project(tmp_path / "project"))
+    ports = Ports(airflow=18080)
+    airflow_local.write_config(paths, ports)
+    airflow_local.ensure_password_file(paths)
+    secrets = [airflow_local.admin_password(paths, timeout=0),
+               read_cfg(paths).get("api_auth", "jwt_secret"),
+               read_cfg(paths).get("core", "fernet_key")]
+    argv = " ".join(" ".join(cmd) for cmd in airflow_local.commands(ports).values())
+    assert not [s for s in secrets if s in argv]
+    cfg = read_cfg(paths)
+    assert cfg.get("logging", "file_task_handler_new_file_permissions") == "0o600"

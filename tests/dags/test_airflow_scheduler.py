@@ -10,6 +10,7 @@ be lost. Then Airflow's own metrics, and a clean stop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -165,6 +166,17 @@ def test_start_prints_the_ui_and_login_and_binds_loopback_only(local_airflow, ap
     assert listening_addresses(pids) == {f"127.0.0.1:{ports.airflow}"}
     cfg = (local_airflow["paths"].airflow_home / "airflow.cfg")
     assert cfg.stat().st_mode & 0o077 == 0  # it holds the JWT secret
+    # the password lives in one private file; no log of any part shows it
+    paths = local_airflow["paths"]
+    assert airflow_local.password_file(paths).stat().st_mode & 0o777 == 0o600
+    logs = sorted((paths.stack_dir / "logs").glob("airflow-*.log"))
+    assert logs
+    for log_file in logs:
+        assert log_file.stat().st_mode & 0o777 == 0o600
+        assert info["airflow password"] not in log_file.read_text(errors="replace"), log_file
+    for proc_dir in (Path("/proc") / str(pid) for pid in session_pids(local_airflow["leaders"])):
+        with contextlib.suppress(OSError):
+            assert info["airflow password"].encode() not in (proc_dir / "cmdline").read_bytes()
 
 
 def create_backfill(api: AirflowApi, body: dict) -> dict:

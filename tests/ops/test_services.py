@@ -123,3 +123,18 @@ def test_wait_for_http_answers_when_server_is_up(tmp_path):
     finally:
         mgr.stop_all()
     assert "start:" in mgr.log_tail("http")
+
+
+def test_service_logs_are_private(tmp_path):
+    """A service may print a secret (Airflow prints generated passwords): logs are 0600."""
+    manager = ServiceManager(tmp_path / "state")
+    (tmp_path / "state" / "logs").mkdir(parents=True)
+    old = manager.log_file("quiet")
+    old.write_text("an earlier run\n")
+    old.chmod(0o644)
+    manager.start("quiet", [sys.executable, "-c", "print('hello')"])
+    try:
+        assert old.stat().st_mode & 0o777 == 0o600
+        assert manager.logs_dir.stat().st_mode & 0o777 == 0o700
+    finally:
+        manager.stop("quiet")

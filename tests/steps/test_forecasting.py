@@ -279,6 +279,6 @@ def test_a_full_disk_during_train_leaves_no_temporary_file(project, tmp_path):
         subprocess.run(["umount", str(candidate)], check=True)
     assert code == 1
     assert "error: train: No space left on device" in out
-    assert "build/candidate/model.joblib" in out  # the file it could not write
+    assert "build/candidate/model.skops" in out  # the file it could not write
     assert "Traceback" not in out
     assert not [name for name in leftovers if name.endswith(".tmp")], leftovers

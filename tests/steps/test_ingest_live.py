@@ -198,9 +198,9 @@ def test_nulls_never_erase_stored_values(tmp_path, server):
     ingest.run(ctx)
     before = read_raw(ctx.paths.raw_dir, "open_meteo")
     server.route(AQ, open_meteo_handler(lambda var, lat, t: None))  # the provider lost its data
-    report = ingest.run(ctx)
-    assert report.ok
-    assert report.quality.null_fraction["pm2_5"] == 1.0  # visible in the quality figures
+    # an answer with every value null is no data: the locations fail (not "fresh"), disk unchanged
+    with pytest.raises(IngestError, match="every value of .* is null: no data"):
+        ingest.run(ctx)
     pd.testing.assert_frame_equal(read_raw(ctx.paths.raw_dir, "open_meteo"), before)
 
 
@@ -254,3 +254,77 @@ def test_cli_exits_non_zero_when_a_location_failed(tmp_path, server, monkeypatch
     err = capsys.readouterr().err
     assert "error: ingest: 1 of 2 location(s) failed" in err
     assert "HTTP 503: down for maintenance" in err
+
+
+# ------------------------------------------------------------------ hostile providers, whole step
+
+
+def cli_env(server: ReplayServer, project: Path, **extra: str) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "AQ_PROJECT_DIR": str(project),
+            "AQ_OPEN_METEO_AIR_QUALITY_URL": server.url(AQ),
+            "AQ_OPEN_METEO_FORECAST_URL": server.url(FORECAST),
+            "AQ_OPEN_METEO_ARCHIVE_URL": server.url(ARCHIVE),
+            "AQ_OPENWEATHERMAP_URL": server.url(OWM), **extra}
+
+
+RUN_AND_MEASURE = (
+    "import resource, sys; from pipeline.__main__ import main; rc = main(sys.argv[1:]); "
+    "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+    "sys.exit(rc)")
+
+
+def test_an_endless_body_fails_its_location_within_bounds_and_keeps_the_data(tmp_path, server):
+    """The old client grew to 2.6 GB in 3.3 s on an endless body, then died of MemoryError."""
+    import subprocess
+    import sys
+    import time
+
+    project = live_project(tmp_path)
+    ctx = Context.load(project, settings=settings_for(server))
+    ingest.run(ctx)
+    before = read_raw(ctx.paths.raw_dir, "open_meteo")
+    good = open_meteo_handler()
+    server.route(AQ, lambda seen: Reply(200, b"[1.5," * 4096, endless=True)
+                 if involves_delhi(seen) else good(seen))
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_AND_MEASURE, "ingest"], cwd=project, capture_output=True,
+        text=True, timeout=120, check=False,
+        env=cli_env(server, project, AQ_HTTP_TIMEOUT_S="10", AQ_HTTP_MAX_BYTES=str(8 << 20)))
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "delhi: open_meteo: response too large: more than 8388608 bytes" in proc.stderr
+    assert elapsed < 60
+    max_rss_mb = int(proc.stderr.split("MAXRSS_KB ")[1].split()[0]) / 1024
+    assert max_rss_mb < 800, max_rss_mb
+    pd.testing.assert_frame_equal(read_raw(ctx.paths.raw_dir, "open_meteo"), before)
+
+
+def test_no_run_output_or_file_shows_the_key(tmp_path, server):
+    """Grep everything an OpenWeatherMap run writes (stdout, stderr, every file) for the key."""
+    import subprocess
+    import sys
+
+    key = "e5c0ffee-owm-key-0123456789abcdef"
+    server.route(f"{OWM}/history", owm_handler(key))
+    echo = f"/history?lat={BERLIN_LAT}&appid={key}"
+    server.script(f"{OWM}/history",
+                  Reply(200, {"coord": echo, "list": []}),  # parse error built outside HTTP
+                  Reply(200, "x" * 90 + f"appid={key} unknown"),  # a snippet cut through it
+                  Reply(500, {"message": f"upstream rejected appid={key}"}))
+    project = live_project(tmp_path, kind="openweathermap")
+    outputs = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline", "-v", "ingest"], cwd=project, capture_output=True,
+            text=True, timeout=120, check=False,
+            env=cli_env(server, project, OPENWEATHERMAP_API_KEY=key))
+        outputs.append(proc.stdout + proc.stderr)
+    assert "error: ingest:" in outputs[0]
+    assert "appid=***" in " ".join(outputs)  # the echoes were there, and redacted
+    assert [out for out in outputs if key in out or key[:12] in out] == []
+    leaking = [p for p in project.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert leaking == []

@@ -14,14 +14,23 @@ as OpenAQ exports them). Real files are messy, so:
 * values are converted from the mapped unit (ppb, mg/m3, degF, km/h...);
 * duplicate timestamps are passed on and resolved by validation (exact copies
   collapse, conflicting ones are quarantined with a reason).
+
+Files are read in chunks of :data:`CHUNK_ROWS` rows and only the rows of the
+requested window are kept, so memory follows the window, not the file size.
+What the mapping does not state is detected, and what stays ambiguous is
+refused with the option to set: the separator (``separator``), dates that
+read both day-first and month-first (``day_first`` or ``time_format``), a
+decimal comma (``decimal``), a value column with no number in it. Columns the
+mapping ignores are listed in the log.
 """
 
 from __future__ import annotations
 
 import glob
+import gzip
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +59,11 @@ PARAMETER_ALIASES = {
     "pressure": "surface_pressure",
 }
 _OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
+# dd/mm/yyyy or mm/dd/yyyy (also with . or -): which is which is decided per file
+_NUMERIC_DATE = re.compile(r"^(\d{1,2})[./-](\d{1,2})[./-]\d{4}\b")
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
+SEPARATORS = (",", ";", "\t", "|")
+CHUNK_ROWS = 200_000
 _HOUR_24 = re.compile(r"^(\d{4}-\d{2}-\d{2})[ T]24:00(:00)?$")
 
 
@@ -57,18 +71,68 @@ class CsvImportError(SourceError):
     """The file or the mapping cannot work at all (missing file, time column, layout)."""
 
 
-def _read_table(path: Path, separator: str) -> pd.DataFrame:
-    name = path.name.lower()
+def _is_parquet(path: Path) -> bool:
+    return path.name.lower().endswith(".parquet")
+
+
+def _head_lines(path: Path, n: int = 20) -> list[str]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        if name.endswith(".parquet"):
-            return pd.read_parquet(path)
-        return pd.read_csv(path, sep=separator, dtype=str, keep_default_na=True,
-                           skipinitialspace=True)
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as handle:
+            lines = []
+            for line in handle:
+                lines.append(line[:100_000])
+                if len(lines) >= n:
+                    break
+            return lines
+    except OSError as exc:
+        raise CsvImportError(f"csv: cannot read {path}: {exc}") from None
+
+
+def detect_separator(path: Path) -> str:
+    """The one candidate separator that splits the header and every sampled line alike."""
+    lines = [line for line in _head_lines(path) if line.strip()]
+    if not lines:
+        return ","
+    header, rows = lines[0], lines[1:]
+    fits = [sep for sep in SEPARATORS
+            if header.count(sep) > 0 and all(r.count(sep) == header.count(sep) for r in rows)]
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        present = [sep for sep in SEPARATORS if header.count(sep) > 0]
+        if not present:
+            return ","  # one column
+        fits = present
+    shown = ", ".join(repr(s) for s in fits)
+    raise CsvImportError(
+        f"csv: {path.name}: cannot tell the separator (the header splits on {shown}); "
+        "set source.csv.separator")
+
+
+def _read_chunks(path: Path, separator: str) -> Iterator[pd.DataFrame]:
+    """The file in chunks of CHUNK_ROWS rows (values as text; Parquet as stored)."""
+    try:
+        if _is_parquet(path):
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(path)
+            for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
+                yield batch.to_pandas()
+            return
+        yield from pd.read_csv(path, sep=separator, dtype=str, keep_default_na=True,
+                               skipinitialspace=True, chunksize=CHUNK_ROWS)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise CsvImportError(f"csv: cannot read {path}: {exc}") from None
 
 
-def _parse_naive_strings(raw: pd.Series, time_format: str | None) -> pd.Series:
+def _non_iso(text: pd.Series) -> pd.Series:
+    parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
+    return text[parsed.isna() & text.notna()]
+
+
+def _parse_naive_strings(raw: pd.Series, time_format: str | None,
+                         day_first: bool = False) -> pd.Series:
     text = raw.astype("string").str.strip()
     # "24:00" (end of day) as some networks write it -> 00:00 of the next day
     is_24 = text.str.match(_HOUR_24).fillna(False).astype(bool)
@@ -78,8 +142,8 @@ def _parse_naive_strings(raw: pd.Series, time_format: str | None) -> pd.Series:
     else:
         parsed = pd.to_datetime(shifted, format="ISO8601", errors="coerce")
         retry = parsed.isna() & shifted.notna()
-        if retry.any():  # e.g. "31/03/2024 02:00" is not ISO: let pandas infer per value
-            parsed[retry] = pd.to_datetime(shifted[retry], errors="coerce", dayfirst=False,
+        if retry.any():  # e.g. "31/03/2024 02:00" is not ISO: the order was detected per file
+            parsed[retry] = pd.to_datetime(shifted[retry], errors="coerce", dayfirst=day_first,
                                            format="mixed")
     return parsed.where(~is_24, parsed + pd.Timedelta(days=1))
 
@@ -137,7 +201,7 @@ class CsvSource:
 
             base_dir = ProjectPaths.discover().root
         self.base_dir = Path(base_dir)
-        self._cache: tuple[tuple, pd.DataFrame] | None = None
+        self._day_first: dict[Path, bool] = {}
 
     # -- files
 
@@ -172,7 +236,8 @@ class CsvSource:
                     f"csv: {path.name}: column {column!r} mixes times with and without a UTC "
                     f"offset (e.g. {text[has_offset].iloc[0]!r} and "
                     f"{text[~has_offset].iloc[0]!r})")
-            parsed = _parse_naive_strings(raw, self.config.time_format)
+            parsed = _parse_naive_strings(raw, self.config.time_format,
+                                          self._day_first.get(path, False))
         if isinstance(parsed.dtype, pd.DatetimeTZDtype):
             utc = parsed.dt.tz_convert("UTC")
             return utc, utc.ffill().bfill()
@@ -193,8 +258,24 @@ class CsvSource:
         return raw.map(lambda v: mapping.location_values.get(v, v) if v is not pd.NA else v)
 
     def _convert(self, variable: str, values: pd.Series, unit: str, where: str) -> np.ndarray:
-        numeric = pd.to_numeric(values, errors="coerce")
-        junk = int((numeric.isna() & values.notna()).sum())
+        is_text = not pd.api.types.is_numeric_dtype(values)  # CSV cells; Parquet may be numbers
+        text = values.astype("string").str.strip() if is_text else values
+        if self.config.decimal == "," and is_text:
+            text = text.str.replace(",", ".", regex=False)
+        numeric = pd.to_numeric(text, errors="coerce")
+        junk_mask = numeric.isna() & values.notna()
+        if junk_mask.any() and self.config.decimal is None and is_text:
+            commas = text[junk_mask].str.match(_DECIMAL_COMMA).fillna(False).astype(bool)
+            if commas.any():
+                raise CsvImportError(
+                    f"csv: {where}: {variable} values are written with a decimal comma "
+                    f"(e.g. {text[junk_mask][commas].iloc[0]!r}); set source.csv.decimal: ','")
+        if junk_mask.any() and numeric.notna().sum() == 0:
+            raise CsvImportError(
+                f"csv: {where}: no {variable} value is a number (e.g. "
+                f"{values[junk_mask].iloc[0]!r}); check source.csv.mapping, separator and "
+                "decimal")
+        junk = int(junk_mask.sum())
         if junk:
             log.warning("csv: %s: %d non-numeric %s value(s) read as missing", where, junk,
                         variable)
@@ -215,7 +296,8 @@ class CsvSource:
             values[variable] = self._convert(variable, table[column], unit, path.name)
         return values
 
-    def _long(self, table: pd.DataFrame, path: Path, base: pd.DataFrame) -> pd.DataFrame:
+    def _long_rows(self, table: pd.DataFrame, path: Path, base: pd.DataFrame) -> pd.DataFrame:
+        """One row per (location, time, variable) with its canonical value (a chunk's)."""
         mapping = self.config.mapping
         for column in (mapping.parameter, mapping.value, mapping.unit):
             if column is not None and column not in table.columns:
@@ -240,6 +322,10 @@ class CsvSource:
         for (variable, unit), part in rows.groupby(["variable", "unit"], sort=True):
             rows.loc[part.index, "value"] = self._convert(variable, part["raw"], unit,
                                                           f"{path.name} ({variable})")
+        return rows.drop(columns=["raw", "unit"])
+
+    def _pivot(self, rows: pd.DataFrame, path: Path) -> pd.DataFrame:
+        """Long rows of a whole file (window only) as one wide row per (location, time)."""
         keys = ["location_id", "time", "anchor"]
         dupes = rows.duplicated([*keys, "variable"], keep="last")
         if dupes.any():
@@ -253,54 +339,139 @@ class CsvSource:
         wide.columns.name = None
         return wide.reset_index(drop=True)
 
-    def _read_file(self, path: Path, missing: dict[str, int]) -> pd.DataFrame:
-        table = _read_table(path, self.config.separator)
-        if table.empty:
-            log.warning("csv: %s has no rows", path.name)
-            return pd.DataFrame()
+    def _detect_day_first(self, path: Path, separator: str) -> None:
+        """Decide, once per file, whether non-ISO dates are day-first; refuse if both work."""
+        config = self.config
+        if config.time_format or path in self._day_first:
+            return
+        if config.day_first is not None:
+            self._day_first[path] = config.day_first
+            return
+        first_over_12 = second_over_12 = None  # an example of each, once seen
+        differ = None
+        for table in _read_chunks(path, separator):
+            if config.mapping.time not in table.columns:
+                return  # reported with the columns when the chunk is parsed
+            raw = table[config.mapping.time]
+            if pd.api.types.is_datetime64_any_dtype(raw):
+                return
+            text = raw.astype("string").str.strip()
+            text = _non_iso(text[~text.str.contains(_OFFSET, na=False)])
+            parts = text.str.extract(_NUMERIC_DATE).dropna()
+            if parts.empty:
+                continue
+            first, second = parts[0].astype(int), parts[1].astype(int)
+            if first_over_12 is None and (first > 12).any():
+                first_over_12 = text[parts.index[(first > 12).to_numpy()][0]]
+            if second_over_12 is None and (second > 12).any():
+                second_over_12 = text[parts.index[(second > 12).to_numpy()][0]]
+            if differ is None and (first != second).any():
+                differ = text[parts.index[(first != second).to_numpy()][0]]
+        if first_over_12 is not None and second_over_12 is not None:
+            raise CsvImportError(
+                f"csv: {path.name}: dates are written in both orders ({first_over_12!r} and "
+                f"{second_over_12!r}); set source.csv.time_format")
+        if first_over_12 is None and second_over_12 is None:
+            if differ is not None:
+                raise CsvImportError(
+                    f"csv: {path.name}: dates such as {differ!r} read both day-first and "
+                    "month-first; set source.csv.day_first (true or false) or "
+                    "source.csv.time_format")
+            self._day_first[path] = False
+            return
+        self._day_first[path] = first_over_12 is not None
+        log.info("csv: %s: dates are %s-first (e.g. %r)", path.name,
+                 "day" if self._day_first[path] else "month", first_over_12 or second_over_12)
+
+    def _parse_chunk(self, table: pd.DataFrame, path: Path, missing: dict[str, int],
+                     start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.DataFrame:
+        """Canonical rows plus ``anchor`` of one chunk, only those inside [start, end)."""
         locations = self._locations(table, path)
         utc, anchor = self._times(table, path, locations)
+        keep = pd.Series(True, index=table.index)
+        if start is not None:
+            keep &= (anchor >= start).to_numpy()
+        if end is not None:
+            keep &= (anchor < end).to_numpy()
+        table, locations, utc, anchor = table[keep], locations[keep], utc[keep], anchor[keep]
         base = pd.DataFrame({"location_id": locations.astype("object"), "time": utc,
                              "anchor": anchor})
         if self.config.mapping.parameter is not None:
-            return self._long(table, path, base)
+            return self._long_rows(table, path, base)
         values = self._wide(table, path, missing)
-        if not values:
-            raise CsvImportError(
-                f"csv: {path.name}: no value column found; map them in source.csv.mapping."
-                f"columns (columns in the file: {list(table.columns)})")
         for variable, array in values.items():
             base[variable] = array
         return base
 
-    def load(self) -> pd.DataFrame:
-        """Every row of every file as canonical columns plus ``anchor`` (for windowing)."""
+    def _ignored_columns(self, columns: Sequence[str], path: Path) -> None:
+        mapping = self.config.mapping
+        used = {mapping.time, mapping.location, mapping.parameter, mapping.value, mapping.unit}
+        used |= set(mapping.columns.values()) if mapping.columns else set(VALUE_COLUMNS)
+        ignored = [c for c in columns if c not in used]
+        if ignored:
+            log.info("csv: %s: column(s) not in the mapping, ignored: %s", path.name, ignored)
+
+    def _read_file(self, path: Path, missing: dict[str, int], start: pd.Timestamp | None,
+                   end: pd.Timestamp | None) -> pd.DataFrame:
+        separator = "," if _is_parquet(path) else (self.config.separator
+                                                   or detect_separator(path))
+        self._detect_day_first(path, separator)
+        parts, rows, columns = [], 0, None
+        for table in _read_chunks(path, separator):
+            if columns is None:
+                columns = list(table.columns)
+                self._ignored_columns(columns, path)
+                if self.config.mapping.parameter is None and not self._value_columns(columns):
+                    raise CsvImportError(
+                        f"csv: {path.name}: no value column found; map them in "
+                        f"source.csv.mapping.columns (columns in the file: {columns})")
+            rows += len(table)
+            part = self._parse_chunk(table, path, missing, start, end)
+            if len(part):
+                parts.append(part)
+        if not rows:
+            log.warning("csv: %s has no rows", path.name)
+            return pd.DataFrame()
+        if not parts:
+            return pd.DataFrame()
+        frame = pd.concat(parts, ignore_index=True)
+        if self.config.mapping.parameter is not None:
+            return self._pivot(frame, path)
+        return frame
+
+    def _value_columns(self, columns: Sequence[str]) -> list[str]:
+        mapping = self.config.mapping
+        if mapping.columns:
+            return [c for c in mapping.columns.values() if c in columns]
+        return [v for v in VALUE_COLUMNS if v in columns]
+
+    def load(self, start: pd.Timestamp | None = None,
+             end: pd.Timestamp | None = None) -> pd.DataFrame:
+        """The rows of every file inside [start, end) (all when None), canonical plus ``anchor``.
+
+        Files are streamed chunk by chunk: memory follows the rows kept.
+        """
         files = self.files()
-        key = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
         missing: dict[str, int] = {}
-        parts = [self._read_file(path, missing) for path in files]
+        parts = [self._read_file(path, missing, start, end) for path in files]
         for variable, n_files in sorted(missing.items()):
             column = self.config.mapping.columns.get(variable, variable)
             log.warning("csv: column %r (%s) is missing in %d of %d file(s): %s is NaN there",
                         column, variable, n_files, len(files), variable)
         parts = [p for p in parts if not p.empty]
         if not parts:
-            frame = empty_frame().assign(anchor=pd.Series(dtype="datetime64[us, UTC]"))
-        else:
-            frame = pd.concat(parts, ignore_index=True)
-            anchor = frame.pop("anchor")
-            frame = conform(frame)
-            frame["anchor"] = anchor.to_numpy()
-        self._cache = (key, frame)
+            return empty_frame().assign(anchor=pd.Series(dtype="datetime64[us, UTC]"))
+        frame = pd.concat(parts, ignore_index=True)
+        anchor = frame.pop("anchor")
+        frame = conform(frame)
+        frame["anchor"] = anchor.to_numpy()
         return frame
 
     # -- the Source interface
 
     def fetch(self, locations: Sequence[Location], start: pd.Timestamp,
               end: pd.Timestamp) -> FetchResult:
-        frame = self.load()
+        frame = self.load(start, end)
         wanted = [loc.id for loc in locations]
         in_window = (frame["anchor"] >= start) & (frame["anchor"] < end)
         selected = frame[in_window & frame["location_id"].isin(wanted)]

@@ -5,6 +5,19 @@ Why one client: every provider call must have a deadline, the same retry rules
 and jitter, honouring ``Retry-After``; other 4xx are not, and the error quotes
 the provider's reason), a per-provider rate limit, request figures for the
 metrics reporter, and API keys that never reach a log line or an exception.
+
+Bounds, enforced while the bytes arrive (a hostile or broken server cannot
+hold a step longer or grow it bigger):
+
+* one wall-clock deadline per attempt (``timeout_s``) covering connect,
+  headers and every byte of the body: a watchdog shuts the attempt's socket
+  when it passes, so a server trickling one byte a second is cut off on time;
+* a maximum body size (``max_bytes``, decoded bytes): a larger
+  ``Content-Length`` is refused before reading, an endless body is cut there;
+* a total budget for all attempts and backoff waits (``total_s``);
+* a body that does not decode (not JSON, nested too deep) is a
+  :class:`ResponseFormatError`, which the sources turn into a failure of the
+  locations of that request, never of the step.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import email.utils
 import json
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -20,13 +34,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from pipeline.io.sources.base import SourceError, SourceStats
+from pipeline.redaction import REDACTED, redact, register_secret
 from pipeline.settings import Secret
 
 log = logging.getLogger(__name__)
 
-REDACTED = "***"
+__all__ = ["REDACTED", "HttpClient", "HttpSourceError", "ProviderRejected", "RateLimiter",
+           "ResponseFormatError", "ResponseTooLarge", "RetriesExhausted", "RetryPolicy",
+           "redact", "register_secret"]
 USER_AGENT = "aq-forecast/0.1 (+https://github.com/; ingestion)"
 
 
@@ -60,48 +80,16 @@ class ResponseFormatError(HttpSourceError):
     """The body is not JSON, or not the documented shape (the message says what is wrong)."""
 
 
+class ResponseTooLarge(HttpSourceError):
+    """The body is bigger than ``max_bytes``: not retried (the next answer would be too)."""
+
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_TOTAL_S = 120.0
+
+
 # ------------------------------------------------------------------ secrets
-
-_SECRETS: set[str] = set()
-_SECRETS_LOCK = threading.Lock()
-_FILTER_INSTALLED = False
-# urllib3 logs full request lines (query string included) at DEBUG
-_CHATTY_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "requests")
-
-
-class _RedactingFilter(logging.Filter):
-    """Rewrites any record that would print a registered secret."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if _SECRETS:
-            message = record.getMessage()
-            cleaned = redact(message)
-            if cleaned != message:
-                record.msg, record.args = cleaned, None
-        return True
-
-
-def register_secret(secret: Secret | str | None) -> None:
-    """Make ``secret`` redacted from our messages and from the HTTP libraries' log lines."""
-    global _FILTER_INSTALLED
-    value = secret.reveal() if isinstance(secret, Secret) else secret
-    if not value:
-        return
-    with _SECRETS_LOCK:
-        _SECRETS.add(value)
-        if not _FILTER_INSTALLED:
-            for name in _CHATTY_LOGGERS:
-                logging.getLogger(name).addFilter(_RedactingFilter())
-            _FILTER_INSTALLED = True
-
-
-def redact(text: str, extra: Iterable[str] = ()) -> str:
-    """``text`` with every registered (and every ``extra``) secret replaced by ``***``."""
-    out = str(text)
-    for secret in sorted({*_SECRETS, *(e for e in extra if e)}, key=len, reverse=True):
-        out = out.replace(secret, REDACTED)
-    return out
-
+# one mechanism for the whole project (pipeline.redaction); re-exported for the sources
 
 # ------------------------------------------------------------------ rate limit
 
@@ -189,26 +177,128 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - now)
 
 
-def provider_reason(body: bytes, limit: int = 300) -> str:
-    """The provider's own words: Open-Meteo ``reason``, OpenWeatherMap ``message``, or the text."""
-    text = body.decode("utf-8", errors="replace").strip()
+def provider_reason(body: bytes, limit: int = 300, secrets: Iterable[str] = ()) -> str:
+    """The provider's own words: Open-Meteo ``reason``, OpenWeatherMap ``message``, or the text.
+
+    Secrets are redacted before the text is cut, so a cut never leaves part of a key.
+    """
+    text = body[: 64 * 1024].decode("utf-8", errors="replace").strip()
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict):
         for key in ("reason", "message", "error_description", "error", "detail"):
             value = data.get(key)
             if isinstance(value, str) and value:
-                return value[:limit]
+                return redact(value, secrets)[:limit]
+    text = redact(text, secrets)
     return (text[:limit] + ("..." if len(text) > limit else "")) or "(empty body)"
 
 
-# ------------------------------------------------------------------ client
+# ------------------------------------------------------------------ deadline watchdog
 
 
 class _Deadline(Exception):
     """The whole response did not arrive within the timeout."""
+
+
+class _Attempt:
+    """One attempt's wall-clock deadline: when it passes, every socket of the attempt is shut.
+
+    ``requests``' own timeouts bound each socket operation, not the exchange: a
+    server sending one byte per second never trips them. Shutting the socket
+    makes the blocked read return at once, wherever it is (headers or body).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, seconds), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Attempt:
+        _ACTIVE.attempt = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        _ACTIVE.attempt = None
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            if self.expired:
+                _shutdown(sock)
+            elif all(s is not sock for s in self._sockets):
+                self._sockets.append(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+_ACTIVE = threading.local()
+
+
+def _watch(sock: socket.socket | None) -> None:
+    attempt = getattr(_ACTIVE, "attempt", None)
+    if attempt is not None:
+        attempt.watch(sock)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    """Hands its socket to the running attempt's watchdog (new and reused connections)."""
+
+    def connect(self) -> None:
+        super().connect()
+        _watch(self.sock)
+
+    def getresponse(self, *args, **kwargs):
+        _watch(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _watch(self.sock)
+
+    def getresponse(self, *args, **kwargs):
+        _watch(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class WatchedAdapter(HTTPAdapter):
+    """A requests adapter whose connections the per-attempt watchdog can cut."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool,
+                                                   "https": _WatchedHTTPSPool}
+
+
+# ------------------------------------------------------------------ client
 
 
 class HttpClient:
@@ -227,12 +317,19 @@ class HttpClient:
         rng: random.Random | None = None,
         limiter: RateLimiter | None = None,
         limiter_key: str | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        total_s: float = DEFAULT_TOTAL_S,
     ) -> None:
         self.provider = provider
         self.timeout_s = float(timeout_s)
+        self.max_bytes = int(max_bytes)
+        self.total_s = float(total_s)
         self.retry = retry
         self.session = session or requests.Session()
         self.session.headers.setdefault("User-Agent", USER_AGENT)
+        adapter = WatchedAdapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._limiter = limiter or limiter_for(limiter_key or provider, requests_per_second)
@@ -246,19 +343,41 @@ class HttpClient:
     def _redact(self, text: str) -> str:
         return redact(text, self._secrets)
 
-    def _get_once(self, url: str,
-                  params: Mapping[str, Any]) -> tuple[int, Mapping[str, str], bytes]:
-        """One GET with a deadline on the whole exchange (not just each socket read)."""
-        started = time.monotonic()
-        connect = min(self.timeout_s, 10.0)
-        with self.session.get(url, params=params, timeout=(connect, self.timeout_s),
-                              stream=True) as response:
-            chunks = []
-            for chunk in response.iter_content(chunk_size=64 * 1024):
-                chunks.append(chunk)
-                if time.monotonic() - started > self.timeout_s:
-                    raise _Deadline()
-            return response.status_code, dict(response.headers), b"".join(chunks)
+    def _get_once(self, url: str, params: Mapping[str, Any],
+                  budget_s: float) -> tuple[int, Mapping[str, str], bytes]:
+        """One GET within ``budget_s`` of wall clock (connect, headers, body) and ``max_bytes``."""
+        connect = min(budget_s, 10.0)
+        with _Attempt(budget_s) as attempt:
+            try:
+                with self.session.get(url, params=params, timeout=(connect, budget_s),
+                                      stream=True) as response:
+                    self._check_length(response)
+                    chunks, size = [], 0
+                    for chunk in response.iter_content(chunk_size=64 * 1024):
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            raise self._too_large(f"more than {self.max_bytes} bytes arrived")
+                        chunks.append(chunk)
+                        if attempt.expired:
+                            raise _Deadline()
+                    status, headers = response.status_code, dict(response.headers)
+            except (requests.RequestException, OSError):
+                if attempt.expired:
+                    raise _Deadline() from None
+                raise
+            if attempt.expired:  # a cut connection can look like a short, complete body
+                raise _Deadline()
+        return status, headers, b"".join(chunks)
+
+    def _check_length(self, response: requests.Response) -> None:
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
+            raise self._too_large(f"Content-Length {int(declared)}")
+
+    def _too_large(self, what: str) -> ResponseTooLarge:
+        return ResponseTooLarge(
+            f"{self.provider}: response too large: {what}, above the {self.max_bytes} byte "
+            "limit (AQ_HTTP_MAX_BYTES)", provider=self.provider)
 
     def get_json(self, url: str, params: Mapping[str, Any], stats: SourceStats,
                  label: str | None = None) -> Any:
@@ -266,27 +385,37 @@ class HttpClient:
         provider = label or self.provider
         attempts = self.retry.max_retries + 1
         last_problem = "no attempt made"
+        give_up_at = time.monotonic() + self.total_s
+        made = 0
         for attempt in range(attempts):
             self._limiter.acquire()
             started = time.monotonic()
+            budget = min(self.timeout_s, give_up_at - started)
+            if budget <= 0:
+                break
+            made += 1
             retry_after: float | None = None
             try:
-                status, headers, body = self._get_once(url, params)
+                status, headers, body = self._get_once(url, params, budget)
             except (requests.Timeout, _Deadline):
                 stats.record(provider, "timeout", time.monotonic() - started)
-                last_problem = f"no complete response within {self.timeout_s:g} s (timeout)"
+                last_problem = f"no complete response within {budget:g} s (timeout)"
+            except ResponseTooLarge:
+                stats.record(provider, "too_large", time.monotonic() - started)
+                raise
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
                 stats.record(provider, "connection_error", time.monotonic() - started)
-                last_problem = f"connection error: {self._redact(_short(exc))}"
+                last_problem = f"connection error: {_short(self._redact(_text(exc)))}"
             except requests.RequestException as exc:
                 stats.record(provider, "request_error", time.monotonic() - started)
-                message = f"{provider}: request could not be made: {self._redact(_short(exc))}"
+                detail = _short(self._redact(_text(exc)))
+                message = f"{provider}: request could not be made: {detail}"
                 raise HttpSourceError(message, provider=provider) from None
             else:
                 stats.record(provider, status, time.monotonic() - started)
                 if 200 <= status < 300:
                     return self._decode(provider, status, headers, body)
-                reason = self._redact(provider_reason(body))
+                reason = provider_reason(body, secrets=self._secrets)
                 if status == 429 or status >= 500 or status == 408:
                     last_problem = f"HTTP {status}: {reason}"
                     retry_after = retry_after_seconds(headers.get("Retry-After"))
@@ -306,19 +435,28 @@ class HttpClient:
                 wait = self.retry.backoff(attempt, self._rng)
                 if retry_after is not None:
                     wait = max(wait, retry_after)
+                if time.monotonic() + wait >= give_up_at:
+                    raise RetriesExhausted(
+                        f"{provider}: giving up after {attempt + 1} attempt(s): {last_problem} "
+                        f"(the next retry would pass the {self.total_s:g} s budget of this "
+                        "request, AQ_HTTP_TOTAL_S)", provider=provider, retryable=True)
                 log.info("%s: %s; retry %d/%d in %.2f s", provider, last_problem, attempt + 1,
                          self.retry.max_retries, wait)
                 self._sleep(wait)
         raise RetriesExhausted(
-            f"{provider}: giving up after {attempts} attempt(s): {last_problem}",
+            f"{provider}: giving up after {made} attempt(s): {last_problem}",
             provider=provider, retryable=True,
         )
 
     def _decode(self, provider: str, status: int, headers: Mapping[str, str], body: bytes) -> Any:
         try:
             return json.loads(body)
+        except RecursionError:
+            raise ResponseFormatError(
+                f"{provider}: HTTP {status} body is JSON nested too deeply to read "
+                f"({len(body)} bytes)", provider=provider, status=status) from None
         except ValueError:
-            snippet = self._redact(body[:120].decode("utf-8", errors="replace"))
+            snippet = self._redact(body[:4096].decode("utf-8", errors="replace"))[:120]
             raise ResponseFormatError(
                 f"{provider}: HTTP {status} body is not JSON "
                 f"(content-type {headers.get('Content-Type', 'unknown')!r}, "
@@ -327,6 +465,10 @@ class HttpClient:
             ) from None
 
 
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+def _text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _short(text: str, limit: int = 300) -> str:
+    """Cut after redaction, never before (a cut key could no longer be recognised)."""
     return text if len(text) <= limit else text[:limit] + "..."

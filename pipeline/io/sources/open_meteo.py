@@ -28,6 +28,7 @@ from pipeline.io.sources.base import (
     time_chunks,
     trim,
 )
+from pipeline.io.sources.checks import all_missing, check_hourly, guarded, utc_offset
 from pipeline.io.sources.http import (
     HttpClient,
     HttpSourceError,
@@ -179,7 +180,7 @@ def parse_hourly(payload: Any, group: Sequence[Location], variables: Mapping[str
             raise ResponseFormatError(
                 f"{provider}: {where}: no 'hourly_units' object (units must be known)",
                 provider=provider)
-        offset = item.get("utc_offset_seconds") or 0
+        offset = utc_offset(item.get("utc_offset_seconds"), where, provider)
         times = _times(hourly, units, float(offset), where, provider)
         frame = pd.DataFrame({"time": times})
         for api_name, canonical in variables.items():
@@ -190,7 +191,7 @@ def parse_hourly(payload: Any, group: Sequence[Location], variables: Mapping[str
             except UnitError as exc:
                 raise ResponseFormatError(f"{provider}: {where}: hourly_units.{api_name}: {exc}",
                                           provider=provider) from None
-        out[loc.id] = frame
+        out[loc.id] = check_hourly(frame, where, provider)
     return out
 
 
@@ -211,6 +212,8 @@ class OpenMeteoSource:
         self.client = HttpClient(
             "open_meteo",
             timeout_s=settings.http_timeout_s,
+            total_s=settings.http_total_s,
+            max_bytes=settings.http_max_bytes,
             retry=RetryPolicy.of(config),
             requests_per_second=config.requests_per_second,
             session=session,
@@ -282,7 +285,9 @@ class OpenMeteoSource:
         for provider, url, params, chunk_start, chunk_end in requests_for(start, end):
             payload = self.client.get_json(url, {**coordinate_params(group), **params}, stats,
                                            label=provider)
-            for loc_id, frame in parse_hourly(payload, group, variables, provider).items():
+            where = f"location(s) {','.join(loc.id for loc in group)}"
+            parsed = guarded(provider, where, parse_hourly, payload, group, variables, provider)
+            for loc_id, frame in parsed.items():
                 pieces[loc_id].append(trim(frame, chunk_start, chunk_end))
         return {loc_id: pd.concat(parts, ignore_index=True) for loc_id, parts in pieces.items()}
 
@@ -314,6 +319,12 @@ class OpenMeteoSource:
             if frame.empty:
                 failures[loc_id] = (
                     f"open_meteo returned no hours inside [{start}, {end}) for {loc_id}"
+                )
+                del frames[loc_id]
+            elif all_missing(frame, list(variables.values())):
+                failures[loc_id] = (
+                    f"open_meteo returned {len(frame)} hour(s) in [{start}, {end}) for {loc_id} "
+                    f"but every value of {sorted(variables.values())} is null: no data"
                 )
                 del frames[loc_id]
         return frames, failures

@@ -27,6 +27,7 @@ from pipeline.io.sources.base import (
     time_chunks,
     trim,
 )
+from pipeline.io.sources.checks import all_missing, check_hourly, guarded
 from pipeline.io.sources.http import (
     HttpClient,
     HttpSourceError,
@@ -109,12 +110,12 @@ def parse_air_pollution(payload: Any, location_id: str) -> pd.DataFrame:
                     provider=PROVIDER)
             columns[name].append(np.nan if value is None else float(value))
         times.append(int(item["dt"]))
-    # the API's hourly values are stamped on the hour; floor defensively
-    time_index = pd.to_datetime(np.asarray(times, dtype="int64"), unit="s", utc=True).floor("h")
+    # the API's hourly values are stamped on the hour: anything else is refused, not moved
+    time_index = pd.to_datetime(np.asarray(times, dtype="int64"), unit="s", utc=True)
     frame = pd.DataFrame({"time": time_index.astype(TIME_DTYPE)})
     for name, canonical in COMPONENTS.items():
         frame[canonical] = to_canonical(canonical, columns[name], COMPONENT_UNITS[name])
-    return frame
+    return check_hourly(frame, where, PROVIDER)
 
 
 class OpenWeatherMapSource:
@@ -133,6 +134,8 @@ class OpenWeatherMapSource:
         self.client = HttpClient(
             PROVIDER,
             timeout_s=settings.http_timeout_s,
+            total_s=settings.http_total_s,
+            max_bytes=settings.http_max_bytes,
             retry=RetryPolicy.of(config),
             requests_per_second=config.requests_per_second,
             secrets=[self._key],
@@ -172,8 +175,12 @@ class OpenWeatherMapSource:
         parts = []
         for url, params, (part_start, part_end) in self._requests(loc, start, end):
             payload = self.client.get_json(url, {**params, "appid": self._key.reveal()}, stats)
-            parts.append(trim(parse_air_pollution(payload, loc.id), part_start, part_end))
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+            frame = guarded(PROVIDER, f"location {loc.id}", parse_air_pollution, payload, loc.id)
+            parts.append(trim(frame, part_start, part_end))
+        if not parts:
+            return pd.DataFrame()
+        return guarded(PROVIDER, f"location {loc.id}", check_hourly,
+                       pd.concat(parts, ignore_index=True), f"location {loc.id}", PROVIDER)
 
     def fetch(self, locations: Sequence[Location], start: pd.Timestamp,
               end: pd.Timestamp) -> FetchResult:
@@ -200,6 +207,12 @@ class OpenWeatherMapSource:
             if frame.empty:
                 failures[loc.id] = (
                     f"{PROVIDER}: empty 'list' for {loc.id} in [{start}, {end}): no data"
+                )
+                continue
+            if all_missing(frame, list(COMPONENTS.values())):
+                failures[loc.id] = (
+                    f"{PROVIDER}: {len(frame)} hour(s) for {loc.id} in [{start}, {end}) but "
+                    "every component is null: no data"
                 )
                 continue
             pollution[loc.id] = frame

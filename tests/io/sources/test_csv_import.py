@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import textwrap
 
 import numpy as np
@@ -264,3 +265,102 @@ def test_gzipped_csv_with_24_00_as_end_of_day(tmp_path):
     assert list(result.frame["time"]) == [ts("2024-01-01T23:00"), ts("2024-01-02T00:00"),
                                           ts("2024-01-02T01:00")]
     assert result.frame["pm2_5"].tolist() == [1, 2, 3]
+
+
+# ---------------------------------------------------------- messy exports: detected or refused
+
+JANUARY = pd.date_range("2024-01-01", "2024-01-31 23:00", freq="h")
+
+
+def january_file(tmp_path, fmt: str, sep: str = ",", decimal: str = ".") -> str:
+    lines = [f"date{sep}pm2_5{sep}comment"]
+    for i, t in enumerate(JANUARY):
+        value = f"{10 + i % 7}.5".replace(".", decimal)
+        lines.append(f"{t.strftime(fmt)}{sep}{value}{sep}ok")
+    write(tmp_path, "jan.csv", "\n".join(lines) + "\n")
+    return "jan.csv"
+
+
+def test_day_first_dates_are_detected_not_spread_over_the_year(tmp_path, caplog):
+    """The old month-first guess put 240 January rows in February-November, dropped 24."""
+    caplog.set_level("INFO")
+    path = january_file(tmp_path, "%d/%m/%Y %H:%M")
+    config = {"path": path, "location_id": "berlin", "mapping": {"time": "date"}}
+    result = source(tmp_path, config).fetch([BERLIN], ts("2024-01-01"), ts("2025-01-01"))
+    assert list(result.frame["time"]) == list(JANUARY.tz_localize("UTC"))
+    assert "dates are day-first" in caplog.text
+    assert "column(s) not in the mapping, ignored: ['comment']" in caplog.text
+
+
+def test_dates_that_read_both_ways_are_refused_naming_the_option(tmp_path):
+    text = "date,pm2_5\n" + "".join(f"0{d}/01/2024 00:00,1\n" for d in range(2, 6))
+    write(tmp_path, "amb.csv", text)
+    config = {"path": "amb.csv", "location_id": "berlin", "mapping": {"time": "date"}}
+    with pytest.raises(CsvImportError, match=r"'02/01/2024 00:00' read both day-first and "
+                                             r"month-first; set source.csv.day_first"):
+        source(tmp_path, config).fetch([BERLIN], ts("2024-01-01"), ts("2025-01-01"))
+    stated = source(tmp_path, {**config, "day_first": True}).fetch(
+        [BERLIN], ts("2024-01-01"), ts("2025-01-01"))
+    assert list(stated.frame["time"]) == [
+        ts(f"2024-01-0{d}") for d in range(2, 6)]
+
+
+def test_semicolon_and_decimal_comma_refused_until_stated(tmp_path):
+    """The old reader stored every value as NaN with rc 0 and a warning."""
+    path = january_file(tmp_path, "%Y-%m-%d %H:%M", sep=";", decimal=",")
+    config = {"path": path, "location_id": "berlin", "mapping": {"time": "date"}}
+    with pytest.raises(CsvImportError, match=r"decimal comma \(e.g. '10,5'\); set "
+                                             r"source.csv.decimal: ','"):
+        source(tmp_path, config).fetch([BERLIN], ts("2024-01-01"), ts("2024-02-01"))
+    result = source(tmp_path, {**config, "decimal": ","}).fetch(
+        [BERLIN], ts("2024-01-01"), ts("2024-02-01"))
+    assert result.frame["pm2_5"].tolist()[:3] == [10.5, 11.5, 12.5]
+    assert result.frame["pm2_5"].notna().all()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("time|pm2_5,x\n2024-01-01 00:00|1,2\n", "cannot tell the separator"),
+    ("time,pm2_5\n2024-01-01 00:00,high\n2024-01-01 01:00,low\n",
+     "no pm2_5 value is a number (e.g. 'high')"),
+])
+def test_what_stays_ambiguous_is_refused(tmp_path, text, message):
+    write(tmp_path, "bad.csv", text)
+    with pytest.raises(CsvImportError, match=re.escape(message)):
+        source(tmp_path, {"path": "bad.csv", "location_id": "berlin"}).fetch(
+            [BERLIN], ts("2024-01-01"), ts("2024-01-02"))
+
+
+READ_WINDOW = """
+import resource, sys
+import pandas as pd
+from pipeline.config import CsvSource as CsvConfig, Location
+from pipeline.io.sources.csv_import import CsvSource
+src = CsvSource(CsvConfig(path=sys.argv[1], mapping={"location": "loc"}), base_dir=".")
+loc = Location(id="l3", name="x", latitude=0, longitude=0)
+start = pd.Timestamp("2020-06-01", tz="UTC")
+result = src.fetch([loc], start, start + pd.Timedelta(days=2))
+print(len(result.frame), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_a_large_file_is_read_in_bounded_memory(tmp_path):
+    """1.5 M rows (10 locations x 17 years): only the window's rows are kept."""
+    import subprocess
+    import sys
+
+    hours = np.arange(np.datetime64("2010-01-01T00"), np.datetime64("2027-02-10T00"))[:150_000]
+    stamps = np.datetime_as_string(hours, unit="m")
+    with open(tmp_path / "big.csv", "w") as handle:
+        handle.write("time,loc,pm2_5,no2\n")
+        for loc in range(10):
+            block = pd.DataFrame({"t": stamps, "l": f"l{loc}", "p": np.arange(len(stamps)) % 50,
+                                  "n": 3.25})
+            block.to_csv(handle, header=False, index=False)
+    assert (tmp_path / "big.csv").stat().st_size > 40_000_000
+    proc = subprocess.run([sys.executable, "-c", READ_WINDOW, str(tmp_path / "big.csv")],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows, max_rss_mb = (int(x) for x in proc.stdout.split())
+    assert rows == 48
+    assert max_rss_mb < 450, max_rss_mb  # reading it whole took ~900 MB

@@ -15,12 +15,13 @@ from pipeline.io.sources.http import (
     ProviderRejected,
     RateLimiter,
     ResponseFormatError,
+    ResponseTooLarge,
     RetriesExhausted,
     RetryPolicy,
     redact,
     retry_after_seconds,
 )
-from tests.replay_server import ReplayServer, Reply, refusing_url
+from tests.replay_server import ReplayServer, Reply, deep_json, refusing_url
 
 KEY = "k3y-abcdef0123456789-secret"
 
@@ -32,7 +33,7 @@ def server():
 
 
 def client(*, retries=3, backoff=0.01, timeout=2.0, rps=1000.0, secrets=(), sleep=time.sleep,
-           max_retry_after=30.0, provider="test_provider"):
+           max_retry_after=30.0, provider="test_provider", max_bytes=1 << 20, total_s=60.0):
     return HttpClient(
         provider,
         timeout_s=timeout,
@@ -43,6 +44,8 @@ def client(*, retries=3, backoff=0.01, timeout=2.0, rps=1000.0, secrets=(), slee
         sleep=sleep,
         rng=random.Random(0),
         limiter=RateLimiter(rps),
+        max_bytes=max_bytes,
+        total_s=total_s,
     )
 
 
@@ -212,3 +215,65 @@ def test_rate_limiter_slots_with_a_fake_clock():
 def test_redact_replaces_every_occurrence():
     assert redact(f"a {KEY} b {KEY}", extra=[KEY]) == "a *** b ***"
     assert redact("nothing secret", extra=[""]) == "nothing secret"
+
+
+# ------------------------------------------------------------------ hostile servers
+
+
+def test_a_trickled_body_is_cut_at_the_deadline(server):
+    """One byte every 0.1 s of a 300-byte body: 30 s if only each socket read were timed."""
+    body = b'{"pad": "' + b"x" * 280 + b'"}'
+    server.script("/api", *[Reply(200, body, trickle_s=0.1)] * 2)
+    stats = SourceStats()
+    started = time.monotonic()
+    with pytest.raises(RetriesExhausted, match=r"2 attempt\(s\).*within 1 s \(timeout\)"):
+        client(retries=1, timeout=1.0).get_json(server.url("/api"), {}, stats)
+    assert time.monotonic() - started < 3.0
+    assert stats.responses == {("test_provider", "timeout"): 2}
+
+
+def test_trickled_headers_are_cut_at_the_deadline(server):
+    server.script("/api", Reply(200, {"ok": 1}, trickle_headers_s=0.1))
+    started = time.monotonic()
+    with pytest.raises(RetriesExhausted, match="timeout"):
+        client(retries=0, timeout=1.0).get_json(server.url("/api"), {}, SourceStats())
+    assert time.monotonic() - started < 2.0
+
+
+def test_an_endless_body_stops_at_the_size_limit_without_retrying(server):
+    server.script("/api", Reply(200, b"[1," * 1000, endless=True))
+    stats = SourceStats()
+    started = time.monotonic()
+    with pytest.raises(ResponseTooLarge, match=r"more than 1048576 bytes.*AQ_HTTP_MAX_BYTES"):
+        client(timeout=30.0).get_json(server.url("/api"), {}, stats)
+    assert time.monotonic() - started < 5.0
+    assert len(server.requests_to("/api")) == 1
+    assert stats.responses == {("test_provider", "too_large"): 1}
+
+
+def test_a_declared_length_above_the_limit_is_refused_before_reading(server):
+    server.script("/api", Reply(200, b"[" + b"0," * 600_000 + b"0]"))
+    with pytest.raises(ResponseTooLarge, match=r"Content-Length 1200003"):
+        client().get_json(server.url("/api"), {}, SourceStats())
+
+
+def test_deeply_nested_json_is_a_format_error_not_a_crash(server):
+    server.script("/api", Reply(200, deep_json()))
+    with pytest.raises(ResponseFormatError, match="nested too deeply"):
+        client().get_json(server.url("/api"), {}, SourceStats())
+
+
+def test_retries_stop_at_the_total_budget(server):
+    server.script("/slow", *[Reply(200, {}, delay_s=2.0)] * 5)
+    started = time.monotonic()
+    with pytest.raises(RetriesExhausted, match=r"2.5 s budget.*AQ_HTTP_TOTAL_S"):
+        client(retries=4, timeout=1.0, total_s=2.5).get_json(server.url("/slow"), {},
+                                                            SourceStats())
+    assert time.monotonic() - started < 3.5
+    assert len(server.requests_to("/slow")) == 3  # 1 s + 1 s + the 0.5 s left
+
+
+def test_the_connection_pool_still_works_after_a_cut_attempt(server):
+    server.script("/api", Reply(200, {"late": 1}, trickle_s=0.5), Reply(200, {"ok": 2}))
+    assert client(retries=1, timeout=0.5).get_json(server.url("/api"), {},
+                                                   SourceStats()) == {"ok": 2}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,6 +22,7 @@ from pipeline.settings import Settings
 from tests.replay_server import (
     ReplayServer,
     Reply,
+    deep_json,
     hours,
     open_meteo_handler,
     open_meteo_location,
@@ -214,6 +217,25 @@ BAD_ANSWERS = {
                             "unknown time format 'rfc2822'"),
     "empty": (Reply(200, _aq_body(**{"hourly": {"time": [], **{
         v: [] for v in AIR_QUALITY_VARIABLES}}})), "returned no hours inside"),
+    # hostile or broken providers: each fails its location, never the step
+    "times_at_half_past": (Reply(200, _aq_body(**{"hourly.time": [
+        t + 1800 for t in hours("2025-03-01", "2025-03-01")]})),
+        "24 of 24 time(s) are not on the hour"),
+    "conflicting_repeated_hour": (Reply(200, _aq_body(**{
+        "hourly.time": hours("2025-03-01", "2025-03-01")[:23]
+        + [hours("2025-03-01", "2025-03-01")[5]]})),
+        "1 hour(s) appear more than once with different values"),
+    "offset_as_text": (Reply(200, _aq_body(utc_offset_seconds="3600s")),
+                       "utc_offset_seconds must be a whole number of seconds, got '3600s'"),
+    "offset_impossible": (Reply(200, _aq_body(utc_offset_seconds=90_000)),
+                          "utc_offset_seconds 90000 is not a real time-zone offset"),
+    "every_value_null": (Reply(200, _aq_body(**{f"hourly.{v}": [None] * 24
+                                                for v in AIR_QUALITY_VARIABLES})),
+                         "every value of"),
+    "deep_json": (Reply(200, deep_json()), "nested too deeply"),
+    # any exception while reading fails the location, with what it was
+    "hourly_time_is_nested": (Reply(200, _aq_body(**{"hourly.time": [[[[1]]]] * 24})),
+                              "location(s) berlin: unreadable answer (ValueError"),
 }
 
 
@@ -306,3 +328,29 @@ def test_parse_accepts_object_or_array_and_rejects_other_shapes():
     with pytest.raises(ResponseFormatError, match="hourly.time contains null"):
         parse_hourly(_aq_body(**{"hourly.time": [None] * 24}), [BERLIN], AIR_QUALITY_VARIABLES,
                      "p")
+
+
+def test_exact_repeats_collapse_and_unsorted_hours_are_sorted(server):
+    times = hours("2025-03-01", "2025-03-01")
+    body = _aq_body(**{"hourly.time": list(reversed(times)) + [times[3]]})
+    for variable in AIR_QUALITY_VARIABLES:
+        series = [truth(variable, BERLIN.latitude, t) for t in reversed(times)]
+        body["hourly"][variable] = series + [truth(variable, BERLIN.latitude, times[3])]
+    server.script(AQ, Reply(200, body))
+    result = make_source(server).fetch([BERLIN], ts("2025-03-01"), ts("2025-03-02"))
+    assert result.failures == {}
+    assert len(result.frame) == 24
+    assert_matches_provider(result.frame, BERLIN)
+
+
+def test_a_trickling_server_fails_its_location_within_the_deadline(server):
+    """One byte per 0.05 s: the old per-chunk check held each attempt for minutes."""
+    body = _aq_body()
+    server.script(AQ, *[Reply(200, body, trickle_s=0.05)] * 2)
+    started = time.monotonic()
+    result = make_source(server, timeout=0.5, max_retries=1, locations_per_request=1).fetch(
+        [BERLIN, DELHI], ts("2025-03-01"), ts("2025-03-02"))
+    assert time.monotonic() - started < 4.0
+    assert set(result.failures) == {"berlin"}
+    assert "timeout" in result.failures["berlin"]
+    assert_matches_provider(result.frame, DELHI)

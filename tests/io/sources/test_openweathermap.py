@@ -166,6 +166,17 @@ BAD_BODIES = {
                        "components.pm2_5 is not a number: 'high'"),
     "components_list": ({"coord": [13.4, 52.5], "list": [_item(components=[1, 2])]},
                         "'components' is not an object"),
+    # values stamped at :30 are refused, not floored onto an hour they do not belong to
+    "dt_half_past": ({"coord": [13.4, 52.5], "list": [_item(dt=1740787200 + 1800)]},
+                     "1 of 1 time(s) are not on the hour"),
+    "conflicting_repeated_hour": ({"coord": [13.4, 52.5], "list": [
+        _item(), _item(components={"pm2_5": 99.0})]},
+        "1 hour(s) appear more than once with different values"),
+    "every_component_null": ({"coord": [13.4, 52.5], "list": [
+        _item(components={}), _item(dt=1740790800, components={"pm2_5": None})]},
+        "every component is null"),
+    "dt_overflows": ({"coord": [13.4, 52.5], "list": [_item(dt=1e300)]},
+                     "unreadable answer (OverflowError"),
 }
 
 
@@ -219,3 +230,24 @@ def test_without_open_meteo_weather_only_pollution_is_filled(server):
     assert result.frame["temperature_2m"].isna().all()
     assert_pollutants_match(result.frame, BERLIN)
     assert server.requests_to(ARCHIVE) == []
+
+
+def test_a_200_body_echoing_the_request_never_shows_the_key(server, caplog):
+    """The error is built while parsing (outside the HTTP client): it must be redacted too."""
+    caplog.set_level(logging.DEBUG)
+    echo = f"/data/2.5/air_pollution/history?lat=52.52&appid={KEY}"
+    server.script(f"{OWM}/history", Reply(200, {"coord": echo, "list": []}))
+    result = make_source(server).fetch([BERLIN, DELHI], ts("2025-03-01"), ts("2025-03-02"))
+    assert "'coord' must be" in result.failures["berlin"]
+    assert "appid=***" in result.failures["berlin"]
+    assert KEY not in result.failures["berlin"]
+    assert KEY not in caplog.text
+
+
+def test_a_snippet_cut_through_the_key_shows_no_part_of_it(server):
+    # the key starts 100 bytes in: a 120-byte snippet cut before redacting leaves its first half
+    body = "x" * 93 + "appid=" + KEY + " was not understood"
+    server.script(f"{OWM}/history", Reply(200, body))
+    result = make_source(server).fetch([BERLIN], ts("2025-03-01"), ts("2025-03-02"))
+    assert "body is not JSON" in result.failures["berlin"]
+    assert KEY[:8] not in result.failures["berlin"]
