@@ -33,7 +33,7 @@ from pipeline.core.validation import validate
 from pipeline.errors import IngestError
 from pipeline.io.metrics import StepRun
 from pipeline.io.sources import SourceStats, make_source
-from pipeline.io.sources.base import time_chunks
+from pipeline.io.sources.base import answered_without_data, time_chunks
 from pipeline.io.storage import (
     StateFileError,
     WriteReport,
@@ -312,12 +312,13 @@ class Ingestion:
         """Ingest every location from where it stopped up to ``end`` (the schedule's run).
 
         Each location resumes after the later of its newest stored hour and its catch-up cursor
-        (the end of the last window the provider answered for it, so a provider with no data for
-        a while cannot hold the schedule in the past). The window starts at the earliest resume
-        point of the batch (or ``interval_start`` if earlier: a backfill of a past hour) and
-        covers at most ``max_days`` (``source.max_catchup_days``): a longer gap is closed oldest
-        first over successive runs, never leaving a hole behind. A location with nothing stored
-        starts at ``source.start`` (or ``max_days`` before ``end`` if that is later).
+        (the end of the last window the provider answered for it, with or without values, so a
+        silent station cannot hold the schedule in the past), or at ``interval_start`` if that
+        is earlier (a backfill of a past hour). Locations resuming at the same hour are fetched
+        together; each window covers at most ``max_days`` (``source.max_catchup_days``): a
+        longer gap is closed oldest first over successive runs, never leaving a hole behind. A
+        location with nothing stored starts at ``source.start`` (or ``max_days`` before ``end``
+        if that is later).
         """
         end_ts = floor_hour(utc(end))
         locs = self.resolve_locations(locations)
@@ -328,41 +329,47 @@ class Ingestion:
             cursor = CatchUpCursor(self.ctx.paths.ingest_state_dir
                                    / f"catchup_{self.source.name}.json")
             through = cursor.read()
-            resume = {}
-            for loc in ids:
-                newest = newest_observation(self.ctx.paths.raw_dir, self.source.name, loc)
+            first = max(floor_hour(utc(self.ctx.params.source.start)), end_ts - bound)
+            groups: dict[pd.Timestamp, list[Location]] = {}
+            for loc in locs:
+                newest = newest_observation(self.ctx.paths.raw_dir, self.source.name, loc.id)
                 points = [t for t in (newest + HOUR if newest is not None else None,
-                                      through.get(loc)) if t is not None]
-                first = max(floor_hour(utc(self.ctx.params.source.start)), end_ts - bound)
-                resume[loc] = max(points) if points else first
-            start_ts = min(resume.values())
-            if interval_start is not None:
-                start_ts = min(start_ts, floor_hour(utc(interval_start)))
-            stop = min(end_ts, start_ts + bound)
-            report = IngestReport(self.source.name, start_ts, max(stop, start_ts))
+                                      through.get(loc.id)) if t is not None]
+                resume = max(points) if points else first
+                if interval_start is not None:
+                    resume = min(resume, floor_hour(utc(interval_start)))
+                groups.setdefault(resume, []).append(loc)
+            start_ts = min(groups)
+            report = IngestReport(self.source.name, start_ts, start_ts)
             tally = _Tally(ids)
-            if stop <= start_ts:
-                log.info("ingest %s: every location is stored up to %s; nothing to fetch",
-                         self.source.name, end_ts)
-            else:
+            days = report.chunk_days = self.chunk_days()
+            blocked: set[str] = set()
+
+            def advance(cid, chunk_end, todo, checked, failures):
+                # a location's cursor moves over contiguous chunks the provider answered (a
+                # silent station's "no data" answer included); an error stops it
+                blocked.update(loc for loc, err in failures.items()
+                               if not answered_without_data(err))
+                cursor.advance([loc.id for loc in todo if loc.id not in blocked], chunk_end)
+
+            for resume, group in sorted(groups.items()):
+                stop = min(end_ts, resume + bound)
+                report.end = max(report.end, stop)
+                names = [loc.id for loc in group]
+                if stop <= resume:
+                    log.info("ingest %s: %s stored up to %s; nothing to fetch", self.source.name,
+                             names, end_ts)
+                    continue
                 if stop < end_ts:
-                    note = (f"catch-up limited to {max_days} day(s) per run "
+                    note = (f"catch-up of {names} limited to {max_days} day(s) per run "
                             f"(source.max_catchup_days): stored up to {stop}; the "
                             f"{int((end_ts - stop) / HOUR)} hour(s) after it follow in the next "
                             "runs")
                     report.notes.append(note)
                     log.warning("ingest %s: %s", self.source.name, note)
-                log.info("ingest %s: %d hour(s) %s .. %s for %d location(s) (resume points: %s)",
-                         self.source.name, int((stop - start_ts) / HOUR), start_ts, stop,
-                         len(locs), ", ".join(f"{k} {v:%Y-%m-%dT%H}" for k, v in resume.items()))
-                blocked: set[str] = set()
-
-                def advance(cid, chunk_end, todo, checked, failures):
-                    # a location's cursor moves only over contiguous answered chunks
-                    blocked.update(failures)
-                    cursor.advance([loc.id for loc in todo if loc.id not in blocked], chunk_end)
-
-                self._chunks(locs, start_ts, stop, self.chunk_days(), "ingest", report, tally,
+                log.info("ingest %s: %d hour(s) %s .. %s for %s", self.source.name,
+                         int((stop - resume) / HOUR), resume, stop, names)
+                self._chunks(group, resume, stop, days, "ingest", report, tally,
                              progress=False, on_chunk=advance)
             self._finish(report, tally, ids, metrics)
             self._log_summary("ingest", report)

@@ -230,9 +230,11 @@ def test_retraining_two_ingestions_and_a_backfill_at_once_share_dvc_losing_nothi
     for a, b in combinations(spans, 2):
         assert a[1] <= b[0] or b[1] <= a[0], f"{a[2]} and {b[2]} ran DVC at the same time"
 
-    # no data lost: every hour of both locations stored, versioned and pushed. A triggered
-    # run ingests the hour before its logical date; a scheduled (backfill) interval starts at it.
-    expected = {pd.Timestamp(f"2025-03-01T{h:02d}:00", tz="UTC") for h in (2, 3, 5, 6)}
+    # no data lost, no hole: every hour of both locations from the end of the history to the
+    # last interval is stored, versioned and pushed. A triggered run ingests up to the hour
+    # before its logical date, a backfill interval [05:00, 06:00) up to its end; each run
+    # catches up from the newest stored hour, so the hours between them are filled too.
+    expected = set(pd.date_range("2025-03-01T00:00", "2025-03-01T06:00", freq="h", tz="UTC"))
     for loc in LOCATIONS:
         part = root / "data/raw/source=synthetic" / f"location={loc}" / "month=2025-03.parquet"
         assert set(pd.read_parquet(part, columns=["time"])["time"]) == expected, loc

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline.context import Context
-from pipeline.errors import PipelineError
+from pipeline.errors import IngestError, PipelineError
 from pipeline.io.ingestion import Ingestion
 from pipeline.io.storage import newest_observation, read_raw
 from pipeline.settings import Settings
@@ -66,7 +66,7 @@ def test_a_long_gap_is_closed_oldest_first_over_successive_runs(history, caplog)
     first = Ingestion(history).catch_up(end, max_days=2)
     assert (first.start, first.end) == (ts("2025-01-03"), ts("2025-01-05"))
     assert any("follow in the next runs" in note for note in first.notes)
-    assert "catch-up limited to 2 day(s)" in caplog.text
+    assert "limited to 2 day(s) per run" in caplog.text
     assert_no_hole(stored_hours(history, "berlin"), ts("2025-01-01"), ts("2025-01-05"))
     Ingestion(history).catch_up(end, max_days=2)
     last = Ingestion(history).catch_up(end, max_days=2)
@@ -96,13 +96,17 @@ def test_a_location_the_provider_has_no_data_for_does_not_hold_the_schedule_back
                             open_meteo_archive_url=server.url(ARCHIVE), http_timeout_s=5.0)
         ctx = Context.load(root, settings=settings)
         Ingestion(ctx).window()
-        Ingestion(ctx).catch_up(ts("2025-01-04"))
+        # Delhi fails the run (its station said nothing), Berlin is stored
+        with pytest.raises(IngestError, match="delhi: .*every value .* is null: no data"):
+            Ingestion(ctx).catch_up(ts("2025-01-04"))
         cursor = json.loads((ctx.paths.ingest_state_dir / "catchup_open_meteo.json").read_text())
         assert cursor["through"] == {"berlin": "2025-01-04T00:00:00+00:00",
                                      "delhi": "2025-01-04T00:00:00+00:00"}
         # the next run starts after the answered window, not back where Delhi went silent
-        report = Ingestion(ctx).catch_up(ts("2025-01-05"))
-        assert report.start == ts("2025-01-04")
+        server.requests.clear()
+        with pytest.raises(IngestError, match="delhi"):
+            Ingestion(ctx).catch_up(ts("2025-01-05"))
+        assert {r.query["start_date"] for r in server.requests} == {"2025-01-04"}
         assert_no_hole(stored_hours(ctx, "berlin"), ts("2025-01-01"), ts("2025-01-05"))
 
 

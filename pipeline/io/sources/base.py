@@ -15,6 +15,15 @@ if TYPE_CHECKING:
     from pipeline.config import Location
 
 
+NO_DATA = "no data"  # how a failure message ends when the provider answered, without values
+
+
+def answered_without_data(message: str) -> bool:
+    """True for a location failure where the provider answered but had no values (a silent
+    station), as opposed to an answer that never came or could not be read."""
+    return message.rstrip().endswith(NO_DATA)
+
+
 class SourceError(PipelineError):
     """A source could not deliver (after retries); the message names the provider's reason."""
 
