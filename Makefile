@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE :=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint stop clean lock
+.PHONY: help setup run test test-fast lint stop clean lock
 # the one command that writes requirements.lock (every pinned version, with hashes)
 LOCK_CMD := $(PY) -m uv pip compile pyproject.toml --extra dev --extra serving --extra airflow \
 	--generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
@@ -27,6 +27,9 @@ run: $(STAMP) ## set up, start the local stack and run the whole pipeline on the
 
 test: $(STAMP) ## set up and run the whole test suite (no network)
 	$(PY) -m pytest -m "not network" $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## pure logic and single steps, no services, no training (a minute or so)
+	$(PY) -m pytest -m "not network and not slow and not stack and not airflow" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .

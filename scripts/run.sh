@@ -30,8 +30,16 @@ step "summary"
 python -m pipeline summary
 if [ "${AQ_NO_SERVICES:-0}" != "1" ]; then
   echo
+  if [ "${AQ_NO_SCHEDULE:-0}" != "1" ]; then
+    # The DAGs start paused so that no scheduled run races this one; now the schedule takes
+    # over: the first hourly aq_ingest catches every location up from the last stored hour to
+    # now (source.max_catchup_days per run), and aq_predict then forecasts real upcoming hours.
+    step "handing over to the Airflow schedule (AQ_NO_SCHEDULE=1 keeps the DAGs paused)"
+    python -m pipeline.ops.airflow_local unpause
+  else
+    echo "The Airflow DAGs stay paused (AQ_NO_SCHEDULE=1). Hand over to the schedule with:"
+    echo "  .venv/bin/python -m pipeline.ops.airflow_local unpause"
+  fi
   python -m pipeline.ops status || true
-  echo "The Airflow DAGs start paused, so no scheduled run races this one. Hand over to the"
-  echo "schedule with: .venv/bin/python -m pipeline.ops.airflow_local unpause"
   echo "Stop the services with: make stop"
 fi

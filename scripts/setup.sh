@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-DEBIAN_PACKAGES=(prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter)
-BINARIES=(prometheus promtool prometheus-pushgateway prometheus-alertmanager amtool prometheus-node-exporter)
+DEBIAN_PACKAGES=(prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter
+  chromium)  # chromium: the browser checks of the UIs (Playwright drives it, nothing downloaded)
+BINARIES=(prometheus promtool prometheus-pushgateway prometheus-alertmanager amtool prometheus-node-exporter
+  chromium)
 
 apt_install() {
   if ! command -v apt-get >/dev/null; then

@@ -160,6 +160,7 @@ def write_generation(root: Path, value: float) -> None:
               pd.DataFrame({"location_id": "berlin", "time": times, "pm2_5": value}))
 
 
+@pytest.mark.slow
 def test_dvc_lock_records_the_data_preprocess_read_while_ingestion_writes(tmp_path, monkeypatch):
     """An ingestion writes raw partitions over and over while `dvc repro preprocess` runs.
 

@@ -99,6 +99,34 @@ def stop(paths: ProjectPaths) -> list[str]:
     return stopped
 
 
+def describe(info: dict[str, str], paths: ProjectPaths) -> list[str]:
+    """What a person opens: pages that exist in the Debian builds, no secret on the screen."""
+    lines = ["local services (127.0.0.1 only); `make stop` stops them:"]
+    prometheus = info.get("AQ_PROMETHEUS_URL")
+    if prometheus:  # Debian's Prometheus has only the classic UI: /alerts, /targets are 404
+        lines.append(f"  Prometheus alerts            {prometheus}/classic/alerts")
+        lines.append(f"  Prometheus targets           {prometheus}/classic/targets")
+        lines.append(f"  Prometheus queries           {prometheus}/classic/graph")
+    if info.get("AQ_ALERTMANAGER_URL"):  # Debian's Alertmanager has no web UI: API and amtool
+        lines.append(f"  Alertmanager (API, no UI)    amtool --alertmanager.url="
+                     f"{info['AQ_ALERTMANAGER_URL']} alert query")
+    if info.get("AQ_ALERTS_LOG"):
+        lines.append(f"  notified alerts              tail -f {info['AQ_ALERTS_LOG']}")
+    if info.get("AQ_RUNBOOK_URL"):
+        lines.append(f"  runbook (alerts link here)   {info['AQ_RUNBOOK_URL']}")
+    if info.get("AQ_PUSHGATEWAY_URL"):
+        lines.append(f"  Pushgateway                  {info['AQ_PUSHGATEWAY_URL']}")
+    if info.get("AQ_SERVING_URL"):
+        lines.append(f"  forecast API                 {info['AQ_SERVING_URL']}/docs")
+    if info.get("airflow UI"):
+        lines.append(f"  Airflow UI                   {info['airflow UI']}")
+        password_file = info.get("airflow password file", "the Airflow password file")
+        lines.append(f"  Airflow login                {info.get('airflow user', 'admin')}, "
+                     f"password: cat {password_file}")
+    lines.append(f"  every URL as env vars        source {paths.stack_dir / 'env'}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = ProjectPaths.discover()
     if args.command == "start":
         info = start(paths, with_airflow=not args.no_airflow)
-        print("local services (127.0.0.1 only); `make stop` stops them:")
-        for key, value in info.items():
-            if not key.endswith("_PORT"):
-                print(f"  {key:<28} {value}")
-        print(f"  env file                     {paths.stack_dir / 'env'}")
+        print("\n".join(describe(info, paths)))
     elif args.command == "stop":
         stopped = stop(paths)
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))

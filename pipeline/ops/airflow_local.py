@@ -254,7 +254,8 @@ def start(paths: ProjectPaths, ports: Ports, timeout: float = 120.0) -> dict[str
     return {
         "airflow UI": ports.url("airflow"),
         "airflow user": ADMIN_USER,
-        "airflow password": password,
+        "airflow password": password,  # for callers (tests); `make run` prints the file only
+        "airflow password file": str(password_file(paths)),
         "airflow metrics": f"{ports.url('airflow')}/admin/metrics/",
         "AIRFLOW_HOME": str(paths.airflow_home),
     }

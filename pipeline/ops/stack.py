@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from pipeline.ops import runbook
 from pipeline.ops.ports import Ports
 from pipeline.ops.services import ServiceManager
 from pipeline.paths import PACKAGE_ROOT, ProjectPaths
@@ -153,18 +154,32 @@ def write_configs(paths: ProjectPaths, ports: Ports, fast: bool = False,
     layout.pushgateway_persistence.parent.mkdir(parents=True, exist_ok=True)
     prom = render_prometheus(yaml.safe_load((configs / "prometheus.yml").read_text()), ports, fast)
     _write_yaml(layout.prometheus_config, prom)
-    rules_link = layout.prometheus_dir / "rules"
-    if rules_link.is_symlink() or rules_link.exists():
-        if rules_link.is_symlink() or rules_link.is_file():
-            rules_link.unlink()
-        else:
-            shutil.rmtree(rules_link)
-    rules_link.symlink_to((configs / "rules").resolve(), target_is_directory=True)
+    render_rules(configs / "rules", layout.prometheus_dir / "rules", runbook_base(ports))
     am = render_alertmanager(
         yaml.safe_load((configs / "alertmanager.yml").read_text()), ports, fast
     )
     _write_yaml(layout.alertmanager_config, am)
     return layout
+
+
+def runbook_base(ports: Ports) -> str:
+    """Where alerts' runbook links point: ``AQ_RUNBOOK_BASE_URL``, else the runbook page the
+    local webhook receiver serves."""
+    return os.environ.get("AQ_RUNBOOK_BASE_URL", "").strip().rstrip("/") or (
+        ports.url("webhook") + "/runbook")
+
+
+def render_rules(source: Path, target: Path, base: str) -> None:
+    """Copy the rule files with every runbook link on ``base`` (the committed files carry
+    :data:`pipeline.ops.runbook.DEFAULT_BASE`, right for the default ports)."""
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for path in sorted(source.glob("*.yml")):
+        text = path.read_text().replace(runbook.DEFAULT_BASE + "#", base + "#")
+        (target / path.name).write_text(text)
 
 
 def _write_yaml(path: Path, data: dict) -> None:
@@ -189,7 +204,7 @@ def commands(layout: StackLayout, ports: Ports, fast: bool = False) -> dict[str,
     """The command line of every service, bound to 127.0.0.1."""
     return {
         "webhook": [sys.executable, "-m", "pipeline.ops.webhook", "--port", str(ports.webhook),
-                    "--out", str(layout.alerts_log)],
+                    "--out", str(layout.alerts_log), "--runbook", str(runbook.RUNBOOK)],
         "alertmanager": [
             binary("alertmanager"),
             f"--config.file={layout.alertmanager_config}",
@@ -226,6 +241,7 @@ def urls(ports: Ports) -> dict[str, str]:
         "AQ_ALERTMANAGER_URL": ports.url("alertmanager"),
         "AQ_NODE_EXPORTER_URL": ports.url("node_exporter"),
         "AQ_ALERT_WEBHOOK_URL": ports.url("webhook"),
+        "AQ_RUNBOOK_URL": runbook_base(ports),
     }
 
 

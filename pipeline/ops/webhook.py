@@ -2,7 +2,9 @@
 
 The local stack routes all receivers here (one URL path per receiver, e.g.
 ``/critical``), so ``make run`` shows where alerts would go and tests can assert
-that an alert travelled Prometheus -> Alertmanager -> receiver.
+that an alert travelled Prometheus -> Alertmanager -> receiver. It also serves
+the runbook at ``/runbook`` (:mod:`pipeline.ops.runbook`), where every alert's
+``runbook_url`` points.
 
 ``python -m pipeline.ops.webhook --port 9095 --out .stack/alerts.jsonl``
 """
@@ -40,7 +42,8 @@ def iter_alerts(path: Path) -> Iterator[tuple[str, dict]]:
             yield note["receiver_path"], alert
 
 
-def make_server(port: int, out: Path, host: str = HOST) -> ThreadingHTTPServer:
+def make_server(port: int, out: Path, host: str = HOST,
+                runbook: Path | None = None) -> ThreadingHTTPServer:
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
 
@@ -54,7 +57,16 @@ def make_server(port: int, out: Path, host: str = HOST) -> ThreadingHTTPServer:
             self.wfile.write(data)
 
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
-            if self.path in ("/", "/healthz"):
+            if self.path.split("?")[0] in ("/runbook", "/runbook/"):
+                from pipeline.ops.runbook import RUNBOOK, page
+
+                data = page(runbook or RUNBOOK)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            elif self.path in ("/", "/healthz"):
                 self._reply(200, {"status": "ok", "out": str(out)})
             elif self.path == "/notifications":
                 self._reply(200, {"notifications": read_notifications(out)})
@@ -88,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file to append to")
+    parser.add_argument("--runbook", type=Path, default=None,
+                        help="the runbook served at /runbook (default: docs/runbook.md)")
     args = parser.parse_args(argv)
-    server = make_server(args.port, args.out)
+    server = make_server(args.port, args.out, runbook=args.runbook)
     print(f"alert webhook receiver on http://{HOST}:{args.port} -> {args.out}", flush=True)
     try:
         server.serve_forever()

@@ -117,7 +117,12 @@ def test_a_failing_step_fires_its_alert_through_alertmanager_to_the_receiver(obs
                              what="the webhook receiver to get PipelineStepFailing")[0]
     assert path == "/critical"  # routed by severity
     assert alert["labels"]["severity"] == "critical"
-    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#pipelinestepfailing"
+    # the runbook link is absolute and opens on its section in a real browser
+    url = alert["annotations"]["runbook_url"]
+    assert url == f"{observed_run.stack.info['AQ_RUNBOOK_URL']}#pipelinestepfailing"
+    heading = open_in_browser(url, "#pipelinestepfailing")
+    assert heading["text"] == "PipelineStepFailing"
+    assert heading["in_view"]
 
     # fixed and re-run: the metric recovers, the last failure is kept, the alert resolves
     observed_run.step("evaluate")
@@ -126,6 +131,27 @@ def test_a_failing_step_fires_its_alert_through_alertmanager_to_the_receiver(obs
         f'aq_step_last_failure_timestamp_seconds{{job="{JOB}",step="evaluate"}}')
     wait_until(lambda: delivered("resolved"), timeout=60,
                what="the webhook receiver to get the resolution")
+
+
+def open_in_browser(url: str, selector: str) -> dict:
+    """Open ``url`` in Debian's Chromium (Playwright, nothing downloaded); the element's text
+    and whether the page scrolled it into view."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.goto(url, timeout=30_000)
+            element = page.locator(selector)
+            return {"text": element.inner_text(timeout=10_000),
+                    "in_view": element.evaluate(
+                        "e => { const r = e.getBoundingClientRect();"
+                        " return r.top >= 0 && r.top < window.innerHeight; }")}
+        finally:
+            browser.close()
 
 
 def test_unhealthy_forecasts_and_only_those_reach_the_air_quality_receiver(observed_run):

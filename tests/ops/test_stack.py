@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.ops.services import ServiceManager, _group_members
 from pipeline.ops.webhook import iter_alerts
+from pipeline.paths import ProjectPaths
 from tests.monitoring import free_ports, http_json, prom_query, running_stack, wait_until
 
 pytestmark = pytest.mark.stack
@@ -218,3 +219,22 @@ def test_a_port_taken_by_someone_else_is_a_clear_error_and_nothing_is_left(tmp_p
             stack.start(paths, ports, fast=True, configs=REPO / "prometheus")
     manager = ServiceManager(paths.stack_dir)
     assert manager.names() == []  # what it had started before the error is stopped again
+
+
+def test_what_make_run_prints_exists_in_the_debian_builds_and_shows_no_secret(tmp_path):
+    """Debian's Prometheus has only /classic/* pages and its Alertmanager no web UI at all;
+    the Airflow password stays in its 0600 file, off the screen (and CI logs)."""
+    from pipeline.ops.__main__ import describe
+
+    info = {"AQ_PROMETHEUS_URL": "http://127.0.0.1:9090",
+            "AQ_ALERTMANAGER_URL": "http://127.0.0.1:9093",
+            "AQ_RUNBOOK_URL": "http://127.0.0.1:9095/runbook",
+            "airflow UI": "http://127.0.0.1:8080", "airflow user": "admin",
+            "airflow password": "s3cret-Pa55", "airflow password file": "/p/.airflow/pw"}
+    text = "\n".join(describe(info, ProjectPaths(tmp_path)))
+    assert "http://127.0.0.1:9090/classic/alerts" in text
+    assert "http://127.0.0.1:9090/classic/targets" in text
+    assert "amtool --alertmanager.url=http://127.0.0.1:9093 alert query" in text
+    assert "http://127.0.0.1:9093\n" not in text + "\n"  # no bare link to a page that is not there
+    assert "cat /p/.airflow/pw" in text
+    assert "s3cret-Pa55" not in text

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.ops import stack
+from pipeline.ops import runbook, stack
 from pipeline.ops.ports import Ports
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def test_every_alert_has_severity_annotations_and_a_runbook_section():
         assert rule["labels"].get("category") in {"pipeline", "model", "infra", "air_quality"}
         assert REQUIRED_ANNOTATIONS <= set(rule["annotations"]), rule["alert"]
         url = rule["annotations"]["runbook_url"]
-        assert url == f"docs/runbook.md#{rule['alert'].lower()}", url
+        assert url == f"{runbook.DEFAULT_BASE}#{rule['alert'].lower()}", url
         assert url.split("#")[1] in anchors, f"no runbook section for {rule['alert']}"
 
 

@@ -25,6 +25,8 @@ from pipeline.steps import (
 )
 from tests.conftest import make_project, write_params
 
+pytestmark = pytest.mark.slow  # trains models
+
 
 def reload(root, overrides=None) -> Context:
     if overrides is not None:
