@@ -171,15 +171,6 @@ def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_bytes(path, parquet_bytes(frame))
 
 
-def read_json(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        if default is not None:
-            return default
-        raise
-
-
 # ---------------------------------------------------------------- raw partitions
 
 
@@ -470,7 +461,6 @@ __all__ = [
     "raw_files",
     "raw_read_lock",
     "raw_write_lock",
-    "read_json",
     "read_state_json",
     "stored_times",
     "read_partition",
