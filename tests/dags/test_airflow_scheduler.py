@@ -269,8 +269,14 @@ def test_airflow_metrics_are_exported_for_prometheus(local_airflow, api):
     assert value("airflow_dag_status", dag_id="aq_retrain", status="success") == 1
     assert value("airflow_dag_status", dag_id="aq_ingest", status="success") == 4
     assert value("airflow_dag_last_status", dag_id="aq_retrain", status="success") == 1
-    assert value("airflow_task_status", dag_id="aq_ingest", task_id="data_version",
-                 status="success") == 4
+    # each run versions the data; a run whose hours an earlier run already caught up stores
+    # nothing new and skips its Asset event (no aq_predict for nothing)
+    versioned = value("airflow_task_status", dag_id="aq_ingest", task_id="data_version",
+                      status="success")
+    skipped = value("airflow_task_status", dag_id="aq_ingest", task_id="data_version",
+                    status="skipped") or 0
+    assert versioned >= 1
+    assert versioned + skipped == 4
     assert value("airflow_task_status", dag_id="aq_retrain", task_id="train",
                  status="failed") is None
 
