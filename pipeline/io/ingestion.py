@@ -83,6 +83,7 @@ class IngestReport:
     chunk_days: int = 0
     chunk_failures: dict[str, dict[str, str]] = field(default_factory=dict)  # chunk -> loc -> err
     notes: list[str] = field(default_factory=list)
+    catching_up: list[str] = field(default_factory=list)  # still behind after this run
 
     @property
     def ok(self) -> bool:
@@ -111,6 +112,7 @@ class IngestReport:
             "rows_valid": self.rows_valid,
             "chunks": self.chunks_fetched,
             "notes": list(self.notes),
+            "catching_up": list(self.catching_up),
             "stats": {
                 "requests": dict(self.stats.requests),
                 "responses": [[p, c, n] for (p, c), n in self.stats.responses.items()],
@@ -366,6 +368,7 @@ class Ingestion:
                             f"{int((end_ts - stop) / HOUR)} hour(s) after it follow in the next "
                             "runs")
                     report.notes.append(note)
+                    report.catching_up.extend(names)
                     log.warning("ingest %s: %s", self.source.name, note)
                 log.info("ingest %s: %d hour(s) %s .. %s for %s", self.source.name,
                          int((stop - resume) / HOUR), resume, stop, names)
@@ -576,10 +579,16 @@ def check_run(ctx: Context, summaries: Sequence[dict[str, Any]], start, end, *,
         )
     end_ts = utc(end)
     silent_from = end_ts - pd.Timedelta(hours=max_silent_hours)
+    # a location still catching up a long gap is behind, not silent: it continues next run
+    catching_up = sorted({loc for s in summaries for loc in s.get("catching_up", [])})
+    if catching_up:
+        log.warning("still catching up %s: the recent hours follow in the next runs (their "
+                    "forecasts are withheld until then)", catching_up)
     silent = [
         loc for loc in expected
-        if not any(stored_hours(ctx.paths.raw_dir, src, loc, silent_from, end_ts)
-                   for src in sources)
+        if loc not in catching_up
+        and not any(stored_hours(ctx.paths.raw_dir, src, loc, silent_from, end_ts)
+                    for src in sources)
     ]
     if silent:
         problems.append(
@@ -593,6 +602,7 @@ def check_run(ctx: Context, summaries: Sequence[dict[str, Any]], start, end, *,
         "files_written": sum(s["files_written"] for s in summaries),
         "changed": any(s["files_written"] for s in summaries),
         "notes": [n for s in summaries for n in s.get("notes", [])],
+        "catching_up": catching_up,
     }
     if problems:
         raise IngestError(

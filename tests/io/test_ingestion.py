@@ -126,3 +126,22 @@ def test_a_backfill_of_a_past_hour_fetches_that_hour_only(history):
                                          interval_start=ts("2025-01-02T05:00"))
     assert (report.start, report.end) == (ts("2025-01-02T05:00"), ts("2025-01-02T06:00"))
     assert not report.changed  # the same rows again: nothing new stored
+
+
+def test_a_run_still_catching_up_is_behind_not_silent(history):
+    """The quality gate fails a silent location, not one the bounded catch-up has yet to reach."""
+    from pipeline.io.ingestion import check_run
+
+    end = ts("2025-01-08T00:00")
+    report = Ingestion(history).catch_up(end, max_days=2)
+    assert sorted(report.catching_up) == ["berlin", "delhi"]
+    result = check_run(history, [report.to_json()], end - pd.Timedelta(hours=1), end,
+                       max_silent_hours=6, max_quarantine_share=0.5)
+    assert result["catching_up"] == ["berlin", "delhi"]
+    # caught up, then nothing for half a day: silent, a failure again
+    done = Ingestion(history).catch_up(end, max_days=10)
+    assert done.catching_up == []
+    later = end + pd.Timedelta(hours=13)
+    with pytest.raises(IngestError, match=r"no stored observation for \['berlin', 'delhi'\]"):
+        check_run(history, [done.to_json()], later - pd.Timedelta(hours=1), later,
+                  max_silent_hours=6, max_quarantine_share=0.5)
