@@ -10,6 +10,7 @@ import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 class Secret:
@@ -79,6 +80,9 @@ class Settings:
     openweathermap_url: str = "https://api.openweathermap.org/data/2.5/air_pollution"
     # "plain": no timestamp on log lines (a task log that stamps each line itself)
     log_format: str = "timestamped"
+    # one rate limit per provider for every process sharing this Redis (Celery workers);
+    # unset: per process. The Airflow scale-out profile sets it (pipeline/ops/airflow_celery.py)
+    rate_limit_redis_url: Secret = field(default_factory=lambda: Secret(""))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -103,8 +107,11 @@ class Settings:
             or defaults.open_meteo_archive_url,
             openweathermap_url=env.get("AQ_OPENWEATHERMAP_URL") or defaults.openweathermap_url,
             log_format="plain" if env.get("AQ_LOG_FORMAT") == "plain" else defaults.log_format,
+            rate_limit_redis_url=Secret(env.get("AQ_RATE_LIMIT_REDIS_URL", "")),
         )
         register_secret(settings.openweathermap_api_key)
+        register_secret(settings.rate_limit_redis_url)
+        register_secret(urlsplit(settings.rate_limit_redis_url.reveal()).password)
         return settings
 
 

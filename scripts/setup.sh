@@ -35,6 +35,22 @@ for svc in prometheus prometheus-pushgateway prometheus-alertmanager prometheus-
     systemctl stop "$svc" || true
   fi
 done
+# PostgreSQL and Redis for the Airflow scale-out profile (AQ_AIRFLOW_PROFILE=celery, docs/airflow.md);
+# Debian keeps PostgreSQL's binaries in /usr/lib/postgresql/<version>/bin, off PATH. The project
+# runs its own instances under .stack/ on 127.0.0.1: a system instance this installation started
+# is stopped again (one that was there before is left alone).
+scaleout=()
+command -v postgres >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null \
+  || scaleout+=(postgresql)
+command -v redis-server >/dev/null || scaleout+=(redis-server)
+if [ ${#scaleout[@]} -gt 0 ]; then
+  apt_install "${scaleout[@]}"
+  for svc in "${scaleout[@]}"; do
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+      systemctl stop "$svc" || true
+    fi
+  done
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then

@@ -1,10 +1,13 @@
 """``python -m pipeline.ops start|stop|status``: the local services of ``make run``.
 
 ``start`` brings up the monitoring stack (Pushgateway, Prometheus, Alertmanager,
-node exporter, the alert webhook receiver), then Airflow when
-``pipeline/ops/airflow_local.py`` exists; it is idempotent (running services
-are left alone). It writes ``.stack/env`` (``export`` lines: AQ_PUSHGATEWAY_URL,
-the AQ_*_PORT values, ...) for ``make run`` to source, and prints the URLs.
+node exporter, the alert webhook receiver), then Airflow of the profile
+``AQ_AIRFLOW_PROFILE`` names: ``local`` (default: SQLite + LocalExecutor,
+``pipeline/ops/airflow_local.py``) or ``celery`` (PostgreSQL + CeleryExecutor
+with two workers, ``pipeline/ops/airflow_celery.py``); it is idempotent (running
+services are left alone) and refuses to start one profile over the other. It
+writes ``.stack/env`` (``export`` lines: AQ_PUSHGATEWAY_URL, the AQ_*_PORT
+values, ...) for ``make run`` to source, and prints the URLs.
 ``stop`` stops exactly what ``start`` started (the pid files in ``.stack/``).
 """
 
@@ -28,14 +31,26 @@ log = logging.getLogger("pipeline.ops")
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
-def _airflow() -> ModuleType | None:
-    """The Airflow engineer's module, if it exists yet."""
+def _ops_module(name: str) -> ModuleType | None:
+    """``pipeline.ops.<name>`` if that module exists."""
     try:
-        return importlib.import_module("pipeline.ops.airflow_local")
+        return importlib.import_module(f"pipeline.ops.{name}")
     except ModuleNotFoundError as exc:
-        if exc.name != "pipeline.ops.airflow_local":
+        if exc.name != f"pipeline.ops.{name}":
             raise
         return None
+
+
+def _airflow(paths: ProjectPaths) -> ModuleType | None:
+    """The module starting the Airflow of the configured profile (AQ_AIRFLOW_PROFILE)."""
+    local, celery = _ops_module("airflow_local"), _ops_module("airflow_celery")
+    if local is None:
+        return None
+    if celery is not None:
+        celery.check_profile(paths, celery.profile())  # not one profile over the other
+        if celery.profile() == "celery":
+            return celery
+    return local
 
 
 def ports_file(paths: ProjectPaths):
@@ -75,7 +90,7 @@ def start(paths: ProjectPaths, with_airflow: bool = True) -> dict[str, str]:
     ports_file(paths).write_text(json.dumps(asdict(ports)))
     info: dict[str, str] = dict(ports.env())
     info.update(stack.start(paths, ports))
-    airflow = _airflow() if with_airflow else None
+    airflow = _airflow(paths) if with_airflow else None
     if airflow is not None:
         info.update({str(k): str(v) for k, v in (airflow.start(paths, ports) or {}).items()})
     write_env(paths, info)
@@ -83,7 +98,8 @@ def start(paths: ProjectPaths, with_airflow: bool = True) -> dict[str, str]:
 
 
 def stop(paths: ProjectPaths) -> list[str]:
-    airflow = _airflow()
+    # the scale-out profile's stop covers both profiles' parts
+    airflow = _ops_module("airflow_celery") or _ops_module("airflow_local")
     failure: Exception | None = None
     if airflow is not None:
         try:

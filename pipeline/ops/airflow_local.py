@@ -24,6 +24,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.ops.ports import Ports
@@ -44,7 +45,10 @@ PINNED = {
     ("database", "sql_alchemy_conn"), ("api", "host"), ("api", "port"), ("api", "base_url"),
     ("api_auth", "jwt_secret"), ("core", "simple_auth_manager_passwords_file"),
     ("core", "execution_api_server_url"), ("logging", "base_log_folder"),
+    # the scale-out profile's (pipeline/ops/airflow_celery.py)
+    ("celery", "broker_url"), ("celery", "result_backend"), ("core", "hostname_callable"),
 }
+Overrides = Mapping[str, Mapping[str, str]]  # section -> key -> value, on top of settings()
 
 
 class AirflowError(RuntimeError):
@@ -109,12 +113,17 @@ def _kept_secrets(cfg_path: Path) -> tuple[str, str]:
     return jwt_secret, fernet_key
 
 
-def settings(paths: ProjectPaths, ports: Ports) -> dict[str, dict[str, str]]:
-    """Every airflow.cfg value this project sets, by section (secrets included)."""
+def settings(paths: ProjectPaths, ports: Ports, overrides: Overrides | None = None
+             ) -> dict[str, dict[str, str]]:
+    """Every airflow.cfg value this project sets, by section (secrets included).
+
+    ``overrides`` replace or add values (the scale-out profile's executor,
+    database and broker).
+    """
     home = paths.airflow_home
     base_url = ports.url("airflow")
     jwt_secret, fernet_key = _kept_secrets(home / "airflow.cfg")
-    return {
+    values = {
         "core": {
             "dags_folder": str(dags_folder(paths)),
             "load_examples": "False",
@@ -140,14 +149,17 @@ def settings(paths: ProjectPaths, ports: Ports) -> dict[str, dict[str, str]]:
         "dag_processor": {"refresh_interval": "60"},
         "triggerer": {"capacity": "50"},
     }
+    for section, extra in (overrides or {}).items():
+        values.setdefault(section, {}).update(extra)
+    return values
 
 
-def write_config(paths: ProjectPaths, ports: Ports) -> Path:
-    """Write ``.airflow/airflow.cfg`` (0600: it holds the JWT secret and Fernet key)."""
+def write_config(paths: ProjectPaths, ports: Ports, overrides: Overrides | None = None) -> Path:
+    """Write ``.airflow/airflow.cfg`` (0600: it holds the JWT secret, Fernet key, DB password)."""
     home = paths.airflow_home
     home.mkdir(parents=True, exist_ok=True)
     parser = configparser.ConfigParser(interpolation=None)
-    for section, values in settings(paths, ports).items():
+    for section, values in settings(paths, ports, overrides).items():
         parser[section] = values
     target = home / "airflow.cfg"
     tmp = target.with_suffix(".cfg.tmp")
@@ -159,8 +171,8 @@ def write_config(paths: ProjectPaths, ports: Ports) -> Path:
     return target
 
 
-def service_env(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = False
-                ) -> dict[str, str]:
+def service_env(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = False,
+                extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment of every Airflow part and of the tasks it runs.
 
     Inherited ``AIRFLOW__*`` values for the pinned settings are dropped (a shell
@@ -180,6 +192,7 @@ def service_env(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = F
         "DVC_NO_ANALYTICS": "1",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         **ports.env(),
+        **(extra or {}),
     })
     return env
 
@@ -192,12 +205,13 @@ def _airflow_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float
         raise AirflowError(f"`airflow {' '.join(args)}` failed ({proc.returncode}):\n{tail}")
 
 
-def prepare(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = False
+def prepare(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = False,
+            overrides: Overrides | None = None, extra_env: Mapping[str, str] | None = None
             ) -> dict[str, str]:
     """Config, password file, database schema and the one-slot ``dvc`` pool; the service env."""
-    write_config(paths, ports)
+    write_config(paths, ports, overrides)
     ensure_password_file(paths)
-    env = service_env(paths, ports, keep_airflow_env=keep_airflow_env)
+    env = service_env(paths, ports, keep_airflow_env=keep_airflow_env, extra=extra_env)
     _airflow_cli(["db", "migrate"], env, paths.root)
     name, slots, description = DVC_POOL
     _airflow_cli(["pools", "set", name, str(slots), description], env, paths.root)
@@ -228,20 +242,30 @@ def admin_password(paths: ProjectPaths, timeout: float = 30.0) -> str:
             time.sleep(0.2)
 
 
-def start(paths: ProjectPaths, ports: Ports, timeout: float = 120.0) -> dict[str, str]:
-    """Start the parts that are not running; return what to print (URL, admin login)."""
+def start(paths: ProjectPaths, ports: Ports, timeout: float = 120.0, *,
+          overrides: Overrides | None = None, extra_env: Mapping[str, str] | None = None,
+          extra_parts: Mapping[str, tuple[list[str], Mapping[str, str]]] | None = None,
+          ) -> dict[str, str]:
+    """Start the parts that are not running; return what to print (URL, admin login).
+
+    The scale-out profile (:mod:`pipeline.ops.airflow_celery`) passes its
+    config ``overrides``, environment for every part and its ``extra_parts``
+    (name -> command and own environment: the Celery workers), started last.
+    """
     manager = ServiceManager(paths.stack_dir)
-    env = prepare(paths, ports)
+    env = prepare(paths, ports, overrides=overrides, extra_env=extra_env)
+    parts = {name: (cmd, env) for name, cmd in commands(ports).items()}
+    parts.update({name: (cmd, {**env, **own}) for name, (cmd, own) in (extra_parts or {}).items()})
     started: list[str] = []
     try:
-        for name, cmd in commands(ports).items():
+        for name, (cmd, part_env) in parts.items():
             if not manager.is_running(name):
-                manager.start(name, cmd, env=env, cwd=paths.root)
+                manager.start(name, cmd, env=part_env, cwd=paths.root)
                 started.append(name)
             if name == "airflow-api-server":
                 manager.wait_for_http(f"{ports.url('airflow')}/api/v2/monitor/health",
                                       timeout=timeout, name=name)
-        for name in SERVICES:  # the others have no port: make sure they did not die at once
+        for name in parts:  # the others have no port: make sure they did not die at once
             time.sleep(0.5 if name in started else 0)
             if not manager.is_running(name):
                 raise ServiceError(f"{name} exited at start; log {manager.log_file(name)}:\n"
@@ -334,12 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     paths = ProjectPaths.discover()
     try:
         if args.command == "prepare":
-            # the containers' AIRFLOW__* settings win (e.g. a PostgreSQL database)
-            prepare(paths, Ports.from_env(), keep_airflow_env=True)
-            print(f"prepared {paths.airflow_home} (config, database, pool {DVC_POOL[0]!r})")
+            from pipeline.ops import airflow_celery
+
+            # the containers' AIRFLOW__* settings win; AQ_AIRFLOW_PROFILE=celery writes the
+            # scale-out profile's (PostgreSQL, CeleryExecutor, Redis broker)
+            celery = airflow_celery.profile() == "celery"
+            (airflow_celery.prepare if celery else prepare)(paths, Ports.from_env(),
+                                                           keep_airflow_env=True)
+            print(f"prepared {paths.airflow_home} (config, database, pool {DVC_POOL[0]!r}"
+                  f"{', CeleryExecutor' if celery else ''})")
             return 0
         dag_ids = set_paused(paths, paused=args.command == "pause")
-    except AirflowError as exc:
+    except (AirflowError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{args.command}d: {', '.join(dag_ids)}")

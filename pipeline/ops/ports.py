@@ -23,6 +23,8 @@ class Ports:
     node_exporter: int = 9100
     airflow: int = 8080  # Airflow api-server
     serving: int = 8000  # the forecast serving app
+    postgres: int = 5432  # Airflow's metadata database in the scale-out profile (airflow_celery)
+    redis: int = 6379  # Celery broker and shared rate limits in the scale-out profile
     host: str = HOST
 
     @staticmethod

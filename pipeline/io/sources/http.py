@@ -18,6 +18,10 @@ hold a step longer or grow it bigger):
 * a body that does not decode (not JSON, nested too deep) is a
   :class:`ResponseFormatError`, which the sources turn into a failure of the
   locations of that request, never of the step.
+
+The rate limit is per process by default; with ``AQ_RATE_LIMIT_REDIS_URL`` set
+(the Airflow scale-out profile sets it for every worker) it is one budget per
+provider for every process on every machine sharing that Redis.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -45,8 +50,8 @@ from pipeline.settings import Secret
 log = logging.getLogger(__name__)
 
 __all__ = ["REDACTED", "HttpClient", "HttpSourceError", "ProviderRejected", "RateLimiter",
-           "ResponseFormatError", "ResponseTooLarge", "RetriesExhausted", "RetryPolicy",
-           "redact", "register_secret"]
+           "RateLimitUnavailable", "ResponseFormatError", "ResponseTooLarge", "RetriesExhausted",
+           "RetryPolicy", "SharedRateLimiter", "redact", "register_secret"]
 USER_AGENT = "aq-forecast/0.1 (+https://github.com/; ingestion)"
 
 
@@ -119,16 +124,118 @@ class RateLimiter:
         return wait
 
 
-_LIMITERS: dict[tuple[str, float], RateLimiter] = {}
+class RateLimitUnavailable(HttpSourceError):
+    """The shared rate limit could not be consulted, or its queue is too long: no request sent."""
+
+    def __init__(self, message: str, *, provider: str) -> None:
+        super().__init__(message, provider=provider, retryable=True)
+
+
+# Reserve the next free slot of a provider: the same schedule as RateLimiter, kept in Redis
+# and timed by Redis's clock (one clock for every machine). Returns the wait in microseconds,
+# or -1 without reserving when the slot is more than max_wait away.
+_RESERVE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local nxt = tonumber(redis.call('GET', KEYS[1]) or '0')
+local start = math.max(now, nxt)
+if start - now > tonumber(ARGV[2]) then
+  return -1
+end
+redis.call('SET', KEYS[1], string.format('%d', start + interval), 'PX',
+           math.floor((start + interval - now) / 1000) + 60000)
+return start - now
+"""
+
+
+def _shown_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class SharedRateLimiter:
+    """At most ``rate`` request starts per second for everyone sharing a Redis key.
+
+    Each ``acquire`` reserves the next free slot (``1/rate`` after the previous
+    one) in one atomic script call, then sleeps until it: the budget holds for
+    every process and machine of a deployment (all Celery workers), not per
+    process. A slot further away than ``max_wait_s`` is not reserved, and an
+    unreachable Redis is not guessed around: both raise
+    :class:`RateLimitUnavailable` and no request is sent.
+    """
+
+    def __init__(self, url: Secret | str, provider: str, rate: float, *,
+                 max_wait_s: float = DEFAULT_TOTAL_S, timeout_s: float = 5.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        try:
+            import redis
+        except ImportError:
+            raise RateLimitUnavailable(
+                "AQ_RATE_LIMIT_REDIS_URL is set but the redis package is missing: install the "
+                "airflow extra (`make setup` does)", provider=provider) from None
+        value = url.reveal() if isinstance(url, Secret) else url
+        self.provider = provider
+        self.key = f"aq:rate:{provider}"
+        self.interval_us = max(1, round(1_000_000 / rate))
+        self.max_wait_s = max_wait_s
+        self.shown_url = _shown_url(value)
+        self._password = urlsplit(value).password or ""
+        self._sleep = sleep
+        self._errors = (redis.RedisError, OSError)
+        try:
+            self._redis = redis.Redis.from_url(value, socket_timeout=timeout_s,
+                                               socket_connect_timeout=timeout_s)
+        except ValueError as exc:
+            raise RateLimitUnavailable(
+                f"AQ_RATE_LIMIT_REDIS_URL is not a Redis URL ({type(exc).__name__})",
+                provider=provider) from None
+        self._reserve = self._redis.register_script(_RESERVE_SLOT)
+
+    def acquire(self) -> float:
+        """Wait for the next shared slot; return the seconds waited."""
+        try:
+            wait_us = int(self._reserve(keys=[self.key],
+                                        args=[self.interval_us, round(self.max_wait_s * 1e6)]))
+        except self._errors as exc:
+            raise RateLimitUnavailable(
+                f"{self.provider}: shared rate limit at {self.shown_url} unavailable "
+                f"({type(exc).__name__}: {redact(str(exc), [self._password])[:200]}); "
+                "no request sent",
+                provider=self.provider) from None
+        if wait_us < 0:
+            raise RateLimitUnavailable(
+                f"{self.provider}: the shared rate limit has no free slot within "
+                f"{self.max_wait_s:g} s (too many requests queued deployment-wide); "
+                "no request sent", provider=self.provider)
+        wait = wait_us / 1e6
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
+_LIMITERS: dict[tuple[str, float, str, float], RateLimiter | SharedRateLimiter] = {}
 _LIMITERS_LOCK = threading.Lock()
 
 
-def limiter_for(provider: str, rate: float) -> RateLimiter:
-    """The process-wide limiter of a provider, so separate source objects share one budget."""
+def limiter_for(provider: str, rate: float, shared_url: Secret | str | None = None,
+                max_wait_s: float = DEFAULT_TOTAL_S) -> RateLimiter | SharedRateLimiter:
+    """The limiter of a provider, made once per process so separate source objects share
+    one budget: in Redis when ``shared_url`` is given (every worker shares it; a slot more
+    than ``max_wait_s`` away is refused), else local."""
+    url = shared_url.reveal() if isinstance(shared_url, Secret) else (shared_url or "")
     with _LIMITERS_LOCK:
-        key = (provider, float(rate))
+        key = (provider, float(rate), url, float(max_wait_s) if url else 0.0)
         if key not in _LIMITERS:
-            _LIMITERS[key] = RateLimiter(rate)
+            _LIMITERS[key] = (SharedRateLimiter(url, provider, rate, max_wait_s=max_wait_s)
+                              if url else RateLimiter(rate))
         return _LIMITERS[key]
 
 
@@ -315,10 +422,11 @@ class HttpClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
-        limiter: RateLimiter | None = None,
+        limiter: RateLimiter | SharedRateLimiter | None = None,
         limiter_key: str | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         total_s: float = DEFAULT_TOTAL_S,
+        shared_limit_url: Secret | str | None = None,
     ) -> None:
         self.provider = provider
         self.timeout_s = float(timeout_s)
@@ -332,7 +440,9 @@ class HttpClient:
         self.session.mount("https://", adapter)
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._limiter = limiter or limiter_for(limiter_key or provider, requests_per_second)
+        # a shared slot further away than the request's whole budget is refused, not waited for
+        self._limiter = limiter or limiter_for(limiter_key or provider, requests_per_second,
+                                               shared_limit_url, max_wait_s=self.total_s)
         self._secrets = []
         for secret in secrets:
             register_secret(secret)

@@ -216,6 +216,7 @@ class OpenMeteoSource:
             max_bytes=settings.http_max_bytes,
             retry=RetryPolicy.of(config),
             requests_per_second=config.requests_per_second,
+            shared_limit_url=settings.rate_limit_redis_url,
             session=session,
             sleep=sleep,
         )

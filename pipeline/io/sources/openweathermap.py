@@ -138,6 +138,7 @@ class OpenWeatherMapSource:
             max_bytes=settings.http_max_bytes,
             retry=RetryPolicy.of(config),
             requests_per_second=config.requests_per_second,
+            shared_limit_url=settings.rate_limit_redis_url,
             secrets=[self._key],
             session=session,
             sleep=sleep,

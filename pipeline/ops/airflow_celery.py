@@ -1,0 +1,609 @@
+"""The scale-out profile: Airflow on PostgreSQL + CeleryExecutor with two workers, on 127.0.0.1.
+
+``AQ_AIRFLOW_PROFILE=celery make run`` (or ``python -m pipeline.ops start`` with
+that variable) starts, next to the monitoring stack and under the same service
+manager (pid files and logs in ``.stack/``):
+
+- PostgreSQL (Debian's binaries) with its cluster in ``.stack/postgres/data``,
+  listening on ``127.0.0.1:$AQ_POSTGRES_PORT``; its unix socket sits in the data
+  directory (mode 0700), the only place the superuser may log in without a
+  password. PostgreSQL refuses to run as root: then it runs as the ``postgres``
+  user (the Debian package creates it), which must be able to enter the project.
+  Airflow logs in over TCP as ``airflow`` with a SCRAM password;
+- Redis on ``127.0.0.1:$AQ_REDIS_PORT`` with a password (config ``.stack/redis/
+  redis.conf``, 0600): database 0 is Celery's broker, database 1 holds the
+  providers' shared rate limits (:class:`pipeline.io.sources.http.SharedRateLimiter`);
+- the four Airflow parts of :mod:`pipeline.ops.airflow_local`, with the
+  CeleryExecutor, and two Celery workers ``worker1`` and ``worker2`` (no log
+  server: the API server reads the task logs from the shared ``.airflow/logs``).
+  A task instance's ``hostname`` names its worker (``worker1@<host>``).
+
+The passwords are generated once into ``.stack/secrets/`` (0600 files in a 0700
+directory) and reach Airflow only through ``.airflow/airflow.cfg`` (0600) and
+the environment of its processes, never a command line. ``AQ_POSTGRES_PASSWORD``
+and ``AQ_REDIS_PASSWORD`` replace the files where the database and broker are
+not started here (docker-compose's ``celery`` profile).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.ops import airflow_local
+from pipeline.ops.ports import Ports
+from pipeline.ops.services import ServiceError, ServiceManager
+from pipeline.paths import ProjectPaths
+
+log = logging.getLogger(__name__)
+
+PROFILE_ENV = "AQ_AIRFLOW_PROFILE"
+PROFILES = ("local", "celery")  # local: SQLite + LocalExecutor (make run's default)
+WORKER_ENV = "AQ_CELERY_WORKER"  # the worker's name, for worker_hostname()
+WORKERS = ("worker1", "worker2")
+WORKER_CONCURRENCY = 2  # task processes per worker; [core] parallelism caps the whole
+DB_NAME = DB_USER = "airflow"
+SUPERUSER = "postgres"
+BROKER_DB, RATE_LIMIT_DB = 0, 1  # Redis databases
+POSTGRES, REDIS = "postgres", "redis"  # service names
+PASSWORD_ENV = {POSTGRES: "AQ_POSTGRES_PASSWORD", REDIS: "AQ_REDIS_PASSWORD"}
+RATE_LIMIT_ENV = "AQ_RATE_LIMIT_REDIS_URL"  # read by pipeline/settings.py
+MAX_SOCKET_PATH = 107  # sun_path
+
+
+class ScaleOutError(airflow_local.AirflowError):
+    """The scale-out profile cannot start: a binary, user, directory or service is missing."""
+
+
+def profile(env: Mapping[str, str] | None = None) -> str:
+    """``AQ_AIRFLOW_PROFILE``: ``local`` (default) or ``celery``."""
+    raw = (os.environ if env is None else env).get(PROFILE_ENV, "")
+    value = raw.strip() or "local"
+    if value not in PROFILES:
+        raise ValueError(f"environment variable {PROFILE_ENV}={raw!r} is not one of "
+                         f"{', '.join(PROFILES)}")
+    return value
+
+
+def service_name(worker: str) -> str:
+    return f"airflow-celery-{worker}"
+
+
+def worker_hostname() -> str:
+    """``[core] hostname_callable``: ``<worker>@<fqdn>`` in a worker, the fqdn elsewhere.
+
+    Two workers on one machine share its name; this keeps them apart in the
+    task instances' ``hostname`` (UI, REST API).
+    """
+    host = socket.getfqdn()
+    worker = os.environ.get(WORKER_ENV, "").strip()
+    return f"{worker}@{host}" if worker else host
+
+
+# ------------------------------------------------------------------ layout and secrets
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the profile keeps its state (all under ``.stack/``)."""
+
+    state: Path
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state / "secrets"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.state / "postgres"
+
+    @property
+    def postgres_data(self) -> Path:
+        return self.postgres_dir / "data"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.state / "redis"
+
+    @property
+    def redis_config(self) -> Path:
+        return self.redis_dir / "redis.conf"
+
+    def secret_file(self, service: str) -> Path:
+        return self.secrets_dir / f"{service}.password"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 from the first byte, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def password(layout: Layout, service: str, env: Mapping[str, str] | None = None) -> str:
+    """The service's password: ``AQ_<SERVICE>_PASSWORD``, else the generated file (made once)."""
+    env = os.environ if env is None else env
+    given = env.get(PASSWORD_ENV[service], "")
+    if given:
+        if not re.fullmatch(r"[A-Za-z0-9_\-.~]{16,}", given):
+            raise ScaleOutError(f"environment variable {PASSWORD_ENV[service]} must be at least "
+                                "16 characters of A-Z a-z 0-9 _ - . ~ (it goes into URLs)")
+        return given
+    path = layout.secret_file(service)
+    if path.is_file():
+        value = path.read_text().strip()
+        if value:
+            return value
+    layout.secrets_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.secrets_dir, 0o700)
+    value = secrets.token_urlsafe(32)
+    _write_private(path, value + "\n")
+    return value
+
+
+def connection_urls(ports: Ports, db_password: str, redis_password: str) -> dict[str, str]:
+    """Airflow's database, Celery's broker and result backend, the shared rate limits."""
+    db = f"{DB_USER}:{db_password}@{ports.host}:{ports.postgres}/{DB_NAME}"
+    redis = f":{redis_password}@{ports.host}:{ports.redis}"
+    return {
+        "sql_alchemy_conn": f"postgresql+psycopg2://{db}",
+        "result_backend": f"db+postgresql+psycopg2://{db}",
+        "broker_url": f"redis://{redis}/{BROKER_DB}",
+        "rate_limit_url": f"redis://{redis}/{RATE_LIMIT_DB}",
+    }
+
+
+def airflow_overrides(ports: Ports, db_password: str, redis_password: str
+                      ) -> dict[str, dict[str, str]]:
+    """What the profile changes in ``.airflow/airflow.cfg``."""
+    urls = connection_urls(ports, db_password, redis_password)
+    return {
+        "core": {
+            "executor": "CeleryExecutor",
+            "hostname_callable": f"{__name__}.worker_hostname",
+        },
+        "database": {"sql_alchemy_conn": urls["sql_alchemy_conn"]},
+        "celery": {
+            "broker_url": urls["broker_url"],
+            "result_backend": urls["result_backend"],
+            "worker_concurrency": str(WORKER_CONCURRENCY),
+            "worker_prefetch_multiplier": "1",  # a busy worker leaves new tasks to the idle one
+        },
+    }
+
+
+def task_env(ports: Ports, redis_password: str) -> dict[str, str]:
+    """What every part (and so every task) gets: the shared rate limits' Redis."""
+    return {RATE_LIMIT_ENV: connection_urls(ports, "-", redis_password)["rate_limit_url"]}
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+def postgres_bin(name: str) -> str:
+    """A PostgreSQL server binary: on PATH, else Debian's /usr/lib/postgresql/<newest>/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                      key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    for bin_dir in reversed(versions):
+        if (bin_dir / name).is_file():
+            return str(bin_dir / name)
+    raise ScaleOutError(f"PostgreSQL's {name} not found: run `make setup` (scripts/setup.sh "
+                        "installs the Debian package postgresql)")
+
+
+def db_os_user() -> pwd.struct_passwd:
+    """The OS user PostgreSQL runs as: ourselves, or ``postgres`` when we are root."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid())
+    try:
+        return pwd.getpwnam(SUPERUSER)
+    except KeyError:
+        raise ScaleOutError("PostgreSQL refuses to run as root and there is no user "
+                            f"{SUPERUSER!r} to run it as: install the Debian package postgresql "
+                            "(`make setup`) or start the profile as another user") from None
+
+
+def _as_user(user: pwd.struct_passwd, cmd: list[str]) -> list[str]:
+    if user.pw_uid == os.geteuid():
+        return cmd
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        raise ScaleOutError("setpriv (util-linux) not found: needed to run PostgreSQL as "
+                            f"{user.pw_name!r} while running as root")
+    return [setpriv, f"--reuid={user.pw_name}", f"--regid={user.pw_gid}", "--init-groups",
+            "--", *cmd]
+
+
+def _can_enter(path: Path, user: pwd.struct_passwd) -> bool:
+    st = path.stat()
+    if user.pw_uid == 0:
+        return True
+    if st.st_uid == user.pw_uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid in os.getgrouplist(user.pw_name, user.pw_gid):
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
+def _check_reachable(directory: Path, user: pwd.struct_passwd) -> None:
+    for parent in reversed(directory.parents):
+        if not _can_enter(parent, user):
+            mode = stat.S_IMODE(parent.stat().st_mode)
+            raise ScaleOutError(
+                f"PostgreSQL runs as user {user.pw_name!r} (it refuses root), which cannot enter "
+                f"{parent} (mode {mode:04o}) on the way to {directory}: put the project where "
+                "that user can reach it, or start the profile as a non-root user")
+
+
+def init_postgres(layout: Layout, ports: Ports, timeout: float = 180.0) -> bool:
+    """``initdb`` the cluster once; True if it was created now."""
+    data = layout.postgres_data
+    if (data / "PG_VERSION").is_file():
+        return False
+    user = db_os_user()
+    layout.postgres_dir.mkdir(parents=True, exist_ok=True)
+    _check_reachable(layout.postgres_dir, user)
+    os.chown(layout.postgres_dir, user.pw_uid, user.pw_gid)
+    os.chmod(layout.postgres_dir, 0o700)
+    if data.exists():  # a half-made cluster of an interrupted initdb
+        shutil.rmtree(data)
+    cmd = _as_user(user, [
+        postgres_bin("initdb"), "-D", str(data), "-U", SUPERUSER, "-E", "UTF8", "--no-locale",
+        "--auth-local=trust",  # the socket lives in the 0700 data directory: its owner only
+        "--auth-host=scram-sha-256", "--no-instructions",
+    ])
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout, check=False, cwd=layout.postgres_dir)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+        raise ScaleOutError(f"initdb of {data} failed ({proc.returncode}):\n{tail}")
+    log.info("created the PostgreSQL cluster %s (runs as %s)", data, user.pw_name)
+    return True
+
+
+def postgres_command(layout: Layout, ports: Ports) -> list[str]:
+    socket_dir = str(layout.postgres_data)
+    if len(socket_dir) + len(f"/.s.PGSQL.{ports.postgres}") > MAX_SOCKET_PATH:
+        raise ScaleOutError(f"the project path is too long for PostgreSQL's socket in "
+                            f"{socket_dir} (at most {MAX_SOCKET_PATH} characters)")
+    return _as_user(db_os_user(), [
+        postgres_bin("postgres"), "-D", str(layout.postgres_data),
+        "-c", f"listen_addresses={ports.host}", "-c", f"port={ports.postgres}",
+        "-c", f"unix_socket_directories={socket_dir}", "-c", "unix_socket_permissions=0700",
+        "-c", "max_connections=100",
+    ])
+
+
+def _superuser_connection(layout: Layout, ports: Ports, timeout: float = 5.0):
+    import psycopg2
+
+    return psycopg2.connect(host=str(layout.postgres_data), port=ports.postgres, user=SUPERUSER,
+                            dbname="postgres", connect_timeout=max(1, int(timeout)))
+
+
+def wait_for_postgres(manager: ServiceManager, layout: Layout, ports: Ports,
+                      timeout: float) -> None:
+    import psycopg2
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _superuser_connection(layout, ports, timeout=2).close()
+            return
+        except psycopg2.OperationalError as exc:
+            last = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not manager.is_running(POSTGRES):
+            raise ServiceError(f"postgres exited at start; log {manager.log_file(POSTGRES)}:\n"
+                               f"{manager.log_tail(POSTGRES)}")
+        if time.monotonic() > deadline:
+            raise ServiceError(f"PostgreSQL did not accept connections within {timeout:.0f}s "
+                               f"({last}); log:\n{manager.log_tail(POSTGRES)}")
+        time.sleep(0.3)
+
+
+def bootstrap_database(layout: Layout, ports: Ports, db_password: str) -> None:
+    """The ``airflow`` role (SCRAM verifier made here: the password never reaches the server,
+    its logs or a statement) and the ``airflow`` database it owns. Idempotent."""
+    from psycopg2 import sql
+    from psycopg2.extensions import encrypt_password
+
+    conn = _superuser_connection(layout, ports)
+    try:
+        conn.autocommit = True
+        verifier = encrypt_password(db_password, DB_USER, conn, "scram-sha-256")  # in libpq
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DB_USER,))
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(sql.SQL(verb + " ROLE {} WITH LOGIN PASSWORD {}").format(
+                sql.Identifier(DB_USER), sql.Literal(verifier)))
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,))
+            if not cur.fetchone():
+                cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(DB_NAME), sql.Identifier(DB_USER)))
+    finally:
+        conn.close()
+
+
+def start_postgres(manager: ServiceManager, layout: Layout, ports: Ports, db_password: str,
+                   timeout: float) -> bool:
+    """Cluster, server and the Airflow database; True if the server was started now."""
+    started = False
+    if not manager.is_running(POSTGRES):
+        _refuse_taken_port(ports, "postgres")
+        init_postgres(layout, ports)
+        manager.start(POSTGRES, postgres_command(layout, ports), cwd=layout.postgres_dir)
+        started = True
+    try:
+        wait_for_postgres(manager, layout, ports, timeout)
+        bootstrap_database(layout, ports, db_password)
+    except Exception:
+        if started:
+            stop_postgres(manager)
+        raise
+    return started
+
+
+def stop_postgres(manager: ServiceManager, timeout: float = 30.0) -> bool:
+    """Fast shutdown (SIGINT: end sessions, checkpoint), then the service manager's stop
+    for anything left; True if it was running."""
+    record = manager.record(POSTGRES)
+    running = record is not None and manager.is_running(POSTGRES)
+    if running:
+        try:
+            os.kill(record.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while manager.is_running(POSTGRES) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return manager.stop(POSTGRES) or running
+
+
+# ------------------------------------------------------------------ Redis
+
+
+def redis_bin() -> str:
+    found = shutil.which("redis-server")
+    if not found:
+        raise ScaleOutError("redis-server not found: run `make setup` (scripts/setup.sh "
+                            "installs the Debian package redis-server)")
+    return found
+
+
+def write_redis_config(layout: Layout, ports: Ports, redis_password: str) -> Path:
+    """``.stack/redis/redis.conf`` (0600: it holds the password)."""
+    layout.redis_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# written by pipeline/ops/airflow_celery.py on every start; edit that",
+        f"bind {ports.host}",
+        f"port {ports.redis}",
+        "protected-mode yes",
+        f"requirepass {redis_password}",
+        f"dir {layout.redis_dir}",
+        "appendonly yes",  # queued tasks survive a restart
+        'save ""',
+        "maxmemory 256mb",
+        "maxmemory-policy noeviction",  # a broker must refuse, never drop, messages
+        'logfile ""',
+    ]
+    _write_private(layout.redis_config, "\n".join(lines) + "\n")
+    return layout.redis_config
+
+
+def redis_client(ports: Ports, redis_password: str, db: int = BROKER_DB):
+    import redis
+
+    return redis.Redis(host=ports.host, port=ports.redis, password=redis_password, db=db,
+                       socket_timeout=5, socket_connect_timeout=2)
+
+
+def start_redis(manager: ServiceManager, layout: Layout, ports: Ports, redis_password: str,
+                timeout: float) -> bool:
+    import redis
+
+    started = False
+    if not manager.is_running(REDIS):
+        _refuse_taken_port(ports, "redis")
+        config = write_redis_config(layout, ports, redis_password)
+        manager.start(REDIS, [redis_bin(), str(config)], cwd=layout.redis_dir)
+        started = True
+    deadline = time.monotonic() + timeout
+    client = redis_client(ports, redis_password)
+    while True:
+        try:
+            client.ping()
+            return started
+        except redis.RedisError as exc:
+            last = type(exc).__name__
+        if not manager.is_running(REDIS):
+            raise ServiceError(f"redis exited at start; log {manager.log_file(REDIS)}:\n"
+                               f"{manager.log_tail(REDIS)}")
+        if time.monotonic() > deadline:
+            if started:
+                manager.stop(REDIS)
+            raise ServiceError(f"Redis did not answer within {timeout:.0f}s ({last})")
+        time.sleep(0.2)
+
+
+def _refuse_taken_port(ports: Ports, name: str) -> None:
+    from pipeline.ops.stack import port_in_use
+
+    port = getattr(ports, name)
+    if port_in_use(ports.host, port):
+        raise ScaleOutError(f"{name}: port {ports.host}:{port} is taken by another process; "
+                            f"stop it or choose another port with {Ports.env_var(name)}=...")
+
+
+# ------------------------------------------------------------------ Airflow
+
+
+def worker_commands(ports: Ports) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Service name -> (command, own environment) of each Celery worker."""
+    airflow = airflow_local.airflow_bin()
+    return {
+        service_name(worker): (
+            [airflow, "celery", "worker", "--celery-hostname", f"{worker}@%h",
+             "--concurrency", str(WORKER_CONCURRENCY),
+             "--skip-serve-logs",  # its log server would bind 0.0.0.0; logs are shared files
+             "--without-mingle", "--without-gossip"],
+            {WORKER_ENV: worker},
+        )
+        for worker in WORKERS
+    }
+
+
+def wait_for_workers(manager: ServiceManager, names: list[str], timeout: float) -> None:
+    """Until each worker's log says it is ready (connected to the broker, consuming)."""
+    deadline = time.monotonic() + timeout
+    pending = list(names)
+    while pending:
+        for name in list(pending):
+            if not manager.is_running(name):
+                raise ServiceError(f"{name} exited at start; log {manager.log_file(name)}:\n"
+                                   f"{manager.log_tail(name)}")
+            if re.search(r"@\S+ ready\.", manager.log_tail(name, lines=400)):
+                pending.remove(name)
+        if pending and time.monotonic() > deadline:
+            raise ServiceError(f"{', '.join(pending)} not ready within {timeout:.0f}s; log:\n"
+                               f"{manager.log_tail(pending[0])}")
+        time.sleep(0.5)
+
+
+def running_profile(paths: ProjectPaths) -> str | None:
+    """The profile the running Airflow parts were started with (their airflow.cfg), or None."""
+    manager = ServiceManager(paths.stack_dir)
+    if not any(manager.is_running(n) for n in airflow_local.SERVICES):
+        return None
+    try:
+        executor = airflow_local._config(paths).get("core", "executor", fallback="")
+    except airflow_local.AirflowError:
+        return None
+    return "celery" if executor == "CeleryExecutor" else "local"
+
+
+def check_profile(paths: ProjectPaths, wanted: str) -> None:
+    """Refuse to start one profile over the running parts of the other."""
+    running = running_profile(paths)
+    if running is not None and running != wanted:
+        raise ScaleOutError(f"Airflow is running with the {running!r} profile; stop it first "
+                            f"(`make stop`), then start with {PROFILE_ENV}={wanted}")
+
+
+def prepare(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = False
+            ) -> dict[str, str]:
+    """airflow.cfg for the profile, migrated database, ``dvc`` pool (database must be up)."""
+    layout = Layout(paths.stack_dir)
+    db_password, redis_password = password(layout, POSTGRES), password(layout, REDIS)
+    return airflow_local.prepare(
+        paths, ports, keep_airflow_env=keep_airflow_env,
+        overrides=airflow_overrides(ports, db_password, redis_password),
+        extra_env=task_env(ports, redis_password))
+
+
+def start(paths: ProjectPaths, ports: Ports, timeout: float = 180.0) -> dict[str, str]:
+    """PostgreSQL, Redis, the Airflow parts and two Celery workers; what to print."""
+    check_profile(paths, "celery")
+    layout = Layout(paths.stack_dir)
+    manager = ServiceManager(paths.stack_dir)
+    db_password, redis_password = password(layout, POSTGRES), password(layout, REDIS)
+    started: list[str] = []
+    try:
+        if start_postgres(manager, layout, ports, db_password, timeout):
+            started.append(POSTGRES)
+        if start_redis(manager, layout, ports, redis_password, timeout):
+            started.append(REDIS)
+        workers = worker_commands(ports)
+        info = airflow_local.start(
+            paths, ports, timeout,
+            overrides=airflow_overrides(ports, db_password, redis_password),
+            extra_env=task_env(ports, redis_password), extra_parts=workers)
+        wait_for_workers(manager, list(workers), timeout)
+    except Exception:
+        for name in reversed(WORKERS):
+            manager.stop(service_name(name))
+        if started:
+            airflow_local.stop(paths)
+            if REDIS in started:
+                manager.stop(REDIS)
+            if POSTGRES in started:
+                stop_postgres(manager)
+        raise
+    return {
+        **info,
+        "airflow profile": "celery: PostgreSQL + CeleryExecutor, workers " + ", ".join(WORKERS),
+        "airflow database": f"postgresql://{DB_USER}@{ports.address('postgres')}/{DB_NAME} "
+                            f"(password in {layout.secret_file(POSTGRES)})",
+        "celery broker": f"redis://{ports.address('redis')}/{BROKER_DB} "
+                         f"(password in {layout.secret_file(REDIS)})",
+    }
+
+
+def stop(paths: ProjectPaths) -> list[str]:
+    """Stop whichever profile runs: workers, the Airflow parts, then Redis and PostgreSQL."""
+    manager = ServiceManager(paths.stack_dir)
+    stopped = [service_name(w) for w in reversed(WORKERS)
+               if manager.stop(service_name(w), timeout=20.0)]
+    stopped += airflow_local.stop(paths)
+    if manager.stop(REDIS):
+        stopped.append(REDIS)
+    if stop_postgres(manager):
+        stopped.append(POSTGRES)
+    return stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.ops.airflow_celery start|stop|password NAME``.
+
+    ``start``/``stop``: the profile alone (``python -m pipeline.ops start`` with
+    ``AQ_AIRFLOW_PROFILE=celery`` also starts the monitoring stack);
+    ``password postgres|redis`` prints the generated password (for ``psql`` or
+    ``redis-cli``, e.g. ``REDISCLI_AUTH=$(...)``).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.ops.airflow_celery",
+                                     description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["start", "stop", "password"])
+    parser.add_argument("service", nargs="?", choices=[POSTGRES, REDIS])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    paths = ProjectPaths.discover()
+    try:
+        if args.command == "password":
+            if args.service is None:
+                parser.error("password needs postgres or redis")
+            print(password(Layout(paths.stack_dir), args.service))
+        elif args.command == "start":
+            for key, value in start(paths, Ports.from_env()).items():
+                print(f"  {key:<20} {value}")
+        else:
+            stopped = stop(paths)
+            print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    except (airflow_local.AirflowError, ServiceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The scale-out profile's configuration: one switch, private secrets, clear refusals.
+
+Running it (PostgreSQL, Redis, Airflow, two workers) is ``tests/dags/test_airflow_celery.py``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import pwd
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from pipeline.ops import airflow_celery, airflow_local
+from pipeline.ops.ports import Ports
+from pipeline.ops.services import ServiceManager
+from pipeline.paths import ProjectPaths
+
+pytestmark = pytest.mark.airflow
+
+
+def test_the_profile_is_one_setting_local_by_default():
+    assert airflow_celery.profile({}) == "local"
+    assert airflow_celery.profile({"AQ_AIRFLOW_PROFILE": " celery "}) == "celery"
+    with pytest.raises(ValueError, match="AQ_AIRFLOW_PROFILE='celry' is not one of local, celery"):
+        airflow_celery.profile({"AQ_AIRFLOW_PROFILE": "celry"})
+
+
+def test_passwords_are_generated_once_into_private_files(tmp_path):
+    layout = airflow_celery.Layout(tmp_path / ".stack")
+    first = airflow_celery.password(layout, "postgres", env={})
+    assert len(first) >= 32
+    assert airflow_celery.password(layout, "postgres", env={}) == first  # kept
+    assert airflow_celery.password(layout, "redis", env={}) != first
+    assert layout.secret_file("postgres").stat().st_mode & 0o777 == 0o600
+    assert layout.secrets_dir.stat().st_mode & 0o777 == 0o700
+    given = "from-the-environment-0123"
+    assert airflow_celery.password(layout, "redis", env={"AQ_REDIS_PASSWORD": given}) == given
+    with pytest.raises(airflow_celery.ScaleOutError, match="AQ_POSTGRES_PASSWORD must be"):
+        airflow_celery.password(layout, "postgres", env={"AQ_POSTGRES_PASSWORD": "p@ss word"})
+
+
+def test_the_config_moves_airflow_to_postgres_and_celery_keeping_secrets_private(tmp_path):
+    paths = ProjectPaths(tmp_path)
+    ports = Ports(postgres=15432, redis=16379)
+    overrides = airflow_celery.airflow_overrides(ports, "dbpass-0123456789", "rpass-0123456789")
+    airflow_local.write_config(paths, ports, overrides)
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(paths.airflow_home / "airflow.cfg")
+    assert (paths.airflow_home / "airflow.cfg").stat().st_mode & 0o777 == 0o600
+    assert cfg.get("core", "executor") == "CeleryExecutor"
+    assert cfg.get("database", "sql_alchemy_conn") == (
+        "postgresql+psycopg2://airflow:dbpass-0123456789@127.0.0.1:15432/airflow")
+    assert cfg.get("celery", "broker_url") == "redis://:rpass-0123456789@127.0.0.1:16379/0"
+    assert cfg.get("celery", "result_backend") == (
+        "db+postgresql+psycopg2://airflow:dbpass-0123456789@127.0.0.1:15432/airflow")
+    assert cfg.get("core", "hostname_callable") == "pipeline.ops.airflow_celery.worker_hostname"
+    assert cfg.get("core", "dags_are_paused_at_creation") == "True"  # the rest as locally
+    assert airflow_celery.task_env(ports, "rpass-0123456789") == {
+        "AQ_RATE_LIMIT_REDIS_URL": "redis://:rpass-0123456789@127.0.0.1:16379/1"}
+    # a shell's AIRFLOW__ values cannot move the broker or result backend elsewhere
+    env = airflow_local.service_env(paths, ports)
+    assert not any(k.startswith("AIRFLOW__CELERY__") for k in env)
+
+
+def test_a_shells_broker_setting_does_not_leak_into_the_profile(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__CELERY__BROKER_URL", "redis://elsewhere:6379/0")
+    monkeypatch.setenv("AIRFLOW__CELERY__WORKER_CONCURRENCY", "8")  # not pinned: still works
+    env = airflow_local.service_env(ProjectPaths(tmp_path), Ports())
+    assert "AIRFLOW__CELERY__BROKER_URL" not in env
+    assert env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "8"
+
+
+def test_workers_are_named_and_bind_nothing():
+    commands = airflow_celery.worker_commands(Ports())
+    assert list(commands) == ["airflow-celery-worker1", "airflow-celery-worker2"]
+    for worker, (cmd, env) in zip(airflow_celery.WORKERS, commands.values(), strict=True):
+        assert cmd[1:5] == ["celery", "worker", "--celery-hostname", f"{worker}@%h"]
+        assert "--skip-serve-logs" in cmd  # the log server would listen on 0.0.0.0
+        assert env == {"AQ_CELERY_WORKER": worker}
+
+
+def test_a_task_instance_names_its_worker(monkeypatch):
+    monkeypatch.delenv("AQ_CELERY_WORKER", raising=False)
+    assert airflow_celery.worker_hostname() == socket.getfqdn()
+    monkeypatch.setenv("AQ_CELERY_WORKER", "worker2")
+    assert airflow_celery.worker_hostname() == f"worker2@{socket.getfqdn()}"
+
+
+def test_postgres_commands_carry_no_secret_and_listen_on_loopback(tmp_path):
+    layout = airflow_celery.Layout(tmp_path / ".stack")
+    cmd = airflow_celery.postgres_command(layout, Ports(postgres=15432))
+    assert "listen_addresses=127.0.0.1" in cmd
+    assert "port=15432" in cmd
+    assert f"unix_socket_directories={layout.postgres_data}" in cmd
+    assert not any("password" in part.lower() for part in cmd)
+    if os.geteuid() == 0:  # PostgreSQL refuses root: it runs as the postgres user
+        assert cmd[0].endswith("setpriv")
+        assert "--reuid=postgres" in cmd
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands PostgreSQL to another user")
+def test_a_project_the_postgres_user_cannot_enter_is_a_clear_error():
+    private = Path(tempfile.mkdtemp(prefix="aq-private-"))  # 0700, like pytest's tmp_path
+    try:
+        layout = airflow_celery.Layout(private / "project" / ".stack")
+        with pytest.raises(airflow_celery.ScaleOutError,
+                           match=f"user 'postgres' .* cannot enter {private} \\(mode 0700\\)"):
+            airflow_celery.init_postgres(layout, Ports())
+        assert not layout.postgres_data.exists()
+    finally:
+        shutil.rmtree(private)
+    assert pwd.getpwnam("postgres")  # the Debian package's user exists
+
+
+def test_a_taken_port_is_named(tmp_path):
+    manager = ServiceManager(tmp_path / "state")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        ports = Ports(redis=sock.getsockname()[1])
+        with pytest.raises(airflow_celery.ScaleOutError,
+                           match=f"redis: port 127.0.0.1:{ports.redis} is taken.*AQ_REDIS_PORT"):
+            airflow_celery.start_redis(manager, airflow_celery.Layout(tmp_path / "state"),
+                                       ports, "x" * 20, 5)
+    assert manager.names() == []
+
+
+def test_one_profile_is_not_started_over_the_other(tmp_path):
+    """Parts running with the local profile's airflow.cfg: the celery profile refuses to start."""
+    paths = ProjectPaths(tmp_path)
+    airflow_local.write_config(paths, Ports())  # LocalExecutor
+    manager = ServiceManager(paths.stack_dir)
+    manager.start("airflow-scheduler", [sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert airflow_celery.running_profile(paths) == "local"
+        airflow_celery.check_profile(paths, "local")
+        with pytest.raises(airflow_celery.ScaleOutError,
+                           match="running with the 'local' profile; stop it first"):
+            airflow_celery.start(paths, Ports())
+    finally:
+        manager.stop("airflow-scheduler")
+    assert airflow_celery.running_profile(paths) is None
+
+
+def test_prepare_cli_follows_the_profile_switch(tmp_path, monkeypatch, capsys):
+    """docker-compose's airflow-init: AQ_AIRFLOW_PROFILE=celery needs the database passwords."""
+    monkeypatch.setenv("AQ_PROJECT_DIR", str(tmp_path))
+    monkeypatch.setenv("AQ_AIRFLOW_PROFILE", "celery")
+    monkeypatch.setenv("AQ_POSTGRES_PASSWORD", "short")
+    assert airflow_local.main(["prepare"]) == 1
+    assert "AQ_POSTGRES_PASSWORD must be at least 16 characters" in capsys.readouterr().err
+    monkeypatch.setenv("AQ_AIRFLOW_PROFILE", "kubernetes")
+    assert airflow_local.main(["prepare"]) == 1
+    assert "AQ_AIRFLOW_PROFILE='kubernetes' is not one of" in capsys.readouterr().err
