@@ -7,14 +7,14 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE :=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast lint stop clean lock
+.PHONY: help setup run run-celery test test-fast lint stop clean lock
 # the one command that writes requirements.lock (every pinned version, with hashes)
 LOCK_CMD := $(PY) -m uv pip compile pyproject.toml --extra dev --extra serving --extra airflow \
 	--generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 	--custom-compile-command "make lock" --quiet -o requirements.lock
 
 help: ## show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements.lock scripts/setup.sh
 	./scripts/setup.sh
@@ -25,6 +25,9 @@ setup: $(STAMP) ## create .venv and install everything (Debian packages when mis
 run: $(STAMP) ## set up, start the local stack and run the whole pipeline on the default data
 	./scripts/run.sh
 
+run-celery: $(STAMP) ## `make run` with Airflow on PostgreSQL + CeleryExecutor, two workers
+	AQ_AIRFLOW_PROFILE=celery ./scripts/run.sh
+
 test: $(STAMP) ## set up and run the whole test suite (no network)
 	$(PY) -m pytest -m "not network" $(PYTEST_ARGS)
 
@@ -34,7 +37,7 @@ test-fast: $(STAMP) ## pure logic and single steps, no services, no training (a 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .
 
-stop: ## stop the local services `make run` started
+stop: ## stop the local services `make run` (or run-celery) started
 	@if [ -x $(PY) ]; then $(PY) -m pipeline.ops stop; fi
 
 lock: ## re-resolve requirements.lock from pyproject.toml (after changing dependencies), then install it

@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS=1
 step() { printf '\n==> %s\n' "$*"; }
 
 if [ "${AQ_NO_SERVICES:-0}" != "1" ]; then
-  step "starting the local services (monitoring stack, Airflow) on 127.0.0.1"
+  step "starting the local services (monitoring stack, Airflow: ${AQ_AIRFLOW_PROFILE:-local} profile) on 127.0.0.1"
   python -m pipeline.ops start
   # shellcheck disable=SC1091
   [ -f .stack/env ] && source .stack/env

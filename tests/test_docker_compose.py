@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.ops import airflow_local
+from pipeline.ops import airflow_celery, airflow_local
 from pipeline.ops.ports import Ports
 from tests.conftest import REPO
 
@@ -17,6 +17,8 @@ SERVICES = COMPOSE["services"]
 PORTS = Ports()  # the committed configs use the default ports
 AIRFLOW_PARTS = ("airflow-api-server", "airflow-dag-processor", "airflow-scheduler",
                  "airflow-triggerer")
+WORKERS = ("airflow-worker-1", "airflow-worker-2")
+SCALE_OUT = ("postgres", "redis", *WORKERS)  # compose profile `celery`
 
 
 def bind_mounts(service: dict) -> list[tuple[str, str]]:
@@ -31,7 +33,7 @@ def bind_mounts(service: dict) -> list[tuple[str, str]]:
 def test_the_whole_stack_is_there():
     assert {
         "pushgateway", "prometheus", "alertmanager", "alert-webhook", "node-exporter", "grafana",
-        "airflow-init", *AIRFLOW_PARTS, "serving",
+        "airflow-init", *AIRFLOW_PARTS, "serving", *SCALE_OUT,
     } <= set(SERVICES)
 
 
@@ -43,7 +45,8 @@ def test_host_network_and_loopback_only(name):
     assert "ports" not in service  # published ports would bypass the loopback binding
     text = yaml.safe_dump(service)
     assert "0.0.0.0" not in text
-    for address in re.findall(r"(?:listen-address=|--bind[ ,\n-]*|--host[ ,\n-]*)(\S+)", text):
+    for address in re.findall(
+            r"(?:listen-address=|listen_addresses=|--bind[ ,\n-]*|--host[ ,\n-]*)(\S+)", text):
         if address:
             assert address.startswith("127.0.0.1"), (name, address)
 
@@ -133,3 +136,42 @@ def test_secrets_are_never_in_the_file():
     text = (REPO / "docker-compose.yml").read_text()
     assert "${GRAFANA_ADMIN_PASSWORD:?" in text  # required from the environment, no default
     assert not re.search(r"(?i)(jwt_secret|fernet_key|password)\s*[:=]\s*['\"]?\w{8,}", text)
+
+
+def test_the_celery_profile_is_the_local_scale_out_profile():
+    """`--profile celery`: PostgreSQL, Redis and two workers as pipeline/ops/airflow_celery.py."""
+    for name in SCALE_OUT:
+        assert SERVICES[name]["profiles"] == ["celery"], name
+    local = airflow_celery.worker_commands(PORTS)
+    assert len(local) == len(WORKERS)
+    urls = airflow_celery.connection_urls(PORTS, "${AQ_POSTGRES_PASSWORD:-}",
+                                          "${AQ_REDIS_PASSWORD:-}")
+    for name, (cmd, own_env) in zip(WORKERS, local.values(), strict=True):
+        service = SERVICES[name]
+        command = service["command"]
+        assert [Path(command[0]).name, *command[1:]] == [Path(cmd[0]).name, *cmd[1:]], name
+        env = service["environment"]
+        assert env["AQ_CELERY_WORKER"] == own_env["AQ_CELERY_WORKER"]
+        assert env["AQ_RATE_LIMIT_REDIS_URL"] == urls["rate_limit_url"]  # one quota for both
+        assert env["AQ_PROJECT_DIR"] == "/opt/aq"
+        assert env["AIRFLOW_HOME"] == "/opt/aq/.airflow"
+        assert service["depends_on"]["airflow-init"]["condition"] == (
+            "service_completed_successfully")
+    postgres, redis = SERVICES["postgres"], SERVICES["redis"]
+    assert postgres["command"] == ["postgres", "-c", f"listen_addresses={PORTS.host}",
+                                   "-c", f"port={PORTS.postgres}"]
+    assert postgres["environment"]["POSTGRES_USER"] == airflow_celery.DB_USER
+    assert postgres["environment"]["POSTGRES_DB"] == airflow_celery.DB_NAME
+    redis_command = " ".join(redis["command"])
+    assert f"--bind {PORTS.host} --port {PORTS.redis}" in redis_command
+    assert "--requirepass" not in redis_command  # on stdin, not in the process list
+    # airflow-init writes the profile's airflow.cfg once both answer
+    init = SERVICES["airflow-init"]
+    assert init["environment"]["AQ_AIRFLOW_PROFILE"] == "${AQ_AIRFLOW_PROFILE:-local}"
+    for service in ("postgres", "redis"):
+        assert init["depends_on"][service] == {"condition": "service_healthy",
+                                               "required": False}  # absent without the profile
+        assert "healthcheck" in SERVICES[service]
+    for variable in ("AQ_POSTGRES_PASSWORD", "AQ_REDIS_PASSWORD"):
+        assert init["environment"][variable] == f"${{{variable}:-}}"
+    assert {"postgres-data", "redis-data"} <= set(COMPOSE["volumes"])
