@@ -101,14 +101,15 @@ def stop(paths: ProjectPaths) -> list[str]:
     # the scale-out profile's stop covers both profiles' parts
     airflow = _ops_module("airflow_celery") or _ops_module("airflow_local")
     failure: Exception | None = None
+    stopped: list[str] = []
     if airflow is not None:
         try:
-            airflow.stop(paths)
+            stopped += airflow.stop(paths)
         except Exception as exc:  # still stop the monitoring stack, then report it
             log.error("stopping Airflow failed: %s", exc)
             failure = exc
     # whatever is left (the monitoring stack and anything airflow.stop missed): only our pid files
-    stopped = ServiceManager(paths.stack_dir).stop_all()
+    stopped += ServiceManager(paths.stack_dir).stop_all()
     (paths.stack_dir / "env").unlink(missing_ok=True)  # its URLs point at nothing now
     if failure is not None:
         raise failure

@@ -375,6 +375,8 @@ def stop_postgres(manager: ServiceManager, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
         while manager.is_running(POSTGRES) and time.monotonic() < deadline:
             time.sleep(0.1)
+        if not manager.is_running(POSTGRES):
+            log.info("stopped postgres (fast shutdown)")
     return manager.stop(POSTGRES) or running
 
 
