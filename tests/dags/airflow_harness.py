@@ -192,7 +192,8 @@ def retraining_two_ingestions_and_a_backfill_at_once(paths: ProjectPaths, api: A
     expected = set(pd.date_range("2025-03-01T00:00", "2025-03-01T06:00", freq="h", tz="UTC"))
     for loc in LOCATIONS:
         part = root / "data/raw/source=synthetic" / f"location={loc}" / "month=2025-03.parquet"
-        assert set(pd.read_parquet(part, columns=["time"])["time"]) == expected, loc
+        stored = set(pd.read_parquet(part, columns=["time"])["time"])
+        assert stored == expected, f"{loc}: stored {sorted(stored)}"
     assert "up to date" in run(["dvc", "status", "data.dvc"], cwd=root).stdout
     assert "in sync" in run(["dvc", "status", "-c", "-r", "local", "data.dvc"], cwd=root).stdout
 

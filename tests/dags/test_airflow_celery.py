@@ -119,6 +119,14 @@ def test_everything_binds_loopback_and_secrets_stay_off_command_lines(celery_air
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         assert db_password not in cmdline, cmdline[:200]
         assert redis_password not in cmdline, cmdline[:200]
+    logs = sorted((paths.stack_dir / "logs").glob("*.log"))
+    assert {f"{n}.log" for n in ("postgres", "redis", "airflow-celery-worker1")} <= {
+        p.name for p in logs}
+    for log_file in logs:  # private, and no service printed a password
+        assert log_file.stat().st_mode & 0o777 == 0o600, log_file
+        text = log_file.read_text(errors="replace")
+        for secret in (db_password, redis_password, celery_airflow["info"]["airflow password"]):
+            assert secret not in text, log_file
     # the database and the broker let nobody in without them
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
         psycopg2.connect(host="127.0.0.1", port=ports.postgres, user="airflow",
@@ -153,7 +161,8 @@ def test_a_providers_quota_holds_for_both_workers_together(celery_airflow, api, 
     """Open-Meteo at 2 requests/s for the whole deployment, with tasks running on two workers.
 
     Two ingestion runs of eight locations map to four tasks of four locations
-    (eight requests each); per-process limits would let the parallel tasks
+    (eight requests each: pollution and weather per location, each one window
+    from ``source.start``); per-process limits would let the parallel tasks
     together send up to four times the quota.
     """
     paths = celery_airflow["paths"]
@@ -186,10 +195,11 @@ def test_a_providers_quota_holds_for_both_workers_together(celery_airflow, api, 
                   for i, start in enumerate(starts))
     assert busiest <= rate * (window + jitter) + 1, f"{busiest} requests within {window} s"
     assert starts[-1] - starts[0] >= (len(starts) - 1) / rate - jitter
+    # a location new to the source catches up from source.start: one window per request
+    february = set(pd.date_range("2025-02-01", "2025-02-10T08:00", freq="h", tz="UTC"))
     for loc in ("berlin", "city5"):
         part = paths.raw_dir / "source=open_meteo" / f"location={loc}" / "month=2025-02.parquet"
-        assert set(pd.read_parquet(part, columns=["time"])["time"]) == {
-            pd.Timestamp("2025-02-10T07:00", tz="UTC"), pd.Timestamp("2025-02-10T08:00", tz="UTC")}
+        assert set(pd.read_parquet(part, columns=["time"])["time"]) == february, loc
 
 
 def test_stop_leaves_nothing_behind_even_mid_run(celery_airflow, api):
