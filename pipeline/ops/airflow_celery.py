@@ -254,7 +254,7 @@ def _check_reachable(directory: Path, user: pwd.struct_passwd) -> None:
                 "that user can reach it, or start the profile as a non-root user")
 
 
-def init_postgres(layout: Layout, ports: Ports, timeout: float = 180.0) -> bool:
+def init_postgres(layout: Layout, timeout: float = 180.0) -> bool:
     """``initdb`` the cluster once; True if it was created now."""
     data = layout.postgres_data
     if (data / "PG_VERSION").is_file():
@@ -349,7 +349,7 @@ def start_postgres(manager: ServiceManager, layout: Layout, ports: Ports, db_pas
     started = False
     if not manager.is_running(POSTGRES):
         _refuse_taken_port(ports, "postgres")
-        init_postgres(layout, ports)
+        init_postgres(layout)
         manager.start(POSTGRES, postgres_command(layout, ports), cwd=layout.postgres_dir)
         started = True
     try:

@@ -85,8 +85,7 @@ def celery_airflow(pushgateway, monkeypatch_module, replay):
                "leaders": [manager.record(n).pid for n in all_services(paths)]}
     finally:
         airflow_celery.stop(paths)
-        shutil.rmtree(top, ignore_errors=True)
-        shutil.rmtree(top.parent / f"{top.name}-dvc-remote", ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)  # the project and its DVC remote
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,7 @@ def test_a_project_the_postgres_user_cannot_enter_is_a_clear_error():
         layout = airflow_celery.Layout(private / "project" / ".stack")
         with pytest.raises(airflow_celery.ScaleOutError,
                            match=f"user 'postgres' .* cannot enter {private} \\(mode 0700\\)"):
-            airflow_celery.init_postgres(layout, Ports())
+            airflow_celery.init_postgres(layout)
         assert not layout.postgres_data.exists()
     finally:
         shutil.rmtree(private)
