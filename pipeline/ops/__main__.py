@@ -140,6 +140,11 @@ def describe(info: dict[str, str], paths: ProjectPaths) -> list[str]:
         password_file = info.get("airflow password file", "the Airflow password file")
         lines.append(f"  Airflow login                {info.get('airflow user', 'admin')}, "
                      f"password: cat {password_file}")
+    for key, label in (("airflow profile", "Airflow profile"),  # the celery profile's parts
+                       ("airflow database", "Airflow database"),
+                       ("celery broker", "Celery broker")):
+        if info.get(key):
+            lines.append(f"  {label:<28} {info[key]}")
     lines.append(f"  every URL as env vars        source {paths.stack_dir / 'env'}")
     return lines
 
