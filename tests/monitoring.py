@@ -85,8 +85,11 @@ def running_pushgateway(state_dir: Path) -> Iterator[tuple[ServiceManager, str]]
     manager = ServiceManager(state_dir)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # no persistence: Debian's build otherwise loads and saves /var/lib/prometheus/
+    # pushgateway.data, shared by every gateway on the machine (tests would see each other's)
     manager.start("pushgateway", [stack.binary("pushgateway"),
-                                  f"--web.listen-address=127.0.0.1:{port}"])
+                                  f"--web.listen-address=127.0.0.1:{port}",
+                                  "--persistence.file="])
     try:
         manager.wait_for_http(f"{url}/-/ready", timeout=30, name="pushgateway")
         yield manager, url

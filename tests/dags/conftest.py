@@ -94,7 +94,10 @@ class Pushgateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.manager = ServiceManager(state_dir)
-        self.manager.start("pushgateway", [binary, f"--web.listen-address=127.0.0.1:{self.port}"])
+        # no persistence: Debian's build otherwise shares /var/lib/prometheus/pushgateway.data
+        # with every gateway on the machine, and a test would see another's metrics
+        self.manager.start("pushgateway", [binary, f"--web.listen-address=127.0.0.1:{self.port}",
+                                           "--persistence.file="])
         self.manager.wait_for_http(f"{self.url}/-/ready", timeout=30, name="pushgateway")
 
     def metrics(self) -> str:

@@ -269,9 +269,10 @@ def cli_env(server: ReplayServer, project: Path, **extra: str) -> dict[str, str]
             "AQ_OPENWEATHERMAP_URL": server.url(OWM), **extra}
 
 
-RUN_AND_MEASURE = (
-    "import resource, sys; from pipeline.__main__ import main; rc = main(sys.argv[1:]); "
-    "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+RUN_AND_MEASURE = (  # VmHWM: the step's own peak (ru_maxrss keeps the pytest parent's size)
+    "import sys; from pipeline.__main__ import main; rc = main(sys.argv[1:]); "
+    "peak = next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')); "
+    "print('MAXRSS_KB', peak, file=sys.stderr); "
     "sys.exit(rc)")
 
 
