@@ -117,7 +117,7 @@ def aq_ingest():
             "rows_valid": checked["rows_valid"],
         }
         if out["md5"] == before:
-            from airflow.exceptions import AirflowSkipException
+            from airflow.sdk.exceptions import AirflowSkipException
 
             raise AirflowSkipException(
                 f"stored data unchanged (data.dvc md5 {before}): no aq_raw_data event, so "
