@@ -818,7 +818,7 @@ def airflow() -> Board:
                       "Airflow UI.")
     b.add("bargauge", "Failed task instances",
           [Query(f'sum by (dag_id, task_id) (airflow_task_status{{{dag},'
-                 'status=~"failed|upstream_failed"}})', "{{dag_id}} {{task_id}}",
+                 'status=~"failed|upstream_failed"})', "{{dag_id}} {{task_id}}",
                  instant=True, empty_ok="always")], w=6, h=10,
           thresholds=thresholds("red"), options=bar_options(),
           hint="No task instance failed.",

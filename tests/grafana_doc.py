@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ BUILT_IN = {"__interval_ms": "60000", "__interval": "1m", "__rate_interval": "1m
 # metrics dashboards show before the work that emits them lands (issue 13: the lead)
 PENDING = {"aq_forecast_input_completeness": "issue 13: predict's input completeness",
            "aq_forecast_degraded": "issue 13: degraded forecasts"}
+# metrics that exist only in some states (docs/metrics.md says when)
+SOMETIMES = {"airflow_dag_run_duration": "only while a DAG run is running"}
 PROMQL_WORDS = {"and", "or", "unless", "bool", "by", "without", "on", "ignoring", "group_left",
                 "group_right", "offset", "inf", "nan"}
 
@@ -134,6 +137,8 @@ def declared_absent(name: str) -> str | None:
     """Why a metric may be missing from Prometheus, if it may."""
     if name in PENDING:
         return PENDING[name]
+    if name in SOMETIMES:
+        return SOMETIMES[name]
     spec = CATALOGUE.get(name)
     return spec.optional if spec is not None and spec.optional else None
 
@@ -146,20 +151,25 @@ class Prometheus:
     url: str
     since: float  # range queries start here (when the data began)
 
+    def _api(self, path: str, params: dict[str, str]) -> list[dict]:
+        url = f"{self.url}{path}?" + urllib.parse.urlencode(params)
+        try:
+            body = http_json(url)
+        except urllib.error.HTTPError as exc:  # a PromQL error: say which query and why
+            raise AssertionError(f"{params['query']!r}: {exc.read().decode()[:500]}") from exc
+        assert body.get("status") == "success", f"{params['query']!r}: {body}"
+        return body["data"]["result"]
+
     def instant(self, expr: str, at: float | None = None) -> list[dict]:
         params = {"query": expr}
         if at is not None:
             params["time"] = f"{at:.3f}"
-        body = http_json(f"{self.url}/api/v1/query?" + urllib.parse.urlencode(params))
-        assert body.get("status") == "success", f"{expr!r}: {body}"
-        return body["data"]["result"]
+        return self._api("/api/v1/query", params)
 
     def range(self, expr: str, step: str = "5s") -> list[dict]:
-        params = {"query": expr, "start": f"{self.since:.3f}", "end": f"{time.time():.3f}",
-                  "step": step}
-        body = http_json(f"{self.url}/api/v1/query_range?" + urllib.parse.urlencode(params))
-        assert body.get("status") == "success", f"{expr!r}: {body}"
-        return body["data"]["result"]
+        return self._api("/api/v1/query_range", {
+            "query": expr, "start": f"{self.since:.3f}", "end": f"{time.time():.3f}",
+            "step": step})
 
     def names(self) -> set[str]:
         return set(http_json(f"{self.url}/api/v1/label/__name__/values")["data"])

@@ -19,6 +19,7 @@ from tests.grafana_doc import (
     BUILT_IN,
     PENDING,
     dashboards,
+    expand,
     metric_names,
     panels,
     referenced,
@@ -435,3 +436,28 @@ def test_panels_empty_by_design_say_why():
         if any(q.empty_ok for q in meta.queries.values()):
             hint = panel["fieldConfig"]["defaults"].get("noValue", "")
             assert len(hint) > 20, f"{meta.title} may be empty but does not say why"
+
+
+# ---------------------------------------------------------------- PromQL syntax
+
+
+def test_every_query_is_valid_promql(tmp_path):
+    """promtool parses every panel query and annotation, variables expanded (no Prometheus)."""
+    import shutil
+    import subprocess
+
+    rules = []
+    for name, dash in sorted(committed().items()):
+        values = {**BUILT_IN, **{v: "1" for v in variables(dash)}}
+        exprs = [t["expr"] for p in panels(dash) for t in p.get("targets", [])]
+        exprs += [a["expr"] for a in dash["annotations"]["list"] if "expr" in a]
+        rules += [{"record": f"dashboard:{name.removesuffix('.json').replace('-', '_')}:{i}",
+                   "expr": expand(expr, values)} for i, expr in enumerate(exprs)]
+    path = tmp_path / "dashboard_queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not installed: run `make setup`"
+    checked = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert len(rules) > 80
