@@ -109,8 +109,12 @@ def alert_thresholds(alert: str, index: int = 0, ok: str = "green", bad: str = "
 
 
 @cache
+def params() -> dict:
+    return yaml.safe_load(PARAMS.read_text())
+
+
 def drift_params() -> dict:
-    return yaml.safe_load(PARAMS.read_text())["drift"]
+    return params()["drift"]
 
 
 def aqi_steps() -> Json:
@@ -582,6 +586,7 @@ def forecasts() -> Board:
                                          "panels"),
               annotations=(PROMOTIONS, ROLLBACKS))
     where = 'location=~"$location",target="$target"'
+    limits = params()["forecast"]
     b.row("All locations")
     b.add("bargauge", "Highest forecast AQI in the next 24 h",
           [Query(f"aq_forecast_max_aqi_24h{{{where}}}", "{{location}}", instant=True)],
@@ -598,18 +603,26 @@ def forecasts() -> Board:
            Query(f"max by (location) (time() - aq_observation_timestamp_seconds{{{where}}})",
                  instant=True, table=True),
            Query('max by (location) (aq_forecast_issue_timestamp_seconds{location=~"$location"})'
-                 " * 1000", instant=True, table=True)],
+                 " * 1000", instant=True, table=True),
+           Query(f"max by (location) (aq_forecast_hours_since_observation{{{where}}})",
+                 instant=True, table=True)],
           w=12, h=9, transformations=[MERGE, organize({
               "Value #A": "observed", "Value #B": "forecast $horizon h ahead",
-              "Value #C": "observation age", "Value #D": "issued from"})],
+              "Value #C": "observation age", "Value #D": "issued from",
+              "Value #E": "h since observed at issue"})],
           overrides=[by_name("observed", ("unit", UGM3)),
                      by_name("forecast $horizon h ahead", ("unit", UGM3)),
                      by_name("observation age", ("unit", units.DurationSeconds)),
-                     by_name("issued from", ("unit", units.DatetimeISO))],
+                     by_name("issued from", ("unit", units.DatetimeISO)),
+                     by_name("h since observed at issue", ("unit", units.Hours),
+                             ("thresholds", thresholds(
+                                 "green", (limits["max_hours_since_observation"], "red"))),
+                             ("custom.cellOptions", {"type": "color-text"}))],
           options=table_options("location"),
           description="Per location: the newest observation, the last batch's forecast "
-                      "$horizon h ahead, how old the observation is and the hour the batch "
-                      "forecast from.")
+                      "$horizon h ahead, how old the observation is, the hour the batch "
+                      "forecast from and how old the target's observation was then (red beyond "
+                      "forecast.max_hours_since_observation: no forecast).")
 
     b.row("$location", repeat="location")
     one = 'location="$location",target="$target"'
@@ -635,19 +648,22 @@ def forecasts() -> Board:
           [Query('aq_forecast_issue_timestamp_seconds{location="$location"} * 1000', "issued")],
           w=4, h=4, unit=units.DatetimeISO, options=stat_options("value", "none"),
           description="The hour of the newest input the last batch forecast from.")
-    completeness_hint = "Empty until predict reports its inputs' completeness (issue 13)."
+    limits = params()["forecast"]
     b.add("stat", "Input completeness",
-          [Query('aq_forecast_input_completeness{location="$location"}', "inputs",
-                 empty_ok="always")], w=4, h=4, unit=units.PercentUnit,
-          thresholds=thresholds("red", (0.8, "orange"), (0.95, "green")),
-          options=stat_options("value"), hint=completeness_hint,
-          description="Share of the model's features present in the last batch's input.")
-    b.add("stat", "Degraded forecast",
-          [Query('aq_forecast_degraded{location="$location"}', "degraded", empty_ok="always")],
-          w=4, h=4, mappings=value_map(("0", "normal", "green"), ("1", "degraded", "orange")),
-          options=stat_options("value"), hint=completeness_hint,
-          description="1 when the last batch for this location was marked degraded (too few "
-                      "inputs): it never drives the AQI alert.")
+          [Query('aq_forecast_input_completeness{location="$location"}', "inputs")], w=4, h=4,
+          unit=units.PercentUnit,
+          thresholds=thresholds("red", (limits["min_input_completeness"], "green")),
+          options=stat_options("value"),
+          description="Share of the champion's features present in the latest input row; "
+                      "below forecast.min_input_completeness (params.yaml) the location gets "
+                      "no forecast.")
+    b.add("stat", "Forecast this run",
+          [Query('aq_forecast_degraded{location="$location"}', "forecast")], w=4, h=4,
+          mappings=value_map(("0", "issued", "green"), ("1", "withheld", "orange")),
+          options=stat_options("value"),
+          description="Withheld when the inputs were too incomplete or the target's last "
+                      "observation too old (forecast in params.yaml): no forecast, no AQI alert; "
+                      "the predict task log says why.")
     b.add("timeseries", "Forecast $horizon h ahead against the observation",
           [Query(f"aq_observation_value{{{one}}}", "{{target}} observed"),
            Query(f'aq_forecast_value{{{one},horizon="$horizon"}} offset ${{horizon}}h',
@@ -701,18 +717,18 @@ def drift() -> Board:
     share_threshold = drift_params()["share_threshold"]
     b = board("aq-drift", "Air quality: drift",
               "Do today's inputs look like the data the champion learnt from? PSI per feature "
-              "over the recent window against the champion's training rows, the share "
-              "drifted and the two periods compared.",
+              "over the recent window against the champion's training rows of the same season, "
+              "the share drifted and the periods compared.",
               query_variable("feature", "Feature", "aq_drift_psi"),
               annotations=(PROMOTIONS, ROLLBACKS))
     b.row("Now")
-    b.add("stat", "Share of drifted features", [Query("aq_drift_share", "drifted")], w=6, h=6,
+    b.add("stat", "Share of drifted features", [Query("aq_drift_share", "drifted")], w=4, h=6,
           unit=units.PercentUnit, thresholds=thresholds("green", (share_threshold, "red")),
           options=stat_options("value"), alert="DriftDetected",
           links=alert_links("DriftDetected"),
           description=f"Features with PSI above {psi_threshold} (drift.psi_threshold); "
                       f"DriftDetected above {share_threshold:.0%} (drift.share_threshold).")
-    b.add("stat", "Drift detected", [Query("aq_drift_detected", "drift")], w=6, h=6,
+    b.add("stat", "Drift detected", [Query("aq_drift_detected", "drift")], w=4, h=6,
           mappings=value_map(("0", "no drift", "green"), ("1", "drift", "red")),
           options=stat_options("value"), alert="DriftDetected",
           links=alert_links("DriftDetected"),
@@ -720,13 +736,22 @@ def drift() -> Board:
     b.add("table", "Compared periods",
           [Query("aq_drift_period_start_timestamp_seconds * 1000", instant=True, table=True),
            Query("aq_drift_period_end_timestamp_seconds * 1000", instant=True, table=True)],
-          w=12, h=6,
+          w=10, h=6,
           transformations=[MERGE, organize({"Value #A": "from", "Value #B": "to"})],
           overrides=[by_name("from", ("unit", units.DatetimeISO)),
                      by_name("to", ("unit", units.DatetimeISO))],
           options=table_options("period"),
-          description="reference: the champion's training rows (the distribution PSI compares "
-                      "with); recent: the window of drift.window_days that is compared.")
+          description="training: the champion's training rows (the reference distribution); "
+                      "recent: the window of drift.window_days that is compared.")
+    b.add("table", "Reference months",
+          [Query("aq_drift_reference_info", instant=True, table=True)], w=6, h=6,
+          transformations=[organize({"months": "training months compared",
+                                     "seasonal": "same season"}, ("Time", "job", "instance",
+                                                                  "step", "Value"))],
+          options=table_options(),
+          description="The calendar months of the training data the recent window is compared "
+                      "with: the same season (its months and their neighbours), or all when "
+                      "training barely covers it.")
     b.add("bargauge", "PSI per feature",
           [Query('sort_desc(aq_drift_psi{feature=~"$feature"})', "{{feature}}", instant=True)],
           w=12, h=16, min_value=0, thresholds=thresholds("green", (psi_threshold, "red")),

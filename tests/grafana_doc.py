@@ -27,8 +27,7 @@ DASHBOARDS = Path(__file__).resolve().parents[1] / "grafana" / "dashboards"
 BUILT_IN = {"__interval_ms": "60000", "__interval": "1m", "__rate_interval": "1m",
             "__range": "24h"}
 # metrics dashboards show before the work that emits them lands (issue 13: the lead)
-PENDING = {"aq_forecast_input_completeness": "issue 13: predict's input completeness",
-           "aq_forecast_degraded": "issue 13: degraded forecasts"}
+PENDING: dict[str, str] = {}
 # metrics that exist only in some states (docs/metrics.md says when)
 SOMETIMES = {"airflow_dag_run_duration": "only while a DAG run is running"}
 PROMQL_WORDS = {"and", "or", "unless", "bool", "by", "without", "on", "ignoring", "group_left",

@@ -120,7 +120,7 @@ CATALOGUE: dict[str, MetricSpec] = {
         ("months", "seasonal"),
     ),
     "aq_drift_period_start_timestamp_seconds": MetricSpec(
-        "gauge", "Start of the compared period: the champion's training rows (reference) or "
+        "gauge", "Start of a compared period: the champion's training rows (training) or "
         "the recent window (recent).", ("period",),
     ),
     "aq_drift_period_end_timestamp_seconds": MetricSpec(

@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def push_periods(metrics: StepRun, reference: dict | None, recent_times: pd.Series) -> None:
-    """The two periods compared: the champion's training rows and the recent window."""
+    """The periods compared: the champion's training rows and the recent window."""
     periods = {}
     if reference:  # recorded by train since the dashboards need it; older models lack it
-        periods["reference"] = (pd.Timestamp(reference["start"]), pd.Timestamp(reference["end"]))
+        periods["training"] = (pd.Timestamp(reference["start"]), pd.Timestamp(reference["end"]))
     if not recent_times.empty:
         periods["recent"] = (recent_times.min(), recent_times.max())
     for period, (start, end) in periods.items():

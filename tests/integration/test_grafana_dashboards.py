@@ -164,10 +164,10 @@ def test_drift_periods_are_the_champions_training_rows_and_the_recent_window(obs
                        / "metadata.json").read_text())
     start = by_labels(observed_run.query("aq_drift_period_start_timestamp_seconds"), "period")
     end = by_labels(observed_run.query("aq_drift_period_end_timestamp_seconds"), "period")
-    reference = meta["reference_period"]
-    assert start[("reference",)] == pd.Timestamp(reference["start"]).timestamp()
-    assert end[("reference",)] == pd.Timestamp(reference["end"]).timestamp()
-    assert end[("reference",)] < pd.Timestamp(meta["holdout_start"]).timestamp()
+    training = meta["reference_period"]
+    assert start[("training",)] == pd.Timestamp(training["start"]).timestamp()
+    assert end[("training",)] == pd.Timestamp(training["end"]).timestamp()
+    assert end[("training",)] < pd.Timestamp(meta["holdout_start"]).timestamp()
     raw = read_raw(observed_run.project / "data" / "raw", "synthetic")
     assert end[("recent",)] == raw["time"].max().timestamp()
     assert start[("recent",)] < end[("recent",)]

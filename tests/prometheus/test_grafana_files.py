@@ -303,14 +303,21 @@ def test_thresholds_are_where_the_alerts_fire():
             "DriftDetected"} <= checked
 
 
-def test_drift_thresholds_are_params_yaml():
-    params = yaml.safe_load((REPO / "params.yaml").read_text())["drift"]
-    drift = committed()["drift.json"]
-    by_title = {p["title"]: p for p in panels(drift)}
+def test_drift_and_forecast_input_thresholds_are_params_yaml():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    drift = {p["title"]: p for p in panels(committed()["drift.json"])}
     for title in ("PSI per feature", "PSI over time (10 largest)"):
-        assert steps(by_title[title]) == [params["psi_threshold"]]
+        assert steps(drift[title]) == [params["drift"]["psi_threshold"]]
     for title in ("Share of drifted features", "Share of drifted features over time"):
-        assert steps(by_title[title]) == [params["share_threshold"]]
+        assert steps(drift[title]) == [params["drift"]["share_threshold"]]
+    forecasts = {p["title"]: p for p in panels(committed()["forecasts.json"])}
+    limits = params["forecast"]
+    assert steps(forecasts["Input completeness"]) == [limits["min_input_completeness"]]
+    table = forecasts["Latest observation and forecast by location"]
+    hours = next(o for o in table["fieldConfig"]["overrides"]
+                 if o["matcher"]["options"] == "h since observed at issue")
+    limit = next(p["value"] for p in hours["properties"] if p["id"] == "thresholds")
+    assert [s["value"] for s in limit["steps"]][1:] == [limits["max_hours_since_observation"]]
 
 
 def test_aqi_bands_are_pipeline_core_aqi():
