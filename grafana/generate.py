@@ -58,6 +58,7 @@ PORTS = Ports()  # the default addresses: local stack and docker-compose (networ
 PROVISIONED_DATASOURCE = "prometheus"  # uid in grafana/provisioning/datasources/prometheus.yml
 RUNBOOK_UID = "aq-runbook"
 SERVING_FILE = "serving.json"  # by the serving work (issue 14); checked by its own tests
+POLLUTANTS = ("pm2_5", "pm10", "no2", "o3", "so2", "co")  # the ones with AQI breakpoints
 AQI_COLORS = ("green", "yellow", "orange", "red", "purple", "#7E0023")  # EPA category colours
 
 # ---------------------------------------------------------------- the sources of truth
@@ -126,7 +127,7 @@ def aqi_steps() -> Json:
 def concentration_overrides(pattern: str) -> list[Json]:
     """AQI category bands in ug/m3 for each pollutant, for fields named ``pattern % target``."""
     out = []
-    for target in ("pm2_5", "pm10", "no2", "o3", "so2", "co"):
+    for target in POLLUTANTS:
         starts = category_thresholds(target).values()
         out.append({"matcher": {"id": "byRegexp", "options": pattern % target},
                     "properties": [{"id": "thresholds", "value": thresholds(
@@ -677,11 +678,11 @@ def forecasts() -> Board:
           overrides=[*concentration_overrides("^%s .*"),
                      {"matcher": {"id": "byRegexp", "options": ".* forecast$"},
                       "properties": [{"id": "custom.lineWidth", "value": 2}]},
-                     {"matcher": {"id": "byRegexp", "options": ".* upper$"},
-                      "properties": [{"id": "custom.fillBelowTo",
-                                      "value": "$target lower"},
-                                     {"id": "custom.lineWidth", "value": 0},
-                                     {"id": "custom.fillOpacity", "value": 20}]},
+                     *({"matcher": {"id": "byName", "options": f"{target} upper"},
+                        "properties": [{"id": "custom.fillBelowTo", "value": f"{target} lower"},
+                                       {"id": "custom.lineWidth", "value": 0},
+                                       {"id": "custom.fillOpacity", "value": 20}]}
+                       for target in POLLUTANTS),
                      {"matcher": {"id": "byRegexp", "options": ".* lower$"},
                       "properties": [{"id": "custom.lineWidth", "value": 0}]}],
           description="At each moment: the newest observation, and what the forecast issued "
