@@ -156,19 +156,6 @@ class Board:
         self._line_height = max(self._line_height, h)
         return panel
 
-    def text(self, title: str, content: str, *, w: int, h: int, panel_id: int | None = None,
-             description: str = "") -> Json:
-        if self._x + w > GRID_WIDTH:
-            self._newline()
-        panel: Json = {"type": "text", "id": panel_id or self._next_id(), "title": title,
-                       "description": description,
-                       "gridPos": {"h": h, "w": w, "x": self._x, "y": self._y},
-                       "options": {"mode": "markdown", "content": content}}
-        self.panels.append(panel)
-        self._x += w
-        self._line_height = max(self._line_height, h)
-        return panel
-
     def json(self) -> Json:
         return {
             "uid": self.uid,

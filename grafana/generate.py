@@ -1,15 +1,16 @@
 """The dashboards as code: ``.venv/bin/python -m grafana.generate`` writes grafana/dashboards/.
 
 One dashboard per question, cross-linked (tag ``aq``): pipeline health, model quality,
-forecasts, drift, Airflow, and the runbook (docs/runbook.md, one panel per alert, so
-every "Runbook" link opens inside Grafana). ``serving.json`` is written by hand by the
-serving work (issue 14): tag it ``aq`` and it joins the navigation.
+forecasts, drift and Airflow. A panel tied to an alert links to the alert's own
+``runbook_url`` (the runbook page the local stack serves, pipeline/ops/runbook.py).
+``serving.json`` is written by hand by the serving work (issue 14): tag it ``aq`` and it
+joins the navigation.
 
 Thresholds come from their one source: the alert rules (prometheus/rules/*.yml),
-params.yaml (drift) and pipeline/core/aqi.py (AQI categories); the layout pictures in
-docs/monitoring.md are drawn from the generated JSON. Every dashboard goes through the
-typed models of grafana-foundation-sdk (Grafana 10.4, the docker-compose image) and
-generation fails if they would drop anything. ``--check`` compares instead of writing.
+params.yaml (drift, forecast inputs) and pipeline/core/aqi.py (AQI categories); the
+layout pictures in docs/monitoring.md are drawn from the generated JSON. Every dashboard
+goes through the typed models of grafana-foundation-sdk (Grafana 10.4, the docker-compose
+image) and generation fails if they would drop anything. ``--check`` compares instead of writing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import json
 import operator
 import re
 import sys
-import zlib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,19 +44,18 @@ from grafana.board import (
     value_map,
 )
 from pipeline.core.aqi import aqi, category_thresholds
+from pipeline.ops import runbook
 from pipeline.ops.ports import Ports
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARDS = REPO / "grafana" / "dashboards"
 RULES = REPO / "prometheus" / "rules"
-RUNBOOK = REPO / "docs" / "runbook.md"
 MONITORING_DOC = REPO / "docs" / "monitoring.md"
 PARAMS = REPO / "params.yaml"
 
 TAG = "aq"
 PORTS = Ports()  # the default addresses: local stack and docker-compose (network_mode: host)
 PROVISIONED_DATASOURCE = "prometheus"  # uid in grafana/provisioning/datasources/prometheus.yml
-RUNBOOK_UID = "aq-runbook"
 SERVING_FILE = "serving.json"  # by the serving work (issue 14); checked by its own tests
 POLLUTANTS = ("pm2_5", "pm10", "no2", "o3", "so2", "co")  # the ones with AQI breakpoints
 AQI_COLORS = ("green", "yellow", "orange", "red", "purple", "#7E0023")  # EPA category colours
@@ -136,26 +135,13 @@ def concentration_overrides(pattern: str) -> list[Json]:
     return out
 
 
-def runbook_sections() -> dict[str, str]:
-    """``## Name`` -> its markdown body, in file order ("" -> the introduction)."""
-    sections: dict[str, list[str]] = {"": []}
-    current = ""
-    for line in RUNBOOK.read_text().splitlines():
-        if line.startswith("## "):
-            current = line[3:].strip()
-            sections[current] = []
-        elif not line.startswith("# "):
-            sections[current].append(line)
-    return {name: "\n".join(lines).strip() + "\n" for name, lines in sections.items()}
-
-
-def runbook_panel_id(section: str) -> int:
-    """Stable id of a section's panel: links keep working when sections are added."""
-    return 100 + zlib.crc32(section.encode()) % 900_000
-
-
 def runbook_url(alert: str) -> str:
-    return f"/d/{RUNBOOK_UID}/runbook?viewPanel={runbook_panel_id(alert)}"
+    """The alert's own ``runbook_url`` (prometheus/rules), on the ``runbook_url`` constant."""
+    url = alert_rules()[alert]["annotations"]["runbook_url"]
+    base, _, anchor = url.partition("#")
+    if base != runbook.DEFAULT_BASE or not anchor:
+        raise ValueError(f"alert {alert}: runbook_url {url} is not {runbook.DEFAULT_BASE}#...")
+    return "${runbook_url}#" + anchor
 
 
 def dashboard_url(uid: str) -> str:
@@ -188,7 +174,8 @@ def constant(name: str, value: str) -> Json:
 
 
 URL_CONSTANTS = [constant("airflow_url", PORTS.url("airflow")),
-                 constant("prometheus_url", PORTS.url("prometheus"))]
+                 constant("prometheus_url", PORTS.url("prometheus")),
+                 constant("runbook_url", runbook.DEFAULT_BASE)]
 BUILT_IN = {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
             "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
             "name": "Annotations & Alerts", "type": "dashboard",
@@ -222,7 +209,8 @@ NAVIGATION = [
      "targetBlank": True},
     {"title": "Alerts (Prometheus)", "type": "link", "url": "${prometheus_url}/classic/alerts",
      "icon": "bolt", "targetBlank": True},
-    {"title": "Runbook", "type": "link", "url": dashboard_url(RUNBOOK_UID), "icon": "doc"},
+    {"title": "Runbook", "type": "link", "url": "${runbook_url}", "icon": "doc",
+     "targetBlank": True},
 ]
 
 
@@ -234,7 +222,7 @@ def board(uid: str, title: str, description: str, *variables: Json,
 
 
 def alert_links(alert: str) -> list[Json]:
-    return [link(f"Runbook: {alert}", runbook_url(alert)),
+    return [link(f"Runbook: {alert}", runbook_url(alert), blank=True),
             link("Alerts (Prometheus)", "${prometheus_url}/classic/alerts", blank=True)]
 
 
@@ -330,7 +318,7 @@ def pipeline_health() -> Board:
           description="Alerts firing now in Prometheus; the list and their runbooks are linked.",
           thresholds=thresholds("green", (1, "red")), options=stat_options("value"),
           links=[link("Alerts (Prometheus)", "${prometheus_url}/classic/alerts", blank=True),
-                 link("Runbook", dashboard_url(RUNBOOK_UID))])
+                 link("Runbook", "${runbook_url}", blank=True)])
     b.add("timeseries", "Time since last success",
           [Query('aq:step_seconds_since_success{step=~"$step"}', "{{step}}")], w=8,
           unit=units.Seconds, custom=series_style(), options=series_options(),
@@ -886,26 +874,9 @@ def airflow() -> Board:
     return b
 
 
-# ---------------------------------------------------------------- runbook
-
-
-def runbook() -> Board:
-    b = Board(uid=RUNBOOK_UID, title="Air quality: runbook",
-              description="docs/runbook.md, one panel per alert: every Runbook link of the "
-                          "other dashboards opens its alert's panel here (viewPanel).",
-              tags=(TAG,), variables=[], annotations=[BUILT_IN], links=list(NAVIGATION))
-    for name, body in runbook_sections().items():
-        lines = body.count("\n") + 2
-        b.text(name or "Runbook", body, w=24, h=min(max(lines // 2 + 3, 5), 24),
-               panel_id=runbook_panel_id(name or "Runbook"),
-               description="From docs/runbook.md" + (f"#{name.lower()}" if name else ""))
-    return b
-
-
-BUILDERS = (pipeline_health, model_quality, forecasts, drift, airflow, runbook)
+BUILDERS = (pipeline_health, model_quality, forecasts, drift, airflow)
 FILES = {"aq-pipeline-health": "pipeline-health.json", "aq-model-quality": "model-quality.json",
-         "aq-forecasts": "forecasts.json", "aq-drift": "drift.json", "aq-airflow": "airflow.json",
-         RUNBOOK_UID: "runbook.json"}
+         "aq-forecasts": "forecasts.json", "aq-drift": "drift.json", "aq-airflow": "airflow.json"}
 
 
 # ---------------------------------------------------------------- typed models, output

@@ -130,10 +130,20 @@ def test_annotations_mark_the_failure_the_promotions_and_the_rollback(prom):
     assert "predict" in marked
 
 
-def test_prometheus_pages_the_dashboards_link_to_open(prom):
+def test_pages_the_dashboards_link_to_open(observed_run, prom):
+    """Prometheus' alerts page, and every runbook section a panel links to, on the stack's
+    runbook page (the webhook receiver serves it; the dashboards carry the default port)."""
     for page in ("/classic/alerts",):
         with urllib.request.urlopen(prom.url + page, timeout=10) as reply:  # noqa: S310
             assert reply.status == 200
+    linked = {link["url"].partition("#")[2] for dash in generated()[0].values()
+              for p in panels(dash) for link in p.get("links", [])
+              if link["url"].startswith("${runbook_url}#")}
+    with urllib.request.urlopen(observed_run.stack.info["AQ_RUNBOOK_URL"],  # noqa: S310
+                                timeout=10) as reply:
+        page = reply.read().decode()
+    assert len(linked) >= 12
+    assert {anchor for anchor in linked if f' id="{anchor}"' not in page} == set()
 
 
 # ---------------------------------------------------------------- what the new gauges hold
