@@ -567,7 +567,8 @@ def forecasts() -> Board:
               "What is forecast, and how did earlier forecasts do against what was observed? "
               "Per location: the last batch with its interval, the forecast h hours ahead "
               "against the observations as they arrive, AQI category bands.",
-              query_variable("location", "Location", "aq_forecast_value"),
+              # every configured location, those withheld this run too (they say why)
+              query_variable("location", "Location", "aq_forecast_degraded"),
               query_variable("target", "Target", "aq_forecast_value", multi=False),
               query_variable("horizon", "Horizon (h)", "aq_forecast_value", multi=False,
                              numeric=True,
@@ -615,8 +616,9 @@ def forecasts() -> Board:
 
     b.row("$location", repeat="location")
     one = 'location="$location",target="$target"'
-    interval_hint = ("The band is the 80 % interval: it appears once the models give "
-                     "prediction intervals (issue 12).")
+    interval_hint = ("No forecast for $location this run (see 'Forecast this run'), or no "
+                     "80 % interval yet: the band appears once the models give prediction "
+                     "intervals (issue 12).")
     b.add("stat", "Latest observation", [Query(f"aq_observation_value{{{one}}}", "{{target}}")],
           w=4, h=4, unit=UGM3, overrides=concentration_overrides("^%s$"),
           options=stat_options("value"),
