@@ -41,5 +41,7 @@ if [ "${AQ_NO_SERVICES:-0}" != "1" ]; then
     echo "  .venv/bin/python -m pipeline.ops.airflow_local unpause"
   fi
   python -m pipeline.ops status || true
+  echo "Grafana is not installed here: the dashboards in grafana/dashboards/ run on any Grafana"
+  echo "10.4+ pointed at this Prometheus (docker compose up -d grafana; docs/monitoring.md)."
   echo "Stop the services with: make stop"
 fi

@@ -74,3 +74,19 @@ def category(pollutant: str, values) -> pd.Series:
     idx = category_index(pollutant, values)
     names = np.array([*CATEGORIES, "unknown"], dtype=object)
     return pd.Series(names[idx], dtype="object")
+
+
+def category_thresholds(pollutant: str) -> dict[str, float]:
+    """Concentration (ug/m3) from which each category above ``good`` starts.
+
+    EPA truncates before the lookup (PM2.5 9.1 is moderate, 9.09 is good), so the
+    lower breakpoint of a category is where a value reaches it.
+    """
+    if pollutant not in _BREAKPOINTS:
+        raise ValueError(f"no AQI breakpoints for {pollutant!r}")
+    lows = np.asarray(_BREAKPOINTS[pollutant][0], dtype=float)[1:]
+    if pollutant in ("no2", "o3", "so2"):
+        lows = lows / ugm3_to_ppb(1.0, pollutant)
+    elif pollutant == "co":
+        lows = lows * 1000.0 / ugm3_to_ppb(1.0, "co")
+    return {name: float(low) for name, low in zip(CATEGORIES[1:], lows, strict=True)}

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from pipeline.core.quality import IngestQuality, freshness_lag
 from pipeline.core.validation import validate
 from pipeline.errors import IngestError
+from pipeline.io.forecast_metrics import export_observations, latest_observations
 from pipeline.io.metrics import StepRun
 from pipeline.io.sources import SourceStats, make_source
 from pipeline.io.sources.base import answered_without_data, time_chunks
@@ -256,6 +257,14 @@ class Ingestion:
         push_quality(metrics, report.quality, report.stats)
         return report
 
+    def _observations(self, metrics: StepRun) -> None:
+        """The newest observation of every configured location (not only this run's: pushadd
+        replaces the whole family), for the forecasts dashboard. Ingest only: backfill fills
+        the past and would keep an old "newest" under its own group."""
+        export_observations(metrics, latest_observations(
+            self.ctx.paths.raw_dir, self.source.name, self.ctx.params.location_ids,
+            self.ctx.params.targets))
+
     def _chunks(self, locs: Sequence[Location], start: pd.Timestamp, end: pd.Timestamp,
                 days: int, what: str, report: IngestReport, tally: _Tally,
                 progress: bool | None, done: dict[str, set[str]] | None = None,
@@ -305,6 +314,7 @@ class Ingestion:
                      self.source.name, start_ts, end_ts, len(locs), days)
             self._chunks(locs, start_ts, end_ts, days, "ingest", report, tally, progress)
             self._finish(report, tally, ids, metrics)
+            self._observations(metrics)
             self._log_summary("ingest", report)
             _raise_failures("ingest", report, ids)
         return report
@@ -375,6 +385,7 @@ class Ingestion:
                 self._chunks(group, resume, stop, days, "ingest", report, tally,
                              progress=False, on_chunk=advance)
             self._finish(report, tally, ids, metrics)
+            self._observations(metrics)
             self._log_summary("ingest", report)
             _raise_failures("ingest", report, ids)
         return report

@@ -28,6 +28,8 @@ class MetricSpec:
     kind: str  # "gauge" | "info"
     help: str
     labels: tuple[str, ...] = ()
+    # why the series may be absent after a full pipeline run (empty: always emitted)
+    optional: str = ""
 
 
 # The catalogue: docs/metrics.md documents exactly these (a test keeps them in step).
@@ -85,6 +87,14 @@ CATALOGUE: dict[str, MetricSpec] = {
     "aq_champion_created_timestamp_seconds": MetricSpec(
         "gauge", "Unix time the current champion was trained."
     ),
+    "aq_champion_switched_timestamp_seconds": MetricSpec(
+        "gauge", "Unix time the champion pointer last changed, by the step that changed it.",
+        ("action",),
+    ),
+    "aq_model_interval_coverage": MetricSpec(
+        "gauge", "Share of holdout observations inside the candidate's 80 % interval.",
+        ("target", "horizon"), optional="only for models with prediction intervals",
+    ),
     # realised accuracy of past forecasts
     "aq_realised_mae": MetricSpec(
         "gauge", "MAE of past batch forecasts against later observations.", ("target", "horizon")
@@ -95,6 +105,10 @@ CATALOGUE: dict[str, MetricSpec] = {
     "aq_realised_forecasts_scored": MetricSpec(
         "gauge", "Forecasts scored against observations.", ("target", "horizon")
     ),
+    "aq_realised_interval_coverage": MetricSpec(
+        "gauge", "Share of later observations inside the issued forecasts' 80 % interval.",
+        ("target", "horizon"), optional="only for forecasts with prediction intervals",
+    ),
     # drift
     "aq_drift_psi": MetricSpec(
         "gauge", "PSI of a feature: recent window vs the champion's training data.", ("feature",)
@@ -103,7 +117,14 @@ CATALOGUE: dict[str, MetricSpec] = {
     "aq_drift_detected": MetricSpec("gauge", "1 if drift exceeds the share threshold."),
     "aq_drift_reference_info": MetricSpec(
         "info", "The training months the recent window was compared with (same season).",
-        ("months", "seasonal")
+        ("months", "seasonal"),
+    ),
+    "aq_drift_period_start_timestamp_seconds": MetricSpec(
+        "gauge", "Start of a compared period: the champion's training rows (training) or "
+        "the recent window (recent).", ("period",),
+    ),
+    "aq_drift_period_end_timestamp_seconds": MetricSpec(
+        "gauge", "End (newest hour) of the compared period.", ("period",),
     ),
     # forecasts
     "aq_forecast_max_aqi_24h": MetricSpec(
@@ -120,7 +141,30 @@ CATALOGUE: dict[str, MetricSpec] = {
     ),
     "aq_forecast_degraded": MetricSpec(
         "gauge", "1 if the location got no forecast in the last batch (inputs too incomplete).",
-        ("location",)
+        ("location",),
+    ),
+    "aq_forecast_value": MetricSpec(
+        "gauge", "The last batch's forecast concentration (ug/m3).",
+        ("location", "target", "horizon"),
+    ),
+    "aq_forecast_lower": MetricSpec(
+        "gauge", "Lower bound of the last batch's 80 % prediction interval (ug/m3).",
+        ("location", "target", "horizon"), optional="only for models with prediction intervals",
+    ),
+    "aq_forecast_upper": MetricSpec(
+        "gauge", "Upper bound of the last batch's 80 % prediction interval (ug/m3).",
+        ("location", "target", "horizon"), optional="only for models with prediction intervals",
+    ),
+    "aq_forecast_issue_timestamp_seconds": MetricSpec(
+        "gauge", "Unix time of the hour the last batch forecast from (its newest input).",
+        ("location",),
+    ),
+    # observations (what the forecasts are compared with)
+    "aq_observation_value": MetricSpec(
+        "gauge", "Newest stored observation of each target (ug/m3).", ("location", "target")
+    ),
+    "aq_observation_timestamp_seconds": MetricSpec(
+        "gauge", "Unix time of the hour of that observation.", ("location", "target")
     ),
 }
 

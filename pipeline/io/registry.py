@@ -380,12 +380,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def push_champion(reporter: MetricsReporter, registry: Registry) -> None:
+def push_champion(reporter: MetricsReporter, registry: Registry,
+                  switched_by: str | None = None) -> None:
     """Push the current champion under its own group (step="champion").
 
     Promote and rollback both change the champion; one group means the latest
     change wins, whichever step made it, and a failing step cannot make an older
-    champion look current.
+    champion look current. ``switched_by`` (the step that just moved the pointer)
+    also pushes when it moved, for the dashboards' promotion and rollback marks;
+    without it the last switch pushed stays as it was.
     """
     version = registry.champion_version()
     if version is None:
@@ -395,4 +398,7 @@ def push_champion(reporter: MetricsReporter, registry: Registry) -> None:
     run.info("aq_champion_info", {"version": version})
     created = datetime.fromisoformat(meta["created_at"]).timestamp()
     run.set("aq_champion_created_timestamp_seconds", created)
+    if switched_by is not None:
+        switched = datetime.fromisoformat(registry.pointer()["at"]).timestamp()
+        run.set("aq_champion_switched_timestamp_seconds", switched, action=switched_by)
     reporter.push(run)

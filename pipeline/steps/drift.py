@@ -8,6 +8,7 @@ import pandas as pd
 
 from pipeline.context import Context
 from pipeline.core.drift import drift_report
+from pipeline.io.metrics import StepRun
 from pipeline.io.registry import Registry
 from pipeline.io.storage import atomic_write_json
 from pipeline.steps.common import (
@@ -18,6 +19,18 @@ from pipeline.steps.common import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def push_periods(metrics: StepRun, reference: dict | None, recent_times: pd.Series) -> None:
+    """The periods compared: the champion's training rows and the recent window."""
+    periods = {}
+    if reference:  # recorded by train since the dashboards need it; older models lack it
+        periods["training"] = (pd.Timestamp(reference["start"]), pd.Timestamp(reference["end"]))
+    if not recent_times.empty:
+        periods["recent"] = (recent_times.min(), recent_times.max())
+    for period, (start, end) in periods.items():
+        metrics.set("aq_drift_period_start_timestamp_seconds", start.timestamp(), period=period)
+        metrics.set("aq_drift_period_end_timestamp_seconds", end.timestamp(), period=period)
 
 
 def run(ctx: Context) -> dict:
@@ -44,6 +57,7 @@ def run(ctx: Context) -> dict:
             "seasonal": str(report["seasonal"]).lower(),
         })
         metrics.set("aq_drift_detected", 1 if report["detected"] else 0)
+        push_periods(metrics, bundle.metadata.get("reference_period"), recent["time"])
         metrics.rows(rows_in=len(recent), rows_out=len(report["psi"]))
         reference = (f"training months {report['reference_months']}" if report["seasonal"]
                      else "all training data (too little of this season)")

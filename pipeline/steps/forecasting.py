@@ -20,6 +20,7 @@ from pipeline.context import Context
 from pipeline.core.aqi import aqi, category
 from pipeline.core.models import predict_latest
 from pipeline.errors import PipelineError
+from pipeline.io.forecast_metrics import export_forecasts
 from pipeline.io.metrics import StepRun
 from pipeline.io.registry import ModelBundle
 from pipeline.io.storage import atomic_write_json, atomic_write_parquet
@@ -148,6 +149,7 @@ def issue_forecasts(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict
         if pd.notna(value):
             metrics.set("aq_forecast_max_aqi_24h", value, location=location, target=target)
     metrics.set("aq_forecast_rows", len(forecasts))
+    export_forecasts(metrics, forecasts)
     metrics.rows(rows_in=len(checked.valid), rows_out=len(forecasts))
     report = {
         "model_version": meta["version"],

@@ -71,7 +71,8 @@ def run(ctx: Context) -> dict:
             report = _gate(ctx, registry, evaluation, version)
         atomic_write_json(ctx.paths.promotion_report, report)
         metrics.set("aq_promotion_promoted", 1 if report["promoted"] else 0)
-        push_champion(ctx.reporter, registry)
+        push_champion(ctx.reporter, registry,
+                      switched_by="promote" if report["switched"] else None)
         if report["switched"]:
             log.info("promote: %s is the new champion (was %s)", version,
                      report["previous_champion"])

@@ -21,7 +21,7 @@ def run(ctx: Context, to: str | None = None) -> str:
         registry = Registry(ctx.paths)
         current = registry.champion_version()
         restored = registry.rollback(to)
-        push_champion(ctx.reporter, registry)
+        push_champion(ctx.reporter, registry, switched_by="rollback")
         log.info("rollback: champion %s -> %s", current, restored)
         print(f"champion is now {restored} (was {current})")
     if raw_files(ctx.paths.raw_dir, ctx.params.source.kind, ctx.params.location_ids):

@@ -42,6 +42,8 @@ def run(ctx: Context) -> dict:
                 "data_version": data_version(ctx),
                 "reference": reference_distribution(training, features, p.drift.bins,
                                                     months=training["time"].dt.month),
+                "reference_period": {"start": training["time"].min().isoformat(),
+                                     "end": training["time"].max().isoformat()},
             },
         )
         metrics.rows(rows_in=len(frame), rows_out=total)

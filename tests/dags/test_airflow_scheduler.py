@@ -15,11 +15,13 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
+from grafana import generate
 from pipeline.ops import airflow_local
 from pipeline.ops.ports import Ports
 from pipeline.paths import ProjectPaths
@@ -31,6 +33,7 @@ from tests.dags.airflow_harness import (
     session_pids,
 )
 from tests.dags.conftest import make_dvc_project, seed_history, wait_until
+from tests.grafana_doc import BUILT_IN, Prometheus, check_panel, expand, variable_values, variables
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -141,8 +144,10 @@ def documented_airflow_metrics() -> dict[str, set[str]]:
     return out
 
 
-def test_airflow_metrics_sit_beside_the_pipelines_in_prometheus(local_airflow, tmp_path):
-    """A real Prometheus on the committed prometheus.yml scrapes Airflow and the Pushgateway."""
+@pytest.fixture(scope="module")
+def airflow_prometheus(local_airflow, tmp_path_factory) -> Iterator[Prometheus]:
+    """A real Prometheus on the committed prometheus.yml, scraping Airflow and the Pushgateway
+    once the DAG runs above are done."""
     from pipeline.ops import stack
     from pipeline.ops.services import ServiceManager
 
@@ -152,39 +157,78 @@ def test_airflow_metrics_sit_beside_the_pipelines_in_prometheus(local_airflow, t
                   airflow=local_airflow["ports"].airflow,
                   pushgateway=local_airflow["ports"].pushgateway)
     layout = stack.write_configs(paths, ports, fast=True)
-    manager = ServiceManager(tmp_path / "prometheus-state")
+    manager = ServiceManager(tmp_path_factory.mktemp("prometheus-state"))
+    started = time.time()
     manager.start("prometheus", stack.commands(layout, ports, fast=True)["prometheus"])
     try:
-        prom = ports.url("prometheus")
-        manager.wait_for_http(f"{prom}/-/ready", timeout=60, name="prometheus")
-
-        def query(expr: str) -> list[dict]:
-            reply = requests.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10)
-            return reply.json()["data"]["result"] if reply.ok else []
+        prom = Prometheus(ports.url("prometheus"), started)
+        manager.wait_for_http(f"{prom.url}/-/ready", timeout=60, name="prometheus")
 
         def both_scraped():
-            airflow = query('airflow_dag_status{job="airflow",dag_id="aq_retrain",'
-                            'status="success"}')
-            pipeline = query('aq_step_success{job="aq_pipeline",step="train"}')
+            airflow = prom.instant('airflow_dag_status{job="airflow",dag_id="aq_retrain",'
+                                   'status="success"}')
+            pipeline = prom.instant('aq_step_success{job="aq_pipeline",step="train"}')
             return (airflow, pipeline) if airflow and pipeline else None
 
-        airflow, pipeline = wait_until(both_scraped, 60, what="Airflow and pipeline metrics")
-        assert airflow[0]["value"][1] == "1"
-        assert pipeline[0]["value"][1] == "1"
-        documented = documented_airflow_metrics()
-        assert set(documented) == {"airflow_dag_status", "airflow_dag_last_status",
-                                   "airflow_dag_run_duration", "airflow_task_status"}
-        for name, labels in documented.items():
-            series = query(f'{name}{{job="airflow"}}')
-            if name == "airflow_dag_run_duration":  # only while a run is running: none now
-                assert series == []
-                continue
-            assert series, name
-            assert all(labels <= set(s["metric"]) for s in series), name
-        failed = query('airflow_task_status{job="airflow",status="failed"}')
-        assert [s for s in failed if float(s["value"][1]) > 0] == []
+        wait_until(both_scraped, 60, what="Airflow and pipeline metrics")
+        yield prom
     finally:
         manager.stop("prometheus")
+
+
+def test_airflow_metrics_sit_beside_the_pipelines_in_prometheus(airflow_prometheus):
+    """A real Prometheus on the committed prometheus.yml scrapes Airflow and the Pushgateway."""
+    query = airflow_prometheus.instant
+    airflow = query('airflow_dag_status{job="airflow",dag_id="aq_retrain",status="success"}')
+    pipeline = query('aq_step_success{job="aq_pipeline",step="train"}')
+    assert airflow[0]["value"][1] == "1"
+    assert pipeline[0]["value"][1] == "1"
+    documented = documented_airflow_metrics()
+    assert set(documented) == {"airflow_dag_status", "airflow_dag_last_status",
+                               "airflow_dag_run_duration", "airflow_task_status"}
+    for name, labels in documented.items():
+        series = query(f'{name}{{job="airflow"}}')
+        if name == "airflow_dag_run_duration":  # only while a run is running: none now
+            assert series == []
+            continue
+        assert series, name
+        assert all(labels <= set(s["metric"]) for s in series), name
+    failed = query('airflow_task_status{job="airflow",status="failed"}')
+    assert [s for s in failed if float(s["value"][1]) > 0] == []
+
+
+def test_airflow_dashboard_queries_return_data_for_every_dag(airflow_prometheus):
+    """Every panel of grafana/dashboards/airflow.json against this Airflow's real runs."""
+    dashboards, metas = generate.build()
+    dashboard = dashboards["airflow.json"]
+    present = airflow_prometheus.names()
+    problems = [problem for meta in metas if meta.dashboard == dashboard["uid"]
+                for problem in check_panel(meta, dashboard, airflow_prometheus, present)]
+    assert problems == []
+    assert variable_values(airflow_prometheus.url, variables(dashboard)["dag_id"]) == [
+        "aq_ingest", "aq_retrain"]  # aq_predict stayed paused: no runs, no series
+    for annotation in dashboard["annotations"]["list"]:
+        if "expr" in annotation:  # valid PromQL here; tests/integration sees it mark a failure
+            airflow_prometheus.range(expand(annotation["expr"], BUILT_IN))
+
+
+def test_airflow_dashboard_links_open_real_dags_and_tasks(airflow_prometheus, api):
+    """The DAG and task links of the tables lead to DAGs and tasks this Airflow has."""
+    dags = {s["metric"]["dag_id"] for s in airflow_prometheus.instant(
+        "max by (dag_id) (airflow_dag_last_status == 1)")}
+    tasks = {(s["metric"]["dag_id"], s["metric"]["task_id"]) for s in airflow_prometheus.instant(
+        "sum by (dag_id, task_id) (airflow_task_status)")}
+    assert dags == {"aq_ingest", "aq_retrain"}
+    assert len(tasks) >= 5
+    for dag_id in dags:
+        assert api.call("GET", f"/dags/{dag_id}")["dag_id"] == dag_id
+    for dag_id, task_id in tasks:
+        assert api.call("GET", f"/dags/{dag_id}/tasks/{task_id}")["task_id"] == task_id
+    dashboard = generate.build()[0]["airflow.json"]
+    ui = variables(dashboard)["airflow_url"]["query"]
+    assert ui == generate.PORTS.url("airflow")  # the same default port the local stack uses
+    for page in ("", f"/dags/{sorted(dags)[0]}", "/dag_runs"):  # the UI serves its routes
+        assert requests.get(f"{api.base}{page}", timeout=10).ok, page
 
 
 def test_stop_leaves_nothing_behind_even_mid_run(local_airflow, api):

@@ -48,6 +48,7 @@ class ObservedRun:
     project: Path
     env: dict[str, str]
     timings: dict[str, float]
+    started: float = 0.0  # unix time the run began: range queries start here
 
     def step(self, name: str, *args: str, check: bool = True,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -71,6 +72,7 @@ class ObservedRun:
 
 @pytest.fixture(scope="session")
 def observed_run(tmp_path_factory) -> Iterator[ObservedRun]:
+    started = time.time()
     root = tmp_path_factory.mktemp("observability")
     project = make_project(root / "project", overrides=SMALL)
     http_project = make_project(root / "http_project", overrides=OPEN_METEO)
@@ -94,12 +96,21 @@ def observed_run(tmp_path_factory) -> Iterator[ObservedRun]:
         # last-failure time after the later success)
         early = run.step("predict", check=False)
         assert early.returncode == 1, early.stderr
-        for name in ("preprocess", "train", "evaluate", "promote", "predict"):
+        for name in ("preprocess", "train", "evaluate", "promote"):
             run.step(name)
+        # a second champion, a rollback to the first and the roll-forward again: the
+        # champion history the dashboards annotate (each state scraped before the next)
+        for name in ("train", "evaluate", "promote", "rollback"):
+            run.step(name)
+        run.wait_for('aq_champion_switched_timestamp_seconds{action="rollback"}')
+        run.step("promote")
+        run.wait_for('aq_champion_switched_timestamp_seconds{action="promote"}')
+        run.step("predict")
         run.step("ingest", "--start", FIRST_END)
         run.step("score")
         run.step("drift")
         # every step's push is scraped and recorded (1 s intervals) before the tests look
-        run.wait_for(f'count(aq_step_success{{job="{JOB}"}} == 1) >= 8')
-        run.wait_for(f'count(aq:step_seconds_since_success{{job="{JOB}"}}) >= 8')
+        run.wait_for(f'count(aq_step_success{{job="{JOB}"}} == 1) >= 9')
+        run.wait_for(f'count(aq:step_seconds_since_success{{job="{JOB}"}}) >= 9')
+        run.started = started
         yield run

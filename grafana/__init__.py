@@ -1,0 +1,1 @@
+"""The Grafana dashboards as code (generate.py); provisioning files live beside it."""
