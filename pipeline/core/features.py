@@ -9,10 +9,10 @@ One implementation serves the batch pipeline and the online endpoint:
   one row per UTC hour, gaps are NaN);
 - the features are a declarative list of :class:`FeatureBlock` (:func:`feature_blocks`), each
   a kernel that computes some named columns *at given positions* of a grid;
-- lags read by index and rolling statistics read only their own window (built with
-  ``sliding_window_view``), so a feature at ``t`` depends only on the ``lookback`` hours before
-  it: evaluated at every position (:func:`build_features`, batch) or at the last position of a
-  bounded window (:func:`latest_features`, serving), it gives the same value bit for bit.
+- lags read by index; a rolling statistic gathers its window into a row of its own, so a
+  feature at ``t`` depends only on the ``lookback`` hours before it: evaluated at every
+  position (:func:`build_features`, batch) or at the last position of a bounded window
+  (:func:`latest_features`, serving), it gives the same value bit for bit.
 
 To add a feature, add a block to :func:`feature_blocks` (its kernel receives the grid, the
 positions and the columns computed so far) and declare its ``lookback``; both paths follow.
@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
 
 from pipeline.schema import KEYS, POLLUTANTS, TIME_DTYPE, VALUE_COLUMNS, WEATHER
 
@@ -156,17 +155,23 @@ def hourly_grids(frame: pd.DataFrame) -> list[HourlyGrid]:
 # --- kernels: values at positions ``pos`` of a grid, NaN where history is missing --------------
 
 
-def shifted(x: np.ndarray, pos: np.ndarray, lag: int) -> np.ndarray:
-    """``x`` ``lag`` hours before each position (after, for a negative lag); NaN off the grid."""
-    source = pos - lag
-    inside = (source >= 0) & (source < len(x))
-    return np.where(inside, x[np.clip(source, 0, max(len(x) - 1, 0))], np.nan)
+def shifted(x: np.ndarray, pos: np.ndarray, lags: np.ndarray | int) -> np.ndarray:
+    """``x`` ``lag`` hours before each position (after, for a negative lag); NaN off the grid.
+
+    One lag gives shape (len(pos),), an array of lags (len(pos), len(lags)).
+    """
+    source = pos[:, None] - np.atleast_1d(lags)[None, :]
+    out = x.take(source, mode="clip") if len(x) else np.full(source.shape, np.nan)
+    out[(source < 0) | (source >= len(x))] = np.nan
+    return out if np.ndim(lags) else out[:, 0]
 
 
 def windows(x: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
-    """The ``width`` hours ending at each position (NaN before the grid): (len(pos), width)."""
-    padded = np.concatenate([np.full(width - 1, np.nan), x])
-    return sliding_window_view(padded, width)[pos]
+    """The ``width`` hours ending at each position (NaN before the grid): (len(pos), width).
+
+    A copy per position, so a window's statistics depend on its own values only.
+    """
+    return shifted(x, pos, np.arange(width - 1, -1, -1))
 
 
 def rolling_stats(x: np.ndarray, pos: np.ndarray, width: int, min_count: int,
@@ -177,23 +182,26 @@ def rolling_stats(x: np.ndarray, pos: np.ndarray, width: int, min_count: int,
     needs two).
     """
     win = windows(x, pos, width)
-    observed = ~np.isnan(win)
-    count = observed.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(observed, win, 0.0).sum(axis=1) / count
-        deviation = np.where(observed, win - mean[:, None], 0.0)
-        std = np.sqrt((deviation * deviation).sum(axis=1) / (count - 1))
-    mean = np.where(count >= min_count, mean, np.nan)
-    std = np.where((count >= min_count) & (count >= 2), std, np.nan)
+    missing = np.isnan(win)
+    count = width - missing.sum(axis=1)
+    win[missing] = 0.0
+    mean = win.sum(axis=1) / np.maximum(count, 1)
+    win -= mean[:, None]
+    win[missing] = 0.0
+    std = np.sqrt((win * win).sum(axis=1) / np.maximum(count - 1, 1))
+    mean[count < min_count] = np.nan
+    std[(count < min_count) | (count < 2)] = np.nan
     return mean, std
 
 
 def rolling_sum(x: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     """Sum of each window's observed values; NaN when none is observed."""
     win = windows(x, pos, width)
-    observed = ~np.isnan(win)
-    total = np.where(observed, win, 0.0).sum(axis=1)
-    return np.where(observed.any(axis=1), total, np.nan)
+    missing = np.isnan(win)
+    win[missing] = 0.0
+    total = win.sum(axis=1)
+    total[missing.all(axis=1)] = np.nan
+    return total
 
 
 def anchor(level: np.ndarray, fallbacks: Iterable[np.ndarray]) -> np.ndarray:
@@ -207,30 +215,26 @@ def anchor(level: np.ndarray, fallbacks: Iterable[np.ndarray]) -> np.ndarray:
     return np.clip(level, 0, None)
 
 
-def _local_clock_many(hours: np.ndarray, timezone: str) -> np.ndarray:
+def local_clock(hours: np.ndarray, timezone: str) -> np.ndarray:
+    """(local hour, local day of week, UTC day of year) of each hour: (len(hours), 3)."""
     utc = hour_times(hours)
     local = utc.tz_convert(timezone)
     return np.stack([local.hour.to_numpy(np.float64), local.day_of_week.to_numpy(np.float64),
                      utc.day_of_year.to_numpy(np.float64)], axis=1)
 
 
-@functools.lru_cache(maxsize=16384)
-def _local_clock_one(hour: int, timezone: str) -> np.ndarray:
-    return _local_clock_many(np.array([hour], dtype=np.int64), timezone)
-
-
-def local_clock(hours: np.ndarray, timezone: str) -> np.ndarray:
-    """(local hour, local day of week, UTC day of year) of each hour: (len(hours), 3).
+def calendar(hours: np.ndarray, timezone: str) -> np.ndarray:
+    """The :data:`CALENDAR` columns of each hour in the location's time zone.
 
     A single hour is cached (the online path asks for the same hours again and again).
     """
     if len(hours) == 1:
-        return _local_clock_one(int(hours[0]), timezone)
-    return _local_clock_many(hours, timezone)
+        return _calendar_one(int(hours[0]), timezone)
+    return _calendar_many(hours, timezone)
 
 
-def calendar(clock: np.ndarray) -> np.ndarray:
-    """The :data:`CALENDAR` columns from :func:`local_clock`."""
+def _calendar_many(hours: np.ndarray, timezone: str) -> np.ndarray:
+    clock = local_clock(hours, timezone)
     hour, dow, doy = clock[:, 0], clock[:, 1], clock[:, 2]
     return np.stack([
         np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24),
@@ -238,6 +242,13 @@ def calendar(clock: np.ndarray) -> np.ndarray:
         (dow >= 5).astype(np.float64),
         np.sin(2 * np.pi * doy / 365.25), np.cos(2 * np.pi * doy / 365.25),
     ], axis=1)
+
+
+@functools.lru_cache(maxsize=16384)
+def _calendar_one(hour: int, timezone: str) -> np.ndarray:
+    values = _calendar_many(np.array([hour], dtype=np.int64), timezone)
+    values.flags.writeable = False
+    return values
 
 
 # --- the declarative feature list ----------------------------------------------------------
@@ -273,8 +284,10 @@ def _value(var: str) -> FeatureBlock:
 
 
 def _lags(var: str, lags: Sequence[int]) -> FeatureBlock:
+    steps = np.asarray(lags, dtype=np.int64)
+
     def kernel(g, pos, p, done):
-        return np.stack([shifted(g.series[var], pos, lag) for lag in lags], axis=1)
+        return shifted(g.series[var], pos, steps)
 
     return FeatureBlock(tuple(f"{var}_lag{lag}" for lag in lags), kernel, max(lags, default=0))
 
@@ -287,9 +300,11 @@ def _rolling(var: str, width: int) -> FeatureBlock:
 
 
 def _diffs(var: str, steps: Sequence[int]) -> FeatureBlock:
+    back = np.asarray(steps, dtype=np.int64)
+
     def kernel(g, pos, p, done):
         x = g.series[var]
-        return np.stack([x[pos] - shifted(x, pos, k) for k in steps], axis=1)
+        return x[pos][:, None] - shifted(x, pos, back)
 
     return FeatureBlock(tuple(f"{var}_diff{k}" for k in steps), kernel, max(steps))
 
@@ -305,8 +320,8 @@ def _relative(target: str, names: Sequence[str]) -> FeatureBlock:
     """Scale-free views: the same shape of a series means the same at 10 or 300 ug/m3."""
 
     def kernel(g, pos, p, done):
-        now = done[anchor_column(target)]
-        return np.stack([np.log1p(done[n]) - now for n in names], axis=1)
+        return np.log1p(np.stack([done[n] for n in names], axis=1)) - done[
+            anchor_column(target)][:, None]
 
     prefix = f"{target}_"
     return FeatureBlock(tuple(f"{target}_rel_{n[len(prefix):]}" for n in names), kernel)
@@ -324,13 +339,14 @@ def _precipitation_sum24(g, pos, p, done):
 
 
 def _calendar(g, pos, p, done):
-    return calendar(local_clock(g.hours[pos], p.timezone))
+    return calendar(g.hours[pos], p.timezone)
 
 
 def _location_code(g, pos, p, done):
     return np.full(len(pos), p.code, dtype=np.float64)
 
 
+@functools.lru_cache(maxsize=64)
 def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
     """Every model input, in column order."""
     cfg = spec.config
@@ -366,20 +382,25 @@ def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
     return tuple(blocks)
 
 
+def _label_and_seasonal(target: str, horizon: int) -> FeatureBlock:
+    # seasonal naive: the same hour of the last day known at issue time
+    back = 24 * int(np.ceil(horizon / 24)) - horizon
+    steps = np.array([-horizon, back], dtype=np.int64)
+
+    def kernel(g, pos, p, done):
+        return shifted(g.series[target], pos, steps)
+
+    return FeatureBlock((label_column(target, horizon), seasonal_column(target, horizon)),
+                        kernel, back)
+
+
 def label_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
     """Labels and baselines (batch only: labels look ahead)."""
     blocks = []
     for target in spec.targets:
         blocks.append(FeatureBlock((persistence_column(target),),
                                    lambda g, pos, p, done, t=target: g.series[t][pos]))
-        for horizon in spec.horizons:
-            # seasonal naive: the same hour of the last day known at issue time
-            back = 24 * int(np.ceil(horizon / 24)) - horizon
-            blocks.append(FeatureBlock(
-                (label_column(target, horizon), seasonal_column(target, horizon)),
-                lambda g, pos, p, done, t=target, h=horizon, b=back: np.stack(
-                    [shifted(g.series[t], pos, -h), shifted(g.series[t], pos, b)], axis=1),
-                back))
+        blocks += [_label_and_seasonal(target, horizon) for horizon in spec.horizons]
     return tuple(blocks)
 
 
