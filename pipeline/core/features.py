@@ -471,6 +471,27 @@ def latest_features(grid: HourlyGrid, spec: FeatureSpec, timezone: str, code: fl
     return {name: float(values[0]) for name, values in done.items()}
 
 
+def features_present(rows: np.ndarray) -> np.ndarray:
+    """Share of each row's model inputs that are known (not NaN): (n_rows, n_features) -> n_rows.
+
+    The completeness of a forecast's inputs, the same figure for batch and online rows.
+    """
+    rows = np.atleast_2d(rows)
+    if rows.shape[1] == 0:
+        return np.ones(rows.shape[0])
+    return 1.0 - np.isnan(rows).sum(axis=1) / rows.shape[1]
+
+
+def hours_since_observed(x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Hours from the newest observed value at or before each position to it; NaN if none.
+
+    Looks back over the whole grid given (online: the bounded window).
+    """
+    observed = np.where(~np.isnan(x), np.arange(len(x)), -1)
+    last = np.maximum.accumulate(observed)[pos] if len(x) else np.full(len(pos), -1)
+    return np.where(last >= 0, pos - last, np.nan).astype(np.float64)
+
+
 def _code(codes: Mapping[str, int], location_id: str) -> float:
     code = codes.get(location_id)
     return float("nan") if code is None else float(code)
@@ -512,6 +533,8 @@ __all__ = [
     "feature_blocks",
     "feature_columns",
     "feature_names",
+    "features_present",
+    "hours_since_observed",
     "label_column",
     "latest_features",
     "location_codes",
