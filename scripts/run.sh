@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS=1
 step() { printf '\n==> %s\n' "$*"; }
 
 if [ "${AQ_NO_SERVICES:-0}" != "1" ]; then
-  step "starting the local services (monitoring stack, Airflow) on 127.0.0.1"
+  step "starting the local services (monitoring stack, serving app, Airflow) on 127.0.0.1"
   python -m pipeline.ops start
   # shellcheck disable=SC1091
   [ -f .stack/env ] && source .stack/env
@@ -41,5 +41,7 @@ if [ "${AQ_NO_SERVICES:-0}" != "1" ]; then
     echo "  .venv/bin/python -m pipeline.ops.airflow_local unpause"
   fi
   python -m pipeline.ops status || true
+  # the serving app reloads the new champion and forecasts by itself; wait for it (bounded)
+  python -m pipeline.ops.serving_local ready --timeout 120
   echo "Stop the services with: make stop"
 fi
