@@ -121,6 +121,10 @@ def post_alerts(alertmanager_url: str, alerts: list[dict]) -> None:
         ({"alertname": "TargetDown", "severity": "warning", "job": "airflow"},
          {"alertname": "ChampionNotRefreshed", "severity": "warning", "job": "aq_test"},
          "suppressed"),
+        # a serving app that cannot load the new champion keeps the old one: one alert
+        ({"alertname": "ServingModelReloadFailing", "severity": "warning", "job": "serving"},
+         {"alertname": "ServingModelOutdated", "severity": "warning", "job": "serving"},
+         "suppressed"),
         # a failing step explains its own staleness, not another step's
         ({"alertname": "PipelineStepFailing", "severity": "critical", "job": "aq_test",
           "step": "train"},
