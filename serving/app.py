@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from pipeline.context import Context
-from pipeline.core.aqi import CATEGORIES, aqi, category_index
+from pipeline.core.aqi import CATEGORIES, CATEGORY_UPPER_AQI, aqi
 from pipeline.core.features import features_present, hours_since_observed, latest_features
 from pipeline.schema import POLLUTANTS, VALUE_COLUMNS
 from pipeline.settings import ServingSettings
@@ -366,6 +366,14 @@ def _merged(state: ServingState, req: ForecastRequest):
     return grid
 
 
+def _category(index: float) -> int:
+    """pipeline.core.aqi.category_index of an AQI value (0 good .. 5 hazardous)."""
+    for i, high in enumerate(CATEGORY_UPPER_AQI):
+        if index <= high:
+            return i
+    return len(CATEGORY_UPPER_AQI) - 1
+
+
 def _items(predictions: dict, issue: int, children: dict) -> list[dict[str, Any]]:
     by_target: dict[str, list[tuple[int, float]]] = {}
     for (target, horizon), values in predictions.items():
@@ -375,14 +383,13 @@ def _items(predictions: dict, issue: int, children: dict) -> list[dict[str, Any]
         pairs = sorted(by_target[target])
         values = np.array([v for _, v in pairs])
         indices = aqi(target, values) if target in POLLUTANTS else np.full(len(values), np.nan)
-        cats = category_index(target, values)
-        for (horizon, value), index, cat in zip(pairs, indices, cats, strict=True):
+        for (horizon, value), index in zip(pairs, indices, strict=True):
             known = not math.isnan(index)
             items.append({
                 "target": target, "horizon": horizon,
                 "target_time": _iso_hour(issue + horizon),
                 "value": value, "aqi": float(index) if known else None,
-                "aqi_category": CATEGORY_NAMES[cat],
+                "aqi_category": CATEGORY_NAMES[_category(index)] if known else "unknown",
             })
             if known:
                 child = children.get((target, horizon))

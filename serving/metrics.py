@@ -19,11 +19,13 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from pipeline.core.aqi import CATEGORY_UPPER_AQI
+
 # latency buckets (s): fine below 50 ms where the service lives, and the latency SLO bound 0.1
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0)
 # US AQI category upper bounds: each bucket of the histogram is one category
-AQI_BUCKETS = (50.0, 100.0, 150.0, 200.0, 300.0, 500.0)
+AQI_BUCKETS = tuple(float(x) for x in CATEGORY_UPPER_AQI)
 COMPLETENESS_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 HOURS_BUCKETS = (0.0, 1.0, 2.0, 3.0, 6.0, 12.0, 24.0, 48.0, 168.0)
 VALIDATION_REASONS = (

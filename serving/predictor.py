@@ -100,8 +100,9 @@ class Gtil:
             if tuple(shape[i] for i in range(ndim.value)) != (1, 1, 1):
                 raise TypeError("not a single-output regressor")
             self._num_feature = int(model.num_feature)
-            self._call, self._check, self._c = _LIB.TreeliteGTILPredict, _check_call, ctypes
-            self._double = ctypes.POINTER(ctypes.c_double)
+            self._call, self._check = _LIB.TreeliteGTILPredict, _check_call
+            self._pointer, self._rows = ctypes.c_void_p, ctypes.c_uint64
+            self._handles = (model.handle, self._config.handle)
             self._fast = True
         except Exception as exc:
             log.info("treelite fast call unavailable (%s): using treelite.gtil.predict", exc)
@@ -111,10 +112,10 @@ class Gtil:
             return self._slow(self._model, rows, nthread=1).reshape(-1)
         rows = np.ascontiguousarray(rows, dtype=np.float64)
         out = np.empty(rows.shape[0], dtype=np.float64)
-        c = self._c
-        self._check(self._call(self._model.handle, rows.ctypes.data_as(self._double),
-                               b"float64", c.c_uint64(rows.shape[0]),
-                               out.ctypes.data_as(self._double), self._config.handle))
+        model, config = self._handles
+        self._check(self._call(model, self._pointer(rows.ctypes.data), b"float64",
+                               self._rows(rows.shape[0]), self._pointer(out.ctypes.data),
+                               config))
         return out
 
 

@@ -29,6 +29,7 @@ from pipeline.core.features import (
     feature_names,
     hour_times,
     hourly_grids,
+    window,
 )
 from pipeline.errors import ArtifactIntegrityError, RegistryError
 from pipeline.io.registry import Registry
@@ -257,11 +258,6 @@ class ServingState:
             end = int(grid.hours[-1])
             out[grid.location_id] = window(grid, end - self.spec.warmup_hours + 1, end)
         return out
-
-
-def window(grid: HourlyGrid, start: int, end: int) -> HourlyGrid:
-    """The grid's hours ``start..end`` (NaN where it has none)."""
-    return HourlyGrid.from_rows(grid.location_id, grid.hours, grid.series, start=start, end=end)
 
 
 def _grid_frame(grid: HourlyGrid) -> pd.DataFrame:

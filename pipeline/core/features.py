@@ -131,6 +131,20 @@ class HourlyGrid:
         return cls(location_id, np.arange(start, start + n, dtype=np.int64), series)
 
 
+def window(grid: HourlyGrid, start: int, end: int) -> HourlyGrid:
+    """A copy of the grid's hours ``start..end`` (NaN where it has none)."""
+    n = max(end - start + 1, 0)
+    first = int(grid.hours[0]) if len(grid) else start
+    lo, hi = max(start, first), min(end, first + len(grid) - 1)
+    series = {}
+    for name, values in grid.series.items():
+        column = np.full(n, np.nan)
+        if hi >= lo:
+            column[lo - start:hi - start + 1] = values[lo - first:hi - first + 1]
+        series[name] = column
+    return HourlyGrid(grid.location_id, np.arange(start, start + n, dtype=np.int64), series)
+
+
 def hour_numbers(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     """Hours since the Unix epoch of UTC on-the-hour timestamps."""
     values = pd.DatetimeIndex(times).tz_convert("UTC").tz_localize(None)
@@ -535,6 +549,7 @@ __all__ = [
     "feature_names",
     "features_present",
     "hours_since_observed",
+    "window",
     "label_column",
     "latest_features",
     "location_codes",

@@ -21,6 +21,7 @@ from pipeline.core.features import (
     location_codes,
     regular_grid,
     seasonal_column,
+    window,
 )
 from pipeline.schema import VALUE_COLUMNS
 
@@ -116,10 +117,10 @@ def pandas_reference(frame: pd.DataFrame) -> pd.DataFrame:
     out = {}
     for lag in SPEC.config.lags:
         out[f"pm2_5_lag{lag}"] = by_loc["pm2_5"].shift(lag)
-    for window in SPEC.config.rolling_windows:
-        roll = by_loc["pm2_5"].rolling(window, min_periods=max(1, window // 2))
-        out[f"pm2_5_mean{window}"] = roll.mean().reset_index(level=0, drop=True)
-        out[f"pm2_5_std{window}"] = roll.std().reset_index(level=0, drop=True)
+    for width in SPEC.config.rolling_windows:
+        roll = by_loc["pm2_5"].rolling(width, min_periods=max(1, width // 2))
+        out[f"pm2_5_mean{width}"] = roll.mean().reset_index(level=0, drop=True)
+        out[f"pm2_5_std{width}"] = roll.std().reset_index(level=0, drop=True)
     out["pm2_5_diff24"] = by_loc["pm2_5"].diff(24)
     out["precipitation_sum24"] = (by_loc["precipitation"].rolling(24, min_periods=1).sum()
                                   .reset_index(level=0, drop=True))
@@ -191,3 +192,17 @@ def test_core_features_take_plain_values():
                 if isinstance(node, ast.ImportFrom)}
     assert "pipeline.config" not in imported
     assert SPEC.config == FeatureSettings.of(FeatureConfig())
+
+
+def test_window_copies_hours_and_pads_with_nan():
+    grid = hourly_grids(raw(hours=10)[lambda f: f["location_id"] == "a"])[0]
+    first = int(grid.hours[0])
+    part = window(grid, first - 2, first + 3)
+    assert list(part.hours) == list(range(first - 2, first + 4))
+    assert np.isnan(part.series["pm2_5"][:2]).all()
+    np.testing.assert_array_equal(part.series["pm2_5"][2:], grid.series["pm2_5"][:4])
+    part.series["pm2_5"][2] = -1.0  # a copy: the stored grid is untouched
+    assert grid.series["pm2_5"][0] != -1.0
+    same = HourlyGrid.from_rows("a", grid.hours, grid.series, start=first - 2, end=first + 3)
+    np.testing.assert_array_equal(window(grid, first - 2, first + 3).series["no2"],
+                                  same.series["no2"])

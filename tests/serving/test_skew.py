@@ -12,11 +12,10 @@ import pandas as pd
 import pytest
 
 from pipeline.context import Context
-from pipeline.core.features import hourly_grids
+from pipeline.core.features import hourly_grids, window
 from pipeline.settings import ServingSettings, Settings
 from pipeline.steps.common import features_from_raw, load_validated_raw
 from serving.app import create_app
-from serving.state import window
 
 
 @pytest.fixture(scope="module")
