@@ -95,6 +95,18 @@ WORKER_MEMORY = Gauge(
     "aq_serving_worker_resident_memory_bytes", "Resident memory of a worker.",
     multiprocess_mode="liveall", registry=REGISTRY)
 
+RELOAD_FAILURE_REASONS = ("pointer", "integrity", "registry", "incompatible")
+# known label values start at 0, so every series exists (and rate() works) before it first moves
+for _reason in VALIDATION_REASONS:
+    VALIDATION_FAILURES.labels(reason=_reason)
+for _reason in RELOAD_FAILURE_REASONS:
+    MODEL_RELOAD_FAILURES.labels(reason=_reason)
+for _result in ("success", "failure"):
+    MODEL_RELOADS.labels(result=_result)
+for _kind in ("forecasts", "history"):
+    for _result in ("success", "failure"):
+        DATA_RELOADS.labels(kind=_kind, result=_result)
+
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 

@@ -33,7 +33,7 @@ def test_dashboard_provider_loads_the_dashboards_directory():
 def test_dashboards_are_well_formed():
     uids = datasource_uids()
     found = dashboards()
-    assert [p.name for p, _ in found] == ["pipeline-health.json"]
+    assert [p.name for p, _ in found] == ["pipeline-health.json", "serving.json"]
     for path, dash in found:
         assert dash["uid"]
         ids = [p["id"] for p in panels(dash)]
