@@ -82,10 +82,10 @@ def _schema_table(name: str, schema: dict) -> str:
             f"<td>{_esc(sub.get('description', ''))}</td></tr>")
     extra = (" No other fields are accepted." if schema.get("additionalProperties") is False
              else "")
-    return (f'<h3 id="schema-{_esc(name)}">{_esc(name)}</h3>'
+    return (f'<section id="schema-{_esc(name)}"><h3>{_esc(name)}</h3>'
             f"<p>{_esc(schema.get('description', ''))}{extra}</p>"
             "<table><tr><th>field</th><th>type</th><th>constraints</th><th>meaning</th></tr>"
-            + "".join(rows) + "</table>")
+            + "".join(rows) + "</table></section>")
 
 
 def _operation(path: str, method: str, op: dict) -> str:
