@@ -3,7 +3,7 @@
 It runs ``locustfile.py`` (loopback only), reads Locust's CSV summary, applies the SLO gate
 (p99 within ``AQ_SERVING_SLO_LATENCY_S``, failures at most ``AQ_SERVING_SLO_ERROR_RATIO``),
 pushes the result to the Pushgateway when ``AQ_PUSHGATEWAY_URL`` is set (job ``aq_loadtest``,
-so Prometheus keeps it), prints it, and exits 1 when the gate fails.
+step ``loadtest``, so Prometheus keeps it), prints it, and exits 1 when the gate fails.
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ def push(result: Result, pushgateway_url: str, timeout: float) -> None:
                     ["quantile"], registry=registry)
     latency.labels(quantile="0.5").set(result.p50_s)
     latency.labels(quantile="0.99").set(result.p99_s)
-    pushadd_to_gateway(pushgateway_url, job=JOB, registry=registry, timeout=timeout)
+    # the pipeline's grouping key (job, step): one group, replaced by the next run
+    pushadd_to_gateway(pushgateway_url, job=JOB, grouping_key={"step": "loadtest"},
+                       registry=registry, timeout=timeout)
 
 
 def default_url() -> str:
