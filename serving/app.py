@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from pipeline.context import Context
 from pipeline.core.aqi import CATEGORIES, CATEGORY_UPPER_AQI, aqi
 from pipeline.core.features import features_present, hours_since_observed, latest_features
+from pipeline.core.quality import input_problems
 from pipeline.schema import POLLUTANTS, VALUE_COLUMNS
 from pipeline.settings import ServingSettings
 from serving import metrics
@@ -129,6 +130,7 @@ def create_app(ctx: Context | None = None, settings: ServingSettings | None = No
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["aq_serving"] = state
     metrics.instrument(app)
+    forecast_cfg = ctx.params.forecast
     aqi_children: dict[tuple[str, int], Any] = {}
     hours_children: dict[str, Any] = {}
     docs_cache: dict[str, Any] = {}
@@ -192,7 +194,7 @@ def create_app(ctx: Context | None = None, settings: ServingSettings | None = No
 
     def _document() -> dict:
         if "openapi" not in docs_cache:
-            docs_cache["openapi"] = openapi(settings.max_body_bytes, list(ctx.params.targets))
+            docs_cache["openapi"] = openapi(settings.max_body_bytes)
         return docs_cache["openapi"]
 
     # --- v1 --------------------------------------------------------------------------------
@@ -213,9 +215,11 @@ def create_app(ctx: Context | None = None, settings: ServingSettings | None = No
         _no_query("target")
         _known_location(location_id)
         target = request.args.get("target")
-        if target is not None and target not in ctx.params.targets:
-            raise ApiError(422, "Invalid request", f"query.target: {target!r} is not forecast; "
-                           f"targets: {list(ctx.params.targets)}", "invalid_query",
+        model = state.model
+        targets = model.targets if model else list(ctx.params.targets)
+        if target is not None and target not in targets:
+            raise ApiError(422, "Invalid request", f"query.target: {target[:40]!r} is not "
+                           f"forecast; targets: {targets}", "invalid_query",
                            [{"path": "query.target", "message": "not a forecast target",
                              "type": "enum"}], slug="invalid-request")
         table = state.forecasts
@@ -234,7 +238,8 @@ def create_app(ctx: Context | None = None, settings: ServingSettings | None = No
             "location_id": location_id, "issue_time": found.issue_time.isoformat(),
             "age_seconds": round(age, 3), "stale": age > settings.stale_after_s,
             "stale_after_seconds": settings.stale_after_s,
-            "model_version": found.model_version, "forecasts": items,
+            "model_version": found.model_version,
+            "input_completeness": found.input_completeness, "forecasts": items,
         })
 
     @route("/v1/forecasts", "v1_forecasts_post", ("POST",))
@@ -260,11 +265,10 @@ def create_app(ctx: Context | None = None, settings: ServingSettings | None = No
             raise ApiError(503, "Not ready", state.not_ready, slug="not-ready",
                            headers={"Retry-After": "5"})
         grid = _merged(state, req)
-        features = latest_features(grid, state.spec, state.timezones[req.location_id],
+        features = latest_features(grid, model.spec, state.timezones[req.location_id],
                                    _code(model.metadata, req.location_id))
         row = np.fromiter((features[n] for n in model.features), np.float64,
                           len(model.features))
-        predictions = model.predict(row)
         issue = int(grid.hours[-1])
         present = float(features_present(row)[0])
         metrics.FEATURES_PRESENT.observe(present)
@@ -281,6 +285,19 @@ def create_app(ctx: Context | None = None, settings: ServingSettings | None = No
                 child.observe(since[target])
         if req.observations:
             metrics.OBSERVATIONS.inc(len(req.observations))
+        # the batch pipeline's rule (forecast.* in params.yaml): no forecast from too little
+        problems = input_problems(
+            present, {t: math.inf if h is None else float(h) for t, h in since.items()},
+            _iso_hour(issue), forecast_cfg.min_input_completeness,
+            forecast_cfg.max_hours_since_observation)
+        if problems:
+            raise ApiError(422, "Insufficient inputs",
+                           f"no honest forecast for {req.location_id!r} at {_iso_hour(issue)}: "
+                           + "; ".join(problems) + ". Send the newest observations.",
+                           "insufficient_inputs",
+                           [{"path": "observations", "message": p, "type": "insufficient_inputs"}
+                            for p in problems], slug="insufficient-inputs")
+        predictions = model.predict(row)
         return _json({
             "location_id": req.location_id,
             "issue_time": _iso_hour(issue),
@@ -320,7 +337,7 @@ def _code(metadata: dict, location_id: str) -> float:
 def _merged(state: ServingState, req: ForecastRequest):
     """The location's window ending at the newest hour known, with the request's values."""
     stored = state.history.get(req.location_id)
-    warmup = state.spec.warmup_hours
+    warmup = state.history_hours
     hours = [int(o.time.timestamp()) // 3600 for o in req.observations]
     seen: dict[int, int] = {}
     errors = []

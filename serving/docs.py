@@ -35,6 +35,9 @@ PROBLEMS = [
                                "impossible values (negative concentrations, humidity above 100 %,"
                                " times in the future or off the hour, duplicate hours, hours "
                                "older than the feature window). errors[] names each path."),
+    ("insufficient-inputs", "422", "Too few of the model's inputs are known, or a target was "
+                                   "not observed recently enough (params.yaml forecast.*, the "
+                                   "batch pipeline's rule): send the newest observations."),
     ("not-ready", "503", "No verified champion loaded yet, or no batch forecasts yet."),
 ]
 

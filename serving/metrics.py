@@ -31,7 +31,8 @@ HOURS_BUCKETS = (0.0, 1.0, 2.0, 3.0, 6.0, 12.0, 24.0, 48.0, 168.0)
 VALIDATION_REASONS = (
     "malformed_json", "unsupported_media_type", "body_too_large", "unknown_location",
     "missing_field", "unknown_field", "wrong_type", "out_of_range", "not_on_the_hour",
-    "future_time", "duplicate_hour", "outside_window", "invalid_query", "other",
+    "future_time", "duplicate_hour", "outside_window", "invalid_query", "insufficient_inputs",
+    "other",
 )
 
 REGISTRY = CollectorRegistry(auto_describe=True)

@@ -214,6 +214,7 @@ class ServedModel:
     metadata: dict[str, Any]
     features: list[str]
     predictors: dict[tuple[str, int], Predictor]
+    spec: Any = None  # the FeatureSpec the model was trained with (its metadata's)
     _index: dict[tuple[str, int], np.ndarray | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

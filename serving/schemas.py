@@ -108,6 +108,9 @@ class ForecastItem(BaseModel):
     value: float = Field(description="forecast concentration [ug/m3]")
     aqi: float | None = Field(description="US EPA AQI of the value")
     aqi_category: AqiCategory  # type: ignore[valid-type]
+    hours_since_observation: float | None = Field(
+        default=None, description="batch: hours from the target's newest observation to the "
+                                  "issue time (null: unknown)")
 
 
 class BatchForecastResponse(BaseModel):
@@ -120,6 +123,8 @@ class BatchForecastResponse(BaseModel):
                                     "the batch pipeline has not forecast since")
     stale_after_seconds: float
     model_version: str
+    input_completeness: float | None = Field(
+        default=None, description="share of the model's features present in the batch row")
     forecasts: list[ForecastItem]
 
 
@@ -182,7 +187,7 @@ def _problem(description: str) -> dict:
     return {"description": description, "content": {PROBLEM_JSON: {"schema": _ref("Problem")}}}
 
 
-def openapi(max_body_bytes: int, targets: list[str] | None = None) -> dict:
+def openapi(max_body_bytes: int) -> dict:
     """The OpenAPI 3.1 document of the API (JSON Schema 2020-12 from the pydantic models)."""
     models = [ForecastRequest, LocationsResponse, BatchForecastResponse,
               OnDemandForecastResponse, Problem, Health, Ready]
@@ -193,7 +198,7 @@ def openapi(max_body_bytes: int, targets: list[str] | None = None) -> dict:
     target_param = {
         "name": "target", "in": "query", "required": False,
         "description": "only this pollutant",
-        "schema": {"type": "string", "enum": list(targets or POLLUTANTS)},
+        "schema": {"type": "string", "enum": list(POLLUTANTS)},
     }
     location_param = {
         "name": "location_id", "in": "path", "required": True,
@@ -250,7 +255,8 @@ def openapi(max_body_bytes: int, targets: list[str] | None = None) -> dict:
                     "404": _problem("unknown location"),
                     "413": _problem("the body is too large"),
                     "415": _problem("the body is not application/json"),
-                    "422": _problem("the body violates the schema or holds impossible values"),
+                    "422": _problem("the body violates the schema or holds impossible values, "
+                                    "or the inputs are too incomplete for an honest forecast"),
                     "503": _problem("no verified champion loaded yet"),
                 },
             }},

@@ -11,6 +11,7 @@ old one keeps serving and a metric and a log line say why.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -35,12 +36,20 @@ from pipeline.errors import ArtifactIntegrityError, RegistryError
 from pipeline.io.registry import Registry
 from pipeline.io.storage import raw_files
 from pipeline.settings import ServingSettings
-from pipeline.steps.common import feature_spec, load_validated_raw, recent_window_start
+from pipeline.steps.common import (
+    feature_spec,
+    feature_spec_of,
+    load_validated_raw,
+    recent_window_start,
+)
 from serving import metrics
 from serving.predictor import SKLEARN, ServedModel, build_predictor, verification_rows
 
 log = logging.getLogger(__name__)
 
+# hours of history kept per location: the longest lag or window params.yaml allows, plus the
+# issue hour, so any champion's features (built with its own spec) can be computed
+HISTORY_HOURS = 24 * 14 + 1
 RETRY_FAILED_CHAMPION_S = 60.0  # a champion that failed to load is tried again after this
 FORECAST_COLUMNS = ("location_id", "issue_time", "target_time", "target", "horizon", "value",
                     "aqi", "aqi_category", "model_version")
@@ -54,6 +63,7 @@ class BatchForecast:
     issue_epoch: float
     model_version: str
     items: list[dict[str, Any]]  # sorted by target, horizon
+    input_completeness: float | None = None  # share of the model's features present
 
 
 @dataclass(frozen=True)
@@ -78,8 +88,8 @@ class Signature:
 class ServingState:
     ctx: Context
     settings: ServingSettings
-    spec: FeatureSpec = field(init=False)
-    names: list[str] = field(init=False)
+    spec: FeatureSpec = field(init=False)  # params.yaml's; a champion brings its own
+    history_hours: int = field(init=False)
     timezones: dict[str, str] = field(init=False)
     model: ServedModel | None = None
     not_ready: str = "starting: no champion loaded yet"
@@ -93,7 +103,7 @@ class ServingState:
 
     def __post_init__(self) -> None:
         self.spec = feature_spec(self.ctx)
-        self.names = feature_names(self.spec)
+        self.history_hours = max(HISTORY_HOURS, self.spec.warmup_hours)
         self.timezones = {loc.id: loc.timezone for loc in self.ctx.params.locations}
         self.locations = {loc.id: loc for loc in self.ctx.params.locations}
 
@@ -180,29 +190,37 @@ class ServingState:
             self.not_ready = f"champion {version} not loaded ({reason}): {message}"
 
     def compile(self, metadata: Mapping[str, Any], models: Mapping) -> ServedModel:
-        """A verified ServedModel from a registry bundle (raises if it cannot serve)."""
+        """A verified ServedModel from a registry bundle (raises if it cannot serve).
+
+        The features are the champion's own (its metadata's spec, as the batch predict step
+        builds them), whatever params.yaml says now.
+        """
+        spec = feature_spec_of(dict(metadata))
+        if spec.warmup_hours > self.history_hours:
+            raise ValueError(f"champion needs {spec.warmup_hours} hours of history, more than "
+                             f"the {self.history_hours} kept")
         features = list(metadata["features"])
-        missing = [f for f in features if f not in self.names]
+        built = feature_names(spec)
+        missing = [f for f in features if f not in built]
         if missing:
-            raise ValueError(f"champion needs features not built from params.yaml: {missing[:5]}")
+            raise ValueError(f"champion needs features its own spec does not build: "
+                             f"{missing[:5]}")
         codes = {str(k): int(v) for k, v in metadata.get("location_codes", {}).items()}
-        rows = verification_rows(features, self._history_rows(features, codes), codes)
+        rows = verification_rows(features, self._history_rows(spec, features, codes), codes)
         predictors = {
             (str(t), int(h)): build_predictor(str(t), int(h), pipeline, features, rows)
             for (t, h), pipeline in models.items()
         }
-        model = ServedModel(str(metadata["version"]), dict(metadata), features, predictors)
-        unknown = [t for t in model.targets if t not in self.spec.targets]
-        if unknown:
-            raise ValueError(f"champion forecasts targets params.yaml does not list: {unknown}")
-        return model
+        return ServedModel(str(metadata["version"]), dict(metadata), features, predictors,
+                           spec)
 
-    def _history_rows(self, features: list[str], codes: dict[str, int]) -> np.ndarray | None:
+    def _history_rows(self, spec: FeatureSpec, features: list[str], codes: dict[str, int],
+                      ) -> np.ndarray | None:
         """Every feature row of the in-memory history (real inputs for the verification)."""
         frames = [_grid_frame(g) for g in self.history.values()]
         if not frames:
             return None
-        built = build_features(pd.concat(frames, ignore_index=True), self.spec, self.timezones,
+        built = build_features(pd.concat(frames, ignore_index=True), spec, self.timezones,
                                codes, with_labels=False)
         return built[features].to_numpy(dtype=np.float64)
 
@@ -251,12 +269,13 @@ class ServingState:
             metrics.HISTORY_NEWEST.set(max(int(g.hours[-1]) for g in history.values()) * 3600)
 
     def load_history(self) -> dict[str, HourlyGrid]:
-        """The last ``warmup_hours`` hours of every location, validated like the batch input."""
-        checked = load_validated_raw(self.ctx, start=recent_window_start(self.ctx, self.spec))
+        """The last ``history_hours`` hours of every location, validated like the batch input."""
+        start = recent_window_start(self.ctx, self.spec, extra_hours=self.history_hours)
+        checked = load_validated_raw(self.ctx, start=start)
         out = {}
         for grid in hourly_grids(checked.valid):
             end = int(grid.hours[-1])
-            out[grid.location_id] = window(grid, end - self.spec.warmup_hours + 1, end)
+            out[grid.location_id] = window(grid, end - self.history_hours + 1, end)
         return out
 
 
@@ -278,19 +297,32 @@ def read_batch_forecasts(path: Path) -> dict[str, BatchForecast]:
         part = part.sort_values(["target", "horizon"])
         issue = pd.Timestamp(part["issue_time"].max()).tz_convert("UTC")
         items = []
-        for row in part.itertuples(index=False):
-            value = float(row.value)
-            aqi = None if pd.isna(row.aqi) else float(row.aqi)
-            items.append({
-                "target": str(row.target), "horizon": int(row.horizon),
-                "target_time": pd.Timestamp(row.target_time).tz_convert("UTC").isoformat(),
-                "value": value, "aqi": aqi,
-                "aqi_category": str(row.aqi_category) if aqi is not None else "unknown",
-            })
+        for row in part.to_dict("records"):
+            aqi = _finite(row["aqi"])
+            item = {
+                "target": str(row["target"]), "horizon": int(row["horizon"]),
+                "target_time": pd.Timestamp(row["target_time"]).tz_convert("UTC").isoformat(),
+                "value": float(row["value"]), "aqi": aqi,
+                "aqi_category": str(row["aqi_category"]) if aqi is not None else "unknown",
+            }
+            if "hours_since_observation" in row:
+                item["hours_since_observation"] = _finite(row["hours_since_observation"])
+            items.append(item)
         versions = part["model_version"].astype(str).unique()
+        completeness = (_finite(part["input_completeness"].min())
+                        if "input_completeness" in part else None)
         out[str(location_id)] = BatchForecast(issue, issue.timestamp(), ", ".join(versions),
-                                              items)
+                                              items, completeness)
     return out
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON-safe number: None for NaN, infinities and missing values."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 __all__ = ["BatchForecast", "ServingState", "read_batch_forecasts", "window"]

@@ -27,7 +27,7 @@ def feature_spec_of(metadata: dict) -> FeatureSpec:
     targets = sorted({str(t) for t in metadata["targets"]})
     horizons = sorted(int(h) for h in metadata["horizons"])
     config = FeatureConfig.model_validate(metadata["params"]["features"])
-    return FeatureSpec(tuple(targets), tuple(horizons), config)
+    return FeatureSpec(tuple(targets), tuple(horizons), FeatureSettings.of(config))
 
 
 def timezones(ctx: Context) -> dict[str, str]:

@@ -80,8 +80,9 @@ def test_on_demand_forecast_without_observations_equals_the_batch_forecast(serve
 def test_on_demand_forecast_with_the_next_hour_moves_the_issue_time(server):
     issue = pd.Timestamp(newest_hour(server)) + pd.Timedelta(hours=1)
     reply = post(server, {"location_id": "berlin", "observations": [
-        {"time": issue.isoformat(), "pm2_5": 35.0, "temperature_2m": 2.5,
-         "relative_humidity_2m": 90.0, "wind_speed_10m": 1.0, "wind_direction_10m": 200.0}]})
+        {"time": issue.isoformat(), "pm2_5": 35.0, "pm10": 41.0, "no2": 30.0, "o3": 22.0,
+         "temperature_2m": 2.5, "relative_humidity_2m": 90.0, "wind_speed_10m": 1.0,
+         "wind_direction_10m": 200.0, "surface_pressure": 1001.0}]})
     assert reply.status_code == 200, reply.text
     body = OnDemandForecastResponse.model_validate(reply.json())
     assert body.issue_time == issue.to_pydatetime()
@@ -89,6 +90,19 @@ def test_on_demand_forecast_with_the_next_hour_moves_the_issue_time(server):
     assert body.completeness.hours_since_observation == {"pm2_5": 0}
     assert body.completeness.features_present < 1  # that hour lacks the other variables
     assert body.forecasts[0].target_time == (issue + pd.Timedelta(hours=1)).to_pydatetime()
+
+
+def test_too_incomplete_inputs_get_no_forecast_but_a_reason(server):
+    """The batch rule (forecast.* in params.yaml): no pm2_5 for 48 h means no forecast."""
+    issue = pd.Timestamp(newest_hour(server)) + pd.Timedelta(hours=48)
+    reply = post(server, {"location_id": "delhi",
+                          "observations": [{"time": issue.isoformat(), "temperature_2m": 20.0}]})
+    assert reply.status_code == 422, reply.text
+    problem = reply.json()
+    assert problem["type"] == "/docs#insufficient-inputs"
+    assert "pm2_5 last observed 48 h before" in problem["detail"]
+    assert "features present" in problem["detail"]
+    assert {e["path"] for e in problem["errors"]} == {"observations"}
 
 
 def future() -> str:
