@@ -129,7 +129,7 @@ class ServingSettings:
     slo_latency_s: float = 0.1  # latency SLO: 99% of /v1 requests faster than this
     slo_latency_target: float = 0.99
     slo_error_ratio: float = 0.001  # availability SLO: at most this share of /v1 answers 5xx
-    timeout_s: float = 30.0  # gunicorn: a worker silent for longer is restarted
+    timeout_s: float = 60.0  # gunicorn: a worker silent for longer (booting included) restarts
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingSettings:
