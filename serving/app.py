@@ -19,18 +19,25 @@ from typing import Any
 import numpy as np
 from flask import Flask, Response, request
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from pipeline.context import Context
 from pipeline.core.aqi import CATEGORIES, CATEGORY_UPPER_AQI, aqi
-from pipeline.core.features import features_present, hours_since_observed, latest_features
+from pipeline.core.features import (
+    HourlyGrid,
+    features_present,
+    hours_since_observed,
+    latest_features,
+    window,
+)
 from pipeline.core.quality import input_problems
+from pipeline.ops.ports import Ports
 from pipeline.schema import POLLUTANTS, VALUE_COLUMNS
 from pipeline.settings import ServingSettings
 from serving import metrics
 from serving.docs import render_docs
 from serving.schemas import PROBLEM_JSON, ForecastRequest, openapi
-from serving.state import ServingState, window
+from serving.state import ServingState
 
 log = logging.getLogger(__name__)
 CATEGORY_NAMES = (*CATEGORIES, "unknown")
@@ -189,7 +196,8 @@ def create_app(ctx: Context | None = None, settings: ServingSettings | None = No
     @route("/docs", "docs")
     def docs():
         if "html" not in docs_cache:
-            docs_cache["html"] = render_docs(_document(), ctx.params.location_ids)
+            docs_cache["html"] = render_docs(_document(), ctx.params.location_ids,
+                                             Ports.from_env().url("serving"))
         return Response(docs_cache["html"], mimetype="text/html")
 
     def _document() -> dict:
@@ -251,10 +259,7 @@ def create_app(ctx: Context | None = None, settings: ServingSettings | None = No
                            f"{request.content_type or 'no content type'}",
                            "unsupported_media_type", slug="unsupported-media-type")
         _no_query()
-        try:
-            body = request.get_data(cache=False)
-        except RequestEntityTooLarge:
-            raise
+        body = request.get_data(cache=False)  # over the limit: 413 (RequestEntityTooLarge)
         try:
             req = ForecastRequest.model_validate_json(body)
         except ValidationError as exc:
@@ -371,8 +376,6 @@ def _merged(state: ServingState, req: ForecastRequest):
     if stored is not None:
         grid = window(stored, start, newest)
     else:
-        from pipeline.core.features import HourlyGrid
-
         grid = HourlyGrid.from_rows(req.location_id, np.array([newest]), {}, start, newest)
     for observation, hour in zip(req.observations, hours, strict=True):
         index = hour - start

@@ -118,7 +118,8 @@ def _operation(path: str, method: str, op: dict) -> str:
             + responses + "</table></section>")
 
 
-def render_docs(document: dict, location_ids: Sequence[str]) -> str:
+def render_docs(document: dict, location_ids: Sequence[str],
+                base_url: str = "http://127.0.0.1:8000") -> str:
     info = document["info"]
     example_id = location_ids[0] if location_ids else "berlin"
     body = json.dumps({"location_id": example_id, "observations": [
@@ -126,9 +127,9 @@ def render_docs(document: dict, location_ids: Sequence[str]) -> str:
          "relative_humidity_2m": 81}]}, indent=2)
     examples = (
         "<h2 id=\"examples\">Examples</h2><pre>"
-        f"curl -s http://127.0.0.1:8000/v1/locations\n"
-        f"curl -s 'http://127.0.0.1:8000/v1/forecasts/{_esc(example_id)}?target=pm2_5'\n"
-        "curl -s -X POST http://127.0.0.1:8000/v1/forecasts \\\n"
+        f"curl -s {_esc(base_url)}/v1/locations\n"
+        f"curl -s '{_esc(base_url)}/v1/forecasts/{_esc(example_id)}?target=pm2_5'\n"
+        f"curl -s -X POST {_esc(base_url)}/v1/forecasts \\\n"
         "     -H 'Content-Type: application/json' \\\n"
         f"     -d '{_esc(json.dumps(json.loads(body)))}'</pre>"
         f"<p>Request body of the last one:</p><pre>{_esc(body)}</pre>")

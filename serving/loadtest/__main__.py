@@ -2,8 +2,9 @@
 
 It runs ``locustfile.py`` (loopback only), reads Locust's CSV summary, applies the SLO gate
 (p99 within ``AQ_SERVING_SLO_LATENCY_S``, failures at most ``AQ_SERVING_SLO_ERROR_RATIO``),
-pushes the result to the Pushgateway when ``AQ_PUSHGATEWAY_URL`` is set (job ``aq_loadtest``,
-step ``loadtest``, so Prometheus keeps it), prints it, and exits 1 when the gate fails.
+pushes the result to the Pushgateway (``AQ_PUSHGATEWAY_URL``, else the local stack's when it
+runs; job ``aq_loadtest``, step ``loadtest``, so Prometheus keeps it), prints it, and exits 1
+when the gate fails.
 """
 
 from __future__ import annotations
@@ -96,6 +97,18 @@ def default_url() -> str:
     return resolve_ports(ProjectPaths.discover()).url("serving")
 
 
+def local_pushgateway() -> str | None:
+    """The Pushgateway of the local stack (`make run`) when it runs."""
+    from pipeline.ops.__main__ import resolve_ports
+    from pipeline.ops.services import ServiceManager
+    from pipeline.paths import ProjectPaths
+
+    paths = ProjectPaths.discover()
+    if ServiceManager(paths.stack_dir).is_running("pushgateway"):
+        return resolve_ports(paths).url("pushgateway")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  requests {result.requests}, failures {result.failures} "
           f"(ratio {result.error_ratio:.4f}), {result.requests_per_second:.0f} req/s, "
           f"p50 {result.p50_s * 1000:.0f} ms, p99 {result.p99_s * 1000:.0f} ms")
-    if env_settings.pushgateway_url:
+    pushgateway = env_settings.pushgateway_url or local_pushgateway()
+    if pushgateway:
         try:
-            push(result, env_settings.pushgateway_url, env_settings.push_timeout_s)
-            print(f"  pushed to {env_settings.pushgateway_url} (job {JOB})")
+            push(result, pushgateway, env_settings.push_timeout_s)
+            print(f"  pushed to {pushgateway} (job {JOB})")
         except OSError as exc:
             print(f"  warning: push to the Pushgateway failed: {exc}", file=sys.stderr)
     if args.out:
