@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE :=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run run-celery test test-fast lint stop clean lock
+.PHONY: help setup run run-celery test test-fast lint stop clean lock loadtest
 # the one command that writes requirements.lock (every pinned version, with hashes)
 LOCK_CMD := $(PY) -m uv pip compile pyproject.toml --extra dev --extra serving --extra airflow \
 	--generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
@@ -36,6 +36,9 @@ test-fast: $(STAMP) ## pure logic and single steps, no services, no training (a 
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .
+
+loadtest: $(STAMP) ## Locust load test of the running serving app, with the SLO gate
+	$(PY) -m serving.loadtest $(LOADTEST_ARGS)
 
 stop: ## stop the local services `make run` (or run-celery) started
 	@if [ -x $(PY) ]; then $(PY) -m pipeline.ops stop; fi

@@ -123,3 +123,38 @@ def fault_point(name: str) -> None:
     """
     if os.environ.get("AQ_FAULT_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """The online endpoint's machine settings (``AQ_SERVING_*``); see docs/serving.md."""
+
+    workers: int = 2
+    max_body_bytes: int = 64 * 1024  # larger request bodies get 413
+    stale_after_s: float = 3 * 3600.0  # batch forecasts older than this are flagged stale
+    reload_interval_s: float = 2.0  # how often each worker checks the champion and the data
+    slo_latency_s: float = 0.1  # latency SLO: 99% of /v1 requests faster than this
+    slo_latency_target: float = 0.99
+    slo_error_ratio: float = 0.001  # availability SLO: at most this share of /v1 answers 5xx
+    timeout_s: float = 60.0  # gunicorn: a worker silent for longer (booting included) restarts
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingSettings:
+        env = os.environ if env is None else env
+        d = cls()
+        target = _float(env, "AQ_SERVING_SLO_LATENCY_TARGET", d.slo_latency_target)
+        error_ratio = _float(env, "AQ_SERVING_SLO_ERROR_RATIO", d.slo_error_ratio)
+        for key, value in (("AQ_SERVING_SLO_LATENCY_TARGET", target),
+                           ("AQ_SERVING_SLO_ERROR_RATIO", error_ratio)):
+            if value >= 1:
+                raise ValueError(f"environment variable {key}={value!r} must be below 1")
+        return cls(
+            workers=_int(env, "AQ_SERVING_WORKERS", d.workers),
+            max_body_bytes=_int(env, "AQ_SERVING_MAX_BODY_BYTES", d.max_body_bytes),
+            stale_after_s=_float(env, "AQ_SERVING_STALE_AFTER_S", d.stale_after_s),
+            reload_interval_s=_float(env, "AQ_SERVING_RELOAD_INTERVAL_S", d.reload_interval_s),
+            slo_latency_s=_float(env, "AQ_SERVING_SLO_LATENCY_S", d.slo_latency_s),
+            slo_latency_target=target,
+            slo_error_ratio=error_ratio,
+            timeout_s=_float(env, "AQ_SERVING_TIMEOUT_S", d.timeout_s),
+        )

@@ -29,6 +29,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: missing binaries: ${missing[*]}"
   apt_install "${DEBIAN_PACKAGES[@]}"
 fi
+# the browser the UI tests drive with Playwright (never `playwright install`: nothing downloads)
+if ! command -v chromium >/dev/null; then
+  apt_install chromium
+fi
 # Installing the packages starts no daemon here; make sure none is left running on 0.0.0.0.
 for svc in prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then

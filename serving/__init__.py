@@ -1,1 +1,1 @@
-"""Online forecast serving (Flask + gunicorn): not built yet; batch forecasts: predictions/."""
+"""Online forecasts: the Flask app under gunicorn (docs/serving.md)."""

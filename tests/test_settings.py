@@ -41,3 +41,17 @@ def test_http_bounds_come_from_the_environment():
     assert defaults.http_total_s == 120.0
     with pytest.raises(ValueError, match="AQ_HTTP_MAX_BYTES"):
         Settings.from_env({"AQ_HTTP_MAX_BYTES": "1.5e6"})
+
+
+def test_serving_settings_from_env_and_bad_values_named():
+    from pipeline.settings import ServingSettings
+
+    settings = ServingSettings.from_env({"AQ_SERVING_WORKERS": "4",
+                                         "AQ_SERVING_MAX_BODY_BYTES": "1024",
+                                         "AQ_SERVING_SLO_LATENCY_S": "0.05"})
+    assert (settings.workers, settings.max_body_bytes, settings.slo_latency_s) == (4, 1024, 0.05)
+    assert ServingSettings.from_env({}) == ServingSettings()
+    with pytest.raises(ValueError, match="AQ_SERVING_WORKERS"):
+        ServingSettings.from_env({"AQ_SERVING_WORKERS": "two"})
+    with pytest.raises(ValueError, match="AQ_SERVING_SLO_ERROR_RATIO"):
+        ServingSettings.from_env({"AQ_SERVING_SLO_ERROR_RATIO": "1.5"})

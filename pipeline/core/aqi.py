@@ -21,7 +21,8 @@ CATEGORIES = (
     "hazardous",
 )
 _AQI_LOW = np.array([0, 51, 101, 151, 201, 301], dtype=float)
-_AQI_HIGH = np.array([50, 100, 150, 200, 300, 500], dtype=float)
+CATEGORY_UPPER_AQI = (50, 100, 150, 200, 300, 500)  # highest AQI of each category
+_AQI_HIGH = np.array(CATEGORY_UPPER_AQI, dtype=float)
 
 # (lower breakpoints, upper breakpoints) in the pollutant's EPA unit
 _BREAKPOINTS = {

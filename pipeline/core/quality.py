@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -46,3 +47,23 @@ def freshness_lag(newest: dict[str, pd.Timestamp | None], now: pd.Timestamp) -> 
         loc: float("inf") if ts is None else max(0.0, (now - ts).total_seconds())
         for loc, ts in newest.items()
     }
+
+
+def input_problems(completeness: float, hours_since: dict[str, float], issue_time: str,
+                   min_completeness: float, max_hours: float) -> list[str]:
+    """Why a forecast's inputs are too incomplete to issue it (empty: they are fine).
+
+    One rule for batch forecasts (``pipeline/steps/forecasting.py``) and online ones
+    (``serving/``): the share of the model's features present, and per target the hours since
+    it was last observed at the issue time (``inf``: never, in the data looked at).
+    """
+    problems = []
+    if completeness < min_completeness:
+        problems.append(f"{completeness:.0%} of the model's features present "
+                        f"(needs {min_completeness:.0%})")
+    for target, age in hours_since.items():
+        if age > max_hours:
+            when = "never observed" if math.isinf(age) else f"last observed {age:.0f} h before"
+            problems.append(f"{target} {when} the issue time {issue_time} "
+                            f"(limit {max_hours:g} h)")
+    return problems

@@ -1,7 +1,8 @@
 """``python -m pipeline.ops start|stop|status``: the local services of ``make run``.
 
 ``start`` brings up the monitoring stack (Pushgateway, Prometheus, Alertmanager,
-node exporter, the alert webhook receiver), then Airflow of the profile
+node exporter, the alert webhook receiver), the serving app (gunicorn,
+``pipeline/ops/serving_local.py``), then Airflow of the profile
 ``AQ_AIRFLOW_PROFILE`` names: ``local`` (default: SQLite + LocalExecutor,
 ``pipeline/ops/airflow_local.py``) or ``celery`` (PostgreSQL + CeleryExecutor
 with two workers, ``pipeline/ops/airflow_celery.py``); it is idempotent (running
@@ -82,14 +83,17 @@ def write_env(paths: ProjectPaths, info: dict[str, str]) -> None:
     tmp.replace(target)
 
 
-def start(paths: ProjectPaths, with_airflow: bool = True) -> dict[str, str]:
-    from pipeline.ops import stack
+def start(paths: ProjectPaths, with_airflow: bool = True, with_serving: bool = True,
+          ) -> dict[str, str]:
+    from pipeline.ops import serving_local, stack
 
     paths.stack_dir.mkdir(parents=True, exist_ok=True)
     ports = resolve_ports(paths)
     ports_file(paths).write_text(json.dumps(asdict(ports)))
     info: dict[str, str] = dict(ports.env())
     info.update(stack.start(paths, ports))
+    if with_serving:
+        info.update(serving_local.start(paths, ports))
     airflow = _airflow(paths) if with_airflow else None
     if airflow is not None:
         info.update({str(k): str(v) for k, v in (airflow.start(paths, ports) or {}).items()})
@@ -98,16 +102,23 @@ def start(paths: ProjectPaths, with_airflow: bool = True) -> dict[str, str]:
 
 
 def stop(paths: ProjectPaths) -> list[str]:
+    from pipeline.ops import serving_local
+
     # the scale-out profile's stop covers both profiles' parts
     airflow = _ops_module("airflow_celery") or _ops_module("airflow_local")
     failure: Exception | None = None
     stopped: list[str] = []
+    try:
+        serving_local.stop(paths)  # first: it reads the data the others write
+    except Exception as exc:
+        log.error("stopping the serving app failed: %s", exc)
+        failure = exc
     if airflow is not None:
         try:
             stopped += airflow.stop(paths)
         except Exception as exc:  # still stop the monitoring stack, then report it
             log.error("stopping Airflow failed: %s", exc)
-            failure = exc
+            failure = failure or exc
     # whatever is left (the monitoring stack and anything airflow.stop missed): only our pid files
     stopped += ServiceManager(paths.stack_dir).stop_all()
     (paths.stack_dir / "env").unlink(missing_ok=True)  # its URLs point at nothing now
@@ -154,14 +165,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["start", "stop", "status"])
     parser.add_argument("--no-airflow", action="store_true",
-                        help="start: the monitoring stack only")
+                        help="start: without Airflow")
+    parser.add_argument("--no-serving", action="store_true",
+                        help="start: without the serving app")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = ProjectPaths.discover()
     if args.command == "start":
-        info = start(paths, with_airflow=not args.no_airflow)
+        info = start(paths, with_airflow=not args.no_airflow, with_serving=not args.no_serving)
         print("\n".join(describe(info, paths)))
     elif args.command == "stop":
         stopped = stop(paths)

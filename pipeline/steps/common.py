@@ -10,7 +10,7 @@ import yaml
 
 from pipeline.config import FeatureConfig
 from pipeline.context import Context
-from pipeline.core.features import FeatureSpec, build_features, location_codes
+from pipeline.core.features import FeatureSettings, FeatureSpec, build_features, location_codes
 from pipeline.core.validation import ValidationResult, validate
 from pipeline.errors import MissingInputError
 from pipeline.io.storage import newest_observation, raw_files, read_raw
@@ -18,7 +18,7 @@ from pipeline.io.storage import newest_observation, raw_files, read_raw
 
 def feature_spec(ctx: Context) -> FeatureSpec:
     p = ctx.params
-    return FeatureSpec(tuple(p.targets), tuple(p.horizons), p.features)
+    return FeatureSpec(tuple(p.targets), tuple(p.horizons), FeatureSettings.of(p.features))
 
 
 def feature_spec_of(metadata: dict) -> FeatureSpec:
@@ -27,7 +27,7 @@ def feature_spec_of(metadata: dict) -> FeatureSpec:
     targets = sorted({str(t) for t in metadata["targets"]})
     horizons = sorted(int(h) for h in metadata["horizons"])
     config = FeatureConfig.model_validate(metadata["params"]["features"])
-    return FeatureSpec(tuple(targets), tuple(horizons), config)
+    return FeatureSpec(tuple(targets), tuple(horizons), FeatureSettings.of(config))
 
 
 def timezones(ctx: Context) -> dict[str, str]:

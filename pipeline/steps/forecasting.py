@@ -19,6 +19,7 @@ import pandas as pd
 from pipeline.context import Context
 from pipeline.core.aqi import aqi, category
 from pipeline.core.models import predict_latest
+from pipeline.core.quality import input_problems
 from pipeline.errors import PipelineError
 from pipeline.io.forecast_metrics import export_forecasts
 from pipeline.io.metrics import StepRun
@@ -68,16 +69,9 @@ def withheld_reasons(quality: pd.DataFrame, targets: list[str], min_completeness
                      max_hours: float) -> dict[str, str]:
     reasons: dict[str, str] = {}
     for row in quality.itertuples(index=False):
-        problems = []
-        if row.input_completeness < min_completeness:
-            problems.append(f"{row.input_completeness:.0%} of the model's features present "
-                            f"(needs {min_completeness:.0%})")
-        for target in targets:
-            age = getattr(row, f"hours_since_{target}")
-            if age > max_hours:
-                when = "never observed" if np.isinf(age) else f"last observed {age:.0f} h before"
-                problems.append(f"{target} {when} the issue time {row.issue_time:%Y-%m-%dT%H:%M}Z "
-                                f"(limit {max_hours:g} h)")
+        problems = input_problems(
+            row.input_completeness, {t: getattr(row, f"hours_since_{t}") for t in targets},
+            f"{row.issue_time:%Y-%m-%dT%H:%M}Z", min_completeness, max_hours)
         if problems:
             reasons[row.location_id] = "; ".join(problems)
     return reasons

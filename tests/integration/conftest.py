@@ -6,6 +6,8 @@ Prometheus full of real data. One ingest before it, from a second project whose 
 Open-Meteo replayed by a local server, supplies the HTTP ingestion metrics (the synthetic
 source makes no requests); the replayed series are exactly 24 h-periodic, so they cannot
 train a model that beats persistence at 24 h, hence the synthetic data for the rest.
+The serving app then serves the project's champion under gunicorn on the stack's serving
+port, and a short `make loadtest` run gives it traffic (and pushes its result).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_project
+from pipeline.ops import serving_local
+from pipeline.paths import ProjectPaths
+from tests.conftest import REPO, make_project
 from tests.monitoring import RunningStack, prom_query, running_stack, wait_until
 from tests.replay_server import ReplayServer, open_meteo_handler
 
@@ -113,4 +117,17 @@ def observed_run(tmp_path_factory) -> Iterator[ObservedRun]:
         run.wait_for(f'count(aq_step_success{{job="{JOB}"}} == 1) >= 9')
         run.wait_for(f'count(aq:step_seconds_since_success{{job="{JOB}"}}) >= 9')
         run.started = started
-        yield run
+        paths = ProjectPaths(project)
+        try:
+            serving_local.start(paths, st.ports, timeout=120)
+            serving_local.wait_ready(st.ports.url("serving"), timeout=120)
+            load = subprocess.run(
+                [sys.executable, "-m", "serving.loadtest", "--url", st.ports.url("serving"),
+                 "--users", "4", "--run-time", "5"], capture_output=True, text=True,
+                timeout=180, env={**env, "PYTHONPATH": str(REPO)})
+            assert load.returncode == 0, load.stdout + load.stderr
+            run.wait_for("aq:serving_latency_seconds:p99_5m", timeout=60)
+            run.wait_for("aq_loadtest_slo_passed", timeout=60)
+            yield run
+        finally:
+            serving_local.stop(paths)

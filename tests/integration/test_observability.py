@@ -197,3 +197,21 @@ def test_pipeline_succeeds_with_the_pushgateway_stopped(observed_run):
     finally:
         stack.start(st.paths, st.ports, fast=True, configs=stack.PACKAGE_ROOT / "prometheus")
     observed_run.wait_for('up{job="pushgateway"} == 1')
+
+
+def test_serving_is_scraped_up_and_no_serving_alert_fires(observed_run):
+    """The forecast API is a live target serving the champion; its alerts stay quiet."""
+    up = observed_run.query('up{job="serving"}')
+    assert [r["value"][1] for r in up] == ["1"]
+    import json
+
+    pointer = json.loads((observed_run.project / "models" / "champion.json").read_text())
+    served = {r["metric"]["version"]
+              for r in observed_run.query("aq_serving_model_info == 1")}
+    assert served == {pointer["version"]}
+    assert observed_run.query('ALERTS{category="serving"}') == []
+    assert observed_run.query('ALERTS{alertname="TargetDown",job="serving"}') == []
+    requests = float(observed_run.query("sum(aq:serving_requests:rate5m)")[0]["value"][1])
+    assert requests > 0
+    errors = observed_run.query("aq:serving_errors:ratio_rate5m")
+    assert [float(r["value"][1]) for r in errors] == [0.0]

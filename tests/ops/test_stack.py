@@ -121,6 +121,10 @@ def post_alerts(alertmanager_url: str, alerts: list[dict]) -> None:
         ({"alertname": "TargetDown", "severity": "warning", "job": "airflow"},
          {"alertname": "ChampionNotRefreshed", "severity": "warning", "job": "aq_test"},
          "suppressed"),
+        # a serving app that cannot load the new champion keeps the old one: one alert
+        ({"alertname": "ServingModelReloadFailing", "severity": "warning", "job": "serving"},
+         {"alertname": "ServingModelOutdated", "severity": "warning", "job": "serving"},
+         "suppressed"),
         # a failing step explains its own staleness, not another step's
         ({"alertname": "PipelineStepFailing", "severity": "critical", "job": "aq_test",
           "step": "train"},
@@ -161,8 +165,11 @@ def run_ops(args: list[str], project: Path, ports_env: dict[str, str]):
 
 
 def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_path):
+    from tests.conftest import write_params
+
     project = tmp_path / "project"
     project.mkdir()
+    write_params(project)  # the serving app reads the project's locations
     ports = free_ports()
     env = ports.env()
     manager = ServiceManager(project / ".stack")
@@ -173,8 +180,13 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
         env_file = (project / ".stack" / "env").read_text()
         assert f"export AQ_PUSHGATEWAY_URL={ports.url('pushgateway')}\n" in env_file
         assert f"export AQ_PROMETHEUS_PORT={ports.prometheus}\n" in env_file
+        assert ports.url("serving") in first.stdout
         pids = {n: manager.record(n).pid for n in manager.names()}
-        assert set(pids) == STACK_SERVICES
+        assert set(pids) == STACK_SERVICES | {"serving"}
+        # serving binds loopback only, like the rest (gunicorn's workers share the socket)
+        assert {local for _, local, _ in listening_sockets(service_pids(manager))} == {
+            f"127.0.0.1:{getattr(ports, p)}" for p in
+            ("pushgateway", "prometheus", "alertmanager", "webhook", "node_exporter", "serving")}
 
         again = run_ops(["start", "--no-airflow"], project, env)
         assert again.returncode == 0, again.stderr
@@ -182,7 +194,7 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
         assert ports.url("pushgateway") in again.stdout
 
         status = run_ops(["status"], project, env)
-        assert status.stdout.count("running") == len(STACK_SERVICES)
+        assert status.stdout.count("running") == len(STACK_SERVICES) + 1
 
         # an unrelated process with a pid file not written by us is never touched
         bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
@@ -195,9 +207,9 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
         bystander.wait()
         assert manager.names() == []
         assert not (project / ".stack" / "env").exists()
-        for pid in pids.values():
+        for pid in pids.values():  # gone, or a zombie (names like "gunicorn: master" have spaces)
             assert not Path(f"/proc/{pid}").exists() or \
-                Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+                Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
         nothing = run_ops(["stop"], project, env)
         assert "nothing was running" in nothing.stdout
     finally:

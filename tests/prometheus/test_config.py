@@ -84,7 +84,8 @@ def test_every_alert_has_severity_annotations_and_a_runbook_section():
     }
     for rule in alert_rules():
         assert rule["labels"].get("severity") in {"critical", "warning"}, rule["alert"]
-        assert rule["labels"].get("category") in {"pipeline", "model", "infra", "air_quality"}
+        assert rule["labels"].get("category") in {"pipeline", "model", "infra", "air_quality",
+                                                  "serving"}
         assert REQUIRED_ANNOTATIONS <= set(rule["annotations"]), rule["alert"]
         url = rule["annotations"]["runbook_url"]
         assert url == f"{runbook.DEFAULT_BASE}#{rule['alert'].lower()}", url

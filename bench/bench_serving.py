@@ -1,0 +1,303 @@
+"""Serving benchmark: this project's gunicorn app against the seed-style reference, same run.
+
+It builds a temporary project with the repo's default params.yaml (5 cities, one synthetic
+year, the model `make run` trains) and runs ingest .. predict; trains the reference models
+(``../shared/bench-anchors/make_models.py``); starts both apps under ``gunicorn -w 2`` on
+127.0.0.1 with ``OMP_NUM_THREADS=1``; then drives each configuration with the same closed-loop
+load driver (C connections, one request in flight per connection, a new connection per
+request as sync workers close them), interleaved round by round:
+
+    reference     POST /predict of the reference app (pickle, one-row DataFrame per horizon)
+    post_obs      POST /v1/forecasts with the newest hour's observations (feature row rebuilt)
+    post          POST /v1/forecasts without observations (the stored newest hour)
+    get           GET /v1/forecasts/{id} (latest batch forecast)
+
+Per configuration: req/s, p50/p99 latency, server CPU per request (user + system of the
+gunicorn master and workers, /proc), and the ratio to the reference of the same round. A
+soak run of ``--soak`` seconds on post_obs samples each worker's RSS (flat = no growth).
+
+    .venv/bin/python bench/bench_serving.py                       # 3 rounds x 15 s, 10 min soak
+    .venv/bin/python bench/bench_serving.py --rounds 1 --seconds 5 --soak 0   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ANCHORS = REPO.parent / "shared" / "bench-anchors"
+STEPS = ["ingest", "preprocess", "train", "evaluate", "promote", "predict"]
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_project(root: Path) -> Path:
+    root.mkdir(parents=True)
+    shutil.copytree(REPO / "pipeline", root / "pipeline",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    env = {**os.environ, "AQ_PROJECT_DIR": str(root)}
+    env.pop("AQ_PUSHGATEWAY_URL", None)
+    for step in STEPS:
+        subprocess.run([sys.executable, "-m", "pipeline", step], cwd=root, env=env, check=True,
+                       capture_output=True, timeout=1800)
+    return root
+
+
+def group_pids(leader: int) -> list[int]:
+    """The gunicorn master and its workers (same process group)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == leader:
+                pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    except OSError:
+        return 0
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path, port: int,
+                 ready_path: str) -> None:
+        self.name, self.port = name, port
+        self.log = open(Path(tempfile.gettempdir()) / f"bench-serving-{name}-{port}.log", "wb")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}",
+                                            timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start; log {self.log.name}")
+            time.sleep(0.5)
+
+    @property
+    def pids(self) -> list[int]:
+        return group_pids(self.proc.pid)
+
+    def workers(self) -> list[int]:
+        return [p for p in self.pids if p != self.proc.pid]
+
+    def stop(self) -> None:
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+
+
+def drive(port: int, method: str, path: str, body: bytes | None, connections: int,
+          seconds: float) -> dict:
+    """Closed loop: ``connections`` threads, each one request in flight, for ``seconds``."""
+    latencies: list[list[float]] = [[] for _ in range(connections)]
+    errors = [0] * connections
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    stop_at = time.monotonic() + seconds
+
+    def worker(i: int) -> None:
+        mine = latencies[i]
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request(method, path, body=body, headers=headers)
+                reply = conn.getresponse()
+                reply.read()
+                conn.close()
+                if reply.status != 200:
+                    errors[i] += 1
+            except OSError:
+                errors[i] += 1
+            mine.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    flat = sorted(x for lat in latencies for x in lat)
+    n = len(flat)
+    return {
+        "requests": n, "errors": sum(errors), "seconds": elapsed,
+        "rps": n / elapsed,
+        "p50_ms": flat[n // 2] * 1000 if n else float("nan"),
+        "p99_ms": flat[min(n - 1, int(n * 0.99))] * 1000 if n else float("nan"),
+    }
+
+
+def measure(server: Server, method: str, path: str, body: bytes | None, connections: int,
+            seconds: float) -> dict:
+    drive(server.port, method, path, body, connections, 1.0)  # warm-up
+    pids = server.pids
+    cpu0 = cpu_seconds(pids)
+    result = drive(server.port, method, path, body, connections, seconds)
+    result["cpu_ms_per_request"] = ((cpu_seconds(pids) - cpu0) / max(result["requests"], 1)
+                                    * 1000)
+    return result
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--soak", type=float, default=600.0, help="soak seconds (0: none)")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--project", type=Path, default=None,
+                        help="serve this project (with a champion) instead of building one")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results")
+    args = parser.parse_args(argv)
+    if not (ANCHORS / "baseline_app.py").exists():
+        print(f"no reference app in {ANCHORS}", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="bench_serving_", dir=args.workdir))
+    print(f"work dir {work}; load average {load_average()}", flush=True)
+    project = args.project.resolve() if args.project else make_project(work / "project")
+    bench_dir = work / "reference"
+    bench_dir.mkdir()
+    base_env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_DIR": str(bench_dir)}
+    base_env.pop("AQ_PUSHGATEWAY_URL", None)
+    subprocess.run([sys.executable, str(ANCHORS / "make_models.py")], env=base_env, check=True,
+                   cwd=ANCHORS, capture_output=True, timeout=1800)
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+
+    ref_port = free_port()
+    reference = Server("reference", [gunicorn, "-w", "2", "-b", f"127.0.0.1:{ref_port}",
+                                     "-c", str(ANCHORS / "gunicorn_conf.py"),
+                                     "--pythonpath", str(ANCHORS), "baseline_app:app"],
+                       {**base_env, "BASELINE": "seed"}, ANCHORS, ref_port, "/healthz")
+    port = free_port()
+    ours_env = {**base_env, "AQ_PROJECT_DIR": str(project), "AQ_SERVING_PORT": str(port),
+                "AQ_SERVING_WORKERS": "2", "PYTHONPATH": str(REPO),
+                "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")}
+    (work / "metrics").mkdir()
+    ours = Server("ours", [gunicorn, "-c", str(REPO / "serving" / "gunicorn_conf.py"),
+                           "serving.wsgi:app"], ours_env, project, port, "/readyz")
+    try:
+        location = yaml.safe_load((project / "params.yaml").read_text())["locations"][0]["id"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/forecasts/{location}") as r:
+            newest = json.load(r)["issue_time"]
+        ref_body = (bench_dir / "body.json").read_bytes()
+        obs_body = json.dumps({"location_id": location, "observations": [{
+            "time": newest, "pm2_5": 23.4, "pm10": 31.0, "no2": 28.0, "o3": 40.0, "co": 300.0,
+            "temperature_2m": 4.2, "relative_humidity_2m": 77.0, "wind_speed_10m": 3.1,
+            "wind_direction_10m": 240.0, "surface_pressure": 1009.0, "precipitation": 0.0,
+            "cloud_cover": 60.0}]}).encode()
+        configs = {
+            "reference": (reference, "POST", "/predict", ref_body),
+            "post_obs": (ours, "POST", "/v1/forecasts", obs_body),
+            "post": (ours, "POST", "/v1/forecasts",
+                     json.dumps({"location_id": location}).encode()),
+            "get": (ours, "GET", f"/v1/forecasts/{location}", None),
+        }
+        rounds = []
+        for i in range(args.rounds):
+            row = {"load_average": load_average()}
+            for name, (server, method, path, body) in configs.items():
+                row[name] = measure(server, method, path, body, args.connections, args.seconds)
+                r = row[name]
+                print(f"round {i + 1} {name:<10} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.2f} ms"
+                      f"  p99 {r['p99_ms']:7.2f} ms  cpu {r['cpu_ms_per_request']:5.2f} ms/req"
+                      f"  errors {r['errors']}  (load {row['load_average']})", flush=True)
+            rounds.append(row)
+        summary = {}
+        for name in configs:
+            summary[name] = {k: statistics.median(r[name][k] for r in rounds)
+                             for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request")}
+            summary[name]["ratio_rps_to_reference"] = statistics.median(
+                r[name]["rps"] / r["reference"]["rps"] for r in rounds)
+            summary[name]["errors"] = sum(r[name]["errors"] for r in rounds)
+        soak = None
+        if args.soak > 0:
+            workers = ours.workers()
+            start_rss = {p: rss_bytes(p) for p in workers}
+            samples = []
+            began = time.monotonic()
+            total = 0
+            while time.monotonic() - began < args.soak:
+                chunk = drive(port, "POST", "/v1/forecasts", obs_body, args.connections,
+                              min(30.0, args.soak - (time.monotonic() - began)))
+                total += chunk["requests"]
+                samples.append({"t": round(time.monotonic() - began), "rps": chunk["rps"],
+                                "rss_mb": {p: round(rss_bytes(p) / 2**20, 1) for p in workers}})
+                print(f"soak {samples[-1]}", flush=True)
+            soak = {"seconds": args.soak, "requests": total, "workers": workers,
+                    "start_rss_mb": {p: round(v / 2**20, 1) for p, v in start_rss.items()},
+                    "end_rss_mb": {p: round(rss_bytes(p) / 2**20, 1) for p in workers},
+                    "samples": samples}
+    finally:
+        ours.stop()
+        reference.stop()
+    machine = {"cores": os.cpu_count(), "python": platform.python_version(),
+               "processor": platform.processor() or platform.machine()}
+    result = {"machine": machine, "connections": args.connections, "seconds": args.seconds,
+              "rounds": rounds, "summary": summary, "soak": soak}
+    print(json.dumps({"summary": summary, "soak": soak and {
+        k: soak[k] for k in ("requests", "start_rss_mb", "end_rss_mb")}}, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Locust load test of the serving app with an SLO gate (``make loadtest``, docs/serving.md)."""

@@ -1,0 +1,271 @@
+"""The champion's models as fast predictors: Treelite where it is exact, scikit-learn otherwise.
+
+scikit-learn's ``Pipeline.predict`` on one row costs about 1 ms per model (DataFrame checks,
+column selection, OpenMP); the same trees evaluated by Treelite's GTIL take ~30 us. A model
+is compiled only when it has the structure the project trains (``pipeline/core/models.py``):
+
+    Pipeline([("select", ColumnTransformer([(name, "passthrough", columns)], remainder="drop")),
+              ("model", LogResidualRegressor(HistGradientBoostingRegressor(identity link)))])
+
+and only if, on verification rows, its predictions equal ``Pipeline.predict`` within
+:data:`TOLERANCE` (plus :data:`RELATIVE_TOLERANCE` of the value). Anything else (another
+estimator, another loss, a wrapper issue 12 may add, a Treelite error or a mismatch) is served
+by the Pipeline itself, and says so (:attr:`Predictor.engine` and the reason).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = 1e-9  # served prediction vs Pipeline.predict, in the target's unit (ug/m3)
+# plus this share of the value: the trees' sums agree to ~4e-15 in log space, so a forecast of
+# 1e6 (verification rows go far beyond real data) may differ by ~1e-9 for rounding alone
+RELATIVE_TOLERANCE = 1e-12
+TREELITE = "treelite"
+SKLEARN = "sklearn"
+
+
+class NotCompilable(Exception):
+    """The Pipeline is not the structure the fast path knows."""
+
+
+@dataclass
+class Predictor:
+    """One target x horizon: ``predict(rows)`` takes rows in the order of ``columns``."""
+
+    target: str
+    horizon: int
+    columns: list[str]
+    pipeline: Any
+    engine: str = SKLEARN
+    reason: str = ""
+    _tree: Any = None
+    _anchor: int = -1
+    _fallback: float = float("nan")
+    _gtil: Any = None
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        if self.engine == TREELITE:
+            return self._predict_treelite(rows)
+        return self.predict_sklearn(rows)
+
+    def predict_sklearn(self, rows: np.ndarray) -> np.ndarray:
+        frame = pd.DataFrame(np.atleast_2d(rows), columns=self.columns)
+        return np.asarray(self.pipeline.predict(frame), dtype=np.float64)
+
+    def _predict_treelite(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.atleast_2d(rows)
+        margin = self._gtil(rows)
+        level = rows[:, self._anchor]
+        level = np.where(np.isnan(level), self._fallback, level)
+        # LogResidualRegressor.predict, term for term
+        return np.clip(np.expm1(level + margin), 0, None)
+
+
+class Gtil:
+    """Treelite's GTIL predict for float64 rows, one thread, without per-call set-up.
+
+    ``treelite.gtil.predict`` parses a JSON config and checks its arguments on every call
+    (~20 us of a ~30 us one-row call); this keeps the config and calls the same C function
+    (``TreeliteGTILPredict``). Whatever fails here falls back to ``treelite.gtil.predict``.
+    """
+
+    def __init__(self, model: Any) -> None:
+        import ctypes
+
+        import treelite.gtil
+        from treelite.core import _LIB, _check_call
+        from treelite.gtil.gtil import GTILConfig
+
+        self._model = model
+        self._slow = treelite.gtil.predict
+        self._fast = False
+        try:
+            if (model.input_type, model.output_type) != ("float64", "float64"):
+                raise TypeError(f"{model.input_type} inputs, {model.output_type} outputs")
+            self._config = GTILConfig(predict_type="default", nthread=1)
+            shape = ctypes.POINTER(ctypes.c_uint64)()
+            ndim = ctypes.c_uint64()
+            _check_call(_LIB.TreeliteGTILGetOutputShape(
+                model.handle, ctypes.c_uint64(1), self._config.handle,
+                ctypes.byref(shape), ctypes.byref(ndim)))
+            if tuple(shape[i] for i in range(ndim.value)) != (1, 1, 1):
+                raise TypeError("not a single-output regressor")
+            self._num_feature = int(model.num_feature)
+            self._call, self._check = _LIB.TreeliteGTILPredict, _check_call
+            self._pointer, self._rows = ctypes.c_void_p, ctypes.c_uint64
+            self._handles = (model.handle, self._config.handle)
+            self._fast = True
+        except Exception as exc:
+            log.info("treelite fast call unavailable (%s): using treelite.gtil.predict", exc)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if not self._fast or rows.shape[1] != self._num_feature:
+            return self._slow(self._model, rows, nthread=1).reshape(-1)
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        out = np.empty(rows.shape[0], dtype=np.float64)
+        model, config = self._handles
+        self._check(self._call(model, self._pointer(rows.ctypes.data), b"float64",
+                               self._rows(rows.shape[0]), self._pointer(out.ctypes.data),
+                               config))
+        return out
+
+
+def _structure(pipeline: Any) -> tuple[list[str], Any, Any]:
+    """(selected columns, the LogResidualRegressor, its fitted HGB) or NotCompilable."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.pipeline import Pipeline
+
+    from pipeline.core.models import LogResidualRegressor
+
+    if type(pipeline) is not Pipeline or len(pipeline.steps) != 2:
+        raise NotCompilable("not a two-step scikit-learn Pipeline")
+    select, model = pipeline.steps[0][1], pipeline.steps[1][1]
+    if type(select) is not ColumnTransformer:
+        raise NotCompilable("first step is not a ColumnTransformer")
+    parts = [t for t in select.transformers_ if t[0] != "remainder"]
+    if (len(select.transformers) != 1 or select.transformers[0][1] != "passthrough"
+            or len(parts) != 1 or not _identity(parts[0][1]) or select.remainder != "drop"
+            or not all(isinstance(c, str) for c in parts[0][2])):
+        raise NotCompilable("ColumnTransformer does more than select columns by name")
+    columns = list(parts[0][2])
+    if type(model) is not LogResidualRegressor:
+        raise NotCompilable(f"final step is {type(model).__name__}, not LogResidualRegressor")
+    tree = getattr(model, "estimator_", None)
+    if type(tree) is not HistGradientBoostingRegressor:
+        raise NotCompilable(f"LogResidualRegressor wraps {type(tree).__name__}")
+    link = type(getattr(getattr(tree, "_loss", None), "link", None)).__name__
+    if link != "IdentityLink":
+        raise NotCompilable(f"loss {tree.loss!r} has a {link} link, not identity")
+    if list(getattr(tree, "feature_names_in_", [])) != columns:
+        raise NotCompilable("the trees' feature names differ from the selected columns")
+    if model.anchor not in columns:
+        raise NotCompilable(f"anchor column {model.anchor!r} is not an input")
+    return columns, model, tree
+
+
+def _identity(transformer: Any) -> bool:
+    """A fitted "passthrough" (scikit-learn stores it as an identity FunctionTransformer)."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    if isinstance(transformer, str):
+        return transformer == "passthrough"
+    return (type(transformer) is FunctionTransformer and transformer.func is None
+            and transformer.inverse_func is None)
+
+
+def build_predictor(target: str, horizon: int, pipeline: Any, features: Sequence[str],
+                    verify_rows: np.ndarray) -> Predictor:
+    """Compile one Pipeline if it is exact on ``verify_rows`` (in ``features`` order)."""
+    try:
+        columns, model, tree = _structure(pipeline)
+    except NotCompilable as exc:
+        columns = _selected_columns(pipeline, features)
+        return _fallback(target, horizon, pipeline, columns, str(exc))
+    try:
+        import treelite
+
+        compiled = treelite.sklearn.import_model(tree)
+        runner = Gtil(compiled)
+    except Exception as exc:  # the compiler refused this model: serve it with scikit-learn
+        return _fallback(target, horizon, pipeline, columns, f"treelite import failed: {exc}")
+    predictor = Predictor(target, horizon, columns, pipeline, TREELITE, "", compiled,
+                          columns.index(model.anchor), float(model.fallback_), runner)
+    missing = [c for c in columns if c not in features]
+    if missing:
+        raise ValueError(f"model {target} h={horizon} needs inputs not built: {missing[:5]}")
+    rows = verify_rows[:, [list(features).index(c) for c in columns]]
+    with np.errstate(over="ignore", invalid="ignore"):  # extreme random rows overflow expm1
+        fast, reference = predictor.predict(rows), predictor.predict_sklearn(rows)
+        same = (fast == reference) | (
+            np.abs(fast - reference) <= TOLERANCE + RELATIVE_TOLERANCE * np.abs(reference))
+        worst = float(np.max(np.where(same, 0.0, np.abs(fast - reference)), initial=0.0))
+    if not same.all():
+        return _fallback(target, horizon, pipeline, columns,
+                         f"treelite differs from scikit-learn by {worst:.3g} on verification rows")
+    return predictor
+
+
+def _selected_columns(pipeline: Any, features: Sequence[str]) -> list[str]:
+    names = getattr(pipeline, "feature_names_in_", None)
+    return list(names) if names is not None else list(features)
+
+
+def _fallback(target: str, horizon: int, pipeline: Any, columns: list[str], reason: str,
+              ) -> Predictor:
+    log.warning("serving %s h=%d with scikit-learn: %s", target, horizon, reason)
+    return Predictor(target, horizon, columns, pipeline, SKLEARN, reason)
+
+
+@dataclass
+class ServedModel:
+    """A verified champion, ready to predict from rows in ``features`` order."""
+
+    version: str
+    metadata: dict[str, Any]
+    features: list[str]
+    predictors: dict[tuple[str, int], Predictor]
+    spec: Any = None  # the FeatureSpec the model was trained with (its metadata's)
+    _index: dict[tuple[str, int], np.ndarray | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        position = {name: i for i, name in enumerate(self.features)}
+        for key, predictor in self.predictors.items():
+            missing = [c for c in predictor.columns if c not in position]
+            if missing:
+                raise ValueError(f"model {key[0]} h={key[1]} needs inputs the features do not "
+                                 f"include: {missing[:5]}")
+            index = np.array([position[c] for c in predictor.columns], dtype=np.intp)
+            same = len(index) == len(self.features) and np.array_equal(
+                index, np.arange(len(self.features)))
+            self._index[key] = None if same else index
+
+    @property
+    def targets(self) -> list[str]:
+        return list(dict.fromkeys(t for t, _ in self.predictors))
+
+    @property
+    def horizons(self) -> list[int]:
+        return sorted({h for _, h in self.predictors})
+
+    @property
+    def engines(self) -> dict[str, str]:
+        return {f"{t}/h{h}": p.engine for (t, h), p in self.predictors.items()}
+
+    def predict(self, rows: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
+        rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+        out = {}
+        for key, predictor in self.predictors.items():
+            index = self._index[key]
+            out[key] = predictor.predict(rows if index is None else rows[:, index])
+        return out
+
+
+def verification_rows(features: Sequence[str], history_rows: np.ndarray | None,
+                      location_codes: Mapping[str, int], n: int = 256, seed: int = 0,
+                      ) -> np.ndarray:
+    """Rows to check the compiled trees on: real feature rows plus seeded random ones.
+
+    The random rows spread over several orders of magnitude with 20% missing values, so
+    splits on both sides and the missing-value branches are exercised; the location code
+    stays a known category.
+    """
+    rng = np.random.default_rng(seed)
+    random = rng.lognormal(mean=2.0, sigma=1.5, size=(n, len(features)))
+    random *= rng.choice([-1.0, 1.0], size=random.shape, p=[0.2, 0.8])
+    random[rng.random(random.shape) < 0.2] = np.nan
+    if "location_code" in features and location_codes:
+        codes = np.array(sorted(location_codes.values()), dtype=np.float64)
+        random[:, list(features).index("location_code")] = rng.choice(codes, size=n)
+    if history_rows is None or len(history_rows) == 0:
+        return random
+    return np.vstack([history_rows, random])

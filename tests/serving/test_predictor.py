@@ -1,0 +1,111 @@
+"""Served predictions equal Pipeline.predict; what Treelite cannot take falls back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from pipeline.context import Context
+from pipeline.io.registry import Registry, save_bundle
+from pipeline.settings import ServingSettings, Settings
+from serving import metrics
+from serving.predictor import SKLEARN, TREELITE, build_predictor, verification_rows
+from serving.state import ServingState
+
+
+@pytest.fixture(scope="module")
+def champion(served_project):
+    return Registry(served_project.paths).load_champion()
+
+
+@pytest.fixture(scope="module")
+def feature_table(served_project, champion) -> pd.DataFrame:
+    return pd.read_parquet(served_project.paths.features)
+
+
+def test_served_predictions_equal_pipeline_predict_on_every_feature_row(served_project,
+                                                                        champion, feature_table):
+    """Every row of the training feature table (~2,800 per location, gaps and warm-up NaNs)."""
+    state = ServingState(Context.load(served_project.root, settings=Settings()),
+                         ServingSettings())
+    model = state.compile(champion.metadata, champion.models)
+    assert set(model.engines.values()) == {TREELITE}
+    rows = feature_table[model.features].to_numpy(dtype=np.float64)
+    assert len(rows) > 2000
+    assert np.isnan(rows).any()  # missing values take the trees' missing branches
+    served = model.predict(rows)
+    for key, pipeline in champion.models.items():
+        expected = pipeline.predict(feature_table)
+        np.testing.assert_allclose(served[key], expected, rtol=0, atol=1e-9, err_msg=str(key))
+
+
+def test_one_row_at_a_time_equals_the_batch_of_rows(champion, feature_table):
+    features = champion.metadata["features"]
+    rows = feature_table[features].to_numpy(dtype=np.float64)[-50:]
+    pipeline = champion.models[("pm2_5", 6)]
+    predictor = build_predictor("pm2_5", 6, pipeline, features, rows)
+    one_by_one = np.array([predictor.predict(row)[0] for row in rows])
+    np.testing.assert_array_equal(one_by_one, predictor.predict(rows))
+
+
+def wrapped(pipeline: Pipeline) -> Pipeline:
+    """The champion's Pipeline behind an extra step: a structure the fast path does not know."""
+    select, model = pipeline.steps
+    scaler = StandardScaler().set_output(transform="pandas")
+    return Pipeline([select, ("scale", scaler), model])
+
+
+def test_a_structure_treelite_cannot_take_is_served_by_scikit_learn(champion, feature_table):
+    features = champion.metadata["features"]
+    rows = feature_table[features].to_numpy(dtype=np.float64)
+    frame = feature_table[features].iloc[:3000]
+    forest = Pipeline([("select", champion.models[("pm2_5", 1)].steps[0][1]),
+                       ("model", RandomForestRegressor(n_estimators=5, random_state=0))])
+    forest.fit(frame, feature_table["y__pm2_5__h1"].iloc[:3000].fillna(0))
+    predictor = build_predictor("pm2_5", 1, forest, features, rows[:100])
+    assert predictor.engine == SKLEARN
+    assert "final step is RandomForestRegressor" in predictor.reason
+    np.testing.assert_array_equal(predictor.predict(rows[:200]),
+                                  forest.predict(feature_table.iloc[:200]))
+
+
+def test_an_unknown_champion_structure_is_served_and_says_so(served_project, champion,
+                                                              feature_table, tmp_path):
+    """Through the registry (sha256 checked): one model falls back, the metric shows which."""
+    models = dict(champion.models)
+    scaled = Pipeline(champion.models[("pm2_5", 12)].steps)  # same fitted steps...
+    scaled.steps.insert(1, ("noop", "passthrough"))  # ...behind a step it does not know
+    models[("pm2_5", 12)] = scaled
+    metadata = {k: v for k, v in champion.metadata.items()
+                if k not in ("sha256", "created_at", "version")}
+    saved = save_bundle(tmp_path / "bundle", models, metadata)
+    registry = Registry(served_project.paths)
+    version = registry.register(tmp_path / "bundle")
+    bundle = registry.load(version)
+    state = ServingState(Context.load(served_project.root, settings=Settings()),
+                         ServingSettings())
+    model = state.compile(bundle.metadata, bundle.models)
+    assert model.engines == {"pm2_5/h1": TREELITE, "pm2_5/h6": TREELITE,
+                             "pm2_5/h12": SKLEARN, "pm2_5/h24": TREELITE}
+    rows = feature_table[model.features].to_numpy(dtype=np.float64)[-300:]
+    served = model.predict(rows)
+    np.testing.assert_allclose(served[("pm2_5", 12)],
+                               scaled.predict(feature_table.iloc[-300:]), rtol=0, atol=1e-9)
+    metrics.set_served(saved["version"], None, [(t, h, model.predictors[(t, h)].engine == SKLEARN)
+                                                for t, h in model.predictors], 0.0)
+    sample = metrics.MODEL_SKLEARN_FALLBACK.labels(target="pm2_5", horizon="12")
+    assert sample._value.get() == 1
+    assert metrics.MODEL_SKLEARN_FALLBACK.labels(target="pm2_5", horizon="6")._value.get() == 0
+
+
+def test_verification_rows_cover_missing_values_and_known_locations(champion):
+    features = champion.metadata["features"]
+    codes = champion.metadata["location_codes"]
+    rows = verification_rows(features, None, codes, n=500)
+    assert np.isnan(rows).mean() == pytest.approx(0.2, abs=0.03)
+    code = rows[:, features.index("location_code")]
+    assert set(code[~np.isnan(code)]) == set(map(float, codes.values()))
