@@ -29,6 +29,8 @@ MAX_DAYS = 36_600
 # a date outside this range is a typo, and beyond 2262 pandas cannot hold it
 MIN_DATE, MAX_DATE = dt.date(1900, 1, 1), dt.date(2200, 1, 1)
 Date = Annotated[dt.date, Field(strict=False, ge=MIN_DATE, le=MAX_DATE)]
+# a date, or a time of day (with or without an offset; naive = UTC), as YAML or ISO text
+Moment = Annotated[dt.datetime, Field(strict=False)] | Date
 
 
 class ConfigError(ValueError):
@@ -256,24 +258,27 @@ class EvaluationConfig(_Strict):
     ``holdout_days`` days that have an observation."""
 
     holdout_days: Annotated[int, Field(ge=1, le=3650)] = 60
-    holdout_start: dt.datetime | dt.date | None = None
+    holdout_start: Moment | None = None
 
     @field_validator("holdout_start")
     @classmethod
     def _utc(cls, value):
-        if isinstance(value, dt.datetime) and value.tzinfo is not None:
-            return value.astimezone(dt.UTC).replace(tzinfo=None)
-        return value
+        return None if value is None else _utc_naive(value)
 
 
 class BacktestConfig(_Strict):
     """The window ``python -m pipeline backtest`` (and its DVC stage) uses by default."""
 
     days: Annotated[int, Field(ge=1, le=3650)] = 60  # the last N days of data, when no start
-    start: dt.datetime | dt.date | None = None  # target hours [start, end), UTC
-    end: dt.datetime | dt.date | None = None  # None: the hour after the newest observation
+    start: Moment | None = None  # target hours [start, end), UTC
+    end: Moment | None = None  # None: the hour after the newest observation
     model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "candidate"
     refit_every_days: Annotated[float, Field(ge=0, le=3650)] = 0  # 0 = one model, no refit
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value):
+        return None if value is None else _utc_naive(value)
 
     @model_validator(mode="after")
     def _ordered(self) -> BacktestConfig:
@@ -285,9 +290,15 @@ class BacktestConfig(_Strict):
 
 
 def _utc_naive(value: dt.datetime | dt.date) -> dt.datetime:
+    """A date or time as a naive UTC datetime, refused outside the years pandas can hold."""
     if not isinstance(value, dt.datetime):
-        return dt.datetime.combine(value, dt.time())
-    return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+        value = dt.datetime.combine(value, dt.time())
+    elif value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    if not dt.datetime.combine(MIN_DATE, dt.time()) <= value <= dt.datetime.combine(
+            MAX_DATE, dt.time()):
+        raise ValueError(f"{value} is outside {MIN_DATE} .. {MAX_DATE}")
+    return value
 
 
 class PromotionConfig(_Strict):
