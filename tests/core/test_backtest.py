@@ -45,6 +45,7 @@ def backtest(data: pd.DataFrame, window: Window, every: pd.Timedelta | None) -> 
 WINDOW = Window(pd.Timestamp("2025-03-20", tz="UTC"), pd.Timestamp("2025-03-27", tz="UTC"))
 
 
+@pytest.mark.slow  # fits small models
 def test_every_target_hour_of_the_window_is_forecast_once_per_horizon_and_location():
     out = backtest(raw(), WINDOW, pd.Timedelta(days=2))
     hours = pd.date_range(WINDOW.start, WINDOW.end, freq="h", inclusive="left")
@@ -56,6 +57,7 @@ def test_every_target_hour_of_the_window_is_forecast_once_per_horizon_and_locati
     assert (out["origin"] - out["refit_origin"] < pd.Timedelta(days=2)).all()
 
 
+@pytest.mark.slow  # fits small models
 def test_changing_data_after_an_origin_never_changes_its_forecast():
     """Data after T (multiplied, some rows dropped) leaves every forecast issued up to T as is."""
     base = raw()
@@ -87,6 +89,7 @@ def test_refit_schedule_starts_at_the_first_origin():
         Window(WINDOW.end, WINDOW.start)
 
 
+@pytest.mark.slow  # fits small models
 def test_scores_by_location_month_and_hour_use_the_rows_of_the_horizon_scores():
     out = backtest(raw(), WINDOW, None)
     tables = score_tables(out)

@@ -18,6 +18,8 @@ from pipeline.settings import Settings
 from pipeline.steps import backtest, evaluate, ingest, predict, preprocess, promote, train
 from tests.conftest import make_project
 
+pytestmark = pytest.mark.slow  # trains models
+
 BERLIN = {"id": "berlin", "name": "Berlin", "latitude": 52.52, "longitude": 13.405,
           "timezone": "Europe/Berlin"}
 # what a real hourly NO2 monitoring export has: NO2, wind and temperature, nothing else
