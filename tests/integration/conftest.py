@@ -111,7 +111,7 @@ def observed_run(tmp_path_factory) -> Iterator[ObservedRun]:
         run.step("score")
         run.step("drift")
         # every step's push is scraped and recorded (1 s intervals) before the tests look
-        run.wait_for(f'count(aq_step_success{{job="{JOB}"}} == 1) >= 9')
-        run.wait_for(f'count(aq:step_seconds_since_success{{job="{JOB}"}}) >= 9')
+        run.wait_for(f'count(aq_step_success{{job="{JOB}"}} == 1) >= 10')  # one per step
+        run.wait_for(f'count(aq:step_seconds_since_success{{job="{JOB}"}}) >= 10')
         run.started = started
         yield run

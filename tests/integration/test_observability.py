@@ -19,7 +19,8 @@ from tests.metrics_doc import PIPELINE_SECTION, documented_metrics
 from tests.monitoring import gateway_samples, wait_until
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-STEPS = ("ingest", "preprocess", "train", "evaluate", "promote", "predict", "score", "drift")
+STEPS = ("ingest", "preprocess", "train", "evaluate", "backtest", "promote", "predict", "score",
+         "drift")
 
 
 def test_every_step_left_its_trace(observed_run):
