@@ -79,10 +79,6 @@ CATALOGUE: dict[str, MetricSpec] = {
     "aq_model_aqi_category_accuracy": MetricSpec(
         "gauge", "Share of holdout hours whose AQI category is right.", ("target", "horizon")
     ),
-    "aq_model_interval_coverage": MetricSpec(
-        "gauge", "Share of holdout hours inside the 80 % prediction interval.",
-        ("target", "horizon")
-    ),
     # rolling-origin backtest
     "aq_backtest_mae": MetricSpec(
         "gauge", "Backtest MAE of the last backtest run.", ("target", "horizon")
