@@ -154,7 +154,8 @@ def run_size(n_locations: int, years: int, workdir: Path, keep: bool,
         "cpu_us_per_row": round(sum(s["cpu_s"] for s in steps) / rows * 1e6, 1),
         "load_avg_start": [round(x, 2) for x in load_start],
         "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-        "skill": {t: {h: s["skill"] for h, s in by_h.items()} for t, by_h in evaluation.items()},
+        "skill": {t: {h: s["skill"] for h, s in by_h.items()} for t, by_h in evaluation.items()
+                  if t != "holdout"},
         "promoted": promotion["promoted"],
     }
     if keep:

@@ -294,7 +294,7 @@ def pipeline_health() -> Board:
               annotations=(FAILED_STEPS, PROMOTIONS, ROLLBACKS))
     no_rows = {"step": ("promote", "rollback")}
     not_validating = {"step": ("train", "evaluate", "promote", "predict", "score", "drift",
-                               "rollback")}  # only ingest, backfill and preprocess refuse rows
+                               "rollback", "backtest")}  # only ingest, backfill, preprocess refuse
     b.row("Pipeline steps")
     b.add("stat", "Step outcome (last run)",
           [Query('aq_step_success{step=~"$step"}', "{{step}}")], w=8,
@@ -306,11 +306,11 @@ def pipeline_health() -> Board:
     b.add("bargauge", "Staleness budget used",
           [Query('aq:step_seconds_since_success{step=~"$step"} / on (step) group_left () '
                  "aq:step_stale_after_seconds", "{{step}}",
-                 empty_ok={"step": ("rollback", "backfill")})],
+                 empty_ok={"step": ("rollback", "backfill", "backtest")})],
           w=8, unit=units.PercentUnit, min_value=0, max_value=1.5,
           description="Time since the last success over the step's staleness limit "
                       "(1.5 x its schedule + 15 min): PipelineStepStale fires at 100 %.",
-          hint="Steps run by hand (backfill, rollback) have no schedule, so no budget.",
+          hint="Steps run by hand (backfill, rollback, backtest) have no schedule, so no budget.",
           thresholds=thresholds("green", (0.75, "orange"), (1.0, "red")),
           options=bar_options(), alert="PipelineStepStale", links=alert_links("PipelineStepStale"))
     b.add("stat", "Firing alerts", [Query('count(ALERTS{alertstate="firing"}) or vector(0)',

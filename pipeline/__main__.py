@@ -20,6 +20,7 @@ STEPS = {
     "drift": "PSI of recent features against the champion's training reference",
     "rollback": "restore the previous champion (or --to VERSION) and re-issue the forecasts",
     "summary": "print the run summary table",
+    "backtest": "rolling-origin backtest of a model over a window of target hours",
 }
 
 
@@ -39,6 +40,16 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--locations", help="comma-separated location ids (default: all in params.yaml)"
             )
+        if name == "backtest":
+            cmd.add_argument("--start", help="first target hour, UTC, inclusive (ISO date or "
+                             "time; default: params.yaml backtest, else the last backtest.days)")
+            cmd.add_argument("--end", help="last target hour, UTC, exclusive (default: the hour "
+                             "after the newest observation)")
+            cmd.add_argument("--model", help="candidate, champion or a registry version "
+                             "(default: backtest.model)")
+            cmd.add_argument("--refit-every", type=float, metavar="DAYS", dest="refit_every",
+                             help="refit every DAYS days on the data known then (0: no refit)")
+            cmd.add_argument("--out", help="output directory (default: reports/backtest)")
         if name == "backfill":
             cmd.add_argument("--chunk-days", type=_positive_int, default=None,
                              help="days per request chunk")

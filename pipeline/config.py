@@ -29,6 +29,8 @@ MAX_DAYS = 36_600
 # a date outside this range is a typo, and beyond 2262 pandas cannot hold it
 MIN_DATE, MAX_DATE = dt.date(1900, 1, 1), dt.date(2200, 1, 1)
 Date = Annotated[dt.date, Field(strict=False, ge=MIN_DATE, le=MAX_DATE)]
+# a date, or a time of day (with or without an offset; naive = UTC), as YAML or ISO text
+Moment = Annotated[dt.datetime, Field(strict=False)] | Date
 
 
 class ConfigError(ValueError):
@@ -198,9 +200,42 @@ class FeatureConfig(_Strict):
         return value
 
 
+Loss = Literal["squared_error", "absolute_error"]
+Form = Literal["log_change", "log_level", "level", "change"]
+BOOSTING_KEYS = ("loss", "max_iter", "learning_rate", "max_leaf_nodes", "min_samples_leaf",
+                 "l2_regularization", "early_stopping", "random_state")
+
+
+class Regularisation(_Strict):
+    """One regularisation the per-horizon search may try (unset keys keep the base value)."""
+
+    max_leaf_nodes: Annotated[int, Field(ge=2, le=1024)] | None = None
+    min_samples_leaf: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    l2_regularization: Annotated[float, Field(ge=0, le=1e6)] | None = None
+    learning_rate: Annotated[float, Field(gt=0, le=1)] | None = None
+
+
+class SelectionConfig(_Strict):
+    """Per target x horizon, settings chosen on a time-ordered validation window at the end
+    of the training period (never the holdout); the same window calibrates the intervals."""
+
+    validation_days: Annotated[int, Field(ge=1, le=365)] = 28
+    max_fits: Annotated[int, Field(ge=1, le=50)] = 6  # 1 = no search: the base settings
+    max_rows: Annotated[int, Field(ge=1000, le=10**10)] | None = 150_000  # rows per search fit
+    losses: Annotated[list[Loss], Field(min_length=1)] = ["squared_error", "absolute_error"]
+    forms: Annotated[list[Form], Field(min_length=1)] = ["log_change", "log_level", "change"]
+    regularisation: list[Regularisation] = [
+        Regularisation(max_leaf_nodes=15, min_samples_leaf=200, l2_regularization=1.0),
+        Regularisation(max_leaf_nodes=7, min_samples_leaf=800, l2_regularization=10.0),
+    ]
+
+
 class ModelConfig(_Strict):
     kind: Literal["hist_gradient_boosting"] = "hist_gradient_boosting"
-    loss: Literal["squared_error", "absolute_error"] = "squared_error"
+    # the base settings; model.selection may change loss, form, regularisation and
+    # iterations per target x horizon (recorded in the model metadata)
+    loss: Loss = "squared_error"
+    form: Form = "log_change"
     max_iter: Annotated[int, Field(ge=1, le=5000)] = 150
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
     max_leaf_nodes: Annotated[int, Field(ge=2, le=1024)] = 31
@@ -211,10 +246,59 @@ class ModelConfig(_Strict):
     # more eligible training rows than this: fit on a seeded uniform sample of them
     # (pipeline/core/models.py training_rows); null = always all rows
     max_train_rows: Annotated[int, Field(ge=1000, le=10**10)] | None = 400_000
+    selection: SelectionConfig = SelectionConfig()
+
+    def base_settings(self) -> dict:
+        """The plain settings core/models.py builds an estimator from."""
+        return {"form": self.form, **{k: getattr(self, k) for k in BOOSTING_KEYS}}
 
 
 class EvaluationConfig(_Strict):
-    holdout_days: Annotated[int, Field(ge=1, le=365)] = 60
+    """The time-ordered holdout: from ``holdout_start`` (UTC) when set, else the last
+    ``holdout_days`` days that have an observation."""
+
+    holdout_days: Annotated[int, Field(ge=1, le=3650)] = 60
+    holdout_start: Moment | None = None
+
+    @field_validator("holdout_start")
+    @classmethod
+    def _utc(cls, value):
+        return None if value is None else _utc_naive(value)
+
+
+class BacktestConfig(_Strict):
+    """The window ``python -m pipeline backtest`` (and its DVC stage) uses by default."""
+
+    days: Annotated[int, Field(ge=1, le=3650)] = 60  # the last N days of data, when no start
+    start: Moment | None = None  # target hours [start, end), UTC
+    end: Moment | None = None  # None: the hour after the newest observation
+    model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "candidate"
+    refit_every_days: Annotated[float, Field(ge=0, le=3650)] = 0  # 0 = one model, no refit
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value):
+        return None if value is None else _utc_naive(value)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BacktestConfig:
+        if self.start is not None and self.end is not None and \
+                _utc_naive(self.end) <= _utc_naive(self.start):
+            raise ValueError(f"backtest.end ({self.end}) must be after backtest.start "
+                             f"({self.start})")
+        return self
+
+
+def _utc_naive(value: dt.datetime | dt.date) -> dt.datetime:
+    """A date or time as a naive UTC datetime, refused outside the years pandas can hold."""
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime.combine(value, dt.time())
+    elif value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    if not dt.datetime.combine(MIN_DATE, dt.time()) <= value <= dt.datetime.combine(
+            MAX_DATE, dt.time()):
+        raise ValueError(f"{value} is outside {MIN_DATE} .. {MAX_DATE}")
+    return value
 
 
 class PromotionConfig(_Strict):
@@ -253,6 +337,7 @@ class Params(_Strict):
     promotion: PromotionConfig = PromotionConfig()
     drift: DriftConfig = DriftConfig()
     forecast: ForecastConfig = ForecastConfig()
+    backtest: BacktestConfig = BacktestConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> Params:

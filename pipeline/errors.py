@@ -24,3 +24,7 @@ class RegistryError(PipelineError):
 
 class MissingInputError(PipelineError):
     """A step's input does not exist yet (run the step before it)."""
+
+
+class TrainingError(PipelineError):
+    """The models cannot be fitted on this data with these settings (the message says why)."""

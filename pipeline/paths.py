@@ -107,6 +107,16 @@ class ProjectPaths:
         return self.reports_dir / "plots"
 
     @property
+    def backtest_dir(self) -> Path:
+        """The backtest of params.yaml's ``backtest`` window (the DVC stage's outputs)."""
+        return self.reports_dir / "backtest"
+
+    @property
+    def backtests_dir(self) -> Path:
+        """Backtests run with their own window (e.g. from the Airflow form), one per run."""
+        return self.root / "backtests"
+
+    @property
     def metrics_json(self) -> Path:
         return self.root / "metrics.json"
 

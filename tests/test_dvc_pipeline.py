@@ -18,7 +18,7 @@ import yaml
 
 from tests.conftest import REPO
 
-STAGES = ["preprocess", "train", "evaluate", "promote", "predict", "score", "drift"]
+STAGES = ["preprocess", "train", "evaluate", "backtest", "promote", "predict", "score", "drift"]
 
 
 def dvc(root: Path, *args: str) -> str:
@@ -87,8 +87,8 @@ def test_model_parameter_change_reruns_only_what_depends_on_it(default_project):
     output = dvc(default_project, "repro")
     reran = ran(output)
     assert "preprocess" not in reran
-    assert reran[:4] == ["train", "evaluate", "promote", "predict"]
-    assert set(reran) <= {"train", "evaluate", "promote", "predict", "score", "drift"}
+    assert reran[:5] == ["train", "evaluate", "backtest", "promote", "predict"]
+    assert set(reran) <= {"train", "evaluate", "backtest", "promote", "predict", "score", "drift"}
 
 
 def stage_imports(stage: str) -> set[str]:

@@ -1,12 +1,18 @@
 """Direct multi-horizon models: one scikit-learn Pipeline per target x horizon.
 
-The split is by time, never shuffled: training rows are those whose label
-(``t + h``) lies before the holdout start, so no label leaks into the holdout.
+The split is by time, never shuffled. Every model of a candidate is fitted on
+rows whose label (``t + h``) lies before ``Split.train_end``, which is the
+holdout start minus the longest horizon: every forecast scored on the holdout,
+and every forecast a backtest makes for a target hour in the holdout, is issued
+after the last label any model saw.
+
+Pure: takes plain values (settings are dicts of HistGradientBoosting keyword
+arguments plus ``form``), never the project's config objects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,16 +22,22 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 
-from pipeline.config import ModelConfig
 from pipeline.core.features import (
     anchor_column,
     label_column,
     persistence_column,
     seasonal_column,
 )
+from pipeline.core.intervals import add_uncertainty
 from pipeline.core.scoring import score
 
 CATEGORICAL = ("location_code",)
+# what a model forecasts, relative to the level at the origin (``anchor``, log1p):
+# log_change = log1p(y) - log1p(level), log_level = log1p(y), level = y, change = y - level
+FORMS = ("log_change", "log_level", "level", "change")
+BOOSTING_KEYS = ("loss", "max_iter", "learning_rate", "max_leaf_nodes", "min_samples_leaf",
+                 "l2_regularization", "early_stopping", "random_state")
+MIN_TRAINING_ROWS = 100
 
 
 class LogResidualRegressor(RegressorMixin, BaseEstimator):
@@ -54,7 +66,66 @@ class LogResidualRegressor(RegressorMixin, BaseEstimator):
         return np.clip(np.expm1(level + self.estimator_.predict(X)), 0, None)
 
 
-def build_estimator(config: ModelConfig, features: Sequence[str], target: str) -> Pipeline:
+class TargetFormRegressor(RegressorMixin, BaseEstimator):
+    """The other target forms: ``log_level``, ``level`` or ``change`` (linear, from the origin).
+
+    A separate class from :class:`LogResidualRegressor` so that code specialised for
+    the log-change form (the Treelite fast path in serving) never mistakes it for one.
+    """
+
+    def __init__(self, estimator=None, anchor: str = "pm2_5_log", form: str = "log_level"):
+        self.estimator = estimator
+        self.anchor = anchor
+        self.form = form
+
+    def _level(self, X: pd.DataFrame) -> np.ndarray:
+        level = np.expm1(X[self.anchor].to_numpy(dtype=float))
+        return np.where(np.isnan(level), self.fallback_, level)
+
+    def to_model_space(self, X: pd.DataFrame, y) -> np.ndarray:
+        y = np.asarray(y, float)
+        if self.form == "log_level":
+            return np.log1p(y)
+        if self.form == "level":
+            return y
+        if self.form == "change":
+            return y - self._level(X)
+        raise ValueError(f"unknown target form {self.form!r}; known: {FORMS[1:]}")
+
+    def from_model_space(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray:
+        if self.form == "log_level":
+            value = np.expm1(raw)
+        elif self.form == "level":
+            value = raw
+        else:
+            value = self._level(X) + raw
+        return np.clip(value, 0, None)
+
+    def fit(self, X: pd.DataFrame, y):
+        self.fallback_ = float(np.nanmedian(np.expm1(X[self.anchor].to_numpy(dtype=float))))
+        self.estimator_ = clone(self.estimator).fit(X, self.to_model_space(X, y))
+        return self
+
+    def predict(self, X: pd.DataFrame):
+        return self.from_model_space(X, self.estimator_.predict(X))
+
+
+def staged_predictions(model: Pipeline, X: pd.DataFrame):
+    """Predictions after each boosting iteration (for choosing the number of iterations)."""
+    selected = model[:-1].transform(X)
+    regressor = model[-1]
+    if isinstance(regressor, LogResidualRegressor):
+        level = selected[regressor.anchor].to_numpy(dtype=float)
+        level = np.where(np.isnan(level), regressor.fallback_, level)
+        for raw in regressor.estimator_.staged_predict(selected):
+            yield np.clip(np.expm1(level + raw), 0, None)
+    else:
+        for raw in regressor.estimator_.staged_predict(selected):
+            yield regressor.from_model_space(selected, raw)
+
+
+def build_estimator(features: Sequence[str], target: str, settings: Mapping) -> Pipeline:
+    """The model of one target x horizon from plain settings (``form`` + boosting arguments)."""
     select = ColumnTransformer(
         [("features", "passthrough", list(features))],
         remainder="drop",
@@ -62,45 +133,105 @@ def build_estimator(config: ModelConfig, features: Sequence[str], target: str) -
     ).set_output(transform="pandas")
     categorical = [c for c in features if c in CATEGORICAL]
     boosting = HistGradientBoostingRegressor(
-        loss=config.loss,
-        max_iter=config.max_iter,
-        learning_rate=config.learning_rate,
-        max_leaf_nodes=config.max_leaf_nodes,
-        min_samples_leaf=config.min_samples_leaf,
-        l2_regularization=config.l2_regularization,
-        early_stopping=config.early_stopping,
+        **{k: settings[k] for k in BOOSTING_KEYS if k in settings},
         categorical_features=categorical or None,
-        random_state=config.random_state,
     )
-    model = LogResidualRegressor(boosting, anchor=anchor_column(target))
+    form = settings.get("form", "log_change")
+    if form == "log_change":
+        model = LogResidualRegressor(boosting, anchor=anchor_column(target))
+    elif form in FORMS:
+        model = TargetFormRegressor(boosting, anchor=anchor_column(target), form=form)
+    else:
+        raise ValueError(f"unknown target form {form!r}; known: {list(FORMS)}")
     return Pipeline([("select", select), ("model", model)])
+
+
+def observed_days(frame: pd.DataFrame, targets: Sequence[str]) -> pd.DatetimeIndex:
+    """The UTC dates (midnights) with at least one observation of a target, sorted."""
+    observed = frame.loc[frame[list(targets)].notna().any(axis=1), "time"]
+    return pd.DatetimeIndex(np.sort(observed.dt.floor("D").unique()))
 
 
 @dataclass(frozen=True)
 class Split:
+    """Models learn from labels before ``train_end``; scores start at ``holdout_start``."""
+
     holdout_start: pd.Timestamp
+    train_end: pd.Timestamp | None = None  # None: the holdout start
+
+    @property
+    def label_cutoff(self) -> pd.Timestamp:
+        return self.holdout_start if self.train_end is None else self.train_end
 
     @classmethod
-    def last_observed_days(cls, frame: pd.DataFrame, targets: Sequence[str], days: int) -> Split:
-        """The holdout is the last ``days`` x 24 hours that have an observation.
+    def for_holdout(cls, frame: pd.DataFrame, targets: Sequence[str], horizons: Sequence[int],
+                    start: pd.Timestamp | None = None, days: int | None = None) -> Split:
+        """The holdout from a date (``start``), else the last ``days`` days that have data.
 
-        Counting observed hours, not calendar days, keeps a holdout when the newest
-        data sits after a long gap (e.g. hourly ingestion resumed today after a
-        backfill that ended months ago).
+        ``days`` counts UTC dates with at least one observation, so a year of data with
+        scattered missing hours gives a calendar year, and data that resumes after a long
+        gap still leaves a holdout with history. A holdout that cannot be honoured (no data
+        in it, or none before it to learn from) is an error, never quietly shortened.
         """
-        observed = frame.loc[frame[list(targets)].notna().any(axis=1), "time"]
-        hours = np.sort(observed.unique())
-        if len(hours) < 2:
-            raise ValueError("fewer than two observed hours: ingest more data")
-        wanted = days * 24
-        start = hours[-wanted] if len(hours) > 2 * wanted else hours[len(hours) // 2]
-        return cls(pd.Timestamp(start))
+        days_seen = observed_days(frame, targets)
+        if days_seen.empty:
+            raise ValueError(f"no observation of {list(targets)} at all: ingest data first")
+        first, last = days_seen[0], days_seen[-1]
+        span = f"data has {len(days_seen)} observed days, {first:%Y-%m-%d} .. {last:%Y-%m-%d}"
+        if start is not None:
+            holdout_start = pd.Timestamp(start)
+            holdout_start = (holdout_start.tz_localize("UTC") if holdout_start.tz is None
+                             else holdout_start.tz_convert("UTC"))
+            if holdout_start > last + pd.Timedelta(hours=23):
+                raise ValueError(f"holdout start {holdout_start:%Y-%m-%d %H:%M} is after the "
+                                 f"newest observation ({span})")
+        elif days is not None:
+            if len(days_seen) <= days:
+                raise ValueError(f"a holdout of {days} observed days leaves nothing to train "
+                                 f"on ({span})")
+            holdout_start = days_seen[-days]
+        else:
+            raise ValueError("give a holdout start or a number of days")
+        train_end = holdout_start - pd.Timedelta(hours=max(horizons))
+        if train_end <= frame["time"].min():
+            raise ValueError(f"no data before the holdout start {holdout_start:%Y-%m-%d %H:%M} "
+                             f"minus the longest horizon ({max(horizons)} h) to train on "
+                             f"({span})")
+        return cls(pd.Timestamp(holdout_start), pd.Timestamp(train_end))
 
     def train_mask(self, frame: pd.DataFrame, horizon: int) -> pd.Series:
-        return frame["time"] + pd.Timedelta(hours=horizon) < self.holdout_start
+        return frame["time"] + pd.Timedelta(hours=horizon) < self.label_cutoff
 
     def holdout_mask(self, frame: pd.DataFrame) -> pd.Series:
         return frame["time"] >= self.holdout_start
+
+    def describe(self, frame: pd.DataFrame, targets: Sequence[str]) -> dict:
+        """Period and row counts, for the metadata, metrics.json and the log."""
+        observed = frame[list(targets)].notna().any(axis=1)
+        holdout = self.holdout_mask(frame) & observed
+        training = (frame["time"] < self.label_cutoff) & observed
+        end = frame.loc[holdout, "time"].max()
+        return {
+            "start": self.holdout_start.isoformat(),
+            "end": None if pd.isna(end) else (end + pd.Timedelta(hours=1)).isoformat(),
+            "train_end": self.label_cutoff.isoformat(),
+            "train_start": frame.loc[training, "time"].min().isoformat()
+            if training.any() else None,
+            "holdout_rows": int(holdout.sum()),
+            "holdout_days": int(frame.loc[holdout, "time"].dt.floor("D").nunique()),
+            "train_rows": int(training.sum()),
+        }
+
+
+def empty_features(frame: pd.DataFrame, features: Sequence[str],
+                   rows: pd.Series) -> list[str]:
+    """Features with no value at all in ``rows`` (a variable the source does not have).
+
+    Fitting on a column that is entirely NaN fails inside scikit-learn's binning, and
+    such a column carries nothing to learn from.
+    """
+    present = frame.loc[rows, list(features)].notna().any(axis=0)
+    return [f for f in features if not present[f]]
 
 
 def training_rows(eligible: pd.Series, max_rows: int | None, seed: int) -> np.ndarray:
@@ -117,30 +248,52 @@ def training_rows(eligible: pd.Series, max_rows: int | None, seed: int) -> np.nd
     return np.sort(chosen)
 
 
+def eligible_rows(frame: pd.DataFrame, target: str, horizon: int,
+                  label_cutoff: pd.Timestamp) -> pd.Series:
+    """Rows whose label is known and lies before ``label_cutoff``."""
+    return ((frame["time"] + pd.Timedelta(hours=horizon) < label_cutoff)
+            & frame[label_column(target, horizon)].notna())
+
+
+def fit_one(frame: pd.DataFrame, features: Sequence[str], target: str, horizon: int,
+            settings: Mapping, label_cutoff: pd.Timestamp, max_rows: int | None = None,
+            seed: int = 0) -> Pipeline:
+    """Fit the model of one target x horizon on the labels before ``label_cutoff``."""
+    eligible = eligible_rows(frame, target, horizon, label_cutoff)
+    if (count := int(eligible.sum())) < MIN_TRAINING_ROWS:
+        raise ValueError(
+            f"only {count} training rows for {target} h={horizon} before "
+            f"{label_cutoff:%Y-%m-%d %H:%M}: ingest more history or shorten the holdout"
+        )
+    rows = training_rows(eligible, max_rows, seed)
+    columns = [frame.columns.get_loc(f) for f in features]
+    estimator = build_estimator(features, target, settings)
+    try:
+        estimator.fit(frame.iloc[rows, columns], frame[label_column(target, horizon)].iloc[rows])
+    except ValueError as exc:
+        raise ValueError(f"fitting {target} h={horizon} on {len(rows)} rows failed: {exc}") \
+            from exc
+    return estimator
+
+
 def fit_models(
     frame: pd.DataFrame,
     features: Sequence[str],
     targets: Sequence[str],
     horizons: Sequence[int],
-    config: ModelConfig,
+    settings: Mapping | Callable[[str, int], Mapping],
     split: Split,
+    max_rows: int | None = None,
+    seed: int = 0,
     progress=None,
 ) -> dict[tuple[str, int], Pipeline]:
+    """One model per target x horizon; ``settings`` is one dict or a function of (target, h)."""
     models = {}
-    columns = [frame.columns.get_loc(f) for f in features]
     for target in targets:
         for horizon in horizons:
-            label = label_column(target, horizon)
-            eligible = split.train_mask(frame, horizon) & frame[label].notna()
-            if (count := int(eligible.sum())) < 100:
-                raise ValueError(
-                    f"only {count} training rows for {target} h={horizon}: "
-                    "ingest more history or lower evaluation.holdout_days"
-                )
-            rows = training_rows(eligible, config.max_train_rows, config.random_state)
-            estimator = build_estimator(config, features, target)
-            estimator.fit(frame.iloc[rows, columns], frame[label].iloc[rows])
-            models[(target, horizon)] = estimator
+            chosen = settings(target, horizon) if callable(settings) else settings
+            models[(target, horizon)] = fit_one(frame, features, target, horizon, chosen,
+                                                split.label_cutoff, max_rows, seed)
             if progress is not None:
                 progress(target, horizon)
     return models
@@ -195,9 +348,14 @@ def evaluate_models(
 
 
 def predict_latest(
-    models: dict[tuple[str, int], Pipeline], latest: pd.DataFrame
+    models: dict[tuple[str, int], Pipeline], latest: pd.DataFrame,
+    uncertainty: Mapping | None = None,
 ) -> pd.DataFrame:
-    """Forecasts from each location's latest feature row, for every target x horizon."""
+    """Forecasts from each location's latest feature row, for every target x horizon.
+
+    With ``uncertainty`` (the model metadata's ``intervals``) each row also gets its 80 %
+    interval and the probability of reaching each AQI category (``pipeline.core.intervals``).
+    """
     rows = []
     for (target, horizon), estimator in models.items():
         values = np.clip(estimator.predict(latest), 0, None)
@@ -214,4 +372,5 @@ def predict_latest(
                 }
             )
         )
-    return pd.concat(rows, ignore_index=True)
+    forecasts = pd.concat(rows, ignore_index=True)
+    return add_uncertainty(forecasts, uncertainty) if uncertainty else forecasts

@@ -79,6 +79,17 @@ CATALOGUE: dict[str, MetricSpec] = {
     "aq_model_aqi_category_accuracy": MetricSpec(
         "gauge", "Share of holdout hours whose AQI category is right.", ("target", "horizon")
     ),
+    # rolling-origin backtest
+    "aq_backtest_mae": MetricSpec(
+        "gauge", "Backtest MAE of the last backtest run.", ("target", "horizon")
+    ),
+    "aq_backtest_skill": MetricSpec(
+        "gauge", "Backtest 1 - MAE/MAE_persistence of the last backtest run.",
+        ("target", "horizon")
+    ),
+    "aq_backtest_interval_coverage": MetricSpec(
+        "gauge", "Share of backtest forecasts inside their 80 % interval.", ("target", "horizon")
+    ),
     # promotion and champion
     "aq_promotion_promoted": MetricSpec(
         "gauge", "1 if the last candidate was promoted, 0 if the gate refused it."
@@ -165,6 +176,10 @@ CATALOGUE: dict[str, MetricSpec] = {
     ),
     "aq_observation_timestamp_seconds": MetricSpec(
         "gauge", "Unix time of the hour of that observation.", ("location", "target")
+    ),
+    "aq_forecast_exceedance_probability_24h": MetricSpec(
+        "gauge", "Probability that some forecast hour of the next 24 h reaches the AQI category "
+        "(largest over the horizons).", ("location", "target", "category")
     ),
 }
 

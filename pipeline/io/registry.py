@@ -64,6 +64,7 @@ METADATA = "metadata.json"
 # measured with skops.io.get_untrusted_types on a bundle saved by train (tests/io/test_registry.py)
 TRUSTED_TYPES: tuple[str, ...] = (
     "pipeline.core.models.LogResidualRegressor",
+    "pipeline.core.models.TargetFormRegressor",  # the log_level / level / change forms
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "functools.partial",  # HGB's partial(check_array, ...): the function is checked on its own
     "sklearn.utils.validation.check_array",

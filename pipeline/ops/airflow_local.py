@@ -34,7 +34,8 @@ from pipeline.paths import PACKAGE_ROOT, ProjectPaths
 log = logging.getLogger(__name__)
 
 ADMIN_USER = "admin"
-DAG_IDS = ("aq_ingest", "aq_retrain", "aq_predict")
+# aq_backtest has no schedule: unpaused, it runs only when triggered (a paused DAG queues the run)
+DAG_IDS = ("aq_ingest", "aq_retrain", "aq_predict", "aq_backtest")
 DVC_POOL = ("dvc", 1, "DVC takes a repository-wide lock: one DVC task at a time")
 # start order; stop goes in reverse
 SERVICES = ("airflow-api-server", "airflow-dag-processor", "airflow-scheduler",

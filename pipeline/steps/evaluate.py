@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.context import Context
+from pipeline.core.intervals import LOWER, UPPER, add_uncertainty
 from pipeline.core.models import Split, evaluate_models
 from pipeline.io.metrics import StepRun
 from pipeline.io.registry import load_bundle
@@ -23,6 +24,7 @@ MODEL_METRICS = {
     "skill": "aq_model_skill",
     "persistence_mae": "aq_model_persistence_mae",
     "aqi_category_accuracy": "aq_model_aqi_category_accuracy",
+    "coverage": "aq_model_interval_coverage",
 }
 
 
@@ -51,11 +53,25 @@ def write_plots(ctx: Context, predictions: pd.DataFrame) -> None:
                       by_hour.reset_index().round(4).to_csv(index=False))
 
 
+def add_coverage(scores: dict, predictions: pd.DataFrame, uncertainty: dict | None) -> None:
+    """Share of holdout hours inside the 80 % interval (``coverage``), when the model has one."""
+    if not uncertainty:
+        return
+    with_interval = add_uncertainty(predictions.rename(columns={"predicted": "value"}),
+                                    uncertainty)
+    inside = ((with_interval["observed"] >= with_interval[LOWER])
+              & (with_interval["observed"] <= with_interval[UPPER]))
+    has = with_interval[LOWER].notna()
+    for (target, horizon), part in inside[has].groupby(
+            [with_interval.loc[has, "target"], with_interval.loc[has, "horizon"]]):
+        scores[target][str(horizon)]["coverage"] = float(part.mean())
+
+
 def push_scores(metrics: StepRun, scores: dict) -> None:
     for target, by_horizon in scores.items():
         for horizon, values in by_horizon.items():
             for key, name in MODEL_METRICS.items():
-                if np.isfinite(values[key]):
+                if key in values and np.isfinite(values[key]):
                     metrics.set(name, values[key], target=target, horizon=horizon)
 
 
@@ -63,17 +79,23 @@ def run(ctx: Context) -> dict:
     with ctx.reporter.step("evaluate") as metrics:
         bundle = load_bundle(require(ctx.paths.candidate_dir, "train"))
         frame = pd.read_parquet(require(ctx.paths.features, "preprocess"))
-        split = Split(pd.Timestamp(bundle.metadata["holdout_start"]))
+        meta = bundle.metadata
+        split = Split(pd.Timestamp(meta["holdout_start"]),
+                      pd.Timestamp(meta["train_end"]) if meta.get("train_end") else None)
         scores, predictions = evaluate_models(bundle.models, frame, split)
+        add_coverage(scores, predictions, meta.get("intervals"))
+        holdout = meta.get("holdout") or {"start": meta["holdout_start"]}
         report = {
-            "version": bundle.metadata["version"],
-            "holdout_start": bundle.metadata["holdout_start"],
+            "version": meta["version"],
+            "holdout_start": meta["holdout_start"],
+            "holdout": holdout,
             "scores": scores,
         }
         atomic_write_json(ctx.paths.evaluation_report, report)
         atomic_write_json(ctx.paths.metrics_json, {
-            target: {f"h{h}": {k: round(v, 4) for k, v in s.items()} for h, s in by_h.items()}
-            for target, by_h in scores.items()
+            "holdout": holdout,
+            **{target: {f"h{h}": {k: round(v, 4) for k, v in s.items()}
+                        for h, s in by_h.items()} for target, by_h in scores.items()},
         })
         write_plots(ctx, predictions)
         push_scores(metrics, scores)

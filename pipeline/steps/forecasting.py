@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline.context import Context
 from pipeline.core.aqi import aqi, category
+from pipeline.core.intervals import exceedance_next_24h
 from pipeline.core.models import predict_latest
 from pipeline.core.quality import input_problems
 from pipeline.errors import PipelineError
@@ -122,7 +123,8 @@ def issue_forecasts(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict
             "no location has complete enough inputs for a forecast: "
             + "; ".join(f"{loc}: {why}" for loc, why in sorted(reasons.items()))
         )
-    forecasts = with_aqi(predict_latest(bundle.models, kept))
+    # with the model's calibration: 80 % interval and AQI-category probabilities per row
+    forecasts = with_aqi(predict_latest(bundle.models, kept, meta.get("intervals")))
     by_location = quality.set_index("location_id")
     forecasts["input_completeness"] = forecasts["location_id"].map(
         by_location["input_completeness"]).to_numpy()
@@ -142,6 +144,9 @@ def issue_forecasts(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict
     for (location, target), value in max_aqi.items():
         if pd.notna(value):
             metrics.set("aq_forecast_max_aqi_24h", value, location=location, target=target)
+    for row in exceedance_next_24h(forecasts).itertuples():
+        metrics.set("aq_forecast_exceedance_probability_24h", row.probability,
+                    location=row.location_id, target=row.target, category=row.category)
     metrics.set("aq_forecast_rows", len(forecasts))
     export_forecasts(metrics, forecasts)
     metrics.rows(rows_in=len(checked.valid), rows_out=len(forecasts))

@@ -1,4 +1,10 @@
-"""Fit the candidate: one estimator per target x horizon on data before the holdout."""
+"""Fit the candidate: one estimator per target x horizon on data before the holdout.
+
+Per target x horizon the settings are chosen on a time-ordered validation window at the
+end of the training period, which also calibrates the 80 % prediction interval
+(``pipeline/core/selection.py``); the choices, the holdout and the features travel in the
+model metadata.
+"""
 
 from __future__ import annotations
 
@@ -10,34 +16,111 @@ from tqdm import tqdm
 from pipeline.context import Context
 from pipeline.core.drift import reference_distribution
 from pipeline.core.features import feature_columns, location_codes
-from pipeline.core.models import Split, fit_models
+from pipeline.core.intervals import COVERAGE, LEVELS
+from pipeline.core.models import Split, empty_features
+from pipeline.core.selection import SearchSpace, fit_horizon, validation_window
+from pipeline.errors import TrainingError
 from pipeline.io.registry import save_bundle
 from pipeline.steps.common import data_version, require
 
 log = logging.getLogger(__name__)
 
 
+def holdout_split(ctx: Context, frame: pd.DataFrame) -> Split:
+    """The holdout of ``evaluation`` in params.yaml; refused (named) if it cannot be honoured."""
+    p = ctx.params
+    start = p.evaluation.holdout_start
+    setting = (f"evaluation.holdout_start={start}" if start is not None
+               else f"evaluation.holdout_days={p.evaluation.holdout_days}")
+    try:
+        return Split.for_holdout(frame, p.targets, p.horizons,
+                                 start=None if start is None else pd.Timestamp(start),
+                                 days=None if start is not None else p.evaluation.holdout_days)
+    except ValueError as exc:
+        raise TrainingError(f"{setting}: {exc}") from None
+
+
+def search_space(ctx: Context) -> SearchSpace:
+    s = ctx.params.model.selection
+    return SearchSpace(
+        losses=tuple(s.losses), forms=tuple(s.forms),
+        regularisation=tuple(r.model_dump(exclude_none=True) for r in s.regularisation),
+        max_fits=s.max_fits, max_rows=s.max_rows, validation_days=s.validation_days,
+    )
+
+
+def usable_features(frame: pd.DataFrame, split: Split, targets: list[str]) -> tuple[list[str],
+                                                                                   list[str]]:
+    """Model inputs, less those with no value in the training rows (warned and recorded)."""
+    features = feature_columns(frame)
+    training = frame["time"] < split.label_cutoff
+    for target in targets:
+        if not frame.loc[training, target].notna().any():
+            raise TrainingError(f"target {target!r} has no observation before "
+                                f"{split.label_cutoff:%Y-%m-%d %H:%M}: does the source provide "
+                                f"it? (targets in params.yaml)")
+    dropped = empty_features(frame, features, training)
+    if dropped:
+        log.warning("train: %d feature(s) have no value in the training data and are left out "
+                    "(the source does not provide them?): %s", len(dropped), ", ".join(dropped))
+    return [f for f in features if f not in dropped], dropped
+
+
 def run(ctx: Context) -> dict:
     with ctx.reporter.step("train") as metrics:
         p = ctx.params
         frame = pd.read_parquet(require(ctx.paths.features, "preprocess"))
-        features = feature_columns(frame)
-        split = Split.last_observed_days(frame, p.targets, p.evaluation.holdout_days)
+        split = holdout_split(ctx, frame)
+        holdout = split.describe(frame, p.targets)
+        log.info("train: holdout %s .. %s (%d days, %d rows); training labels before %s "
+                 "(%d rows)", holdout["start"], holdout["end"], holdout["holdout_days"],
+                 holdout["holdout_rows"], holdout["train_end"], holdout["train_rows"])
+        features, dropped = usable_features(frame, split, list(p.targets))
+        space = search_space(ctx)
+        first = frame.loc[frame[list(p.targets)].notna().any(axis=1), "time"].min()
         total = len(p.targets) * len(p.horizons)
-        with tqdm(total=total, desc="train", unit="model", disable=None) as bar:
-            models = fit_models(frame, features, p.targets, p.horizons, p.model, split,
-                                progress=lambda *_: bar.update())
-        training = frame[frame["time"] < split.holdout_start]
+        fits = {}
+        try:
+            validation_start = validation_window(split.label_cutoff, first, space.validation_days)
+            with tqdm(total=total, desc="train", unit="model", disable=None) as bar:
+                for target in p.targets:
+                    for horizon in p.horizons:
+                        fits[(target, horizon)] = fit_horizon(
+                            frame, features, target, horizon, p.model.base_settings(), space,
+                            split.label_cutoff, validation_start, p.model.max_train_rows,
+                            p.model.random_state)
+                        bar.update()
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from exc
+        training = frame[frame["time"] < split.label_cutoff]
+        by_model = {}
+        for (target, horizon), fit in fits.items():
+            by_model.setdefault(target, {})[str(horizon)] = fit
         metadata = save_bundle(
             ctx.paths.candidate_dir,
-            models,
+            {key: fit.model for key, fit in fits.items()},
             {
                 "targets": list(p.targets),
                 "horizons": list(p.horizons),
                 "features": features,
+                "dropped_features": dropped,
                 "location_codes": location_codes(p.location_ids),
                 "holdout_start": split.holdout_start.isoformat(),
+                "train_end": split.label_cutoff.isoformat(),
+                "holdout": holdout,
                 "train_rows": int(len(training)),
+                "settings": {t: {h: f.settings for h, f in by_h.items()}
+                             for t, by_h in by_model.items()},
+                "selection": {t: {h: f.report for h, f in by_h.items()}
+                              for t, by_h in by_model.items()},
+                "intervals": {
+                    "method": "split conformal: quantiles of log1p(observed) - "
+                              "log1p(forecast) on the validation window, per location",
+                    "coverage": COVERAGE,
+                    "levels": list(LEVELS),
+                    "by_model": {t: {h: f.calibration for h, f in by_h.items()}
+                                 for t, by_h in by_model.items()},
+                },
                 "params": p.model_dump(mode="json"),
                 "data_version": data_version(ctx),
                 "reference": reference_distribution(training, features, p.drift.bins,

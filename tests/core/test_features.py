@@ -96,19 +96,6 @@ def test_calendar_uses_local_time_and_wind_vector():
     assert out["wind_v"].iloc[0] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_holdout_counts_observed_hours_across_a_gap():
-    """Data that resumes after months of nothing still leaves a holdout with history."""
-    from pipeline.core.models import Split
-
-    before = raw(hours=24 * 30)
-    after = raw(hours=6)
-    after["time"] = after["time"] + pd.Timedelta(days=300)
-    out = features(pd.concat([before, after], ignore_index=True))
-    split = Split.last_observed_days(out, ["pm2_5"], days=5)
-    holdout = out[split.holdout_mask(out) & out["pm2_5"].notna()]
-    assert holdout["time"].dt.floor("h").nunique() == 5 * 24
-    assert (split.train_mask(out, 24) & out[label_column("pm2_5", 24)].notna()).sum() > 0
-
 
 def pandas_reference(frame: pd.DataFrame) -> pd.DataFrame:
     """The features the pandas implementation built (groupby shift/rolling on the grid)."""

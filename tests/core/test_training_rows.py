@@ -59,7 +59,8 @@ def test_capped_models_train_only_on_rows_before_the_holdout(monkeypatch):
     original = models.LogResidualRegressor.fit
     monkeypatch.setattr(models.LogResidualRegressor, "fit", spy)
     config = ModelConfig(max_iter=5, max_train_rows=1000)
-    fitted = fit_models(frame, ["pm2_5_log", "x"], ["pm2_5"], [1], config, split)
+    fitted = fit_models(frame, ["pm2_5_log", "x"], ["pm2_5"], [1], config.base_settings(), split,
+                        max_rows=config.max_train_rows, seed=config.random_state)
     assert set(fitted) == {("pm2_5", 1)}
     assert seen["rows"] == 1000
     assert (seen["times"] + pd.Timedelta(hours=1) < split.holdout_start).all()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -153,6 +154,31 @@ def test_forecasts_follow_with_accuracy_and_drift(project, dags, pushgateway):
     for step in ("predict", "score", "drift"):
         assert pushgateway.value("aq_step_success", step=step) == 1, step
     assert pushgateway.value("aq_forecast_rows", step="predict") == len(forecasts)
+
+
+def test_a_backtest_runs_with_the_window_given_in_the_trigger_form(project, dags, pushgateway):
+    conf = {"start": "2025-02-20", "end": "2025-02-27", "model": "champion",
+            "refit_every_days": 0}
+    dag_run = dags.get_dag("aq_backtest").test(run_conf=conf)
+
+    assert dag_run.state == "success"
+    out = project / "backtests" / re.sub(r"[^A-Za-z0-9_.-]", "_", dag_run.run_id)
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["window"] == {"start": "2025-02-20T00:00:00+00:00",
+                                "end": "2025-02-27T00:00:00+00:00"}
+    champion = json.loads((project / "models" / "champion.json").read_text())["version"]
+    assert report["model"]["version"] == champion
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert len(predictions) == len(LOCATIONS) * 2 * 7 * 24  # locations x horizons x hours
+    assert pushgateway.value("aq_step_success", step="backtest") == 1
+    skill = pushgateway.value("aq_backtest_skill", step="backtest", target="pm2_5", horizon="1")
+    assert skill == pytest.approx(report["scores"]["pm2_5"]["1"]["skill"])
+
+    # a window the champion learnt from is refused: the run fails, the step says why
+    early = dags.get_dag("aq_backtest").test(run_conf={**conf, "start": "2025-01-20",
+                                                       "end": "2025-01-27"})
+    assert early.state == "failed"
+    assert pushgateway.value("aq_step_success", step="backtest") == 0
 
 
 def test_a_failure_outside_the_step_code_is_pushed_by_the_callback(project, dags, pushgateway):

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.airflow
 
 DAGS = REPO / "dags"
-DAG_FILES = ("aq_ingest.py", "aq_retrain.py", "aq_predict.py")
+DAG_FILES = ("aq_ingest.py", "aq_retrain.py", "aq_predict.py", "aq_backtest.py")
 EDGES = {
     "aq_ingest": {
         ("plan_batches", "ingest"), ("ingest", "ingest_quality"),
@@ -23,11 +23,14 @@ EDGES = {
     },
     "aq_retrain": {("preprocess", "train"), ("train", "evaluate"), ("evaluate", "promote")},
     "aq_predict": {("champion_ready", "predict"), ("predict", "score"), ("score", "drift")},
+    "aq_backtest": set(),
 }
+SINGLE_TASK = {"aq_backtest": "backtest"}
 DVC_TASKS = {
     "aq_ingest": {"data_version"},
     "aq_retrain": {"preprocess", "train", "evaluate", "promote"},
     "aq_predict": {"predict", "score", "drift"},
+    "aq_backtest": set(),  # reads data and models, runs no DVC command
 }
 
 
@@ -49,6 +52,9 @@ for dag in bag.dags.values():
                  if getattr(dag.timetable, "asset_condition", None) is not None else None,
         "tags": sorted(dag.tags), "doc_md": dag.doc_md or "", "owner": dag.owner,
         "max_active_runs": dag.max_active_runs, "catchup": dag.catchup,
+        "params": {{k: {{**dag.params.get_param(k).schema,
+                        "description": dag.params.get_param(k).description}}
+                   for k in dag.params}},
         "tasks": {{t.task_id: {{
             "downstream": sorted(t.downstream_task_ids), "pool": t.pool, "retries": t.retries,
             "backoff": t.retry_exponential_backoff, "delay": t.retry_delay.total_seconds(),
@@ -78,7 +84,8 @@ def bag() -> dict:
 def test_no_import_errors_and_one_dag_per_file(bag):
     assert bag["errors"] == {}
     assert {d: info["file"] for d, info in bag["dags"].items()} == {
-        "aq_ingest": "aq_ingest.py", "aq_retrain": "aq_retrain.py", "aq_predict": "aq_predict.py"
+        "aq_ingest": "aq_ingest.py", "aq_retrain": "aq_retrain.py", "aq_predict": "aq_predict.py",
+        "aq_backtest": "aq_backtest.py",
     }
 
 
@@ -87,7 +94,8 @@ def test_tasks_and_edges(bag, dag_id):
     tasks = bag["dags"][dag_id]["tasks"]
     edges = {(t, d) for t, info in tasks.items() for d in info["downstream"]}
     assert edges == EDGES[dag_id]
-    assert set(tasks) == {t for edge in EDGES[dag_id] for t in edge}
+    assert set(tasks) == ({t for edge in EDGES[dag_id] for t in edge}
+                          or {SINGLE_TASK[dag_id]})
 
 
 def test_ingestion_is_mapped_over_location_batches_and_emits_the_asset(bag):
@@ -107,6 +115,16 @@ def test_schedules(bag):
     assert predict["timetable"] == "AssetTriggeredTimetable"
     assert predict["asset"] == ["aq_raw_data"]
     assert not any(d["catchup"] for d in bag["dags"].values())
+
+
+def test_backtest_is_triggered_by_hand_with_the_window_in_the_form(bag):
+    dag = bag["dags"]["aq_backtest"]
+    assert dag["timetable"] == "NullTimetable"
+    assert dag["max_active_runs"] == 1
+    assert set(dag["params"]) == {"start", "end", "model", "refit_every_days"}
+    assert dag["params"]["start"]["format"] == "date"
+    assert dag["params"]["refit_every_days"]["minimum"] == 0
+    assert all(p.get("title") and p.get("description") for p in dag["params"].values())
 
 
 def test_retrain_schedule_and_retries_come_from_the_environment():

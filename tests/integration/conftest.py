@@ -37,6 +37,7 @@ SMALL = {"source": {"kind": "synthetic", "start": "2025-01-01", "end": "2025-02-
                                                  "variable": "pm2_5", "factor": 4.0,
                                                  "locations": ["delhi"]}]}},
          "evaluation": {"holdout_days": 7}, "model": {"max_iter": 40},
+         "backtest": {"days": 7},  # the candidate's holdout
          # this small model may lose to persistence at 1 h: promote anyway, it is observed
          # here, not judged (ModelSkillBelowPersistence then has real data to fire on)
          "promotion": {"min_skill": -1.0}}
@@ -100,7 +101,7 @@ def observed_run(tmp_path_factory) -> Iterator[ObservedRun]:
         # last-failure time after the later success)
         early = run.step("predict", check=False)
         assert early.returncode == 1, early.stderr
-        for name in ("preprocess", "train", "evaluate", "promote"):
+        for name in ("preprocess", "train", "evaluate", "backtest", "promote"):
             run.step(name)
         # a second champion, a rollback to the first and the roll-forward again: the
         # champion history the dashboards annotate (each state scraped before the next)
@@ -114,8 +115,8 @@ def observed_run(tmp_path_factory) -> Iterator[ObservedRun]:
         run.step("score")
         run.step("drift")
         # every step's push is scraped and recorded (1 s intervals) before the tests look
-        run.wait_for(f'count(aq_step_success{{job="{JOB}"}} == 1) >= 9')
-        run.wait_for(f'count(aq:step_seconds_since_success{{job="{JOB}"}}) >= 9')
+        run.wait_for(f'count(aq_step_success{{job="{JOB}"}} == 1) >= 10')  # one per step
+        run.wait_for(f'count(aq:step_seconds_since_success{{job="{JOB}"}}) >= 10')
         run.started = started
         paths = ProjectPaths(project)
         try:

@@ -19,7 +19,8 @@ from tests.metrics_doc import PIPELINE_SECTION, documented_metrics
 from tests.monitoring import gateway_samples, wait_until
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-STEPS = ("ingest", "preprocess", "train", "evaluate", "promote", "predict", "score", "drift")
+STEPS = ("ingest", "preprocess", "train", "evaluate", "backtest", "promote", "predict", "score",
+         "drift")
 
 
 def test_every_step_left_its_trace(observed_run):
@@ -61,6 +62,12 @@ def test_values_are_those_of_the_run(observed_run):
         for h, s in by_h.items():
             got = observed_run.query(f'aq_model_mae{{target="{target}",horizon="{h}"}}')
             assert float(got[0]["value"][1]) == pytest.approx(s["mae"])
+    backtest = json.loads((reports / "backtest" / "metrics.json").read_text())
+    for target, by_h in backtest["scores"].items():
+        for h, s in by_h.items():
+            got = observed_run.query(
+                f'aq_backtest_interval_coverage{{target="{target}",horizon="{h}"}}')
+            assert float(got[0]["value"][1]) == pytest.approx(s["coverage"], abs=1e-4)
     forecast = json.loads((reports / "forecast.json").read_text())
     for key, value in forecast["max_aqi_24h"].items():
         location, target = key.split("/")

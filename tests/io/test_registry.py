@@ -151,17 +151,21 @@ def test_an_old_pickle_bundle_is_refused_with_retrain_advice(tmp_path):
     assert not marker.exists()
 
 
-def test_a_real_forecast_model_needs_exactly_the_trusted_types(tmp_path):
-    """The trust list is what a bundle we write holds: HGB internals and our regressor."""
+@pytest.mark.parametrize(("form", "regressor"), [
+    ("log_change", "LogResidualRegressor"), ("log_level", "TargetFormRegressor"),
+    ("change", "TargetFormRegressor")])
+def test_a_real_forecast_model_needs_exactly_the_trusted_types(tmp_path, form, regressor):
+    """The trust list is what a bundle we write holds: HGB internals and our regressors."""
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"pm2_5_log": rng.normal(2, 0.5, 300), "x": rng.normal(size=300),
                           "location_code": rng.integers(0, 3, 300)})
     target = np.expm1(frame["pm2_5_log"] + 0.1 * frame["x"])
-    model = build_estimator(ModelConfig(max_iter=5), ["pm2_5_log", "x", "location_code"],
-                            "pm2_5").fit(frame, target)
+    settings = {**ModelConfig(max_iter=5).base_settings(), "form": form}
+    model = build_estimator(["pm2_5_log", "x", "location_code"], "pm2_5", settings
+                            ).fit(frame, target)
     save_bundle(tmp_path / "c", {("pm2_5", 1): model}, {"features": ["x"]})
     found = set(sio.get_untrusted_types(file=tmp_path / "c" / ARTIFACT))
-    assert "pipeline.core.models.LogResidualRegressor" in found
+    assert f"pipeline.core.models.{regressor}" in found
     assert found <= set(TRUSTED_TYPES)
     loaded = load_bundle(tmp_path / "c").models[("pm2_5", 1)]
     np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))

@@ -1,0 +1,102 @@
+"""The rolling-origin backtest: every origin of the window once, and never a look ahead."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import FeatureConfig
+from pipeline.core.backtest import Window, forecast, refit_origins, score_tables
+from pipeline.core.features import FeatureSpec, build_features, location_codes
+from pipeline.core.models import fit_one
+from pipeline.schema import VALUE_COLUMNS
+
+TZ = {"a": "Europe/Berlin", "b": "Asia/Kolkata"}
+HORIZONS = (1, 6)
+SPEC = FeatureSpec(("pm2_5",), HORIZONS, FeatureConfig(lags=[1, 2, 24], rolling_windows=[3, 24]))
+SETTINGS = {"form": "log_change", "loss": "squared_error", "max_iter": 15}
+
+
+def raw(days: int = 30, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    times = pd.date_range("2025-03-01", periods=days * 24, freq="h", tz="UTC")
+    frames = []
+    for loc in TZ:
+        df = pd.DataFrame({c: rng.uniform(1, 50, len(times)) for c in VALUE_COLUMNS})
+        df["wind_direction_10m"] = rng.uniform(0, 360, len(times))
+        df.insert(0, "time", times)
+        df.insert(0, "location_id", loc)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def backtest(data: pd.DataFrame, window: Window, every: pd.Timedelta | None) -> pd.DataFrame:
+    frame = build_features(data, SPEC, TZ, location_codes(list(TZ)))
+    features = [c for c in frame.columns if c.startswith("pm2_5") or c.endswith(("_sin", "_cos"))]
+
+    def model_for(target, horizon, begin):
+        return fit_one(frame, features, target, horizon, SETTINGS, begin)
+
+    return forecast(frame, window, ["pm2_5"], HORIZONS, model_for,
+                    refit_origins(window, HORIZONS, every))
+
+
+WINDOW = Window(pd.Timestamp("2025-03-20", tz="UTC"), pd.Timestamp("2025-03-27", tz="UTC"))
+
+
+@pytest.mark.slow  # fits small models
+def test_every_target_hour_of_the_window_is_forecast_once_per_horizon_and_location():
+    out = backtest(raw(), WINDOW, pd.Timedelta(days=2))
+    hours = pd.date_range(WINDOW.start, WINDOW.end, freq="h", inclusive="left")
+    for (location, horizon), part in out.groupby(["location_id", "horizon"]):
+        assert list(part["target_time"]) == list(hours), (location, horizon)
+        assert (part["target_time"] - part["origin"] == pd.Timedelta(hours=horizon)).all()
+    # each forecast comes from the model refitted last before its origin
+    assert (out["refit_origin"] <= out["origin"]).all()
+    assert (out["origin"] - out["refit_origin"] < pd.Timedelta(days=2)).all()
+
+
+@pytest.mark.slow  # fits small models
+def test_changing_data_after_an_origin_never_changes_its_forecast():
+    """Data after T (multiplied, some rows dropped) leaves every forecast issued up to T as is."""
+    base = raw()
+    cut = pd.Timestamp("2025-03-23 05:00", tz="UTC")
+    changed = base.copy()
+    later = changed["time"] > cut
+    changed.loc[later, list(VALUE_COLUMNS)] *= 2.5
+    changed = changed.drop(changed.index[later][::7])
+    before = backtest(base, WINDOW, pd.Timedelta(days=1))
+    after = backtest(changed, WINDOW, pd.Timedelta(days=1))
+    keys = ["horizon", "location_id", "origin"]
+    early_b = before[before["origin"] <= cut].set_index(keys)["value"]
+    early_a = after[after["origin"] <= cut].set_index(keys)["value"]
+    assert len(early_b) > 200
+    pd.testing.assert_series_equal(early_b, early_a)
+    # and the data after the cut does matter to the forecasts after it
+    late_b = before[before["origin"] > cut + pd.Timedelta(days=1)].set_index(keys)["value"]
+    late_a = after[after["origin"] > cut + pd.Timedelta(days=1)].set_index(keys)["value"]
+    assert not np.allclose(late_b, late_a.reindex(late_b.index))
+
+
+def test_refit_schedule_starts_at_the_first_origin():
+    assert refit_origins(WINDOW, HORIZONS, None) == [pd.Timestamp("2025-03-19 18:00", tz="UTC")]
+    every = refit_origins(WINDOW, HORIZONS, pd.Timedelta(days=3))
+    assert every[0] == pd.Timestamp("2025-03-19 18:00", tz="UTC")
+    assert np.all(np.diff(every) == pd.Timedelta(days=3))
+    assert every[-1] < WINDOW.end
+    with pytest.raises(ValueError, match="must be after"):
+        Window(WINDOW.end, WINDOW.start)
+
+
+@pytest.mark.slow  # fits small models
+def test_scores_by_location_month_and_hour_use_the_rows_of_the_horizon_scores():
+    out = backtest(raw(), WINDOW, None)
+    tables = score_tables(out)
+    by_h = tables["horizon"].set_index("horizon")
+    for name in ("location", "month", "hour"):
+        counts = tables[name].groupby("horizon")["n"].sum()
+        assert (counts == by_h["n"]).all(), name
+    weighted = tables["location"].assign(w=lambda d: d["mae"] * d["n"]).groupby("horizon")
+    assert np.allclose(weighted["w"].sum() / weighted["n"].sum(), by_h["mae"])
+    assert set(tables["hour"]["hour"]) == set(range(24))

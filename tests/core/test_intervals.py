@@ -1,0 +1,81 @@
+"""Conformal intervals and AQI exceedance probabilities: calibrated, per location, honest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.core.aqi import category_index, category_thresholds
+from pipeline.core.intervals import (
+    PROBABILITY_PREFIX,
+    add_uncertainty,
+    calibrate,
+    exceedance_next_24h,
+    exceedance_probability,
+    interval,
+)
+
+
+def noisy(n: int, sigma: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Forecasts and observations whose log errors are normal with ``sigma``."""
+    rng = np.random.default_rng(seed)
+    predicted = rng.uniform(5, 120, n)
+    observed = np.expm1(np.log1p(predicted) + rng.normal(0, sigma, n))
+    return predicted, observed
+
+
+def test_interval_covers_80_percent_of_new_errors_from_the_same_process():
+    predicted, observed = noisy(5000, 0.3, seed=1)
+    calibration = calibrate(observed, predicted, np.array(["a"] * 5000))
+    fresh_pred, fresh_obs = noisy(20000, 0.3, seed=2)
+    lower, upper = interval(fresh_pred, calibration["quantiles"])
+    inside = (fresh_obs >= lower) & (fresh_obs <= upper)
+    assert inside.mean() == pytest.approx(0.8, abs=0.015)
+    assert (lower <= fresh_pred).all()
+    assert (upper >= fresh_pred).all()
+
+
+def test_exceedance_probability_matches_the_frequency_it_claims():
+    predicted, observed = noisy(5000, 0.4, seed=3)
+    quantiles = calibrate(observed, predicted, np.array(["a"] * 5000))["quantiles"]
+    fresh_pred, fresh_obs = noisy(40000, 0.4, seed=4)
+    probability = exceedance_probability(fresh_pred, quantiles, 35.5)
+    for low, high in ((0.1, 0.3), (0.4, 0.6), (0.7, 0.9)):
+        chosen = (probability >= low) & (probability < high)
+        assert chosen.sum() > 500
+        assert (fresh_obs[chosen] >= 35.5).mean() == pytest.approx(probability[chosen].mean(),
+                                                                   abs=0.03)
+
+
+def test_each_location_gets_its_own_spread_and_a_new_one_the_pooled_spread():
+    calm_pred, calm_obs = noisy(1000, 0.1, seed=5)
+    wild_pred, wild_obs = noisy(1000, 0.6, seed=6)
+    calibration = calibrate(np.r_[calm_obs, wild_obs], np.r_[calm_pred, wild_pred],
+                            np.array(["calm"] * 1000 + ["wild"] * 1000))
+    forecasts = pd.DataFrame({"location_id": ["calm", "wild", "new"], "target": "pm2_5",
+                              "horizon": 6, "value": 50.0})
+    out = add_uncertainty(forecasts, {"coverage": 0.8, "by_model": {"pm2_5": {"6": calibration}}})
+    width = (out["upper"] - out["lower"]).to_numpy()
+    assert width[0] < width[2] < width[1]
+    assert out[PROBABILITY_PREFIX + "moderate"].between(0, 1).all()
+    # a model without calibration gets no interval rather than a made-up one
+    bare = add_uncertainty(forecasts.assign(horizon=1), {"by_model": {}})
+    assert bare["lower"].isna().all()
+
+
+@pytest.mark.parametrize("pollutant", ["pm2_5", "pm10", "no2", "o3", "so2", "co"])
+def test_category_thresholds_are_where_the_aqi_category_changes(pollutant):
+    for k, (name, threshold) in enumerate(category_thresholds(pollutant).items(), start=1):
+        assert category_index(pollutant, [threshold * 1.0005])[0] == k, name
+        assert category_index(pollutant, [threshold * 0.995])[0] == k - 1, name
+
+
+def test_next_24h_probability_is_the_largest_over_horizons_within_a_day():
+    forecasts = pd.DataFrame({
+        "location_id": "a", "target": "pm2_5", "horizon": [1, 6, 24, 48],
+        "p_reach_moderate": [0.2, 0.7, 0.5, 0.95],
+    })
+    out = exceedance_next_24h(forecasts)
+    assert out.to_dict("records") == [{"location_id": "a", "target": "pm2_5",
+                                       "category": "moderate", "probability": 0.7}]
