@@ -7,6 +7,10 @@ is compiled only when it has the structure the project trains (``pipeline/core/m
     Pipeline([("select", ColumnTransformer([(name, "passthrough", columns)], remainder="drop")),
               ("model", LogResidualRegressor(HistGradientBoostingRegressor(identity link)))])
 
+or the same with ``TargetFormRegressor`` (``log_level``, ``level`` or ``change`` form) as the
+final step: the trees give the value in model space, and the wrapper's inverse transform is
+applied here term for term (:meth:`Predictor._finish`).
+
 and only if, on verification rows, its predictions equal ``Pipeline.predict`` within
 :data:`TOLERANCE` (plus :data:`RELATIVE_TOLERANCE` of the value). Anything else (another
 estimator, another loss, a wrapper issue 12 may add, a Treelite error or a mismatch) is served
@@ -51,6 +55,7 @@ class Predictor:
     _anchor: int = -1
     _fallback: float = float("nan")
     _gtil: Any = None
+    _form: str = "log_residual"  # LogResidualRegressor, else TargetFormRegressor.form
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         if self.engine == TREELITE:
@@ -63,11 +68,21 @@ class Predictor:
 
     def _predict_treelite(self, rows: np.ndarray) -> np.ndarray:
         rows = np.atleast_2d(rows)
-        margin = self._gtil(rows)
-        level = rows[:, self._anchor]
+        return self._finish(rows, self._gtil(rows))
+
+    def _finish(self, rows: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """The wrapper's ``predict`` after its trees, term for term."""
+        if self._form == "log_residual":  # LogResidualRegressor
+            level = rows[:, self._anchor]
+            level = np.where(np.isnan(level), self._fallback, level)
+            return np.clip(np.expm1(level + raw), 0, None)
+        if self._form == "log_level":  # TargetFormRegressor.from_model_space
+            return np.clip(np.expm1(raw), 0, None)
+        if self._form == "level":
+            return np.clip(raw, 0, None)
+        level = np.expm1(rows[:, self._anchor])  # "change": from the level at the origin
         level = np.where(np.isnan(level), self._fallback, level)
-        # LogResidualRegressor.predict, term for term
-        return np.clip(np.expm1(level + margin), 0, None)
+        return np.clip(level + raw, 0, None)
 
 
 class Gtil:
@@ -119,13 +134,13 @@ class Gtil:
         return out
 
 
-def _structure(pipeline: Any) -> tuple[list[str], Any, Any]:
-    """(selected columns, the LogResidualRegressor, its fitted HGB) or NotCompilable."""
+def _structure(pipeline: Any) -> tuple[list[str], Any, Any, str]:
+    """(selected columns, the wrapper, its fitted HGB, its form) or NotCompilable."""
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.pipeline import Pipeline
 
-    from pipeline.core.models import LogResidualRegressor
+    from pipeline.core.models import LogResidualRegressor, TargetFormRegressor
 
     if type(pipeline) is not Pipeline or len(pipeline.steps) != 2:
         raise NotCompilable("not a two-step scikit-learn Pipeline")
@@ -138,19 +153,23 @@ def _structure(pipeline: Any) -> tuple[list[str], Any, Any]:
             or not all(isinstance(c, str) for c in parts[0][2])):
         raise NotCompilable("ColumnTransformer does more than select columns by name")
     columns = list(parts[0][2])
-    if type(model) is not LogResidualRegressor:
-        raise NotCompilable(f"final step is {type(model).__name__}, not LogResidualRegressor")
+    if type(model) is LogResidualRegressor:
+        form = "log_residual"
+    elif type(model) is TargetFormRegressor and model.form in ("log_level", "level", "change"):
+        form = model.form
+    else:
+        raise NotCompilable(f"final step is {type(model).__name__}, not a known wrapper")
     tree = getattr(model, "estimator_", None)
     if type(tree) is not HistGradientBoostingRegressor:
-        raise NotCompilable(f"LogResidualRegressor wraps {type(tree).__name__}")
+        raise NotCompilable(f"{type(model).__name__} wraps {type(tree).__name__}")
     link = type(getattr(getattr(tree, "_loss", None), "link", None)).__name__
     if link != "IdentityLink":
         raise NotCompilable(f"loss {tree.loss!r} has a {link} link, not identity")
     if list(getattr(tree, "feature_names_in_", [])) != columns:
         raise NotCompilable("the trees' feature names differ from the selected columns")
-    if model.anchor not in columns:
+    if form in ("log_residual", "change") and model.anchor not in columns:
         raise NotCompilable(f"anchor column {model.anchor!r} is not an input")
-    return columns, model, tree
+    return columns, model, tree, form
 
 
 def _identity(transformer: Any) -> bool:
@@ -167,7 +186,7 @@ def build_predictor(target: str, horizon: int, pipeline: Any, features: Sequence
                     verify_rows: np.ndarray) -> Predictor:
     """Compile one Pipeline if it is exact on ``verify_rows`` (in ``features`` order)."""
     try:
-        columns, model, tree = _structure(pipeline)
+        columns, model, tree, form = _structure(pipeline)
     except NotCompilable as exc:
         columns = _selected_columns(pipeline, features)
         return _fallback(target, horizon, pipeline, columns, str(exc))
@@ -178,8 +197,9 @@ def build_predictor(target: str, horizon: int, pipeline: Any, features: Sequence
         runner = Gtil(compiled)
     except Exception as exc:  # the compiler refused this model: serve it with scikit-learn
         return _fallback(target, horizon, pipeline, columns, f"treelite import failed: {exc}")
+    anchor = columns.index(model.anchor) if model.anchor in columns else -1
     predictor = Predictor(target, horizon, columns, pipeline, TREELITE, "", compiled,
-                          columns.index(model.anchor), float(model.fallback_), runner)
+                          anchor, float(model.fallback_), runner, form)
     missing = [c for c in columns if c not in features]
     if missing:
         raise ValueError(f"model {target} h={horizon} needs inputs not built: {missing[:5]}")

@@ -52,6 +52,27 @@ def test_one_row_at_a_time_equals_the_batch_of_rows(champion, feature_table):
     np.testing.assert_array_equal(one_by_one, predictor.predict(rows))
 
 
+@pytest.mark.parametrize("form", ["log_change", "log_level", "level", "change"])
+@pytest.mark.parametrize("loss", ["squared_error", "absolute_error"])
+def test_every_target_form_the_search_can_pick_is_compiled_and_exact(champion, feature_table,
+                                                                     form, loss):
+    """The per-horizon search (issue 12) picks a form and a loss per model: each one the trees
+    can give is served by Treelite, equal to Pipeline.predict on every row."""
+    from pipeline.core.models import build_estimator
+
+    features = champion.metadata["features"]
+    train = feature_table.iloc[:3000]
+    label = train["y__pm2_5__h6"]
+    keep = label.notna().to_numpy()
+    model = build_estimator(features, "pm2_5", {"form": form, "loss": loss, "max_iter": 20})
+    model.fit(train[features][keep], label[keep])
+    rows = feature_table[features].to_numpy(dtype=np.float64)
+    predictor = build_predictor("pm2_5", 6, model, features, rows[:200])
+    assert predictor.engine == TREELITE, predictor.reason
+    np.testing.assert_allclose(predictor.predict(rows), model.predict(feature_table),
+                               rtol=1e-12, atol=1e-9)
+
+
 def wrapped(pipeline: Pipeline) -> Pipeline:
     """The champion's Pipeline behind an extra step: a structure the fast path does not know."""
     select, model = pipeline.steps
