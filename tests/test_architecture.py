@@ -1,0 +1,46 @@
+"""Layers point one way: core (pure) <- io <- steps; a step never imports another step."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+SHARED_GLUE = {"common", "forecasting"}  # modules in steps/ that serve several steps
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return {name for name in found if name.startswith("pipeline")}
+
+
+def modules(layer: str) -> list[Path]:
+    return sorted((PACKAGE / layer).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", modules("core"), ids=lambda p: p.name)
+def test_core_takes_plain_values(path):
+    allowed = ("pipeline.core", "pipeline.schema", "pipeline.errors")
+    bad = sorted(m for m in imports(path) if not m.startswith(allowed))
+    assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}: core must stay pure"
+
+
+@pytest.mark.parametrize("path", modules("io"), ids=lambda p: p.name)
+def test_io_never_reaches_up_into_steps(path):
+    bad = sorted(m for m in imports(path) if m.startswith(("pipeline.steps", "pipeline.ops")))
+    assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
+@pytest.mark.parametrize("path", modules("steps"), ids=lambda p: p.name)
+def test_a_step_never_imports_another_step(path):
+    others = {m.split(".")[2] for m in imports(path) if m.startswith("pipeline.steps.")}
+    bad = sorted(others - SHARED_GLUE - {path.stem})
+    assert not bad, f"step {path.stem} imports step(s) {bad}"
