@@ -23,7 +23,9 @@ SMALL_PARAMS = {
     ],
     "source": {"kind": "synthetic", "start": "2025-01-01", "end": "2025-03-01"},
     "evaluation": {"holdout_days": 14},
-    "model": {"max_iter": 80},
+    # no per-horizon search in test projects (tests of the search set it themselves): tests
+    # train small models quickly; the search is exercised on its own and in dvc repro
+    "model": {"max_iter": 80, "selection": {"max_fits": 1}},
 }
 
 
