@@ -28,8 +28,14 @@ run: $(STAMP) ## set up, start the local stack and run the whole pipeline on the
 run-celery: $(STAMP) ## `make run` with Airflow on PostgreSQL + CeleryExecutor, two workers
 	AQ_AIRFLOW_PROFILE=celery ./scripts/run.sh
 
+# `make test` runs on TEST_WORKERS pytest-xdist workers: many tests wait on services (Airflow,
+# Prometheus, gunicorn), so two workers halve the wall time on 2 cores; a file (or a directory
+# sharing a session fixture: tests/conftest.py's scheduler) stays on one worker. TEST_WORKERS=0:
+# serial.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) ## set up and run the whole test suite (no network)
-	$(PY) -m pytest -m "not network" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not network" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## pure logic and single steps, no services, no training (a minute or so)
 	$(PY) -m pytest -m "not network and not slow and not stack and not airflow" $(PYTEST_ARGS)

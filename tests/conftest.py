@@ -29,6 +29,32 @@ SMALL_PARAMS = {
 }
 
 
+# Directories whose tests share a session-scoped fixture (a trained served project, the
+# observed stack run, the Airflow tests' metadata DB): under `pytest -n` (xdist) each of them
+# runs on one worker, in file order, so the fixture is built once; every other file is a unit of
+# its own (module fixtures built once, tests in file order). xdist's own `loadgroup` cannot do
+# this here: it renames node ids, which pytest 9.2 no longer allows (the marks are ignored).
+SHARED_FIXTURE_DIRS = {"dags", "serving", "integration"}
+
+
+def scheduling_unit(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    parts = path.split("/")
+    if len(parts) > 2 and parts[0] == "tests" and parts[1] in SHARED_FIXTURE_DIRS:
+        return f"tests/{parts[1]}"
+    return path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scheduling_unit(nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -92,8 +92,17 @@ def test_a_task_instance_names_its_worker(monkeypatch):
     assert airflow_celery.worker_hostname() == f"worker2@{socket.getfqdn()}"
 
 
-def test_postgres_commands_carry_no_secret_and_listen_on_loopback(tmp_path):
-    layout = airflow_celery.Layout(tmp_path / ".stack")
+def test_postgres_commands_carry_no_secret_and_listen_on_loopback():
+    # a short path: PostgreSQL's socket path is limited to 107 characters, and pytest's tmp_path
+    # under xdist (…/popen-gw1/test_postgres_commands_carry_n0/…) is longer than that
+    top = Path(tempfile.mkdtemp(prefix="aq-pg-"))
+    try:
+        _check_postgres_command(airflow_celery.Layout(top / ".stack"))
+    finally:
+        shutil.rmtree(top)
+
+
+def _check_postgres_command(layout):
     cmd = airflow_celery.postgres_command(layout, Ports(postgres=15432))
     assert "listen_addresses=127.0.0.1" in cmd
     assert "port=15432" in cmd
