@@ -90,19 +90,44 @@ def step_env(root: Path) -> dict[str, str]:
     return env
 
 
+# runs `python -m pipeline STEP` and, at exit, writes the process's own VmHWM (peak RSS, KiB)
+# to the file in AQ_BENCH_PEAK_FILE: ru_maxrss would include the parent's size at fork
+PEAK_WRAPPER = """
+import atexit, os, runpy, sys
+def _peak():
+    with open("/proc/self/status") as status:
+        kb = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))
+    with open(os.environ["AQ_BENCH_PEAK_FILE"], "w") as out:
+        out.write(str(kb))
+atexit.register(_peak)
+sys.argv = ["pipeline", *sys.argv[1:]]
+runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
+"""
+
+
+def child_peak_kb(path: Path) -> int:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return 0
+
+
 def run_step(root: Path, step: str, log_dir: Path, profile_dir: Path | None) -> dict:
     """One step as its own process; wall time, CPU time and that process's peak RSS."""
-    cmd = [sys.executable]
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
-        cmd += ["-m", "cProfile", "-o", str(profile_dir / f"{step}.prof")]
-    cmd += ["-m", "pipeline", step]
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(profile_dir / f"{step}.prof"),
+               "-m", "pipeline", step]
+    else:
+        cmd = [sys.executable, "-c", PEAK_WRAPPER, step]
+    peak_file = log_dir / f"{step}.peak"
     load_before = os.getloadavg()[0]
     log_path = log_dir / f"{step}.log"
     with open(log_path, "wb") as log:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=root, env=step_env(root), stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=root, env={**step_env(root),
+                                                    "AQ_BENCH_PEAK_FILE": str(peak_file)},
+                                stdout=log, stderr=subprocess.STDOUT)
         # wait4 gives the rusage of exactly this child (RUSAGE_CHILDREN would be the max
         # over every child so far)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -115,7 +140,9 @@ def run_step(root: Path, step: str, log_dir: Path, profile_dir: Path | None) -> 
         "step": step,
         "wall_s": round(wall, 2),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+        # the child's own VmHWM; under cProfile (no wrapper) ru_maxrss, which includes the
+        # parent's size at fork
+        "peak_rss_mb": round((child_peak_kb(peak_file) or usage.ru_maxrss) / 1024, 1),
         "load_1m_before": round(load_before, 2),
     }
 

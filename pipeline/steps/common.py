@@ -90,12 +90,14 @@ def require(path: Path, produced_by: str) -> Path:
 
 
 def recent_window_start(
-    ctx: Context, spec: FeatureSpec, extra_hours: int = 48
+    ctx: Context, spec: FeatureSpec, extra_hours: int = 48,
+    locations: Sequence[str] | None = None,
 ) -> pd.Timestamp | None:
-    """Start of the raw window that covers every location's latest features."""
+    """Start of the raw window that covers every location's (or these ``locations``')
+    latest features."""
     newest = [
         newest_observation(ctx.paths.raw_dir, ctx.params.source.kind, loc)
-        for loc in ctx.params.location_ids
+        for loc in (ctx.params.location_ids if locations is None else locations)
     ]
     newest = [t for t in newest if t is not None]
     if not newest:
