@@ -10,11 +10,13 @@ with the batch (``AQ_BATCH_LOCATIONS``), not with the number of locations:
   mapped Airflow task per batch, possibly on different workers);
 - ``python -m pipeline preprocess --finalize``: from the partitions, ``reports/quality.json``
   and ``build/quarantine.parquet``; partitions of locations no longer in ``params.yaml`` are
-  removed, and a configured location with raw data but no partition is an error.
+  removed, and a location whose partition is missing or was built from other raw data than
+  there is now (an ingestion in between) is rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import pandas as pd
@@ -27,6 +29,7 @@ from pipeline.io.storage import (
     atomic_write_json,
     atomic_write_parquet,
     newest_observation,
+    raw_files,
     read_raw,
 )
 from pipeline.steps.common import features_from_raw, parse_locations
@@ -43,19 +46,38 @@ def newest_stored(ctx: Context) -> pd.Timestamp | None:
     return max(newest) if newest else None
 
 
+def raw_signature(ctx: Context, location: str) -> str:
+    """What a location's raw partitions are now (names, sizes, modification times): a
+    partition built from other raw files is stale. Raw writes replace files, so a changed
+    partition always changes it."""
+    digest = hashlib.sha256()
+    for path in raw_files(ctx.paths.raw_dir, ctx.params.source.kind, [location]):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def history_start(ctx: Context, newest: pd.Timestamp | None) -> pd.Timestamp | None:
+    if not ctx.params.history_days or newest is None:
+        return None
+    return newest - pd.Timedelta(days=ctx.params.history_days)
+
+
 def build_batch(ctx: Context, store: FeatureStore, locations: list[str],
                 newest: pd.Timestamp | None) -> int:
     """Validate and featurise ``locations``, each on its own; one partition per location.
 
     Returns the number of feature rows written.
     """
-    raw = read_raw_rows(ctx, locations)
+    signatures = {loc: raw_signature(ctx, loc) for loc in locations}
+    raw = read_raw(ctx.paths.raw_dir, ctx.params.source.kind, locations)
+    since = history_start(ctx, newest)
     rows = 0
     for location, part in raw.groupby("location_id", sort=True):
         checked = validate(part, known_locations=ctx.params.location_ids)
         valid = checked.valid
-        if ctx.params.history_days and newest is not None:
-            valid = valid[valid["time"] > newest - pd.Timedelta(days=ctx.params.history_days)]
+        if since is not None:
+            valid = valid[valid["time"] > since]
         if valid.empty:
             log.warning("preprocess: no valid rows for %s", location)
             continue
@@ -70,14 +92,12 @@ def build_batch(ctx: Context, store: FeatureStore, locations: list[str],
             "feature_rows": int(len(features)),
             "time_min": valid["time"].min().isoformat(),
             "time_max": valid["time"].max().isoformat(),
+            "raw_signature": signatures[str(location)],
+            "history_start": None if since is None else since.isoformat(),
         }
         store.write(str(location), features, checked.quarantine, stats)
         rows += len(features)
     return rows
-
-
-def read_raw_rows(ctx: Context, locations: list[str]) -> pd.DataFrame:
-    return read_raw(ctx.paths.raw_dir, ctx.params.source.kind, locations)
 
 
 def build(ctx: Context, locations: list[str]) -> int:
@@ -101,15 +121,25 @@ def finalize(ctx: Context) -> dict:
     if removed:
         log.info("preprocess: removed the partitions of %d location(s) no longer in "
                  "params.yaml: %s", len(removed), ", ".join(removed[:10]))
-    stats = {loc: s for loc in configured if (s := store.stats(loc)) is not None}
     source = ctx.params.source.kind
-    missing = [loc for loc in configured if loc not in stats
-               and newest_observation(ctx.paths.raw_dir, source, loc) is not None]
-    if missing:
-        raise PipelineError(
-            f"{len(missing)} location(s) have raw data but no feature partition in "
-            f"{ctx.paths.features}: {', '.join(missing[:10])}; run `python -m pipeline "
-            f"preprocess --locations {','.join(missing[:10])}` (or the whole step)")
+    since = history_start(ctx, newest_stored(ctx))
+    since = None if since is None else since.isoformat()
+
+
+    def is_stale(location: str) -> bool:
+        stats = store.stats(location)
+        if stats is None:
+            return bool(raw_files(ctx.paths.raw_dir, source, [location]))
+        return (stats.get("raw_signature") != raw_signature(ctx, location)
+                or stats.get("history_start") != since)
+
+    stale = [loc for loc in configured if is_stale(loc)]
+    if stale:
+        # raw data changed after the batch read it (or a batch is missing): rebuild those
+        log.warning("preprocess: %d location(s) without a partition of the current raw data, "
+                    "rebuilt now: %s", len(stale), ", ".join(stale[:10]))
+        build(ctx, stale)
+    stats = {loc: s for loc in configured if (s := store.stats(loc)) is not None}
     if not stats:
         raise MissingInputError(f"no raw data for source {source!r} in {ctx.paths.raw_dir}: "
                                 "run `python -m pipeline ingest` first")
