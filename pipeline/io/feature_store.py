@@ -90,8 +90,9 @@ def sample_uniform(location_ids: np.ndarray, hours: np.ndarray, seed: int) -> np
 class FeatureStore:
     """``build/features/``: one directory per location (see the module docstring)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, batch_locations: int = 25):
         self.root = Path(root)
+        self.batch_locations = max(1, int(batch_locations))  # locations a scan reads at once
 
     # ---------------------------------------------------------------- layout and writes
 
@@ -162,19 +163,22 @@ class FeatureStore:
     def batches(self, columns: Sequence[str] | None = None, filter: ds.Expression | None = None,
                 locations: Iterable[str] | None = None,
                 batch_rows: int = SCAN_BATCH_ROWS) -> Iterator[pd.DataFrame]:
-        """The table's rows in bounded record batches (float64, keys first), never all at once.
+        """The table's rows in bounded record batches (float64, keys first), never all at once:
+        ``batch_locations`` locations at a time, at most ``batch_rows`` rows per batch.
 
         ``filter`` is a ``pyarrow.dataset`` expression (:func:`time_at_least`,
         :func:`time_before`), pushed down to the Parquet reader.
         """
-        dataset = ds.dataset(self._files(locations), format="parquet")
-        scanner = dataset.to_batches(columns=None if columns is None else list(columns),
-                                     filter=filter, batch_size=batch_rows, batch_readahead=1,
-                                     fragment_readahead=1, use_threads=True)
         try:
-            for batch in scanner:
-                if batch.num_rows:
-                    yield as_float64(batch.to_pandas())
+            for files in location_batches(self._files(locations), self.batch_locations):
+                dataset = ds.dataset(files, format="parquet")
+                scanner = dataset.to_batches(
+                    columns=None if columns is None else list(columns), filter=filter,
+                    batch_size=batch_rows, batch_readahead=1, fragment_readahead=1,
+                    use_threads=True)
+                for batch in scanner:
+                    if batch.num_rows:
+                        yield as_float64(batch.to_pandas())
         except (OSError, pa.ArrowException) as exc:
             raise DamagedFeaturesError(
                 f"feature partitions in {self.root} cannot be read ({str(exc)[:300]}): run "

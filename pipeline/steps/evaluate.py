@@ -81,7 +81,8 @@ def push_scores(metrics: StepRun, scores: dict) -> None:
 def run(ctx: Context) -> dict:
     with ctx.reporter.step("evaluate") as metrics:
         bundle = load_bundle(require(ctx.paths.candidate_dir, "train"))
-        store = FeatureStore(require(ctx.paths.features, "preprocess"))
+        store = FeatureStore(require(ctx.paths.features, "preprocess"),
+                             ctx.settings.batch_locations)
         meta = bundle.metadata
         split = Split(pd.Timestamp(meta["holdout_start"]),
                       pd.Timestamp(meta["train_end"]) if meta.get("train_end") else None)

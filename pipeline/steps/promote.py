@@ -98,7 +98,8 @@ def _gate(ctx: Context, registry: Registry, evaluation: dict, version: str) -> d
     if champion_version == version:
         note = "candidate is already the champion"
     elif champion_version is not None:
-        store = FeatureStore(require(ctx.paths.features, "preprocess"))
+        store = FeatureStore(require(ctx.paths.features, "preprocess"),
+                             ctx.settings.batch_locations)
         split = Split(pd.Timestamp(evaluation["holdout_start"]))
         wanted = {(t, int(h)) for t, by_h in candidate.items() for h in by_h}
         champ, note = champion_scores(registry.load_champion(), store, split, wanted)

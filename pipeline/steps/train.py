@@ -85,7 +85,8 @@ def training_sample(ctx: Context, store: FeatureStore, counts: pd.DataFrame,
 def run(ctx: Context) -> dict:
     with ctx.reporter.step("train") as metrics:
         p = ctx.params
-        store = FeatureStore(require(ctx.paths.features, "preprocess"))
+        store = FeatureStore(require(ctx.paths.features, "preprocess"),
+                             ctx.settings.batch_locations)
         counts = store.hour_counts(list(p.targets))
         split = holdout_split(ctx, counts)
         holdout = split.describe_counts(counts)
