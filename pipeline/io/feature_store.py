@@ -2,8 +2,8 @@
 
 Each location's directory holds
 
-- ``part.parquet``: its feature rows (keys, model inputs, labels and baselines), the
-  numbers as float32 (``docs/data.md`` says why that changes nothing measurable);
+- ``part.parquet``: its feature rows (keys, model inputs, labels and baselines) as built,
+  float64 (float32 was measured and changes forecasts: ``docs/benchmarks.md``);
 - ``quarantine.parquet``: the raw rows validation refused, with the reason;
 - ``stats.json``: what preprocessing saw (rows in, valid, quarantined, span).
 
@@ -41,31 +41,11 @@ log = logging.getLogger(__name__)
 PART = "part.parquet"
 QUARANTINE = "quarantine.parquet"
 STATS = "stats.json"
-STORED_FLOAT = np.float32
 SCAN_BATCH_ROWS = 65_536  # rows per record batch a scan hands over
 
 
 class DamagedFeaturesError(PipelineError):
     """A feature partition cannot be read; the message names it and how to rebuild it."""
-
-
-def as_stored(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keys as they are, every number as float32."""
-    out = {}
-    for column in frame.columns:
-        values = frame[column]
-        if column not in KEYS and pd.api.types.is_float_dtype(values.dtype):
-            values = values.astype(STORED_FLOAT)
-        out[column] = values
-    return pd.DataFrame(out)
-
-
-def as_float64(frame: pd.DataFrame) -> pd.DataFrame:
-    """The stored float32 numbers back as float64 (exactly the stored values)."""
-    floats = [c for c in frame.columns if frame[c].dtype == STORED_FLOAT]
-    if floats:
-        frame[floats] = frame[floats].astype(np.float64)
-    return frame
 
 
 def sample_uniform(location_ids: np.ndarray, hours: np.ndarray, seed: int) -> np.ndarray:
@@ -116,7 +96,7 @@ class FeatureStore:
         The stats are written last: a location whose stats exist has its other files.
         """
         directory = self.location_dir(location_id)
-        atomic_write_parquet(directory / PART, as_stored(features))
+        atomic_write_parquet(directory / PART, features)
         atomic_write_parquet(directory / QUARANTINE, quarantine.reset_index(drop=True))
         atomic_write_json(directory / STATS, stats)
 
@@ -163,7 +143,7 @@ class FeatureStore:
     def batches(self, columns: Sequence[str] | None = None, filter: ds.Expression | None = None,
                 locations: Iterable[str] | None = None,
                 batch_rows: int = SCAN_BATCH_ROWS) -> Iterator[pd.DataFrame]:
-        """The table's rows in bounded record batches (float64, keys first), never all at once:
+        """The table's rows in bounded record batches, never all at once:
         ``batch_locations`` locations at a time, at most ``batch_rows`` rows per batch.
 
         ``filter`` is a ``pyarrow.dataset`` expression (:func:`time_at_least`,
@@ -178,7 +158,7 @@ class FeatureStore:
                     use_threads=True)
                 for batch in scanner:
                     if batch.num_rows:
-                        yield as_float64(batch.to_pandas())
+                        yield batch.to_pandas()
         except (OSError, pa.ArrowException) as exc:
             raise DamagedFeaturesError(
                 f"feature partitions in {self.root} cannot be read ({str(exc)[:300]}): run "
