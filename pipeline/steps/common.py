@@ -83,6 +83,15 @@ def data_version(ctx: Context) -> dict[str, str | None]:
     return {"dvc_md5": dvc_md5, "raw_content_sha256": digest.hexdigest()}
 
 
+def newest_stored(ctx: Context) -> pd.Timestamp | None:
+    """The newest stored hour over every configured location (``history_days`` counts back
+    from it, the same for every batch)."""
+    newest = [newest_observation(ctx.paths.raw_dir, ctx.params.source.kind, loc)
+              for loc in ctx.params.location_ids]
+    newest = [t for t in newest if t is not None]
+    return max(newest) if newest else None
+
+
 def require(path: Path, produced_by: str) -> Path:
     if not Path(path).exists():
         raise MissingInputError(f"{path} not found: run `python -m pipeline {produced_by}` first")

@@ -28,22 +28,12 @@ from pipeline.io.feature_store import FeatureStore, location_batches
 from pipeline.io.storage import (
     atomic_write_json,
     atomic_write_parquet,
-    newest_observation,
     raw_files,
     read_raw,
 )
-from pipeline.steps.common import features_from_raw, parse_locations
+from pipeline.steps.common import features_from_raw, newest_stored, parse_locations
 
 log = logging.getLogger(__name__)
-
-
-def newest_stored(ctx: Context) -> pd.Timestamp | None:
-    """The newest stored hour over every configured location (``history_days`` counts back
-    from it, the same for every batch)."""
-    newest = [newest_observation(ctx.paths.raw_dir, ctx.params.source.kind, loc)
-              for loc in ctx.params.location_ids]
-    newest = [t for t in newest if t is not None]
-    return max(newest) if newest else None
 
 
 def raw_signature(ctx: Context, location: str) -> str:
