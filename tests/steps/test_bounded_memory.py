@@ -2,9 +2,10 @@
 
 Two projects of the same shape, 8 and 64 locations (8x the rows), each step run as its own
 process like DVC runs it; the peak resident set of that process (its own ``VmHWM``, read at
-exit) may grow only a little from the small project to the large one (measured: +2, +1 and
-+12 MB; evaluate keeps its holdout predictions). The steps as they were before the
-partitioned store held the whole table: +211, +175 and +160 MB here.
+exit) may grow only a little from the small project to the large one (measured: +2, +3/+14,
++12/+19 and +23 MB for preprocess, train, evaluate and backtest; evaluate and backtest keep
+their predictions of every location). The steps as they were before the partitioned store
+held the whole table: +211, +175, +160 and +193 MB here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ pytestmark = pytest.mark.slow
 
 DAYS = 75
 ALLOWED_GROWTH_MB = 25  # 8 -> 64 locations
-STEPS = ("preprocess", "train", "evaluate")
+# backtest's output is one forecast per location, hour of the window and horizon (30,720 rows
+# at 64 locations), kept with its scores and charts: its peak may grow with that
+BACKTEST_GROWTH_MB = 45
+STEPS = ("preprocess", "train", "evaluate", "backtest")
 
 PEAK = """
 import atexit, runpy, sys
@@ -58,6 +62,7 @@ def project(base: Path, n: int) -> Path:
         "horizons": [1, 6],
         "source": {"kind": "synthetic", "start": "2025-01-01", "end": "2025-03-17"},
         "evaluation": {"holdout_days": 10},
+        "backtest": {"days": 10},
         "model": {"max_iter": 20, "max_train_rows": 6000,
                   "selection": {"max_fits": 1, "validation_days": 7}},
     })
@@ -82,5 +87,6 @@ def peaks(tmp_path_factory) -> dict[int, dict[str, float]]:
 @pytest.mark.parametrize("step", STEPS)
 def test_step_memory_does_not_grow_with_the_number_of_locations(peaks, step):
     small, large = peaks[8][step], peaks[64][step]
-    assert large - small < ALLOWED_GROWTH_MB, (
+    allowed = BACKTEST_GROWTH_MB if step == "backtest" else ALLOWED_GROWTH_MB
+    assert large - small < allowed, (
         f"{step}: peak {small:.0f} MB at 8 locations, {large:.0f} MB at 64")
