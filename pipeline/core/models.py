@@ -33,6 +33,8 @@ from pipeline.core.intervals import add_uncertainty
 from pipeline.core.scoring import score
 
 CATEGORICAL = ("location_code",)
+# HistGradientBoosting takes at most 255 categories (max_bins) per categorical feature
+MAX_CATEGORIES = 255
 # what a model forecasts, relative to the level at the origin (``anchor``, log1p):
 # log_change = log1p(y) - log1p(level), log_level = log1p(y), level = y, change = y - level
 FORMS = ("log_change", "log_level", "level", "change")
@@ -125,14 +127,25 @@ def staged_predictions(model: Pipeline, X: pd.DataFrame):
             yield regressor.from_model_space(selected, raw)
 
 
-def build_estimator(features: Sequence[str], target: str, settings: Mapping) -> Pipeline:
-    """The model of one target x horizon from plain settings (``form`` + boosting arguments)."""
+def categorical_inputs(frame: pd.DataFrame, features: Sequence[str]) -> list[str]:
+    """The inputs a model treats as categories: the location code while the rows hold at
+    most :data:`MAX_CATEGORIES` locations; above that (a deployment of 500 places) the code
+    is an ordinary number the trees split by ranges, as HistGradientBoosting cannot take
+    more categories."""
+    return [c for c in features if c in CATEGORICAL and frame[c].nunique() <= MAX_CATEGORIES]
+
+
+def build_estimator(features: Sequence[str], target: str, settings: Mapping,
+                    categorical: Sequence[str] | None = None) -> Pipeline:
+    """The model of one target x horizon from plain settings (``form`` + boosting arguments);
+    ``categorical``: the inputs treated as categories (default: those of CATEGORICAL)."""
     select = ColumnTransformer(
         [("features", "passthrough", list(features))],
         remainder="drop",
         verbose_feature_names_out=False,
     ).set_output(transform="pandas")
-    categorical = [c for c in features if c in CATEGORICAL]
+    categorical = [c for c in features if c in CATEGORICAL] if categorical is None \
+        else list(categorical)
     boosting = HistGradientBoostingRegressor(
         **{k: settings[k] for k in BOOSTING_KEYS if k in settings},
         categorical_features=categorical or None,
@@ -282,9 +295,10 @@ def fit_one(frame: pd.DataFrame, features: Sequence[str], target: str, horizon: 
         )
     rows = training_rows(eligible, max_rows, seed)
     columns = [frame.columns.get_loc(f) for f in features]
-    estimator = build_estimator(features, target, settings)
+    inputs = frame.iloc[rows, columns]
+    estimator = build_estimator(features, target, settings, categorical_inputs(inputs, features))
     try:
-        estimator.fit(frame.iloc[rows, columns], frame[label_column(target, horizon)].iloc[rows])
+        estimator.fit(inputs, frame[label_column(target, horizon)].iloc[rows])
     except ValueError as exc:
         raise ValueError(f"fitting {target} h={horizon} on {len(rows)} rows failed: {exc}") \
             from exc
