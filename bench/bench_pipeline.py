@@ -5,8 +5,9 @@ repo's params.yaml with N generated locations and a Y-year synthetic window), th
 runs ``python -m pipeline <step>`` for ingest, preprocess, train, evaluate, promote,
 predict, score and drift exactly as DVC would (own process, project directory as the
 working directory). Per step it records wall time, CPU time (user + system) and the
-peak resident set size of that process (``ru_maxrss`` from ``os.wait4``), plus the
-load average, so timings taken on a busy machine can be judged. No Pushgateway.
+peak resident set size of that process (its own ``VmHWM``, read at exit: ``ru_maxrss``
+would include the parent's size at fork), plus the load average, so timings taken on a busy
+machine can be judged. No Pushgateway.
 
     .venv/bin/python bench/bench_pipeline.py                            # 5x1, 20x2, 50x2
     .venv/bin/python bench/bench_pipeline.py --sizes 50x2 --out docs/bench.json --out t.md
