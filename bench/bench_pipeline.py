@@ -12,6 +12,7 @@ machine can be judged. No Pushgateway.
     .venv/bin/python bench/bench_pipeline.py                            # 5x1, 20x2, 50x2
     .venv/bin/python bench/bench_pipeline.py --sizes 50x2 --out docs/bench.json --out t.md
     .venv/bin/python bench/bench_pipeline.py --sizes 5x1 --profile-dir /tmp/prof  # cProfile
+    .venv/bin/python bench/bench_pipeline.py --project /tmp/b/project_500x2 --steps train,evaluate
 """
 
 from __future__ import annotations
@@ -273,6 +274,21 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
+def measure_project(root: Path, steps: list[str]) -> int:
+    """Each step on an existing project, measured as in a full run; one JSON line per step."""
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        print(f"unknown step(s) {unknown}; known: {STEPS}", file=sys.stderr)
+        return 2
+    log_dir = root.parent / f"logs_{root.name}"
+    log_dir.mkdir(exist_ok=True)
+    for step in steps:
+        result = run_step(root.resolve(), step, log_dir, None)
+        result["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(result), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -286,7 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-dir", type=Path, default=None,
                         help="run every step under cProfile, writing <dir>/<size>/<step>.prof "
                              "(timings then include the profiler's overhead)")
+    parser.add_argument("--project", type=Path, default=None,
+                        help="measure --steps on this existing project (e.g. one kept with "
+                             "--keep, or one whose ingest was cut short) instead of --sizes")
+    parser.add_argument("--steps", default=",".join(STEPS[1:]),
+                        help="with --project: comma-separated steps (default: all after ingest)")
     args = parser.parse_args(argv)
+    if args.project is not None:
+        return measure_project(args.project, [s for s in args.steps.split(",") if s])
     for out in args.out:
         if out.suffix not in {".json", ".md"}:
             parser.error(f"--out {out}: use a .json or .md file name")
