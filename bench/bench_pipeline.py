@@ -5,12 +5,14 @@ repo's params.yaml with N generated locations and a Y-year synthetic window), th
 runs ``python -m pipeline <step>`` for ingest, preprocess, train, evaluate, promote,
 predict, score and drift exactly as DVC would (own process, project directory as the
 working directory). Per step it records wall time, CPU time (user + system) and the
-peak resident set size of that process (``ru_maxrss`` from ``os.wait4``), plus the
-load average, so timings taken on a busy machine can be judged. No Pushgateway.
+peak resident set size of that process (its own ``VmHWM``, read at exit: ``ru_maxrss``
+would include the parent's size at fork), plus the load average, so timings taken on a busy
+machine can be judged. No Pushgateway.
 
     .venv/bin/python bench/bench_pipeline.py                            # 5x1, 20x2, 50x2
     .venv/bin/python bench/bench_pipeline.py --sizes 50x2 --out docs/bench.json --out t.md
     .venv/bin/python bench/bench_pipeline.py --sizes 5x1 --profile-dir /tmp/prof  # cProfile
+    .venv/bin/python bench/bench_pipeline.py --project /tmp/b/project_500x2 --steps train,evaluate
 """
 
 from __future__ import annotations
@@ -90,19 +92,44 @@ def step_env(root: Path) -> dict[str, str]:
     return env
 
 
+# runs `python -m pipeline STEP` and, at exit, writes the process's own VmHWM (peak RSS, KiB)
+# to the file in AQ_BENCH_PEAK_FILE: ru_maxrss would include the parent's size at fork
+PEAK_WRAPPER = """
+import atexit, os, runpy, sys
+def _peak():
+    with open("/proc/self/status") as status:
+        kb = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))
+    with open(os.environ["AQ_BENCH_PEAK_FILE"], "w") as out:
+        out.write(str(kb))
+atexit.register(_peak)
+sys.argv = ["pipeline", *sys.argv[1:]]
+runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
+"""
+
+
+def child_peak_kb(path: Path) -> int:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return 0
+
+
 def run_step(root: Path, step: str, log_dir: Path, profile_dir: Path | None) -> dict:
     """One step as its own process; wall time, CPU time and that process's peak RSS."""
-    cmd = [sys.executable]
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
-        cmd += ["-m", "cProfile", "-o", str(profile_dir / f"{step}.prof")]
-    cmd += ["-m", "pipeline", step]
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(profile_dir / f"{step}.prof"),
+               "-m", "pipeline", step]
+    else:
+        cmd = [sys.executable, "-c", PEAK_WRAPPER, step]
+    peak_file = log_dir / f"{step}.peak"
     load_before = os.getloadavg()[0]
     log_path = log_dir / f"{step}.log"
     with open(log_path, "wb") as log:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=root, env=step_env(root), stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=root, env={**step_env(root),
+                                                    "AQ_BENCH_PEAK_FILE": str(peak_file)},
+                                stdout=log, stderr=subprocess.STDOUT)
         # wait4 gives the rusage of exactly this child (RUSAGE_CHILDREN would be the max
         # over every child so far)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -115,7 +142,9 @@ def run_step(root: Path, step: str, log_dir: Path, profile_dir: Path | None) -> 
         "step": step,
         "wall_s": round(wall, 2),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+        # the child's own VmHWM; under cProfile (no wrapper) ru_maxrss, which includes the
+        # parent's size at fork
+        "peak_rss_mb": round((child_peak_kb(peak_file) or usage.ru_maxrss) / 1024, 1),
         "load_1m_before": round(load_before, 2),
     }
 
@@ -245,6 +274,21 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
+def measure_project(root: Path, steps: list[str]) -> int:
+    """Each step on an existing project, measured as in a full run; one JSON line per step."""
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        print(f"unknown step(s) {unknown}; known: {STEPS}", file=sys.stderr)
+        return 2
+    log_dir = root.parent / f"logs_{root.name}"
+    log_dir.mkdir(exist_ok=True)
+    for step in steps:
+        result = run_step(root.resolve(), step, log_dir, None)
+        result["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(result), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -258,7 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-dir", type=Path, default=None,
                         help="run every step under cProfile, writing <dir>/<size>/<step>.prof "
                              "(timings then include the profiler's overhead)")
+    parser.add_argument("--project", type=Path, default=None,
+                        help="measure --steps on this existing project (e.g. one kept with "
+                             "--keep, or one whose ingest was cut short) instead of --sizes")
+    parser.add_argument("--steps", default=",".join(STEPS[1:]),
+                        help="with --project: comma-separated steps (default: all after ingest)")
     args = parser.parse_args(argv)
+    if args.project is not None:
+        return measure_project(args.project, [s for s in args.steps.split(",") if s])
     for out in args.out:
         if out.suffix not in {".json", ".md"}:
             parser.error(f"--out {out}: use a .json or .md file name")

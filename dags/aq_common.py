@@ -8,6 +8,8 @@ knobs are read here once per parse, cheaply:
 - ``AQ_PROJECT_DIR``: the project the tasks work on (``pipeline.paths``);
 - ``AQ_RETRAIN_SCHEDULE``: cron of the nightly retraining (default ``0 2 * * *``);
 - ``AQ_INGEST_BATCH_SIZE``: locations per mapped ingestion task (default 2);
+- ``AQ_BATCH_LOCATIONS``: locations per mapped preprocess / predict task, and per batch a
+  step holds in memory (default 25, ``pipeline.settings``);
 - ``AQ_TASK_RETRIES`` / ``AQ_TASK_RETRY_DELAY_S``: retries of every task (default 2, 60 s,
   doubled each retry up to 30 min);
 - ``AQ_DVC_REMOTE``: the DVC remote new data is pushed to (default ``local``).
@@ -26,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Asset, task
+from airflow.sdk import Asset, get_current_context, task
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +210,70 @@ def data_dvc_md5(project: Path, full: bool = False):
 def repro_stage(stage: str) -> str:
     """``dvc repro --single-item <stage>``: run one stage of dvc.yaml so dvc.lock records it."""
     return run_dvc("repro", "--single-item", stage)
+
+
+def location_batches() -> list[str]:
+    """The configured locations in batches of ``AQ_BATCH_LOCATIONS``, each ``a,b,c``."""
+    from pipeline.config import load_params
+    from pipeline.io.feature_store import location_batches as batches
+    from pipeline.paths import ProjectPaths
+    from pipeline.settings import Settings
+
+    ids = load_params(ProjectPaths(project_dir()).params).location_ids
+    return [",".join(batch) for batch in batches(ids, Settings.from_env().batch_locations)]
+
+
+def run_step(step: str, **options: Any) -> Any:
+    """``python -m pipeline <step>`` in this task's process (``run(ctx, **options)``)."""
+    import importlib
+
+    from pipeline.context import Context
+
+    module = importlib.import_module(f"pipeline.steps.{step}")
+    return module.run(Context.load(project_dir()), **options)
+
+
+def mapped_stage(stage: str, timeout: timedelta = timedelta(minutes=30)):
+    """A DVC stage run as batches of locations (one mapped task each, on any worker), then
+    one task in the ``dvc`` pool that combines them and records the stage in ``dvc.lock``.
+
+    The combining task holds DVC's read lock on ``data/raw`` (ingestion waits) while it
+    runs ``python -m pipeline <stage> --finalize`` (which rebuilds any location whose raw
+    data changed after its batch read it) and ``dvc commit --force <stage>``: dvc.lock then
+    records the data the outputs were built from, as ``dvc repro`` would. Returns the
+    first and the last task.
+    """
+
+    @task(task_id=f"plan_{stage}_batches", execution_timeout=timedelta(minutes=5),
+          doc_md="the configured locations in batches of `AQ_BATCH_LOCATIONS`")
+    def plan_batches() -> list[str]:
+        if stage == "predict":
+            from pipeline.context import Context
+            from pipeline.steps.forecasting import clear_pending
+
+            clear_pending(Context.load(project_dir()))
+        return location_batches()
+
+    @task(task_id=f"{stage}_batch", map_index_template="{{ batch }}",
+          execution_timeout=timeout,
+          doc_md=f"`python -m pipeline {stage} --locations <batch>`")
+    def run_batch(locations: str) -> dict:
+        context = get_current_context()
+        context["batch"] = locations  # type: ignore[typeddict-unknown-key]
+        return run_step(stage, locations=locations)
+
+    @task(task_id=stage, pool=DVC_POOL, execution_timeout=timeout,
+          doc_md=f"`python -m pipeline {stage} --finalize`, then `dvc commit --force {stage}`")
+    def combine(_done: list[dict]) -> None:
+        from pipeline.io.storage import dvc_read_lock
+        from pipeline.paths import ProjectPaths
+
+        with dvc_read_lock(ProjectPaths(project_dir()).raw_dir):
+            run_step(stage, finalize_only=True)
+            run_dvc("commit", "--force", stage)
+
+    plan = plan_batches()
+    return plan, combine(run_batch.expand(locations=plan))
 
 
 def stage_task(stage: str, timeout: timedelta = timedelta(minutes=30)):

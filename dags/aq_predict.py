@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import dag, task
-from aq_common import RAW_DATA, START_DATE, default_args, project_dir, stage_task
+from aq_common import (
+    RAW_DATA,
+    START_DATE,
+    default_args,
+    mapped_stage,
+    project_dir,
+    stage_task,
+)
 
 DOC = """
 ### Batch forecasts
@@ -15,13 +22,17 @@ Scheduled on the **aq_raw_data** Asset: every successful `aq_ingest` run
 
 1. **champion_ready** skips the rest while there is no champion model yet
    (run `aq_retrain` once first); a skip is logged, not a failure.
-2. **predict**: `dvc repro --single-item predict`: forecasts for every
-   location, target and horizon into `predictions/`.
+2. **predict**, data-parallel: **plan_predict_batches** splits the locations into
+   batches of `AQ_BATCH_LOCATIONS`; **predict_batch** (mapped, any worker)
+   forecasts its locations into `predictions/pending/`; **predict** (pool
+   `dvc`) publishes them as one run (`predictions/run=.../forecasts.parquet`,
+   `latest.parquet`, `reports/forecast.json`, the metrics) and records the stage
+   with `dvc commit`.
 3. **score**: realised accuracy of earlier forecasts against the observations
    that have arrived since.
 4. **drift**: PSI of recent features against the champion's training data.
 
-All three run through DVC in the one-slot `dvc` pool, so `dvc.lock` records
+The DVC tasks run in the one-slot `dvc` pool, so `dvc.lock` records
 them and they never race the nightly retraining. Each step pushes its metrics
 to the Pushgateway; a task failure also pushes `aq_step_success=0`.
 """
@@ -52,8 +63,9 @@ def aq_predict():
             return False
         return True
 
-    predict = stage_task("predict")
-    champion_ready() >> predict >> stage_task("score") >> stage_task("drift")
+    plan, predict = mapped_stage("predict")
+    champion_ready() >> plan
+    predict >> stage_task("score") >> stage_task("drift")
 
 
 aq_predict()

@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--locations", help="comma-separated location ids (default: all in params.yaml)"
             )
+        if name in {"preprocess", "predict"}:
+            cmd.add_argument("--locations", help="comma-separated location ids: only their "
+                             "partitions (one batch of a mapped Airflow task); default: all")
+            cmd.add_argument("--finalize", action="store_true", dest="finalize_only",
+                             default=None, help="only combine the partitions the batches "
+                             "wrote into the step's reports")
         if name == "backtest":
             cmd.add_argument("--start", help="first target hour, UTC, inclusive (ISO date or "
                              "time; default: params.yaml backtest, else the last backtest.days)")

@@ -64,7 +64,8 @@ class ProjectPaths:
 
     @property
     def features(self) -> Path:
-        return self.build_dir / "features.parquet"
+        """The feature table, one directory per location (``pipeline.io.feature_store``)."""
+        return self.build_dir / "features"
 
     @property
     def quarantine(self) -> Path:

@@ -83,6 +83,9 @@ class Settings:
     # one rate limit per provider for every process sharing this Redis (Celery workers);
     # unset: per process. The Airflow scale-out profile sets it (pipeline/ops/airflow_celery.py)
     rate_limit_redis_url: Secret = field(default_factory=lambda: Secret(""))
+    # locations a step holds in memory at once (preprocess, evaluate, promote, predict):
+    # memory per step grows with it, not with the number of locations; outputs do not change
+    batch_locations: int = 25
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,6 +111,7 @@ class Settings:
             openweathermap_url=env.get("AQ_OPENWEATHERMAP_URL") or defaults.openweathermap_url,
             log_format="plain" if env.get("AQ_LOG_FORMAT") == "plain" else defaults.log_format,
             rate_limit_redis_url=Secret(env.get("AQ_RATE_LIMIT_REDIS_URL", "")),
+            batch_locations=_int(env, "AQ_BATCH_LOCATIONS", defaults.batch_locations),
         )
         register_secret(settings.openweathermap_api_key)
         register_secret(settings.rate_limit_redis_url)

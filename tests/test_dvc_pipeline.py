@@ -167,8 +167,7 @@ def test_dvc_lock_records_the_data_preprocess_read_while_ingestion_writes(tmp_pa
     Whatever interleaving happens, dvc.lock must describe the data the features were built
     from: put that generation back and DVC must call the stage up to date.
     """
-    import pandas as pd
-
+    from pipeline.io.feature_store import FeatureStore
     from tests.conftest import make_project
 
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
@@ -195,7 +194,8 @@ def test_dvc_lock_records_the_data_preprocess_read_while_ingestion_writes(tmp_pa
             pytest.fail("dvc repro never got the raw data")
     finally:
         writer.communicate(timeout=300)
-    read = pd.read_parquet(root / "build" / "features.parquet")["pm2_5"].dropna().unique()
+    features = FeatureStore(root / "build" / "features").read(columns=["pm2_5"])
+    read = features["pm2_5"].dropna().unique()
     assert len(read) == 1, f"features mixed generations {sorted(read)}"
     write_generation(root, float(read[0]))
     assert "up to date" in dvc(root, "status", "preprocess")

@@ -22,6 +22,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 
+from pipeline.core.counts import hour_counts
 from pipeline.core.features import (
     anchor_column,
     label_column,
@@ -32,6 +33,8 @@ from pipeline.core.intervals import add_uncertainty
 from pipeline.core.scoring import score
 
 CATEGORICAL = ("location_code",)
+# HistGradientBoosting takes at most 255 categories (max_bins) per categorical feature
+MAX_CATEGORIES = 255
 # what a model forecasts, relative to the level at the origin (``anchor``, log1p):
 # log_change = log1p(y) - log1p(level), log_level = log1p(y), level = y, change = y - level
 FORMS = ("log_change", "log_level", "level", "change")
@@ -124,14 +127,25 @@ def staged_predictions(model: Pipeline, X: pd.DataFrame):
             yield regressor.from_model_space(selected, raw)
 
 
-def build_estimator(features: Sequence[str], target: str, settings: Mapping) -> Pipeline:
-    """The model of one target x horizon from plain settings (``form`` + boosting arguments)."""
+def categorical_inputs(frame: pd.DataFrame, features: Sequence[str]) -> list[str]:
+    """The inputs a model treats as categories: the location code while the rows hold at
+    most :data:`MAX_CATEGORIES` locations; above that (a deployment of 500 places) the code
+    is an ordinary number the trees split by ranges, as HistGradientBoosting cannot take
+    more categories."""
+    return [c for c in features if c in CATEGORICAL and frame[c].nunique() <= MAX_CATEGORIES]
+
+
+def build_estimator(features: Sequence[str], target: str, settings: Mapping,
+                    categorical: Sequence[str] | None = None) -> Pipeline:
+    """The model of one target x horizon from plain settings (``form`` + boosting arguments);
+    ``categorical``: the inputs treated as categories (default: those of CATEGORICAL)."""
     select = ColumnTransformer(
         [("features", "passthrough", list(features))],
         remainder="drop",
         verbose_feature_names_out=False,
     ).set_output(transform="pandas")
-    categorical = [c for c in features if c in CATEGORICAL]
+    categorical = [c for c in features if c in CATEGORICAL] if categorical is None \
+        else list(categorical)
     boosting = HistGradientBoostingRegressor(
         **{k: settings[k] for k in BOOSTING_KEYS if k in settings},
         categorical_features=categorical or None,
@@ -148,7 +162,11 @@ def build_estimator(features: Sequence[str], target: str, settings: Mapping) -> 
 
 def observed_days(frame: pd.DataFrame, targets: Sequence[str]) -> pd.DatetimeIndex:
     """The UTC dates (midnights) with at least one observation of a target, sorted."""
-    observed = frame.loc[frame[list(targets)].notna().any(axis=1), "time"]
+    return _observed_days(hour_counts(frame, targets))
+
+
+def _observed_days(counts: pd.DataFrame) -> pd.DatetimeIndex:
+    observed = counts.loc[counts["observed"] > 0, "time"]
     return pd.DatetimeIndex(np.sort(observed.dt.floor("D").unique()))
 
 
@@ -173,7 +191,13 @@ class Split:
         gap still leaves a holdout with history. A holdout that cannot be honoured (no data
         in it, or none before it to learn from) is an error, never quietly shortened.
         """
-        days_seen = observed_days(frame, targets)
+        return cls.from_counts(hour_counts(frame, targets), targets, horizons, start, days)
+
+    @classmethod
+    def from_counts(cls, counts: pd.DataFrame, targets: Sequence[str], horizons: Sequence[int],
+                    start: pd.Timestamp | None = None, days: int | None = None) -> Split:
+        """:meth:`for_holdout` from the table's :func:`hour_counts`."""
+        days_seen = _observed_days(counts)
         if days_seen.empty:
             raise ValueError(f"no observation of {list(targets)} at all: ingest data first")
         first, last = days_seen[0], days_seen[-1]
@@ -193,7 +217,7 @@ class Split:
         else:
             raise ValueError("give a holdout start or a number of days")
         train_end = holdout_start - pd.Timedelta(hours=max(horizons))
-        if train_end <= frame["time"].min():
+        if train_end <= counts["time"].min():
             raise ValueError(f"no data before the holdout start {holdout_start:%Y-%m-%d %H:%M} "
                              f"minus the longest horizon ({max(horizons)} h) to train on "
                              f"({span})")
@@ -207,19 +231,23 @@ class Split:
 
     def describe(self, frame: pd.DataFrame, targets: Sequence[str]) -> dict:
         """Period and row counts, for the metadata, metrics.json and the log."""
-        observed = frame[list(targets)].notna().any(axis=1)
-        holdout = self.holdout_mask(frame) & observed
-        training = (frame["time"] < self.label_cutoff) & observed
-        end = frame.loc[holdout, "time"].max()
+        return self.describe_counts(hour_counts(frame, targets))
+
+    def describe_counts(self, counts: pd.DataFrame) -> dict:
+        """:meth:`describe` from the table's :func:`hour_counts`."""
+        observed = counts["observed"] > 0
+        holdout = (counts["time"] >= self.holdout_start) & observed
+        training = (counts["time"] < self.label_cutoff) & observed
+        end = counts.loc[holdout, "time"].max()
         return {
             "start": self.holdout_start.isoformat(),
             "end": None if pd.isna(end) else (end + pd.Timedelta(hours=1)).isoformat(),
             "train_end": self.label_cutoff.isoformat(),
-            "train_start": frame.loc[training, "time"].min().isoformat()
+            "train_start": counts.loc[training, "time"].min().isoformat()
             if training.any() else None,
-            "holdout_rows": int(holdout.sum()),
-            "holdout_days": int(frame.loc[holdout, "time"].dt.floor("D").nunique()),
-            "train_rows": int(training.sum()),
+            "holdout_rows": int(counts.loc[holdout, "observed"].sum()),
+            "holdout_days": int(counts.loc[holdout, "time"].dt.floor("D").nunique()),
+            "train_rows": int(counts.loc[training, "observed"].sum()),
         }
 
 
@@ -267,9 +295,10 @@ def fit_one(frame: pd.DataFrame, features: Sequence[str], target: str, horizon: 
         )
     rows = training_rows(eligible, max_rows, seed)
     columns = [frame.columns.get_loc(f) for f in features]
-    estimator = build_estimator(features, target, settings)
+    inputs = frame.iloc[rows, columns]
+    estimator = build_estimator(features, target, settings, categorical_inputs(inputs, features))
     try:
-        estimator.fit(frame.iloc[rows, columns], frame[label_column(target, horizon)].iloc[rows])
+        estimator.fit(inputs, frame[label_column(target, horizon)].iloc[rows])
     except ValueError as exc:
         raise ValueError(f"fitting {target} h={horizon} on {len(rows)} rows failed: {exc}") \
             from exc
@@ -309,28 +338,20 @@ def evaluation_rows(frame: pd.DataFrame, split: Split, target: str, horizon: int
     )
 
 
-def evaluate_models(
+def holdout_predictions(
     models: dict[tuple[str, int], Pipeline],
     frame: pd.DataFrame,
     split: Split,
-) -> tuple[dict[str, dict[str, dict[str, float]]], pd.DataFrame]:
-    """Scores per target and horizon, and the holdout predictions (for plots)."""
-    scores: dict[str, dict[str, dict[str, float]]] = {}
+) -> pd.DataFrame:
+    """Each model's forecasts on the holdout rows of ``frame``, with what they are scored
+    against (observed, persistence, seasonal naive); ``frame`` may be any part of the table
+    (a batch of locations): the predictions of the parts add up to those of the whole."""
     predictions = []
     for (target, horizon), estimator in models.items():
         rows = evaluation_rows(frame, split, target, horizon)
         part = frame.loc[rows]
         if part.empty:
-            raise ValueError(f"no holdout rows for {target} h={horizon}")
-        predicted = estimator.predict(part)
-        observed = part[label_column(target, horizon)].to_numpy()
-        scores.setdefault(target, {})[str(horizon)] = score(
-            target,
-            observed,
-            predicted,
-            part[persistence_column(target)].to_numpy(),
-            part[seasonal_column(target, horizon)].to_numpy(),
-        )
+            continue
         predictions.append(
             pd.DataFrame(
                 {
@@ -338,13 +359,47 @@ def evaluate_models(
                     "issue_time": part["time"].to_numpy(),
                     "target": target,
                     "horizon": horizon,
-                    "observed": observed,
-                    "predicted": predicted,
-                    "persistence": part[persistence_column(target)].to_numpy(),
+                    "observed": part[label_column(target, horizon)].to_numpy(np.float64),
+                    "predicted": estimator.predict(part),
+                    "persistence": part[persistence_column(target)].to_numpy(np.float64),
+                    "seasonal": part[seasonal_column(target, horizon)].to_numpy(np.float64),
                 }
             )
         )
-    return scores, pd.concat(predictions, ignore_index=True)
+    if not predictions:
+        return pd.DataFrame(columns=["location_id", "issue_time", "target", "horizon",
+                                     "observed", "predicted", "persistence", "seasonal"])
+    return pd.concat(predictions, ignore_index=True)
+
+
+def score_predictions(
+    models: Sequence[tuple[str, int]], predictions: pd.DataFrame,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Scores per target and horizon of :func:`holdout_predictions` (all parts together)."""
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    groups = dict(list(predictions.groupby(["target", "horizon"], sort=False)))
+    for target, horizon in models:
+        part = groups.get((target, horizon))
+        if part is None or part.empty:
+            raise ValueError(f"no holdout rows for {target} h={horizon}")
+        scores.setdefault(target, {})[str(horizon)] = score(
+            target,
+            part["observed"].to_numpy(),
+            part["predicted"].to_numpy(),
+            part["persistence"].to_numpy(),
+            part["seasonal"].to_numpy(),
+        )
+    return scores
+
+
+def evaluate_models(
+    models: dict[tuple[str, int], Pipeline],
+    frame: pd.DataFrame,
+    split: Split,
+) -> tuple[dict[str, dict[str, dict[str, float]]], pd.DataFrame]:
+    """Scores per target and horizon, and the holdout predictions (for plots)."""
+    predictions = holdout_predictions(models, frame, split)
+    return score_predictions(list(models), predictions), predictions
 
 
 def predict_latest(

@@ -221,7 +221,26 @@ def raw_lock_path(raw_dir: Path) -> Path:
 
 @contextlib.contextmanager
 def _dvc_write_lock(raw_dir: Path, timeout_s: float):
-    """DVC's own read/write lock on ``data/raw``, taken as a writer.
+    with _dvc_rwlock(raw_dir, timeout_s, write=True):
+        yield
+
+
+@contextlib.contextmanager
+def dvc_read_lock(raw_dir: Path, timeout_s: float = RAW_LOCK_TIMEOUT_S):
+    """DVC's read/write lock on ``data/raw`` taken as a reader, as a DVC stage holds it.
+
+    Held around work done outside ``dvc repro`` that ``dvc commit`` then records (a mapped
+    preprocess: the check that every partition is of the current raw data, and the commit):
+    raw writes wait, other readers (DVC commands included) do not. No-op outside a DVC
+    repository.
+    """
+    with _dvc_rwlock(raw_dir, timeout_s, write=False):
+        yield
+
+
+@contextlib.contextmanager
+def _dvc_rwlock(raw_dir: Path, timeout_s: float, write: bool):
+    """DVC's own read/write lock on ``data/raw``, taken as a writer (or a reader).
 
     DVC holds a read entry on a stage's dependencies for the whole stage (hashing before, the
     command, hashing after), and ``dvc add data`` a write entry. Taking a write entry here makes
@@ -239,11 +258,14 @@ def _dvc_write_lock(raw_dir: Path, timeout_s: float):
 
     tmp_dir = ensure_dir(root / ".dvc" / "tmp")
     deadline = time.monotonic() + timeout_s
-    cmd = f"aq-forecast: writing {Path(raw_dir).resolve()} (pid {os.getpid()})"
+    what = "writing" if write else "reading"
+    cmd = f"aq-forecast: {what} {Path(raw_dir).resolve()} (pid {os.getpid()})"
+    paths = [str(Path(raw_dir).resolve())]
     delay = 0.1
     while True:
         try:
-            lock = rwlock(str(tmp_dir), localfs, cmd, [], [str(Path(raw_dir).resolve())], False)
+            lock = rwlock(str(tmp_dir), localfs, cmd, [] if write else paths,
+                          paths if write else [], False)
             lock.__enter__()
             break
         except LockError as exc:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from pipeline.context import Context
 from pipeline.core.backtest import (
+    KEY_COLUMNS,
     Window,
     forecast,
     nested_by_horizon,
@@ -32,12 +33,19 @@ from pipeline.core.backtest import (
     score_tables,
 )
 from pipeline.core.models import BOOSTING_KEYS, fit_one
-from pipeline.errors import PipelineError, RegistryError
+from pipeline.errors import MissingInputError, PipelineError, RegistryError
+from pipeline.io.feature_store import location_batches
 from pipeline.io.metrics import StepRun
 from pipeline.io.plots import write_backtest_charts
 from pipeline.io.registry import ModelBundle, Registry, load_bundle
 from pipeline.io.storage import atomic_write_json, atomic_write_parquet, atomic_write_text
-from pipeline.steps.common import features_from_raw, load_validated_raw, require
+from pipeline.steps.common import (
+    feature_spec_of,
+    features_from_raw,
+    load_validated_raw,
+    newest_stored,
+    require,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,11 @@ def resolve_window(ctx: Context, start, end, newest: pd.Timestamp) -> Window:
         return Window(start.floor("h"), end.ceil("h"))
     except ValueError as exc:
         raise BacktestError(str(exc)) from None
+
+
+def window_start(spec, first_origin: pd.Timestamp) -> pd.Timestamp:
+    """The first raw hour the window's feature rows read (with a day to spare)."""
+    return first_origin - pd.Timedelta(hours=spec.warmup_hours + 24)
 
 
 def model_settings(metadata: dict, target: str, horizon: int) -> dict:
@@ -127,9 +140,11 @@ def run(ctx: Context, start=None, end=None, model: str | None = None,
         targets = list(meta["targets"])
         horizons = sorted(int(h) for h in meta["horizons"])
 
-        checked = load_validated_raw(ctx)
-        valid = checked.valid
-        newest = valid["time"].max()
+        newest = newest_stored(ctx)
+        if newest is None:
+            raise MissingInputError(f"no raw data for source {ctx.params.source.kind!r} in "
+                                    f"{ctx.paths.raw_dir}: run `python -m pipeline ingest` "
+                                    "first")
         window = resolve_window(ctx, start, end, newest)
         if window.start > newest:
             raise BacktestError(f"window {window.describe()} starts after the newest "
@@ -144,33 +159,59 @@ def run(ctx: Context, start=None, end=None, model: str | None = None,
                 f"start the window at {cutoff + pd.Timedelta(hours=max(horizons)):%Y-%m-%d %H:%M}"
                 f" or later, or refit during the backtest (--refit-every DAYS)")
         codes = meta["location_codes"]
-        frame = features_from_raw(ctx, valid, codes)
-        missing = [f for f in meta["features"] if f not in frame.columns]
-        if missing:
-            raise BacktestError(f"model {meta['version']} needs features not built from "
-                                f"params.yaml: {missing[:8]}")
         features = list(meta["features"])
         refits = refit_origins(window, horizons, every)
         params_model = (meta.get("params") or {}).get("model", {})
         max_rows = params_model.get("max_train_rows", ctx.params.model.max_train_rows)
         seed = params_model.get("random_state", ctx.params.model.random_state)
         fitted: dict[tuple[str, int, pd.Timestamp], object] = {}
-
-        def model_for(target: str, horizon: int, begin: pd.Timestamp):
-            if every is None:
-                return bundle.models[(target, horizon)]
-            key = (target, horizon, begin)
-            if key not in fitted:
-                fitted[key] = fit_one(frame, features, target, horizon,
-                                      model_settings(meta, target, horizon), begin, max_rows,
-                                      seed)
-            return fitted[key]
+        if every is None:
+            # the model as trained: only the window (and the history its first features
+            # need) is read, a batch of locations at a time
+            reads = window_start(feature_spec_of(meta), first_origin)
+            batches = location_batches(ctx.params.location_ids, ctx.settings.batch_locations)
+        else:
+            # refits learn from all history before each refit origin: every location at once
+            reads, batches = None, [ctx.params.location_ids]
 
         log.info("backtest: %s with %s (%s), %d refit(s)", window.describe(), meta["version"],
                  which, len(refits) if every is not None else 0)
+        pieces, rows_in = [], 0
+        for locations in batches:
+            try:
+                valid = load_validated_raw(ctx, start=reads, locations=locations).valid
+            except MissingInputError:
+                continue
+            valid = valid[valid["time"] < window.end].reset_index(drop=True)
+            rows_in += len(valid)
+            frame = features_from_raw(ctx, valid, codes)
+            missing = [f for f in meta["features"] if f not in frame.columns]
+            if missing:
+                raise BacktestError(f"model {meta['version']} needs features not built from "
+                                    f"params.yaml: {missing[:8]}")
+
+            def model_for(target: str, horizon: int, begin: pd.Timestamp, frame=frame):
+                if every is None:
+                    return bundle.models[(target, horizon)]
+                key = (target, horizon, begin)
+                if key not in fitted:
+                    fitted[key] = fit_one(frame, features, target, horizon,
+                                          model_settings(meta, target, horizon), begin,
+                                          max_rows, seed)
+                return fitted[key]
+
+            try:
+                pieces.append(forecast(frame, window, targets, horizons, model_for, refits,
+                                       meta.get("intervals")))
+            except ValueError as exc:
+                if "no feature rows forecast into" not in str(exc):
+                    raise BacktestError(str(exc)) from exc
+        if not pieces:
+            raise BacktestError(f"no feature rows forecast into {window.describe()}: is there "
+                                "data before and in the window?")
+        predictions = pd.concat(pieces, ignore_index=True).sort_values(
+            list(KEY_COLUMNS), ignore_index=True)
         try:
-            predictions = forecast(frame, window, targets, horizons, model_for, refits,
-                                   meta.get("intervals"))
             tables = score_tables(predictions)
         except ValueError as exc:
             raise BacktestError(str(exc)) from exc
@@ -195,7 +236,7 @@ def run(ctx: Context, start=None, end=None, model: str | None = None,
             directory = ctx.paths.root / directory
         write_outputs(directory, predictions, tables, report, summary)
         push(metrics, scores)
-        metrics.rows(rows_in=len(valid), rows_out=len(predictions))
+        metrics.rows(rows_in=rows_in, rows_out=len(predictions))
         print(summary)
         log.info("backtest: %d forecasts -> %s", len(predictions), directory)
     return report

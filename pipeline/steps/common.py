@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ from pipeline.config import FeatureConfig
 from pipeline.context import Context
 from pipeline.core.features import FeatureSettings, FeatureSpec, build_features, location_codes
 from pipeline.core.validation import ValidationResult, validate
-from pipeline.errors import MissingInputError
+from pipeline.errors import MissingInputError, PipelineError
 from pipeline.io.storage import newest_observation, raw_files, read_raw
 
 
@@ -34,10 +35,26 @@ def timezones(ctx: Context) -> dict[str, str]:
     return {loc.id: loc.timezone for loc in ctx.params.locations}
 
 
-def load_validated_raw(ctx: Context, start: pd.Timestamp | None = None) -> ValidationResult:
+def parse_locations(ctx: Context, locations: str | Sequence[str]) -> list[str]:
+    """Location ids from ``a,b,c`` (or a list), each one of params.yaml's; else an error."""
+    wanted = [w.strip() for w in locations.split(",")] if isinstance(locations, str) \
+        else [str(w) for w in locations]
+    wanted = [w for w in wanted if w]
+    known = set(ctx.params.location_ids)
+    unknown = [w for w in wanted if w not in known]
+    if unknown or not wanted:
+        raise PipelineError(f"--locations: unknown location id(s) {unknown or wanted}; "
+                            f"params.yaml has {len(known)} ({', '.join(sorted(known)[:10])}"
+                            f"{', ...' if len(known) > 10 else ''})")
+    return wanted
+
+
+def load_validated_raw(ctx: Context, start: pd.Timestamp | None = None,
+                       locations: Sequence[str] | None = None) -> ValidationResult:
     """Stored rows of the configured source, re-validated (nothing is trusted blindly)."""
     source = ctx.params.source.kind
-    raw = read_raw(ctx.paths.raw_dir, source, ctx.params.location_ids, start=start)
+    raw = read_raw(ctx.paths.raw_dir, source,
+                   ctx.params.location_ids if locations is None else locations, start=start)
     if raw.empty:
         raise MissingInputError(
             f"no raw data for source {source!r} in {ctx.paths.raw_dir}: "
@@ -66,6 +83,15 @@ def data_version(ctx: Context) -> dict[str, str | None]:
     return {"dvc_md5": dvc_md5, "raw_content_sha256": digest.hexdigest()}
 
 
+def newest_stored(ctx: Context) -> pd.Timestamp | None:
+    """The newest stored hour over every configured location (``history_days`` counts back
+    from it, the same for every batch)."""
+    newest = [newest_observation(ctx.paths.raw_dir, ctx.params.source.kind, loc)
+              for loc in ctx.params.location_ids]
+    newest = [t for t in newest if t is not None]
+    return max(newest) if newest else None
+
+
 def require(path: Path, produced_by: str) -> Path:
     if not Path(path).exists():
         raise MissingInputError(f"{path} not found: run `python -m pipeline {produced_by}` first")
@@ -73,12 +99,14 @@ def require(path: Path, produced_by: str) -> Path:
 
 
 def recent_window_start(
-    ctx: Context, spec: FeatureSpec, extra_hours: int = 48
+    ctx: Context, spec: FeatureSpec, extra_hours: int = 48,
+    locations: Sequence[str] | None = None,
 ) -> pd.Timestamp | None:
-    """Start of the raw window that covers every location's latest features."""
+    """Start of the raw window that covers every location's (or these ``locations``')
+    latest features."""
     newest = [
         newest_observation(ctx.paths.raw_dir, ctx.params.source.kind, loc)
-        for loc in ctx.params.location_ids
+        for loc in (ctx.params.location_ids if locations is None else locations)
     ]
     newest = [t for t in newest if t is not None]
     if not newest:

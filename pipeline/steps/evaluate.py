@@ -9,7 +9,10 @@ import pandas as pd
 
 from pipeline.context import Context
 from pipeline.core.intervals import LOWER, UPPER, add_uncertainty
-from pipeline.core.models import Split, evaluate_models
+from pipeline.core.models import Split, score_predictions
+from pipeline.errors import PipelineError
+from pipeline.io.feature_store import FeatureStore
+from pipeline.io.holdout import holdout_predictions_of
 from pipeline.io.metrics import StepRun
 from pipeline.io.registry import load_bundle
 from pipeline.io.storage import atomic_write_json, atomic_write_text
@@ -78,11 +81,16 @@ def push_scores(metrics: StepRun, scores: dict) -> None:
 def run(ctx: Context) -> dict:
     with ctx.reporter.step("evaluate") as metrics:
         bundle = load_bundle(require(ctx.paths.candidate_dir, "train"))
-        frame = pd.read_parquet(require(ctx.paths.features, "preprocess"))
+        store = FeatureStore(require(ctx.paths.features, "preprocess"),
+                             ctx.settings.batch_locations)
         meta = bundle.metadata
         split = Split(pd.Timestamp(meta["holdout_start"]),
                       pd.Timestamp(meta["train_end"]) if meta.get("train_end") else None)
-        scores, predictions = evaluate_models(bundle.models, frame, split)
+        predictions = holdout_predictions_of(store, bundle.models, split)
+        try:
+            scores = score_predictions(list(bundle.models), predictions)
+        except ValueError as exc:
+            raise PipelineError(f"evaluate: {exc}") from None
         add_coverage(scores, predictions, meta.get("intervals"))
         holdout = meta.get("holdout") or {"start": meta["holdout_start"]}
         report = {
@@ -99,7 +107,8 @@ def run(ctx: Context) -> dict:
         })
         write_plots(ctx, predictions)
         push_scores(metrics, scores)
-        metrics.rows(rows_in=len(frame), rows_out=len(predictions))
+        metrics.rows(rows_in=int(predictions[["location_id", "issue_time"]]
+                                 .drop_duplicates().shape[0]), rows_out=len(predictions))
         for target, by_h in scores.items():
             for h, s in by_h.items():
                 log.info("evaluate %s h=%s: MAE %.3f persistence %.3f skill %.3f", target, h,

@@ -12,6 +12,8 @@ what it serves is recorded next to what ``params.yaml`` asks for.
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,11 +23,12 @@ from pipeline.core.aqi import aqi, category
 from pipeline.core.intervals import exceedance_next_24h
 from pipeline.core.models import predict_latest
 from pipeline.core.quality import input_problems
-from pipeline.errors import PipelineError
+from pipeline.errors import MissingInputError, PipelineError
+from pipeline.io.feature_store import location_batches
 from pipeline.io.forecast_metrics import export_forecasts
 from pipeline.io.metrics import StepRun
 from pipeline.io.registry import ModelBundle
-from pipeline.io.storage import atomic_write_json, atomic_write_parquet
+from pipeline.io.storage import atomic_write_json, atomic_write_parquet, read_state_json
 from pipeline.steps.common import (
     feature_spec_of,
     features_from_raw,
@@ -78,18 +81,23 @@ def withheld_reasons(quality: pd.DataFrame, targets: list[str], min_completeness
     return reasons
 
 
-def issue_forecasts(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict:
-    """Forecast every location the champion can honestly forecast; write and report them."""
+def forecast_batch(ctx: Context, bundle: ModelBundle, locations: list[str]
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+    """Forecasts of ``locations`` whose inputs are honest enough, from a bounded raw window.
+
+    Returns (forecasts, input quality per location with data, why each withheld location
+    is withheld). Only these locations' recent raw rows are read: memory grows with the
+    batch, not with the number of locations.
+    """
     meta = bundle.metadata
-    p = ctx.params
     targets = sorted({t for t, _ in bundle.models})
-    horizons = sorted({h for _, h in bundle.models})
-    if targets != sorted(p.targets) or horizons != sorted(p.horizons):
-        log.warning("champion %s serves targets %s at horizons %s h; params.yaml asks for %s at "
-                    "%s h: what differs waits for the next promoted model", meta["version"],
-                    targets, horizons, sorted(p.targets), sorted(p.horizons))
     spec = feature_spec_of(meta)
-    checked = load_validated_raw(ctx, start=recent_window_start(ctx, spec))
+    reasons: dict[str, str] = {}
+    try:
+        checked = load_validated_raw(ctx, start=recent_window_start(ctx, spec, locations=locations),
+                                     locations=locations)
+    except MissingInputError:
+        return pd.DataFrame(), pd.DataFrame(), {loc: "no stored observations" for loc in locations}
     features = features_from_raw(ctx, checked.valid, meta["location_codes"], with_labels=False,
                                  spec=spec)
     latest = features.sort_values("time").groupby("location_id", sort=True).tail(1)
@@ -98,12 +106,124 @@ def issue_forecasts(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict
         raise PipelineError(f"champion {meta['version']} needs features that were not built: "
                             f"{missing[:8]}")
     quality = input_quality(latest, checked.valid, meta["features"], targets)
-    cfg = p.forecast
-    reasons = withheld_reasons(quality, targets, cfg.min_input_completeness,
-                               cfg.max_hours_since_observation)
-    for location in p.location_ids:
+    cfg = ctx.params.forecast
+    reasons.update(withheld_reasons(quality, targets, cfg.min_input_completeness,
+                                    cfg.max_hours_since_observation))
+    for location in locations:
         if location not in set(quality["location_id"]):
             reasons[location] = "no stored observations"
+    kept = latest[~latest["location_id"].isin(reasons)]
+    if kept.empty:
+        return pd.DataFrame(), quality, reasons
+    # with the model's calibration: 80 % interval and AQI-category probabilities per row
+    forecasts = with_aqi(predict_latest(bundle.models, kept, meta.get("intervals")))
+    by_location = quality.set_index("location_id")
+    forecasts["input_completeness"] = forecasts["location_id"].map(
+        by_location["input_completeness"]).to_numpy()
+    forecasts["hours_since_observation"] = [
+        by_location.at[loc, f"hours_since_{target}"]
+        for loc, target in zip(forecasts["location_id"], forecasts["target"], strict=True)
+    ]
+    forecasts["model_version"] = meta["version"]
+    return forecasts, quality, reasons
+
+
+def issue_forecasts(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict:
+    """Forecast every location the champion can honestly forecast, a batch of locations at a
+    time (``AQ_BATCH_LOCATIONS``); write and report them."""
+    forecasts, quality, reasons = [], [], {}
+    for batch in location_batches(ctx.params.location_ids, ctx.settings.batch_locations):
+        made, inputs, withheld = forecast_batch(ctx, bundle, batch)
+        forecasts.append(made)
+        quality.append(inputs)
+        reasons.update(withheld)
+    return publish(ctx, bundle, forecasts, quality, reasons, metrics)
+
+
+# --- a mapped run: batches on any worker write pending results, one task publishes them --
+
+
+def pending_dir(ctx: Context) -> Path:
+    return ctx.paths.predictions_dir / "pending"
+
+
+def clear_pending(ctx: Context) -> None:
+    """Forget the results of batches a failed earlier run left behind."""
+    shutil.rmtree(pending_dir(ctx), ignore_errors=True)
+
+
+def write_pending(ctx: Context, bundle: ModelBundle, locations: list[str]) -> int:
+    """One batch of a mapped run: its forecasts and input quality, one file per location."""
+    forecasts, quality, reasons = forecast_batch(ctx, bundle, locations)
+    version = bundle.metadata["version"]
+    for location in locations:
+        rows = forecasts[forecasts["location_id"] == location] if len(forecasts) else forecasts
+        inputs = quality[quality["location_id"] == location] if len(quality) else quality
+        directory = pending_dir(ctx) / f"location={location}"
+        if len(rows):
+            atomic_write_parquet(directory / "forecasts.parquet", rows.reset_index(drop=True))
+        if len(inputs):
+            atomic_write_parquet(directory / "inputs.parquet", inputs.reset_index(drop=True))
+        # written last: a location with this file has its other files
+        atomic_write_json(directory / "status.json", {
+            "model_version": version, "withheld": reasons.get(location),
+            "forecasts": bool(len(rows)), "inputs": bool(len(inputs))})
+    return len(forecasts)
+
+
+def publish_pending(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict:
+    """Combine every location's pending batch result into the run's forecasts."""
+    version = bundle.metadata["version"]
+    forecasts, quality, reasons = [], [], {}
+    missing, other = [], []
+    for location in ctx.params.location_ids:
+        directory = pending_dir(ctx) / f"location={location}"
+        status_path = directory / "status.json"
+        if not status_path.is_file():
+            missing.append(location)
+            continue
+        status = read_state_json(status_path, "pending forecast status",
+                                 "run the predict batches again")
+        if status.get("model_version") != version:
+            other.append(f"{location} ({status.get('model_version')})")
+            continue
+        if status.get("forecasts"):
+            forecasts.append(pd.read_parquet(directory / "forecasts.parquet"))
+        if status.get("inputs"):
+            quality.append(pd.read_parquet(directory / "inputs.parquet"))
+        if status.get("withheld"):
+            reasons[location] = status["withheld"]
+    if missing or other:
+        raise PipelineError(
+            "predict --finalize: "
+            + (f"no batch result for {len(missing)} location(s): {', '.join(missing[:10])}; "
+               if missing else "")
+            + (f"batch results made with another champion than {version}: "
+               f"{', '.join(other[:10])}; " if other else "")
+            + "run `python -m pipeline predict --locations ...` for them, or the whole step")
+    report = publish(ctx, bundle, forecasts, quality, reasons, metrics)
+    clear_pending(ctx)
+    return report
+
+
+def publish(ctx: Context, bundle: ModelBundle, forecasts: list[pd.DataFrame],
+            quality: list[pd.DataFrame], reasons: dict[str, str], metrics: StepRun) -> dict:
+    """Write the run's forecasts, latest.parquet and the report; push the metrics."""
+    meta = bundle.metadata
+    p = ctx.params
+    targets = sorted({t for t, _ in bundle.models})
+    horizons = sorted({h for _, h in bundle.models})
+    if targets != sorted(p.targets) or horizons != sorted(p.horizons):
+        log.warning("champion %s serves targets %s at horizons %s h; params.yaml asks for %s at "
+                    "%s h: what differs waits for the next promoted model", meta["version"],
+                    targets, horizons, sorted(p.targets), sorted(p.horizons))
+    quality = [q for q in quality if len(q)]
+    if not quality:
+        raise MissingInputError(
+            f"no raw data for source {p.source.kind!r} in {ctx.paths.raw_dir}: "
+            "run `python -m pipeline ingest` first")
+    quality = pd.concat(quality, ignore_index=True).sort_values("location_id",
+                                                                ignore_index=True)
     for location, why in sorted(reasons.items()):
         log.warning("predict: no forecast for %s this run: %s", location, why)
     for row in quality.itertuples(index=False):
@@ -117,22 +237,18 @@ def issue_forecasts(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict
     for location in p.location_ids:
         metrics.set("aq_forecast_degraded", 1 if location in reasons else 0, location=location)
 
-    kept = latest[~latest["location_id"].isin(reasons)]
-    if kept.empty:
+    forecasts = [f for f in forecasts if len(f)]
+    if not forecasts:
         raise PipelineError(
             "no location has complete enough inputs for a forecast: "
             + "; ".join(f"{loc}: {why}" for loc, why in sorted(reasons.items()))
         )
-    # with the model's calibration: 80 % interval and AQI-category probabilities per row
-    forecasts = with_aqi(predict_latest(bundle.models, kept, meta.get("intervals")))
-    by_location = quality.set_index("location_id")
-    forecasts["input_completeness"] = forecasts["location_id"].map(
-        by_location["input_completeness"]).to_numpy()
-    forecasts["hours_since_observation"] = [
-        by_location.at[loc, f"hours_since_{target}"]
-        for loc, target in zip(forecasts["location_id"], forecasts["target"], strict=True)
-    ]
-    forecasts["model_version"] = meta["version"]
+    forecasts = pd.concat(forecasts, ignore_index=True)
+    order = {key: i for i, key in enumerate(bundle.models)}
+    forecasts = (forecasts.assign(_model=[order[(t, h)] for t, h in zip(
+        forecasts["target"], forecasts["horizon"], strict=True)])
+        .sort_values(["_model", "location_id"], kind="stable")
+        .drop(columns="_model").reset_index(drop=True))
     forecasts["created_at"] = now_utc()
     issue = forecasts["issue_time"].max()
     run_dir = ctx.paths.predictions_dir / f"run={issue:%Y-%m-%dT%H%MZ}"
@@ -149,7 +265,8 @@ def issue_forecasts(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict
                     location=row.location_id, target=row.target, category=row.category)
     metrics.set("aq_forecast_rows", len(forecasts))
     export_forecasts(metrics, forecasts)
-    metrics.rows(rows_in=len(checked.valid), rows_out=len(forecasts))
+    metrics.rows(rows_in=len(quality), rows_out=len(forecasts))
+    kept = forecasts["location_id"].nunique()
     report = {
         "model_version": meta["version"],
         "issue_time": issue.isoformat(),
@@ -165,6 +282,6 @@ def issue_forecasts(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict
     }
     atomic_write_json(ctx.paths.forecast_report, report)
     log.info("predict: %d forecasts for %d location(s) issued at %s with %s%s", len(forecasts),
-             kept["location_id"].nunique(), issue, meta["version"],
+             kept, issue, meta["version"],
              f"; withheld: {sorted(reasons)}" if reasons else "")
     return report

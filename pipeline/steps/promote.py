@@ -8,8 +8,10 @@ import logging
 import pandas as pd
 
 from pipeline.context import Context
-from pipeline.core.models import Split, evaluate_models
+from pipeline.core.models import Split, score_predictions
 from pipeline.errors import PipelineError
+from pipeline.io.feature_store import FeatureStore
+from pipeline.io.holdout import holdout_predictions_of
 from pipeline.io.registry import ModelBundle, Registry, push_champion
 from pipeline.io.storage import atomic_write_json, read_state_json, require_keys
 from pipeline.steps.common import require
@@ -17,17 +19,21 @@ from pipeline.steps.common import require
 log = logging.getLogger(__name__)
 
 
-def champion_scores(champion: ModelBundle, frame: pd.DataFrame, split: Split,
+def champion_scores(champion: ModelBundle, store: FeatureStore, split: Split,
                     wanted: set[tuple[str, int]]) -> tuple[dict | None, str | None]:
     """Re-score the champion on the candidate's holdout; (None, why) if it cannot be."""
-    missing = [f for f in champion.metadata["features"] if f not in frame.columns]
+    columns = set(store.columns())
+    missing = [f for f in champion.metadata["features"] if f not in columns]
     if missing:
         return None, f"champion needs features not built any more: {missing[:5]}"
     models = {key: m for key, m in champion.models.items() if key in wanted}
     if set(models) != wanted:
         return None, "champion does not cover every target x horizon of the candidate"
-    scores, _ = evaluate_models(models, frame, split)
-    return scores, None
+    predictions = holdout_predictions_of(store, models, split)
+    try:
+        return score_predictions(list(models), predictions), None
+    except ValueError as exc:
+        return None, f"champion cannot be scored on the candidate's holdout: {exc}"
 
 
 def decide(candidate: dict, champion: dict | None, min_skill: float,
@@ -92,10 +98,11 @@ def _gate(ctx: Context, registry: Registry, evaluation: dict, version: str) -> d
     if champion_version == version:
         note = "candidate is already the champion"
     elif champion_version is not None:
-        frame = pd.read_parquet(require(ctx.paths.features, "preprocess"))
+        store = FeatureStore(require(ctx.paths.features, "preprocess"),
+                             ctx.settings.batch_locations)
         split = Split(pd.Timestamp(evaluation["holdout_start"]))
         wanted = {(t, int(h)) for t, by_h in candidate.items() for h in by_h}
-        champ, note = champion_scores(registry.load_champion(), frame, split, wanted)
+        champ, note = champion_scores(registry.load_champion(), store, split, wanted)
         if champ is not None:
             champ = {t: {str(h): s for h, s in by_h.items()} for t, by_h in champ.items()}
     promoted, refusals = decide(candidate, champ, ctx.params.promotion.min_skill,

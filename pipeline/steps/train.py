@@ -20,20 +20,22 @@ from pipeline.core.intervals import COVERAGE, LEVELS
 from pipeline.core.models import Split, empty_features
 from pipeline.core.selection import SearchSpace, fit_horizon, validation_window
 from pipeline.errors import TrainingError
+from pipeline.io.feature_store import FeatureStore, time_before
 from pipeline.io.registry import save_bundle
 from pipeline.steps.common import data_version, require
 
 log = logging.getLogger(__name__)
 
 
-def holdout_split(ctx: Context, frame: pd.DataFrame) -> Split:
-    """The holdout of ``evaluation`` in params.yaml; refused (named) if it cannot be honoured."""
+def holdout_split(ctx: Context, counts: pd.DataFrame) -> Split:
+    """The holdout of ``evaluation`` in params.yaml (from the table's hour counts); refused
+    (named) if it cannot be honoured."""
     p = ctx.params
     start = p.evaluation.holdout_start
     setting = (f"evaluation.holdout_start={start}" if start is not None
                else f"evaluation.holdout_days={p.evaluation.holdout_days}")
     try:
-        return Split.for_holdout(frame, p.targets, p.horizons,
+        return Split.from_counts(counts, p.targets, p.horizons,
                                  start=None if start is None else pd.Timestamp(start),
                                  days=None if start is not None else p.evaluation.holdout_days)
     except ValueError as exc:
@@ -66,18 +68,39 @@ def usable_features(frame: pd.DataFrame, split: Split, targets: list[str]) -> tu
     return [f for f in features if f not in dropped], dropped
 
 
+def training_sample(ctx: Context, store: FeatureStore, counts: pd.DataFrame,
+                    split: Split) -> tuple[pd.DataFrame, dict]:
+    """The rows before the label cutoff, or a seeded uniform sample of ``model.max_train_rows``
+    of them, read by a dataset scan (never the whole table in memory)."""
+    p = ctx.params
+    rows_before = int(counts.loc[counts["time"] < split.label_cutoff, "rows"].sum())
+    budget = p.model.max_train_rows
+    rate = 1.0 if budget is None or rows_before <= budget else budget / rows_before
+    frame = store.sample(rate, p.model.random_state, filter=time_before(split.label_cutoff))
+    return frame, {"rows_before_cutoff": rows_before, "rate": round(rate, 6),
+                   "rows": int(len(frame)), "seed": p.model.random_state,
+                   "locations": int(frame["location_id"].nunique())}
+
+
 def run(ctx: Context) -> dict:
     with ctx.reporter.step("train") as metrics:
         p = ctx.params
-        frame = pd.read_parquet(require(ctx.paths.features, "preprocess"))
-        split = holdout_split(ctx, frame)
-        holdout = split.describe(frame, p.targets)
+        store = FeatureStore(require(ctx.paths.features, "preprocess"),
+                             ctx.settings.batch_locations)
+        counts = store.hour_counts(list(p.targets))
+        split = holdout_split(ctx, counts)
+        holdout = split.describe_counts(counts)
         log.info("train: holdout %s .. %s (%d days, %d rows); training labels before %s "
                  "(%d rows)", holdout["start"], holdout["end"], holdout["holdout_days"],
                  holdout["holdout_rows"], holdout["train_end"], holdout["train_rows"])
+        frame, sample = training_sample(ctx, store, counts, split)
+        if sample["rate"] < 1:
+            log.info("train: fitting on a seeded uniform sample of %d of the %d rows before %s "
+                     "(model.max_train_rows=%d)", sample["rows"], sample["rows_before_cutoff"],
+                     holdout["train_end"], p.model.max_train_rows)
         features, dropped = usable_features(frame, split, list(p.targets))
         space = search_space(ctx)
-        first = frame.loc[frame[list(p.targets)].notna().any(axis=1), "time"].min()
+        first = counts.loc[counts["observed"] > 0, "time"].min()
         total = len(p.targets) * len(p.horizons)
         fits = {}
         try:
@@ -92,7 +115,7 @@ def run(ctx: Context) -> dict:
                         bar.update()
         except ValueError as exc:
             raise TrainingError(str(exc)) from exc
-        training = frame[frame["time"] < split.label_cutoff]
+        training = frame
         by_model = {}
         for (target, horizon), fit in fits.items():
             by_model.setdefault(target, {})[str(horizon)] = fit
@@ -108,7 +131,8 @@ def run(ctx: Context) -> dict:
                 "holdout_start": split.holdout_start.isoformat(),
                 "train_end": split.label_cutoff.isoformat(),
                 "holdout": holdout,
-                "train_rows": int(len(training)),
+                "train_rows": sample["rows_before_cutoff"],
+                "train_sample": sample,
                 "settings": {t: {h: f.settings for h, f in by_h.items()}
                              for t, by_h in by_model.items()},
                 "selection": {t: {h: f.report for h, f in by_h.items()}
@@ -129,7 +153,7 @@ def run(ctx: Context) -> dict:
                                      "end": training["time"].max().isoformat()},
             },
         )
-        metrics.rows(rows_in=len(frame), rows_out=total)
+        metrics.rows(rows_in=int(counts["rows"].sum()), rows_out=total)
         log.info("train: candidate %s (%d models, %d features)", metadata["version"], total,
                  len(features))
     return metadata

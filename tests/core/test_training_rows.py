@@ -73,3 +73,20 @@ def test_max_train_rows_is_validated():
         parse_params(raw)
     raw["model"]["max_train_rows"] = None
     assert parse_params(raw).model.max_train_rows is None
+
+
+@pytest.mark.parametrize(("locations", "categorical"), [(255, True), (500, False)])
+def test_more_locations_than_boosting_takes_categories_still_train(locations, categorical):
+    """HistGradientBoosting takes at most 255 categories: up to that the location code is a
+    category, above it (500 places) an ordinary number, and the model trains either way."""
+    from pipeline.core.models import fit_one
+
+    frame = hourly_frame(6 * locations)
+    frame["location_code"] = np.arange(len(frame)) % locations
+    model = fit_one(frame, ["pm2_5_log", "x", "location_code"], "pm2_5", 1,
+                    {**ModelConfig(max_iter=5).base_settings(), "form": "log_change"},
+                    frame["time"].max(), None, 0)
+    boosting = model.named_steps["model"].estimator_
+    flags = boosting.is_categorical_  # None: no categorical input
+    assert (flags is not None and bool(flags[2])) is categorical
+    assert np.isfinite(model.predict(frame)).all()

@@ -11,9 +11,11 @@ quota must hold for the two workers together; then a clean stop.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,12 +38,13 @@ from tests.dags.airflow_harness import (
     retraining_two_ingestions_and_a_backfill_at_once,
     session_pids,
 )
-from tests.dags.conftest import make_dvc_project, seed_history, wait_until
+from tests.dags.conftest import make_dvc_project, run, seed_history, wait_until
 from tests.replay_server import ReplayServer, open_meteo_handler
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 INGEST_BATCH_SIZE = 4  # locations per mapped ingest task
+BATCH_LOCATIONS = 1  # locations per mapped preprocess / predict task
 OPEN_METEO_PATHS = ("/v1/air-quality", "/v1/forecast", "/v1/archive")
 
 
@@ -70,6 +73,7 @@ def celery_airflow(pushgateway, monkeypatch_module, replay):
     # only the runs the tests trigger: no scheduled run for the current hour or night
     monkeypatch_module.setenv("AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE", "False")
     monkeypatch_module.setenv("AQ_INGEST_BATCH_SIZE", str(INGEST_BATCH_SIZE))
+    monkeypatch_module.setenv("AQ_BATCH_LOCATIONS", str(BATCH_LOCATIONS))
     for path in OPEN_METEO_PATHS:  # the quota test's live source, answered on loopback
         name = path.rsplit("/", 1)[1].upper().replace("-", "_")
         monkeypatch_module.setenv(f"AQ_OPEN_METEO_{name}_URL", replay.url(path))
@@ -156,6 +160,56 @@ def test_retraining_two_ingestions_and_a_backfill_at_once_share_dvc_losing_nothi
     assert {ti["queue"] for ti in task_instances} == {"default"}
 
 
+def test_preprocess_and_predict_batches_spread_over_both_workers(celery_airflow, api):
+    """Six locations, one per batch: the mapped batches run on both workers, and the stages
+    they make up are recorded in dvc.lock as if `dvc repro` had run them."""
+    paths = celery_airflow["paths"]
+    root = paths.root
+    params = yaml.safe_load(paths.params.read_text())
+    kept = paths.params.read_text()
+    extra = [{"id": f"town{i}", "name": f"Town {i}", "latitude": 20.0 + 7 * i,
+              "longitude": -60.0 + 25 * i, "timezone": "UTC"} for i in range(4)]
+    params["locations"] = params["locations"][:2] + extra
+    paths.params.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        env = {**os.environ, "AQ_PROJECT_DIR": str(root)}
+        env.pop("AQ_PUSHGATEWAY_URL", None)
+        run([sys.executable, "-m", "pipeline", "backfill", "--locations",
+             ",".join(e["id"] for e in extra)], cwd=root, env=env)
+        run(["dvc", "add", "-q", "data"], cwd=root, env=env)
+        airflow_local.set_paused(paths, False, ["aq_retrain", "aq_predict"])
+        retrain = [("aq_retrain", api.trigger("aq_retrain", None))]
+        assert set(api.wait_finished(retrain).values()) == {"success"}, \
+            failure_report(paths, retrain)
+        predict = [("aq_predict", api.trigger("aq_predict", None))]
+        assert set(api.wait_finished(predict).values()) == {"success"}, \
+            failure_report(paths, predict)
+
+        for (dag_id, run_id), stage in ((retrain[0], "preprocess"), (predict[0], "predict")):
+            tis = [ti for ti in api.task_instances(dag_id, run_id)
+                   if ti["task_id"] == f"{stage}_batch"]
+            assert len(tis) == 6, stage
+            assert {ti["state"] for ti in tis} == {"success"}
+            assert {ti["hostname"] for ti in tis} == worker_hosts(), stage
+        ids = [loc["id"] for loc in params["locations"]]
+        assert sorted(p.name for p in (root / "build" / "features").iterdir()) == sorted(
+            f"location={i}" for i in ids)
+        # every location is forecast, or withheld with its reason (incomplete latest inputs)
+        latest = pd.read_parquet(paths.latest_predictions)
+        withheld = json.loads(paths.forecast_report.read_text())["withheld"]
+        assert set(latest["location_id"]) | set(withheld) == set(ids), withheld
+        assert not set(latest["location_id"]) & set(withheld)
+        assert len(set(latest["location_id"])) >= len(ids) - 1, withheld
+        assert not (paths.predictions_dir / "pending").exists()
+        status = run(["dvc", "status", "preprocess", "train", "evaluate", "promote", "predict"],
+                     cwd=root).stdout
+        assert "up to date" in status, status
+    finally:
+        paths.params.write_text(kept)
+        # aq_retrain stays as the scenario left it (unpaused): the stop test triggers it
+        airflow_local.set_paused(paths, True, ["aq_predict"])
+
+
 def test_a_providers_quota_holds_for_both_workers_together(celery_airflow, api, replay):
     """Open-Meteo at 2 requests/s for the whole deployment, with tasks running on two workers.
 
@@ -204,6 +258,7 @@ def test_a_providers_quota_holds_for_both_workers_together(celery_airflow, api, 
 def test_stop_leaves_nothing_behind_even_mid_run(celery_airflow, api):
     """Stopping while a task runs on a worker ends it, the workers, Airflow, Redis, PostgreSQL."""
     paths, ports = celery_airflow["paths"], celery_airflow["ports"]
+    airflow_local.set_paused(paths, False, ["aq_retrain"])  # if the scenario did not
     run_id = api.trigger("aq_retrain", None)
     wait_until(lambda: [ti for ti in api.task_instances("aq_retrain", run_id)
                         if ti["state"] == "running"], 120, interval=0.5,

@@ -21,8 +21,14 @@ EDGES = {
         ("plan_batches", "ingest"), ("ingest", "ingest_quality"),
         ("ingest_quality", "data_version"),
     },
-    "aq_retrain": {("preprocess", "train"), ("train", "evaluate"), ("evaluate", "promote")},
-    "aq_predict": {("champion_ready", "predict"), ("predict", "score"), ("score", "drift")},
+    "aq_retrain": {
+        ("plan_preprocess_batches", "preprocess_batch"), ("preprocess_batch", "preprocess"),
+        ("preprocess", "train"), ("train", "evaluate"), ("evaluate", "promote"),
+    },
+    "aq_predict": {
+        ("champion_ready", "plan_predict_batches"), ("plan_predict_batches", "predict_batch"),
+        ("predict_batch", "predict"), ("predict", "score"), ("score", "drift"),
+    },
     "aq_backtest": set(),
 }
 SINGLE_TASK = {"aq_backtest": "backtest"}
@@ -103,6 +109,17 @@ def test_ingestion_is_mapped_over_location_batches_and_emits_the_asset(bag):
     assert tasks["ingest"]["mapped"] is True
     assert [t for t, info in tasks.items() if info["outlets"]] == ["data_version"]
     assert tasks["data_version"]["outlets"] == ["aq_raw_data"]
+
+
+@pytest.mark.parametrize(("dag_id", "stage"), [("aq_retrain", "preprocess"),
+                                               ("aq_predict", "predict")])
+def test_preprocess_and_predict_are_mapped_over_location_batches(bag, dag_id, stage):
+    """The batches run anywhere (default pool); only the task recording the stage is DVC's."""
+    tasks = bag["dags"][dag_id]["tasks"]
+    assert tasks[f"{stage}_batch"]["mapped"] is True
+    assert tasks[f"{stage}_batch"]["pool"] == "default_pool"
+    assert tasks[stage]["mapped"] is False
+    assert tasks[stage]["pool"] == "dvc"
 
 
 def test_schedules(bag):

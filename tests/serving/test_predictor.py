@@ -10,6 +10,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.context import Context
+from pipeline.io.feature_store import FeatureStore
 from pipeline.io.registry import Registry, save_bundle
 from pipeline.settings import ServingSettings, Settings
 from serving import metrics
@@ -24,7 +25,7 @@ def champion(served_project):
 
 @pytest.fixture(scope="module")
 def feature_table(served_project, champion) -> pd.DataFrame:
-    return pd.read_parquet(served_project.paths.features)
+    return FeatureStore(served_project.paths.features).read()
 
 
 def test_served_predictions_equal_pipeline_predict_on_every_feature_row(served_project,

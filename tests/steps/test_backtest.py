@@ -12,10 +12,12 @@ import pandas as pd
 import pytest
 
 from pipeline.context import Context
+from pipeline.core.backtest import forecast, refit_origins
 from pipeline.io.registry import load_bundle
 from pipeline.io.storage import read_raw
 from pipeline.settings import Settings
 from pipeline.steps import backtest, evaluate, ingest, predict, preprocess, promote, train
+from pipeline.steps.common import features_from_raw, load_validated_raw
 from tests.conftest import make_project
 
 pytestmark = pytest.mark.slow  # trains models
@@ -188,6 +190,26 @@ def test_backtest_of_the_candidate_over_its_holdout(trained):
     evaluation = json.loads(ctx.paths.evaluation_report.read_text())["scores"]["pm2_5"]
     for h in ("1", "24"):
         assert scores[h]["mae"] == pytest.approx(evaluation[h]["mae"], rel=0.1)
+
+
+def test_a_backtest_read_by_location_batches_and_window_forecasts_as_the_whole_table(
+        trained, tmp_path):
+    """Backtest holds one batch of locations and only the history the window's first
+    features need, yet forecasts exactly what the model makes of the whole feature table."""
+    root, metadata = trained
+    ctx = Context.load(root, settings=Settings(batch_locations=1))
+    backtest.run(ctx, out=str(tmp_path / "batched"))
+    got = pd.read_parquet(tmp_path / "batched" / "predictions.parquet")
+
+    bundle = backtest.load_model(ctx, "candidate")
+    frame = features_from_raw(ctx, load_validated_raw(ctx).valid, metadata["location_codes"])
+    horizons = sorted(int(h) for h in metadata["horizons"])
+    window = backtest.resolve_window(ctx, None, None, frame["time"].max())
+    whole = forecast(frame, window, list(metadata["targets"]), horizons,
+                     lambda target, horizon, _: bundle.models[(target, horizon)],
+                     refit_origins(window, horizons, None), metadata.get("intervals"))
+    assert set(got["location_id"]) == {"berlin", "delhi"}
+    pd.testing.assert_frame_equal(got.drop(columns="model_version"), whole)
 
 
 def test_a_fixed_model_is_refused_a_window_it_has_seen(trained):
