@@ -20,14 +20,17 @@ def run(ctx: Context, locations: str | None = None, finalize_only: bool = False)
     if locations is not None and finalize_only:
         raise PipelineError("predict: give --locations (forecast one batch) or --finalize "
                             "(publish the batches), not both")
-    champion = Registry(ctx.paths).load_champion()
+    # everything that can fail runs inside the step's report (a predict before any champion
+    # must push its failure like any other step)
     if locations is not None:
-        chosen = parse_locations(ctx, locations)
         with ctx.reporter.step("predict_batch") as metrics:
+            chosen = parse_locations(ctx, locations)
+            champion = Registry(ctx.paths).load_champion()
             rows = write_pending(ctx, champion, chosen)
             metrics.rows(rows_out=rows)
         return {"locations": chosen, "rows": rows}
     with ctx.reporter.step("predict") as metrics:
+        champion = Registry(ctx.paths).load_champion()
         if finalize_only:
             return publish_pending(ctx, champion, metrics)
         return issue_forecasts(ctx, champion, metrics)

@@ -165,8 +165,8 @@ def run(ctx: Context, locations: str | None = None, finalize_only: bool = False)
         raise PipelineError("preprocess: give --locations (build those partitions) or "
                             "--finalize (combine them), not both")
     if locations is not None:
-        chosen = parse_locations(ctx, locations)
         with ctx.reporter.step("preprocess_batch") as metrics:
+            chosen = parse_locations(ctx, locations)
             rows = build(ctx, chosen)
             metrics.rows(rows_out=rows)
         return {"locations": chosen, "feature_rows": rows}
