@@ -25,6 +25,7 @@ from sklearn.pipeline import Pipeline
 from pipeline.core.counts import hour_counts
 from pipeline.core.features import (
     anchor_column,
+    columns_for_horizon,
     label_column,
     persistence_column,
     seasonal_column,
@@ -294,6 +295,7 @@ def fit_one(frame: pd.DataFrame, features: Sequence[str], target: str, horizon: 
             f"{label_cutoff:%Y-%m-%d %H:%M}: ingest more history or shorten the holdout"
         )
     rows = training_rows(eligible, max_rows, seed)
+    features = columns_for_horizon(features, horizon)  # its own target-hour features only
     columns = [frame.columns.get_loc(f) for f in features]
     inputs = frame.iloc[rows, columns]
     estimator = build_estimator(features, target, settings, categorical_inputs(inputs, features))
