@@ -585,6 +585,25 @@ def _trend(target: str, width: int) -> FeatureBlock:
     return FeatureBlock((f"{target}_trend{width}",), kernel, width - 1)
 
 
+def volatility_column(target: str) -> str:
+    return f"{target}_vol24"
+
+
+def _volatility(target: str) -> FeatureBlock:
+    """Root mean square of the hourly changes of log1p(level) over the last 24 hours: how
+    restless the series is now (it also scales the prediction interval, ``intervals.py``)."""
+    steps = np.arange(24, -1, -1, dtype=np.int64)
+
+    def kernel(g, pos, p, done):
+        change = np.diff(np.log1p(shifted(g.series[target], pos, steps)), axis=1)
+        known = ~np.isnan(change)
+        count = known.sum(axis=1)
+        square = np.where(known, change * change, 0.0).sum(axis=1)
+        return np.where(count >= 12, np.sqrt(square / np.maximum(count, 1)), np.nan)
+
+    return FeatureBlock((volatility_column(target),), kernel, 24)
+
+
 def _target_calendar(horizon: int) -> FeatureBlock:
     """The calendar (local hour and weekday) of the target hour ``t + h``."""
     names = ("hour_sin", "hour_cos", "dow_sin", "dow_cos", "is_weekend")
@@ -674,6 +693,7 @@ def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
         blocks.append(FeatureBlock(("precipitation_sum24",), _precipitation_sum24, 23))
     blocks.append(FeatureBlock(CALENDAR, _calendar))
     blocks.append(FeatureBlock(("location_code",), _location_code))
+    blocks += [_volatility(target) for target in spec.targets]
     if cfg.trend:
         blocks += [_trend(target, 24) for target in spec.targets]
     # features of the target hour, one set per horizon (columns_for_horizon)
