@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"feature sets, comma-separated: {', '.join(FEATURE_SETS)}")
     parser.add_argument("--timing", action="store_true",
                         help="also time `python -m pipeline backtest` (no refit, weekly refit)")
+    parser.add_argument("--refit-days", default="0,7",
+                        help="with --timing: the --refit-every values to time (0: no refit)")
     parser.add_argument("--out", type=Path, help="write the results as CSV")
     args = parser.parse_args(argv)
     print(machine(), flush=True)
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         results = quality(root, variants, args.days,
                           [f for f in args.features.split(",") if f]) if variants else []
         if args.timing:
-            results += timing(root, [0, 7])
+            results += timing(root, [float(d) for d in args.refit_days.split(",") if d])
     if args.out and results:
         pd.DataFrame(results).to_csv(args.out, index=False)
     return 0

@@ -65,10 +65,14 @@ def load_validated_raw(ctx: Context, start: pd.Timestamp | None = None,
 
 
 def load_forecasts(ctx: Context, start: pd.Timestamp | None = None,
-                   end: pd.Timestamp | None = None) -> pd.DataFrame:
-    """Stored weather forecasts of the configured source issued in ``[start, end)``,
-    re-validated (quarantined rows are left out); empty for a source without forecasts."""
-    raw = read_forecasts(ctx.paths.raw_dir, ctx.params.source.kind, ctx.params.location_ids,
+                   end: pd.Timestamp | None = None,
+                   locations: Sequence[str] | None = None) -> pd.DataFrame:
+    """Stored weather forecasts of the configured source issued in ``[start, end)``, of
+    ``locations`` (default: all configured), re-validated (quarantined rows are left out);
+    empty for a source without forecasts."""
+    wanted = ctx.params.location_ids if locations is None else \
+        [loc for loc in ctx.params.location_ids if loc in set(locations)]
+    raw = read_forecasts(ctx.paths.raw_dir, ctx.params.source.kind, wanted,
                          start=start, end=end)
     return validate_forecasts(raw, known_locations=ctx.params.location_ids).valid
 
@@ -81,8 +85,10 @@ def features_from_raw(ctx: Context, valid: pd.DataFrame, codes: dict[str, int] |
     forecasts = None
     if spec.config.forecast_weather and not valid.empty:
         # a run issued up to its longest lead before the first hour may still cover it
+        # (of the rows' locations only: a batch of locations reads its own forecasts)
         forecasts = load_forecasts(ctx, valid["time"].min() - pd.Timedelta(
-            hours=MAX_FORECAST_LEAD_H), valid["time"].max() + pd.Timedelta(hours=1))
+            hours=MAX_FORECAST_LEAD_H), valid["time"].max() + pd.Timedelta(hours=1),
+            locations=valid["location_id"].unique().tolist())
     return build_features(valid, spec, timezones(ctx), codes, with_labels, forecasts)
 
 
