@@ -40,6 +40,61 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_pipeline import machine, make_bench_project, step_env  # noqa: E402
 
+# feature sets (``--features``): which target-hour and trend columns a variant may use; every
+# set keeps the features of round 1 (lags, windows, co-pollutants, weather now, calendar now)
+FEATURE_GROUPS = {
+    "trend": lambda c: c.endswith("_trend24"),
+    "profiles": lambda c: any(k in c for k in ("_rel_daily_profile__h", "_rel_weekly_profile__h",
+                                               "_diurnal_shape__h")),
+    "calendar": lambda c: c.startswith("tt_"),
+    "forecast": lambda c: c.startswith("fc_"),
+}
+FEATURE_SETS = {
+    "none": (),
+    "trend": ("trend",),
+    "profiles": ("profiles",),
+    "calendar": ("calendar",),
+    "forecast": ("forecast",),
+    "forecast+trend": ("forecast", "trend"),
+    "forecast+profiles": ("forecast", "profiles"),
+    "forecast+trend+profiles": ("forecast", "trend", "profiles"),
+    "all": ("forecast", "trend", "profiles", "calendar"),
+    # an upper bound, never a result: the *observed* weather of the target hour in place of
+    # its forecast (perfect prognosis)
+    "perfect_prognosis": ("forecast", "trend", "profiles"),
+}
+
+
+def feature_set(features: list[str], name: str) -> list[str]:
+    groups = FEATURE_SETS[name]
+    return [f for f in features
+            if not any(test(f) for g, test in FEATURE_GROUPS.items() if g not in groups)]
+
+
+def perfect_prognosis(frame: pd.DataFrame, horizons: list[int]) -> pd.DataFrame:
+    """fc_<weather>__h<h> replaced by the observed weather at t + h (labelled upper bound)."""
+    from pipeline.schema import WEATHER
+
+    out = frame.copy()
+    by_location = out.groupby("location_id", sort=False)
+    for h in horizons:
+        for variable in WEATHER:
+            column = f"fc_{variable}__h{h}"
+            if column in out:
+                out[column] = by_location[variable].shift(-h)
+        if f"fc_wind_u__h{h}" in out:
+            speed = by_location["wind_speed_10m"].shift(-h)
+            rad = np.deg2rad(by_location["wind_direction_10m"].shift(-h))
+            out[f"fc_wind_u__h{h}"], out[f"fc_wind_v__h{h}"] = -speed * np.sin(rad), \
+                -speed * np.cos(rad)
+        if f"fc_precipitation_sum__h{h}" in out:
+            out[f"fc_precipitation_sum__h{h}"] = sum(
+                by_location["precipitation"].shift(-k).fillna(0.0) for k in range(1, h + 1))
+        if f"fc_lead__h{h}" in out:
+            out[f"fc_lead__h{h}"] = float(h)
+    return out
+
+
 HGB_VARIANTS = {
     "before": {"max_fits": 1, "base": {"loss": "squared_error"}},
     "absolute": {"max_fits": 1, "base": {"loss": "absolute_error"}},
@@ -48,6 +103,8 @@ HGB_VARIANTS = {
 
 
 def build_project(root: Path, n_locations: int | None, years: int) -> Path:
+    import yaml
+
     if n_locations:
         make_bench_project(root, n_locations, years)
     else:
@@ -58,6 +115,11 @@ def build_project(root: Path, n_locations: int | None, years: int) -> Path:
                         ignore=shutil.ignore_patterns("__pycache__"))
         for name in ("dvc.yaml", "params.yaml"):
             shutil.copy(REPO / name, root / name)
+    # every optional feature built, so that each feature set can pick its columns
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params.setdefault("features", {}).update(
+        {"target_calendar": True, "profiles": True, "trend": True})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for step in ("ingest", "preprocess"):
         subprocess.run([sys.executable, "-m", "pipeline", step], cwd=root, env=step_env(root),
                        check=True, capture_output=True)
@@ -86,9 +148,11 @@ def lightgbm_model(features, target, settings, objective):
 
 
 def fit_lightgbm(frame, features, target, horizon, settings, objective, cutoff, vstart):
-    from pipeline.core.features import label_column
+    from pipeline.core.features import columns_for_horizon, label_column
     from pipeline.core.intervals import calibrate
     from pipeline.core.models import eligible_rows
+
+    features = columns_for_horizon(features, horizon)
 
     def fit(label_cutoff):
         rows = eligible_rows(frame, target, horizon, label_cutoff)
@@ -103,7 +167,8 @@ def fit_lightgbm(frame, features, target, horizon, settings, objective, cutoff, 
     return fit(cutoff), calibration
 
 
-def quality(root: Path, variants: list[str], days: int) -> list[dict]:
+def quality(root: Path, variants: list[str], days: int,
+            feature_sets: list[str] = ("all",)) -> list[dict]:
     from pipeline.config import load_params
     from pipeline.core.backtest import Window, forecast, refit_origins, score_tables
     from pipeline.core.features import feature_columns
@@ -119,13 +184,17 @@ def quality(root: Path, variants: list[str], days: int) -> list[dict]:
     targets, horizons = list(params.targets), list(params.horizons)
     split = Split.for_holdout(frame, targets, horizons, days=days)
     window = Window(split.holdout_start, frame["time"].max() + pd.Timedelta(hours=1))
-    features = feature_columns(frame)
-    dropped = empty_features(frame, features, frame["time"] < split.label_cutoff)
-    features = [f for f in features if f not in dropped]
+    all_features = feature_columns(frame)
+    dropped = empty_features(frame, all_features, frame["time"] < split.label_cutoff)
+    all_features = [f for f in all_features if f not in dropped]
     s = params.model.selection
     vstart = validation_window(split.label_cutoff, frame["time"].min(), s.validation_days)
     results = []
-    for name in variants:
+    observed_frame = frame
+    for features_name, name in [(f, v) for f in feature_sets for v in variants]:
+        features = feature_set(all_features, features_name)
+        frame = (perfect_prognosis(observed_frame, horizons)
+                 if features_name == "perfect_prognosis" else observed_frame)
         started = time.process_time()
         wall = time.perf_counter()
         models, calibrations = {}, {}
@@ -158,10 +227,11 @@ def quality(root: Path, variants: list[str], days: int) -> list[dict]:
                                {"coverage": COVERAGE, "by_model": calibrations})
         table = score_tables(predictions)["horizon"]
         for record in table.to_dict("records"):
-            results.append({"variant": name, **record, "fit_cpu_s": round(fit_cpu, 1),
-                            "fit_wall_s": round(fit_wall, 1)})
-        print(f"{name}: " + " ".join(f"h{r['horizon']} {r['skill']:.3f}/{r['coverage']:.3f}"
-                                     for r in table.to_dict("records")),
+            results.append({"features": features_name, "variant": name, **record,
+                            "fit_cpu_s": round(fit_cpu, 1), "fit_wall_s": round(fit_wall, 1)})
+        print(f"{features_name} / {name}: "
+              + " ".join(f"h{r['horizon']} {r['skill']:.3f}/{r['coverage']:.3f}"
+                         for r in table.to_dict("records")),
               f"(fit {fit_wall:.0f} s wall, load {os.getloadavg()[0]:.1f})", flush=True)
     return results
 
@@ -213,17 +283,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--years", type=int, default=1)
     parser.add_argument("--days", type=int, default=60, help="backtest window: the last N days")
     parser.add_argument("--variants", default="before,absolute,selected,lightgbm_l2,lightgbm_l1")
+    parser.add_argument("--features", default="all",
+                        help=f"feature sets, comma-separated: {', '.join(FEATURE_SETS)}")
     parser.add_argument("--timing", action="store_true",
                         help="also time `python -m pipeline backtest` (no refit, weekly refit)")
+    parser.add_argument("--refit-days", default="0,7",
+                        help="with --timing: the --refit-every values to time (0: no refit)")
     parser.add_argument("--out", type=Path, help="write the results as CSV")
     args = parser.parse_args(argv)
     print(machine(), flush=True)
     with tempfile.TemporaryDirectory(prefix="aq-bench-backtest-") as tmp:
         root = args.project or build_project(Path(tmp) / "project", args.locations, args.years)
         variants = [v for v in args.variants.split(",") if v]
-        results = quality(root, variants, args.days) if variants else []
+        results = quality(root, variants, args.days,
+                          [f for f in args.features.split(",") if f]) if variants else []
         if args.timing:
-            results += timing(root, [0, 7])
+            results += timing(root, [float(d) for d in args.refit_days.split(",") if d])
     if args.out and results:
         pd.DataFrame(results).to_csv(args.out, index=False)
     return 0

@@ -37,6 +37,7 @@ from tests.replay_server import (  # noqa: E402
 )
 
 AQ, FORECAST, ARCHIVE = "/v1/air-quality", "/v1/forecast", "/v1/archive"
+PREVIOUS = "/previous-runs/v1/forecast"
 OWM = "/data/2.5/air_pollution"
 KEY = "bench-key"
 
@@ -68,7 +69,7 @@ def locations(n: int) -> list[dict]:
 def run_case(name: str, kind: str, n_locations: int, days: int, latency_s: float,
              source_overrides: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp, ReplayServer() as server:
-        for path in (AQ, FORECAST, ARCHIVE):
+        for path in (AQ, FORECAST, ARCHIVE, PREVIOUS):
             server.route(path, with_latency(open_meteo_handler(), latency_s))
         for path in (OWM, f"{OWM}/history", f"{OWM}/forecast"):
             server.route(path, with_latency(owm_handler(KEY), latency_s))
@@ -83,6 +84,7 @@ def run_case(name: str, kind: str, n_locations: int, days: int, latency_s: float
             open_meteo_air_quality_url=server.url(AQ),
             open_meteo_forecast_url=server.url(FORECAST),
             open_meteo_archive_url=server.url(ARCHIVE),
+            open_meteo_previous_runs_url=server.url(PREVIOUS),
             openweathermap_url=server.url(OWM),
             openweathermap_api_key=Secret(KEY),
             http_timeout_s=30.0,

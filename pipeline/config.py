@@ -19,7 +19,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.core.units import UnitError, check_unit
-from pipeline.schema import POLLUTANTS, VALUE_COLUMNS, WEATHER
+from pipeline.schema import (
+    COVARIATE_NAME,
+    MAX_COVARIATE_NAME,
+    POLLUTANTS,
+    VALUE_COLUMNS,
+    WEATHER,
+)
 
 Target = Literal["pm2_5", "pm10", "no2", "o3", "so2", "co"]
 
@@ -90,6 +96,13 @@ class OpenMeteoSource(_Strict):
     max_backoff_s: Annotated[float, Field(ge=0, le=600)] = 30.0
     # a 429 asking to wait longer than this (e.g. a daily quota) fails the run instead
     max_retry_after_s: Annotated[float, Field(ge=0, le=3600)] = 120.0
+    # weather forecasts for the target hours (docs/data-sources.md): the current run from the
+    # forecast API when a window reaches the present hour, and for past windows what was
+    # forecast 1 and 2 days before each hour (previous-runs API), taken as known this many
+    # hours after the model run (publication delay: the honest, conservative side)
+    forecasts: bool = True
+    forecast_hours: Annotated[int, Field(ge=1, le=384)] = 48
+    forecast_delay_hours: Annotated[int, Field(ge=0, le=23)] = 8
 
 
 class OpenWeatherMapSource(_Strict):
@@ -107,7 +120,21 @@ class OpenWeatherMapSource(_Strict):
 def _check_variables(names, where: str) -> None:
     unknown = sorted(set(names) - set(VALUE_COLUMNS))
     if unknown:
-        raise ValueError(f"{where}: unknown variable(s) {unknown}; known: {list(VALUE_COLUMNS)}")
+        raise ValueError(f"{where}: unknown variable(s) {unknown}; known: {list(VALUE_COLUMNS)} "
+                         "(another numeric column comes in under a name of your choosing with "
+                         "mapping.covariates)")
+
+
+def _check_covariate_names(names, where: str) -> None:
+    for name in names:
+        if not (isinstance(name, str) and COVARIATE_NAME.match(name)
+                and len(name) <= MAX_COVARIATE_NAME):
+            raise ValueError(f"{where}: covariate name {name!r} must be lower-case letters, "
+                             f"digits and single underscores, starting with a letter, at most "
+                             f"{MAX_COVARIATE_NAME} characters")
+        if name in VALUE_COLUMNS:
+            raise ValueError(f"{where}: {name!r} is a canonical variable: map it in "
+                             "mapping.columns (or mapping.parameters)")
 
 
 class CsvColumnMap(_Strict):
@@ -127,9 +154,14 @@ class CsvColumnMap(_Strict):
     value: str | None = None  # long layout: column holding the value
     unit: str | None = None  # long layout: column holding each row's unit
     parameters: dict[str, str] = {}  # long layout: file parameter name -> canonical variable
+    # extra numeric inputs under names of your choosing: name -> file column (wide layout) or
+    # parameter name (long layout); stored as cov_<name>, used like co-pollutants (value and
+    # lags), values as in the file (no unit conversion)
+    covariates: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _consistent(self) -> CsvColumnMap:
+        _check_covariate_names(self.covariates, "mapping.covariates")
         _check_variables(self.columns, "mapping.columns")
         _check_variables(self.units, "mapping.units")
         _check_variables(self.parameters.values(), "mapping.parameters")
@@ -190,8 +222,25 @@ class FeatureConfig(_Strict):
     co_pollutants: list[Target] = ["pm10", "no2", "o3", "co"]
     co_pollutant_lags: list[Annotated[int, Field(ge=1, le=24 * 14)]] = [1, 24]
     weather: list[str] = list(WEATHER)
+    # features of the target hour t + h, one set per horizon (docs/models.md): the weather
+    # forecast of these variables for t + h from the newest run issued by t ([] = none; a
+    # source without forecasts, such as CSV, leaves them empty and train drops them), ...
+    forecast_weather: list[str] = list(WEATHER)
+    target_calendar: bool = False  # ... the local hour and weekday of t + h, ...
+    profiles: bool = True  # ... the location's usual level at that hour of day and week
+    trend: bool = True  # the slope of log1p(level) over the last 24 hours
+    # extra numeric covariates (source.csv.mapping.covariates), each with its value and the
+    # co_pollutant_lags; null = every covariate the CSV mapping names
+    covariates: list[str] | None = None
 
-    @field_validator("weather")
+    @field_validator("covariates")
+    @classmethod
+    def _covariate_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            _check_covariate_names(value, "features.covariates")
+        return value
+
+    @field_validator("weather", "forecast_weather")
     @classmethod
     def _known_weather(cls, value: list[str]) -> list[str]:
         unknown = sorted(set(value) - set(WEATHER))
@@ -223,7 +272,10 @@ class SelectionConfig(_Strict):
     max_fits: Annotated[int, Field(ge=1, le=50)] = 6  # 1 = no search: the base settings
     max_rows: Annotated[int, Field(ge=1000, le=10**10)] | None = 150_000  # rows per search fit
     losses: Annotated[list[Loss], Field(min_length=1)] = ["squared_error", "absolute_error"]
-    forms: Annotated[list[Form], Field(min_length=1)] = ["log_change", "log_level", "change"]
+    # forms anchored at the level at the origin: a level form (log_level, level) cannot
+    # forecast above the levels it was trained on (a winter after a summer), and a validation
+    # window inside the training period cannot show it (docs/benchmarks.md, round 2)
+    forms: Annotated[list[Form], Field(min_length=1)] = ["log_change", "change"]
     regularisation: list[Regularisation] = [
         Regularisation(max_leaf_nodes=15, min_samples_leaf=200, l2_regularization=1.0),
         Regularisation(max_leaf_nodes=7, min_samples_leaf=800, l2_regularization=10.0),
@@ -348,6 +400,20 @@ class Params(_Strict):
         for name, values in (("targets", self.targets), ("horizons", self.horizons)):
             if len(set(values)) != len(values):
                 raise ValueError(f"{name}: duplicate values in {values}")
+        return self
+
+    @model_validator(mode="after")
+    def _covariates(self) -> Params:
+        """features.covariates resolved (null: the CSV mapping's), and each one mapped."""
+        mapped = list(self.source.csv.mapping.covariates) if self.source.kind == "csv" else []
+        wanted = self.features.covariates
+        if wanted is None:
+            return self.model_copy(update={"features": self.features.model_copy(
+                update={"covariates": mapped})})
+        unmapped = [c for c in wanted if c not in mapped]
+        if unmapped:
+            raise ValueError(f"features.covariates: {unmapped} not in "
+                             f"source.csv.mapping.covariates ({mapped or 'none mapped'})")
         return self
 
     @property

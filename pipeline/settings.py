@@ -77,6 +77,7 @@ class Settings:
     open_meteo_air_quality_url: str = "https://air-quality-api.open-meteo.com/v1/air-quality"
     open_meteo_forecast_url: str = "https://api.open-meteo.com/v1/forecast"
     open_meteo_archive_url: str = "https://archive-api.open-meteo.com/v1/archive"
+    open_meteo_previous_runs_url: str = "https://previous-runs-api.open-meteo.com/v1/forecast"
     openweathermap_url: str = "https://api.openweathermap.org/data/2.5/air_pollution"
     # "plain": no timestamp on log lines (a task log that stamps each line itself)
     log_format: str = "timestamped"
@@ -108,6 +109,8 @@ class Settings:
             or defaults.open_meteo_forecast_url,
             open_meteo_archive_url=env.get("AQ_OPEN_METEO_ARCHIVE_URL")
             or defaults.open_meteo_archive_url,
+            open_meteo_previous_runs_url=env.get("AQ_OPEN_METEO_PREVIOUS_RUNS_URL")
+            or defaults.open_meteo_previous_runs_url,
             openweathermap_url=env.get("AQ_OPENWEATHERMAP_URL") or defaults.openweathermap_url,
             log_format="plain" if env.get("AQ_LOG_FORMAT") == "plain" else defaults.log_format,
             rate_limit_redis_url=Secret(env.get("AQ_RATE_LIMIT_REDIS_URL", "")),

@@ -34,11 +34,13 @@ from pipeline.core.features import (
 )
 from pipeline.errors import ArtifactIntegrityError, RegistryError
 from pipeline.io.registry import Registry
-from pipeline.io.storage import raw_files
+from pipeline.io.storage import forecast_files, raw_files
+from pipeline.schema import MAX_FORECAST_LEAD_H
 from pipeline.settings import ServingSettings
 from pipeline.steps.common import (
     feature_spec,
     feature_spec_of,
+    load_forecasts,
     load_validated_raw,
     recent_window_start,
 )
@@ -94,7 +96,8 @@ class ServingState:
     model: ServedModel | None = None
     not_ready: str = "starting: no champion loaded yet"
     forecasts: dict[str, BatchForecast] | None = None
-    history: dict[str, HourlyGrid] = field(default_factory=dict)
+    history: dict[str, HourlyGrid] = field(default_factory=dict)  # with weather-forecast runs
+    forecast_rows: pd.DataFrame | None = None  # the runs of the history (verification rows)
     _failed: tuple[str, float] | None = None  # (version, monotonic time) of the last failure
     _forecast_sig: Signature = field(default_factory=Signature)
     _history_sig: Signature = field(default_factory=Signature)
@@ -221,7 +224,7 @@ class ServingState:
         if not frames:
             return None
         built = build_features(pd.concat(frames, ignore_index=True), spec, self.timezones,
-                               codes, with_labels=False)
+                               codes, with_labels=False, forecasts=self.forecast_rows)
         return built[features].to_numpy(dtype=np.float64)
 
     # --- batch forecasts -------------------------------------------------------------------
@@ -252,31 +255,36 @@ class ServingState:
 
     def _refresh_history(self) -> None:
         p = self.ctx.params
-        sig = Signature.of(raw_files(self.ctx.paths.raw_dir, p.source.kind, p.location_ids))
+        observations = raw_files(self.ctx.paths.raw_dir, p.source.kind, p.location_ids)
+        sig = Signature.of(observations + forecast_files(self.ctx.paths.raw_dir, p.source.kind,
+                                                         p.location_ids))
         if sig == self._history_sig:
             return
         try:
-            history = self.load_history() if sig.entries else {}
+            history, runs = self.load_history() if observations else ({}, None)
         except Exception as exc:
             metrics.DATA_RELOADS.labels(kind="history", result="failure").inc()
             log.error("history not reloaded: %s; keeping the previous one", exc)
             self._history_sig = sig
             return
         self._history_sig = sig
-        self.history = history
+        self.history, self.forecast_rows = history, runs
         metrics.DATA_RELOADS.labels(kind="history", result="success").inc()
         if history:
             metrics.HISTORY_NEWEST.set(max(int(g.hours[-1]) for g in history.values()) * 3600)
 
-    def load_history(self) -> dict[str, HourlyGrid]:
-        """The last ``history_hours`` hours of every location, validated like the batch input."""
+    def load_history(self) -> tuple[dict[str, HourlyGrid], pd.DataFrame]:
+        """The last ``history_hours`` hours of every location, validated like the batch input,
+        with the weather-forecast runs that can cover the hours after them."""
         start = recent_window_start(self.ctx, self.spec, extra_hours=self.history_hours)
         checked = load_validated_raw(self.ctx, start=start)
+        runs = load_forecasts(self.ctx, start=None if start is None else start - pd.Timedelta(
+            hours=MAX_FORECAST_LEAD_H))
         out = {}
-        for grid in hourly_grids(checked.valid):
+        for grid in hourly_grids(checked.valid, runs):
             end = int(grid.hours[-1])
             out[grid.location_id] = window(grid, end - self.history_hours + 1, end)
-        return out
+        return out, runs
 
 
 def _grid_frame(grid: HourlyGrid) -> pd.DataFrame:

@@ -4,7 +4,8 @@ It binds 127.0.0.1 on a free port, replays scripted responses per path (status,
 headers, body, delay) and, when no script is left, answers from a route
 handler that builds the providers' documented response shapes:
 
-* Open-Meteo (air-quality, forecast, archive): one object per location, or a
+* Open-Meteo (air-quality, forecast, archive, previous runs with ``<variable>_previous_day<N>``):
+  one object per location, or a
   JSON array when ``latitude``/``longitude`` list several; ``hourly_units``;
   ``timeformat=unixtime|iso8601``; ``start_date``/``end_date``.
 * OpenWeatherMap Air Pollution (current, ``/forecast``, ``/history``):
@@ -229,12 +230,23 @@ OWM_COMPONENTS = {"co": "carbon_monoxide", "no2": "nitrogen_dioxide", "o3": "ozo
                   "so2": "sulphur_dioxide", "pm2_5": "pm2_5", "pm10": "pm10"}
 
 
+def base_variable(variable: str) -> tuple[str, int]:
+    """(variable, N) of an Open-Meteo previous-runs name ``<variable>_previous_day<N>``."""
+    name, sep, day = variable.rpartition("_previous_day")
+    return (name, int(day)) if sep and day.isdigit() else (variable, 0)
+
+
 def truth(variable: str, latitude: float, unix_s: int) -> float:
-    """The value the fake providers serve (Open-Meteo names; m/s, ug/m3, hPa...)."""
+    """The value the fake providers serve (Open-Meteo names; m/s, ug/m3, hPa...).
+
+    A previous-runs value (``_previous_day<N>``) is the same plus a forecast error of
+    N percent of the amplitude (what was forecast N days before the hour).
+    """
+    variable, day = base_variable(variable)
     mean, amplitude = _BASE[variable]
     hour = unix_s // 3600
     phase = (hour % 24) / 24 * 2 * math.pi + latitude / 10
-    return round(mean + amplitude * math.sin(phase), 3)
+    return round(mean + amplitude * (math.sin(phase) + 0.01 * day), 3)
 
 
 def hours(start_date: str, end_date: str) -> list[int]:
@@ -276,11 +288,12 @@ def open_meteo_location(latitude: float, longitude: float, variables: list[str],
     else:
         hourly["time"] = list(times)
     for var in variables:
-        unit = OPEN_METEO_UNITS.get(var, "")
+        base, _ = base_variable(var)
+        unit = OPEN_METEO_UNITS.get(base, "")
         series = [values(var, latitude, t) for t in times]
-        if var == "wind_speed_10m" and wind_speed_unit != "ms":
+        if base == "wind_speed_10m" and wind_speed_unit != "ms":
             series = [None if v is None else v * 3.6 for v in series]
-        elif var == "wind_speed_10m":
+        elif base == "wind_speed_10m":
             unit = "m/s"
         units[var] = unit
         hourly[var] = series

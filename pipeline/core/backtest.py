@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipeline.core.aqi import category_index
 from pipeline.core.features import label_column, persistence_column, seasonal_column
-from pipeline.core.intervals import LOWER, UPPER, add_uncertainty
+from pipeline.core.intervals import LOWER, UPPER, add_uncertainty, scale_columns
 
 KEY_COLUMNS = ("target", "horizon", "location_id", "origin", "target_time")
 
@@ -73,6 +73,7 @@ def forecast(
     from ``refit_origin`` to the next refit origin.
     """
     bounds = [*refits, pd.Timestamp.max.tz_localize("UTC")]
+    scaled_by = [c for c in scale_columns(uncertainty) if c in frame]
     pieces = []
     for target in targets:
         for horizon in horizons:
@@ -93,6 +94,7 @@ def forecast(
                     "persistence": part[persistence_column(target)].to_numpy(),
                     "seasonal_naive": part[seasonal_column(target, horizon)].to_numpy(),
                     "refit_origin": begin,
+                    **{c: part[c].to_numpy() for c in scaled_by},
                 }))
     if not pieces:
         raise ValueError(f"no feature rows forecast into {window.describe()}: "
@@ -100,7 +102,7 @@ def forecast(
     out = pd.concat(pieces, ignore_index=True)
     if uncertainty:
         out = add_uncertainty(out, uncertainty)
-    return out.sort_values(list(KEY_COLUMNS), ignore_index=True)
+    return out.drop(columns=scaled_by).sort_values(list(KEY_COLUMNS), ignore_index=True)
 
 
 def scorable(predictions: pd.DataFrame) -> pd.Series:

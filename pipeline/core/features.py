@@ -14,6 +14,12 @@ One implementation serves the batch pipeline and the online endpoint:
   position (:func:`build_features`, batch) or at the last position of a bounded window
   (:func:`latest_features`, serving), it gives the same value bit for bit.
 
+Features of the **target hour** (per horizon ``h``: the weather forecast issued at or before
+the origin for ``t + h``, the calendar of ``t + h``, the location's usual level at that hour of
+day and week) are columns named ``<name>__h<h>``; the model of horizon ``h`` uses the common
+columns and its own (:func:`columns_for_horizon`). Weather forecasts come with the grid
+(:class:`ForecastGrid`): only runs issued at or before an origin are ever read for it.
+
 To add a feature, add a block to :func:`feature_blocks` (its kernel receives the grid, the
 positions and the columns computed so far) and declare its ``lookback``; both paths follow.
 """
@@ -21,13 +27,22 @@ positions and the columns computed so far) and declare its ``lookback``; both pa
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from pipeline.schema import KEYS, POLLUTANTS, TIME_DTYPE, VALUE_COLUMNS, WEATHER
+from pipeline.schema import (
+    KEYS,
+    POLLUTANTS,
+    TIME_DTYPE,
+    VALUE_COLUMNS,
+    WEATHER,
+    covariate_column,
+    covariate_columns,
+)
 
 LABEL_PREFIX = "y__"
 PERSISTENCE_PREFIX = "base_persistence__"
@@ -51,6 +66,25 @@ def anchor_column(target: str) -> str:
     return f"{target}_log"
 
 
+_HORIZON_SUFFIX = re.compile(r"__h(\d+)$")
+
+
+def horizon_column(name: str, horizon: int) -> str:
+    """A feature of the target hour ``t + horizon`` (used by that horizon's model only)."""
+    return f"{name}__h{horizon}"
+
+
+def column_horizon(column: str) -> int | None:
+    """The horizon a target-hour feature belongs to; None for a feature of every horizon."""
+    match = _HORIZON_SUFFIX.search(column)
+    return int(match.group(1)) if match else None
+
+
+def columns_for_horizon(columns: Sequence[str], horizon: int) -> list[str]:
+    """The inputs of the model of ``horizon``: common columns and its own target-hour ones."""
+    return [c for c in columns if column_horizon(c) in (None, int(horizon))]
+
+
 @dataclass(frozen=True)
 class FeatureSettings:
     """What the features are built from: plain values (``params.yaml``'s ``features``)."""
@@ -60,13 +94,26 @@ class FeatureSettings:
     co_pollutants: tuple[str, ...] = ("pm10", "no2", "o3", "co")
     co_pollutant_lags: tuple[int, ...] = (1, 24)
     weather: tuple[str, ...] = WEATHER
+    # target-hour features (per horizon): weather forecast variables, calendar, usual profile
+    forecast_weather: tuple[str, ...] = WEATHER
+    target_calendar: bool = False
+    profiles: bool = True
+    trend: bool = True
+    covariates: tuple[str, ...] = ()  # extra numeric inputs (stored as cov_<name>)
 
     @classmethod
     def of(cls, config: object) -> FeatureSettings:
-        """From any object with these attributes (e.g. ``pipeline.config.FeatureConfig``)."""
+        """From any object with these attributes (e.g. ``pipeline.config.FeatureConfig``);
+        an attribute it lacks (a model trained before the setting existed) is off."""
         if isinstance(config, cls):
             return config
-        return cls(**{name: tuple(getattr(config, name)) for name in cls.__dataclass_fields__})
+        values = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            if spec.type in ("bool", bool):
+                values[name] = bool(getattr(config, name, False))
+            else:
+                values[name] = tuple(getattr(config, name, None) or ())
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -92,16 +139,106 @@ class FeatureSpec:
 
 
 @dataclass(frozen=True)
+class ForecastGrid:
+    """One location's weather forecasts: the runs issued at ``issues`` (hours since the Unix
+    epoch, ascending), each an array over leads 0..``max_lead`` per variable (NaN: none)."""
+
+    issues: np.ndarray
+    series: Mapping[str, np.ndarray]  # variable -> (len(issues), max_lead + 1)
+
+    @property
+    def max_lead(self) -> int:
+        first = next(iter(self.series.values()), None)
+        return -1 if first is None else first.shape[1] - 1
+
+    def __len__(self) -> int:
+        return len(self.issues)
+
+    @classmethod
+    def from_rows(cls, issue_hours: np.ndarray, valid_hours: np.ndarray,
+                  values: Mapping[str, np.ndarray]) -> ForecastGrid:
+        """Rows (issue hour, valid hour, values) as runs x leads; leads < 1 are left out."""
+        issue_hours = np.asarray(issue_hours, dtype=np.int64)
+        lead = np.asarray(valid_hours, dtype=np.int64) - issue_hours
+        keep = lead >= 1
+        issues, row = np.unique(issue_hours[keep], return_inverse=True)
+        max_lead = int(lead[keep].max()) if keep.any() else 0
+        series = {}
+        for name in WEATHER:
+            table = np.full((len(issues), max_lead + 1), np.nan)
+            if name in values:
+                table[row, lead[keep]] = np.asarray(values[name], dtype=np.float64)[keep]
+            series[name] = table
+        return cls(issues, series)
+
+    def since(self, hour: int) -> ForecastGrid:
+        """The runs issued at or after ``hour`` (a bounded window for the online path)."""
+        keep = self.issues >= hour
+        return ForecastGrid(self.issues[keep], {k: v[keep] for k, v in self.series.items()})
+
+    def until(self, hour: int) -> ForecastGrid:
+        """The runs issued at or before ``hour`` (what was known then)."""
+        keep = self.issues <= hour
+        return ForecastGrid(self.issues[keep], {k: v[keep] for k, v in self.series.items()})
+
+    @functools.cached_property
+    def known(self) -> np.ndarray:
+        """(run, lead) cells with at least one forecast value."""
+        cells = [~np.isnan(v) for v in self.series.values()]
+        return np.logical_or.reduce(cells) if cells else np.zeros((0, 1), dtype=bool)
+
+    def at(self, origins: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """(run row, lead) of the newest run issued at or before each origin that forecasts
+        the hour ``origin + horizon``; row -1 where no run does.
+
+        Usually the newest run; an older one when the newest lacks the hour (its leads stop
+        short, or a provider that gives one lead per valid hour, such as Open-Meteo's
+        previous-runs archive).
+        """
+        origins = np.asarray(origins, dtype=np.int64)
+        row = np.searchsorted(self.issues, origins, side="right") - 1
+        lead = np.zeros(len(origins), dtype=np.int64)
+        found = np.full(len(origins), -1, dtype=np.int64)
+        if not len(self.issues):
+            return found, lead
+        target = origins + horizon
+        todo = row >= 0
+        while todo.any():
+            lead_now = target[todo] - self.issues[row[todo]]
+            in_range = lead_now <= self.max_lead
+            index = np.flatnonzero(todo)
+            usable = in_range & (lead_now >= 1)
+            hit = np.zeros(len(index), dtype=bool)
+            hit[usable] = self.known[row[index[usable]], lead_now[usable]]
+            found[index[hit]] = row[index[hit]]
+            lead[index[hit]] = lead_now[hit]
+            # older runs only have longer leads: stop where this one is already out of range
+            todo[index[hit | ~in_range]] = False
+            row[index[~hit & in_range]] -= 1
+            todo &= row >= 0
+        return found, lead
+
+    def values(self, name: str, row: np.ndarray, lead: np.ndarray) -> np.ndarray:
+        out = np.full(len(row), np.nan)
+        ok = row >= 0
+        if ok.any():
+            out[ok] = self.series[name][row[ok], lead[ok]]
+        return out
+
+
+@dataclass(frozen=True)
 class HourlyGrid:
     """One location's history: one row per UTC hour from ``start`` on, gaps are NaN.
 
     ``hours`` are hours since the Unix epoch; ``series`` maps each canonical variable to a
-    float64 array of the same length.
+    float64 array of the same length; ``forecasts`` are the weather forecasts of the location
+    (None: the source has none).
     """
 
     location_id: str
     hours: np.ndarray
     series: Mapping[str, np.ndarray]
+    forecasts: ForecastGrid | None = None
 
     def __len__(self) -> int:
         return len(self.hours)
@@ -123,7 +260,7 @@ class HourlyGrid:
         if len(np.unique(index)) != len(index):
             raise ValueError(f"duplicate hours for location {location_id!r}")
         series = {}
-        for name in VALUE_COLUMNS:
+        for name in (*VALUE_COLUMNS, *covariate_columns(values)):
             column = np.full(n, np.nan)
             if name in values:
                 column[index] = np.asarray(values[name], dtype=np.float64)[keep]
@@ -132,7 +269,9 @@ class HourlyGrid:
 
 
 def window(grid: HourlyGrid, start: int, end: int) -> HourlyGrid:
-    """A copy of the grid's hours ``start..end`` (NaN where it has none)."""
+    """A copy of the grid's hours ``start..end`` (NaN where it has none), with the forecast
+    runs that can still cover an hour after ``start`` (an origin only ever reads the runs
+    issued by its own hour)."""
     n = max(end - start + 1, 0)
     first = int(grid.hours[0]) if len(grid) else start
     lo, hi = max(start, first), min(end, first + len(grid) - 1)
@@ -142,7 +281,10 @@ def window(grid: HourlyGrid, start: int, end: int) -> HourlyGrid:
         if hi >= lo:
             column[lo - start:hi - start + 1] = values[lo - first:hi - first + 1]
         series[name] = column
-    return HourlyGrid(grid.location_id, np.arange(start, start + n, dtype=np.int64), series)
+    forecasts = None if grid.forecasts is None else grid.forecasts.since(
+        start - max(grid.forecasts.max_lead, 0))
+    return HourlyGrid(grid.location_id, np.arange(start, start + n, dtype=np.int64), series,
+                      forecasts)
 
 
 def hour_numbers(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -157,13 +299,32 @@ def hour_times(hours: np.ndarray) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(stamps).tz_localize("UTC").astype(TIME_DTYPE)
 
 
-def hourly_grids(frame: pd.DataFrame) -> list[HourlyGrid]:
-    """One grid per location (sorted ids), from its first to its last row."""
+def hourly_grids(frame: pd.DataFrame, forecasts: pd.DataFrame | None = None,
+                 ) -> list[HourlyGrid]:
+    """One grid per location (sorted ids), from its first to its last row, with its weather
+    forecasts (``pipeline.schema.FORECAST_COLUMNS`` rows) when given."""
+    runs = forecast_grids(forecasts) if forecasts is not None else {}
     grids = []
+    names = (*VALUE_COLUMNS, *covariate_columns(frame.columns))
     for location_id, part in frame.groupby("location_id", sort=True):
-        values = {c: part[c].to_numpy(dtype=np.float64) for c in VALUE_COLUMNS if c in part}
-        grids.append(HourlyGrid.from_rows(str(location_id), hour_numbers(part["time"]), values))
+        values = {c: part[c].to_numpy(dtype=np.float64) for c in names if c in part}
+        grid = HourlyGrid.from_rows(str(location_id), hour_numbers(part["time"]), values)
+        if forecasts is not None:
+            grid = HourlyGrid(grid.location_id, grid.hours, grid.series,
+                              runs.get(grid.location_id, ForecastGrid.from_rows(
+                                  np.empty(0), np.empty(0), {})))
+        grids.append(grid)
     return grids
+
+
+def forecast_grids(forecasts: pd.DataFrame) -> dict[str, ForecastGrid]:
+    """One :class:`ForecastGrid` per location of a forecast frame."""
+    out = {}
+    for location_id, part in forecasts.groupby("location_id", sort=True):
+        out[str(location_id)] = ForecastGrid.from_rows(
+            hour_numbers(part["issue_time"]), hour_numbers(part["time"]),
+            {c: part[c].to_numpy(dtype=np.float64) for c in WEATHER if c in part})
+    return out
 
 
 # --- kernels: values at positions ``pos`` of a grid, NaN where history is missing --------------
@@ -293,15 +454,21 @@ class FeatureBlock:
     lookback: int = 0
 
 
+def _series(g: HourlyGrid, var: str) -> np.ndarray:
+    """A variable of the grid; all NaN when the data have none (a covariate not stored)."""
+    values = g.series.get(var)
+    return np.full(len(g), np.nan) if values is None else values
+
+
 def _value(var: str) -> FeatureBlock:
-    return FeatureBlock((var,), lambda g, pos, p, done: g.series[var][pos])
+    return FeatureBlock((var,), lambda g, pos, p, done: _series(g, var)[pos])
 
 
 def _lags(var: str, lags: Sequence[int]) -> FeatureBlock:
     steps = np.asarray(lags, dtype=np.int64)
 
     def kernel(g, pos, p, done):
-        return shifted(g.series[var], pos, steps)
+        return shifted(_series(g, var), pos, steps)
 
     return FeatureBlock(tuple(f"{var}_lag{lag}" for lag in lags), kernel, max(lags, default=0))
 
@@ -360,6 +527,135 @@ def _location_code(g, pos, p, done):
     return np.full(len(pos), p.code, dtype=np.float64)
 
 
+def _observed_mean(values: np.ndarray, min_count: int) -> np.ndarray:
+    """Row means of the observed values of (n, k) ``values``; NaN below ``min_count``."""
+    missing = np.isnan(values)
+    count = values.shape[1] - missing.sum(axis=1)
+    total = np.where(missing, 0.0, values).sum(axis=1)
+    return np.where(count >= min_count, total / np.maximum(count, 1), np.nan)
+
+
+def _profiles(target: str, horizon: int) -> FeatureBlock:
+    """The location's usual level at the target hour, from history known at the origin.
+
+    - ``rel_daily_profile``: the mean of the same hour of day over the last 7 days known
+      (``t + h - 24k``), relative to the level now (log1p);
+    - ``rel_weekly_profile``: the same hour of the same weekday over the last 4 weeks;
+    - ``diurnal_shape``: the daily profile against the mean of the last 7 days (how much
+      higher or lower that hour of day usually is, whatever the level now).
+    """
+    first_day = max(1, -(-horizon // 24))
+    daily = 24 * np.arange(first_day, first_day + 7, dtype=np.int64) - horizon
+    first_week = max(1, -(-horizon // 168))
+    weekly = 168 * np.arange(first_week, first_week + 4, dtype=np.int64) - horizon
+    columns = tuple(horizon_column(f"{target}_{name}", horizon)
+                    for name in ("rel_daily_profile", "rel_weekly_profile", "diurnal_shape"))
+
+    def kernel(g, pos, p, done):
+        x = g.series[target]
+        level = done[anchor_column(target)]
+        day = np.log1p(_observed_mean(shifted(x, pos, daily), 4))
+        week = np.log1p(_observed_mean(shifted(x, pos, weekly), 2))
+        mean = np.log1p(rolling_stats(x, pos, 168, 84)[0])
+        return np.stack([day - level, week - level, day - mean], axis=1)
+
+    return FeatureBlock(columns, kernel, int(max(daily.max(), weekly.max(), 167)))
+
+
+def _trend(target: str, width: int) -> FeatureBlock:
+    """Least-squares slope of log1p(level) per hour over the last ``width`` hours."""
+    steps = np.arange(width - 1, -1, -1, dtype=np.int64)
+    x = -steps.astype(np.float64)
+
+    def kernel(g, pos, p, done):
+        y = np.log1p(shifted(g.series[target], pos, steps))
+        known = ~np.isnan(y)
+        count = known.sum(axis=1)
+        xs = np.where(known, x[None, :], 0.0)
+        ys = np.where(known, y, 0.0)
+        n = np.maximum(count, 1)
+        xm = xs.sum(axis=1) / n
+        ym = ys.sum(axis=1) / n
+        dx = np.where(known, x[None, :] - xm[:, None], 0.0)
+        dy = np.where(known, y - ym[:, None], 0.0)
+        sxx = (dx * dx).sum(axis=1)
+        slope = (dx * dy).sum(axis=1) / np.where(sxx > 0, sxx, 1.0)
+        return np.where((count >= width // 2) & (sxx > 0), slope, np.nan)
+
+    return FeatureBlock((f"{target}_trend{width}",), kernel, width - 1)
+
+
+def volatility_column(target: str) -> str:
+    return f"{target}_vol24"
+
+
+def _volatility(target: str) -> FeatureBlock:
+    """Root mean square of the hourly changes of log1p(level) over the last 24 hours: how
+    restless the series is now (it also scales the prediction interval, ``intervals.py``)."""
+    steps = np.arange(24, -1, -1, dtype=np.int64)
+
+    def kernel(g, pos, p, done):
+        change = np.diff(np.log1p(shifted(g.series[target], pos, steps)), axis=1)
+        known = ~np.isnan(change)
+        count = known.sum(axis=1)
+        square = np.where(known, change * change, 0.0).sum(axis=1)
+        return np.where(count >= 12, np.sqrt(square / np.maximum(count, 1)), np.nan)
+
+    return FeatureBlock((volatility_column(target),), kernel, 24)
+
+
+def _target_calendar(horizon: int) -> FeatureBlock:
+    """The calendar (local hour and weekday) of the target hour ``t + h``."""
+    names = ("hour_sin", "hour_cos", "dow_sin", "dow_cos", "is_weekend")
+
+    def kernel(g, pos, p, done):
+        return calendar(g.hours[pos] + horizon, p.timezone)[:, :5]
+
+    return FeatureBlock(tuple(horizon_column(f"tt_{n}", horizon) for n in names), kernel)
+
+
+def _forecast(horizon: int, variables: Sequence[str]) -> FeatureBlock:
+    """The weather forecast for the target hour from the newest run issued by the origin.
+
+    Per variable its forecast value; the wind as a vector; the forecast precipitation summed
+    over the hours up to the target hour (rain on the way washes out); and the lead time
+    of the run used (older runs are less accurate). NaN without a run covering the hour.
+    """
+    wind = "wind_speed_10m" in variables and "wind_direction_10m" in variables
+    rain = "precipitation" in variables
+    names = [f"fc_{v}" for v in variables]
+    names += ["fc_wind_u", "fc_wind_v"] if wind else []
+    names += ["fc_precipitation_sum"] if rain else []
+    names += ["fc_lead"]
+    back = np.arange(horizon, dtype=np.int64)
+
+    def kernel(g, pos, p, done):
+        out = np.full((len(pos), len(names)), np.nan)
+        runs = g.forecasts
+        if runs is None or not len(runs):
+            return out
+        row, lead = runs.at(g.hours[pos], horizon)
+        for i, variable in enumerate(variables):
+            out[:, i] = runs.values(variable, row, lead)
+        j = len(variables)
+        if wind:
+            speed = runs.values("wind_speed_10m", row, lead)
+            rad = np.deg2rad(runs.values("wind_direction_10m", row, lead))
+            out[:, j], out[:, j + 1] = -speed * np.sin(rad), -speed * np.cos(rad)
+            j += 2
+        if rain:
+            ok = row >= 0
+            leads = lead[ok][:, None] - back[None, :]
+            hours = runs.series["precipitation"][row[ok][:, None], leads]
+            known = ~np.isnan(hours)
+            total = np.where(known, hours, 0.0).sum(axis=1)
+            out[ok, j] = np.where(known.any(axis=1), total, np.nan)
+        out[:, -1] = np.where(row >= 0, lead, np.nan)
+        return out
+
+    return FeatureBlock(tuple(horizon_column(n, horizon) for n in names), kernel)
+
+
 @functools.lru_cache(maxsize=64)
 def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
     """Every model input, in column order."""
@@ -385,6 +681,10 @@ def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
         blocks.append(_value(pollutant))
         if cfg.co_pollutant_lags:
             blocks.append(_lags(pollutant, cfg.co_pollutant_lags))
+    for name in dict.fromkeys(cfg.covariates):  # the user's own inputs, like co-pollutants
+        blocks.append(_value(covariate_column(name)))
+        if cfg.co_pollutant_lags:
+            blocks.append(_lags(covariate_column(name), cfg.co_pollutant_lags))
     for var in dict.fromkeys(cfg.weather):
         blocks.append(_value(var))
     if "wind_speed_10m" in cfg.weather and "wind_direction_10m" in cfg.weather:
@@ -393,6 +693,18 @@ def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
         blocks.append(FeatureBlock(("precipitation_sum24",), _precipitation_sum24, 23))
     blocks.append(FeatureBlock(CALENDAR, _calendar))
     blocks.append(FeatureBlock(("location_code",), _location_code))
+    blocks += [_volatility(target) for target in spec.targets]
+    if cfg.trend:
+        blocks += [_trend(target, 24) for target in spec.targets]
+    # features of the target hour, one set per horizon (columns_for_horizon)
+    forecast_weather = [v for v in WEATHER if v in cfg.forecast_weather]
+    for horizon in spec.horizons:
+        if cfg.profiles:
+            blocks += [_profiles(target, horizon) for target in spec.targets]
+        if cfg.target_calendar:
+            blocks.append(_target_calendar(horizon))
+        if forecast_weather:
+            blocks.append(_forecast(horizon, forecast_weather))
     return tuple(blocks)
 
 
@@ -444,18 +756,20 @@ def build_features(
     timezones: Mapping[str, str],
     location_codes: Mapping[str, int],
     with_labels: bool = True,
+    forecasts: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Features (and optionally labels and baselines) for every location and hour (batch).
 
     ``frame`` holds validated canonical rows; each location is put on a regular hourly grid
-    from its first to its last row, so that shifts are in hours, not rows.
+    from its first to its last row, so that shifts are in hours, not rows. ``forecasts``
+    (validated weather-forecast rows) feed the target-hour forecast features (NaN without).
     """
     blocks = feature_blocks(spec) + (label_blocks(spec) if with_labels else ())
     columns = [c for block in blocks for c in block.columns]
     parts: list[dict[str, np.ndarray]] = []
     ids: list[np.ndarray] = []
     hours: list[np.ndarray] = []
-    for grid in hourly_grids(frame):
+    for grid in hourly_grids(frame, forecasts):
         place = Place(timezones[grid.location_id], _code(location_codes, grid.location_id))
         parts.append(evaluate(blocks, grid, np.arange(len(grid)), place))
         ids.append(np.full(len(grid), grid.location_id, dtype=object))
@@ -539,6 +853,9 @@ def location_codes(location_ids: Sequence[str]) -> dict[str, int]:
 
 __all__ = [
     "FeatureBlock",
+    "ForecastGrid",
+    "columns_for_horizon",
+    "column_horizon",
     "FeatureSettings",
     "FeatureSpec",
     "HourlyGrid",

@@ -10,6 +10,13 @@ reaching concentration ``c`` (an AQI category boundary). Errors in log space sca
 with the level; they still differ between places (a polluted city's relative errors
 are smaller), so each location with enough calibration rows gets its own quantiles
 (Mondrian conformal prediction), and any other location the pooled ones.
+
+Locally adaptive: errors are larger when the series is restless, so each residual is
+divided by a scale known at the origin, ``max(volatility, floor) ** SCALE_POWER`` where the
+volatility is the RMS of the last 24 hourly log changes (the ``<target>_vol24`` feature),
+and the interval is ``log1p(p) + q * scale``. Without the division the intervals carry the
+calibration window's average restlessness into calmer or wilder weeks (docs/models.md has
+the coverage with the power 0, 0.5 and 1).
 """
 
 from __future__ import annotations
@@ -26,52 +33,95 @@ MIN_ROWS_PER_LOCATION = 200  # fewer calibration rows: the location uses the poo
 COVERAGE = 0.8  # the interval's nominal coverage
 LOWER, UPPER = "lower", "upper"
 PROBABILITY_PREFIX = "p_reach_"
+SCALE_POWER = 0.5  # errors grow with the recent volatility, less than proportionally
+SCALE_FLOOR = 0.02  # a volatility below this (a flat series) counts as this
 
 
-def residual_quantiles(observed, predicted) -> list[float]:
-    """Quantiles at ``LEVELS`` of log1p(observed) - log1p(predicted) (NaN pairs skipped)."""
+def scale_values(volatility, scale: Mapping | None) -> np.ndarray | float:
+    """Each row's scale from its volatility (1 without a ``scale`` in the calibration); an
+    unknown volatility takes the calibration window's median."""
+    if not scale:
+        return 1.0
+    values = np.asarray(volatility, float)
+    values = np.where(np.isfinite(values), values, scale["fill"])
+    return np.maximum(values, scale["floor"]) ** scale["power"]
+
+
+def residual_quantiles(observed, predicted, scale=1.0) -> list[float]:
+    """Quantiles at ``LEVELS`` of (log1p(observed) - log1p(predicted)) / scale (NaN skipped)."""
     observed = np.asarray(observed, float)
     predicted = np.clip(np.asarray(predicted, float), 0, None)
+    scale = np.broadcast_to(np.asarray(scale, float), observed.shape)
     keep = np.isfinite(observed) & np.isfinite(predicted)
     if keep.sum() < 20:
         raise ValueError(f"only {int(keep.sum())} calibration pairs: need at least 20")
-    residuals = np.log1p(np.clip(observed[keep], 0, None)) - np.log1p(predicted[keep])
+    residuals = (np.log1p(np.clip(observed[keep], 0, None)) - np.log1p(predicted[keep])) \
+        / scale[keep]
     return [round(float(q), 6) for q in np.quantile(residuals, LEVELS)]
 
 
-def calibrate(observed, predicted, locations) -> dict:
-    """Pooled quantiles, and per-location ones where a location has enough rows."""
+def calibrate(observed, predicted, locations, volatility=None,
+              scale_column: str | None = None) -> dict:
+    """Pooled quantiles, and per-location ones where a location has enough rows.
+
+    With ``volatility`` (each row's value of ``scale_column`` at its origin) the residuals
+    are scaled (locally adaptive); the scale's settings travel in the result.
+    """
     observed = np.asarray(observed, float)
     predicted = np.asarray(predicted, float)
     locations = np.asarray(locations)
+    scale = None
+    if volatility is not None:
+        known = np.asarray(volatility, float)
+        known = known[np.isfinite(known)]
+        scale = {"column": scale_column, "power": SCALE_POWER, "floor": SCALE_FLOOR,
+                 "fill": round(float(np.median(known)), 6) if len(known) else SCALE_FLOOR}
+    scales = np.broadcast_to(np.asarray(scale_values(volatility, scale), float),
+                             observed.shape)
     by_location = {}
     for location in sorted(set(locations.tolist())):
         mask = (locations == location) & np.isfinite(observed)
         if mask.sum() >= MIN_ROWS_PER_LOCATION:
-            by_location[str(location)] = residual_quantiles(observed[mask], predicted[mask])
-    return {"quantiles": residual_quantiles(observed, predicted),
-            "rows": int(np.isfinite(observed).sum()), "by_location": by_location}
+            by_location[str(location)] = residual_quantiles(observed[mask], predicted[mask],
+                                                            scales[mask])
+    out = {"quantiles": residual_quantiles(observed, predicted, scales),
+           "rows": int(np.isfinite(observed).sum()), "by_location": by_location}
+    if scale is not None:
+        out["scale"] = scale
+    return out
 
 
 def _quantile(quantiles, level: float) -> float:
     return float(np.interp(level, LEVELS, quantiles))
 
 
-def interval(predicted, quantiles, coverage: float = COVERAGE) -> tuple[np.ndarray, np.ndarray]:
+def interval(predicted, quantiles, coverage: float = COVERAGE,
+             scale=1.0) -> tuple[np.ndarray, np.ndarray]:
     """The central ``coverage`` interval around each forecast (clipped at 0)."""
     base = np.log1p(np.clip(np.asarray(predicted, float), 0, None))
     tail = (1 - coverage) / 2
-    lower = np.expm1(base + _quantile(quantiles, tail))
-    upper = np.expm1(base + _quantile(quantiles, 1 - tail))
+    lower = np.expm1(base + _quantile(quantiles, tail) * scale)
+    upper = np.expm1(base + _quantile(quantiles, 1 - tail) * scale)
     return np.clip(lower, 0, None), np.clip(upper, 0, None)
 
 
-def exceedance_probability(predicted, quantiles, threshold: float) -> np.ndarray:
+def exceedance_probability(predicted, quantiles, threshold: float, scale=1.0) -> np.ndarray:
     """P(value >= threshold) for each forecast; resolution 0.01 .. 0.99 (the levels)."""
     base = np.log1p(np.clip(np.asarray(predicted, float), 0, None))
-    needed = np.log1p(threshold) - base
+    needed = (np.log1p(threshold) - base) / scale
     below = np.interp(needed, quantiles, LEVELS, left=0.0, right=1.0)
     return np.round(1.0 - below, 4)
+
+
+def scale_columns(uncertainty: Mapping | None) -> list[str]:
+    """The feature columns the calibrations scale by (what a forecast table must carry)."""
+    columns = set()
+    for by_h in ((uncertainty or {}).get("by_model") or {}).values():
+        for calibration in by_h.values():
+            column = ((calibration or {}).get("scale") or {}).get("column")
+            if column:
+                columns.add(column)
+    return sorted(columns)
 
 
 def model_calibration(uncertainty: Mapping, target: str, horizon: int) -> Mapping | None:
@@ -96,7 +146,14 @@ def add_uncertainty(forecasts: pd.DataFrame, uncertainty: Mapping,
         quantiles = (calibration.get("by_location") or {}).get(location,
                                                               calibration["quantiles"])
         predicted = out.loc[index, value].to_numpy(dtype=float)
-        out.loc[index, LOWER], out.loc[index, UPPER] = interval(predicted, quantiles, coverage)
+        scale = calibration.get("scale")
+        if scale and scale["column"] not in out:
+            raise ValueError(f"the {target} h={horizon} interval scales by {scale['column']!r}: "
+                             "the forecasts must carry it")
+        scales = scale_values(out.loc[index, scale["column"]].to_numpy(dtype=float), scale) \
+            if scale else 1.0
+        out.loc[index, LOWER], out.loc[index, UPPER] = interval(predicted, quantiles, coverage,
+                                                                scales)
         try:
             thresholds = category_thresholds(target)
         except ValueError:
@@ -105,7 +162,8 @@ def add_uncertainty(forecasts: pd.DataFrame, uncertainty: Mapping,
             column = PROBABILITY_PREFIX + category
             if column not in out:
                 out[column] = np.nan
-            out.loc[index, column] = exceedance_probability(predicted, quantiles, threshold)
+            out.loc[index, column] = exceedance_probability(predicted, quantiles, threshold,
+                                                            scales)
     return out
 
 

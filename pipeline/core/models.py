@@ -25,11 +25,13 @@ from sklearn.pipeline import Pipeline
 from pipeline.core.counts import hour_counts
 from pipeline.core.features import (
     anchor_column,
+    columns_for_horizon,
     label_column,
     persistence_column,
     seasonal_column,
+    volatility_column,
 )
-from pipeline.core.intervals import add_uncertainty
+from pipeline.core.intervals import add_uncertainty, scale_columns
 from pipeline.core.scoring import score
 
 CATEGORICAL = ("location_code",)
@@ -294,8 +296,14 @@ def fit_one(frame: pd.DataFrame, features: Sequence[str], target: str, horizon: 
             f"{label_cutoff:%Y-%m-%d %H:%M}: ingest more history or shorten the holdout"
         )
     rows = training_rows(eligible, max_rows, seed)
-    columns = [frame.columns.get_loc(f) for f in features]
-    inputs = frame.iloc[rows, columns]
+    features = columns_for_horizon(features, horizon)  # its own target-hour features only
+    # a column with no value in these rows carries nothing (and fails scikit-learn's binning):
+    # e.g. weather forecasts stored only from a later date than a backtest's refit origin
+    inputs = frame.iloc[rows, [frame.columns.get_loc(f) for f in features]]
+    known = inputs.notna().any(axis=0).to_numpy()
+    if not known.all():
+        inputs = inputs.loc[:, known]
+        features = [f for f, k in zip(features, known, strict=True) if k]
     estimator = build_estimator(features, target, settings, categorical_inputs(inputs, features))
     try:
         estimator.fit(inputs, frame[label_column(target, horizon)].iloc[rows])
@@ -363,6 +371,10 @@ def holdout_predictions(
                     "predicted": estimator.predict(part),
                     "persistence": part[persistence_column(target)].to_numpy(np.float64),
                     "seasonal": part[seasonal_column(target, horizon)].to_numpy(np.float64),
+                    # what the interval scales by (intervals.py), for the holdout coverage
+                    **({volatility_column(target):
+                        part[volatility_column(target)].to_numpy(np.float64)}
+                       if volatility_column(target) in part else {}),
                 }
             )
         )
@@ -412,6 +424,7 @@ def predict_latest(
     interval and the probability of reaching each AQI category (``pipeline.core.intervals``).
     """
     rows = []
+    scaled_by = scale_columns(uncertainty)
     for (target, horizon), estimator in models.items():
         values = np.clip(estimator.predict(latest), 0, None)
         rows.append(
@@ -424,8 +437,11 @@ def predict_latest(
                     "horizon": horizon,
                     "value": values,
                     "persistence": latest[target].to_numpy(),
+                    **{c: latest[c].to_numpy() for c in scaled_by if c in latest},
                 }
             )
         )
     forecasts = pd.concat(rows, ignore_index=True)
-    return add_uncertainty(forecasts, uncertainty) if uncertainty else forecasts
+    if not uncertainty:
+        return forecasts
+    return add_uncertainty(forecasts, uncertainty).drop(columns=scaled_by, errors="ignore")

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from pipeline.core.features import label_column
+from pipeline.core.features import label_column, volatility_column
 from pipeline.core.intervals import calibrate
 from pipeline.core.models import eligible_rows, fit_one, staged_predictions
 from pipeline.core.scoring import mae
@@ -134,7 +134,10 @@ def fit_horizon(frame: pd.DataFrame, features: Sequence[str], target: str, horiz
                 current = candidate
     chosen = {**current, "max_iter": int(best_iter)}
     observed = frame.loc[valid, label_column(target, horizon)].to_numpy(dtype=float)
-    calibration = calibrate(observed, best_pred, frame.loc[valid, "location_id"].to_numpy())
+    volatility = volatility_column(target)
+    calibration = calibrate(
+        observed, best_pred, frame.loc[valid, "location_id"].to_numpy(),
+        *((frame.loc[valid, volatility].to_numpy(), volatility) if volatility in frame else ()))
     model = fit_one(frame, features, target, horizon, chosen, label_cutoff, max_rows, seed)
     times = frame.loc[valid, "time"]
     report = {

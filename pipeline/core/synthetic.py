@@ -541,6 +541,8 @@ def _weather(p: SiteProfile, clock: Clock, noise: _Noise) -> dict[str, np.ndarra
         "rh": rh,
         "surface_pressure": surface_pressure,
         "wet": wet,
+        "cloud_driver": cloud_driver,
+        "rain_driver": rain_driver,
     }
 
 
@@ -564,11 +566,26 @@ def generate(
     values (rounded like real instruments, with gaps as NaN and spikes as
     impossible values) keyed by canonical column name.
     """
-    p = profile or site_profile(location_id, latitude, longitude)
-    n = end_hour - start_hour
-    if n <= 0:
+    if end_hour - start_hour <= 0:
         return {col: np.empty(0) for col in VALUE_COLUMNS}
     drifts = [d for d in drifts if d.applies_to(location_id)]
+    hours, true, _, noise = _simulate(location_id, latitude, longitude, timezone, start_hour,
+                                      end_hour, seed, drifts, profile)
+    keep = slice(PAD_HOURS, None)
+    measured = _measure({k: v[keep] for k, v in true.items()}, noise, drifts, hours[keep])
+    _gaps_and_spikes(measured, noise, gap_rate, spike_rate, hours)
+    return measured
+
+
+def _simulate(location_id: str, latitude: float, longitude: float, timezone: str,
+              start_hour: int, end_hour: int, seed: int, drifts: Sequence[Drift],
+              profile: SiteProfile | None,
+              ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], _Noise]:
+    """The true (unmeasured) values of hours [start_hour - PAD_HOURS, end_hour).
+
+    Returns (hours, true values by canonical name, the weather's internal drivers, noise).
+    """
+    p = profile or site_profile(location_id, latitude, longitude)
     hours = np.arange(start_hour - PAD_HOURS, end_hour, dtype=np.int64)
     clock = make_clock(hours, latitude, longitude, timezone)
     noise = _Noise(seed, location_id, hours)
@@ -698,11 +715,122 @@ def generate(
         "so2": so2,
         "co": co,
     }
-    keep = slice(PAD_HOURS, None)
-    measured = _measure({k: v[keep] for k, v in true.items()}, noise, drifts, hours[keep])
-    _gaps_and_spikes(measured, noise, gap_rate, spike_rate, hours)
-    return measured
+    return hours, true, w, noise
 
+
+
+# ------------------------------------------------------------------ weather forecasts
+
+FORECAST_EVERY_H = 6  # a forecast run every 6 hours (00, 06, 12, 18 UTC), known at its issue hour
+FORECAST_MAX_LEAD_H = 48  # each run forecasts the 48 hours after its issue hour
+# Forecast error: standard deviation at lead 0 and its growth per day of lead, in the
+# variable's unit (wind speed: log scale, i.e. relative; cloud cover and precipitation: in
+# the units of the generator's cloud and rain drivers). Sized like station verification of
+# global weather models at 1-2 days (docs/data.md), not tuned to the pipeline's skill.
+FORECAST_ERROR = {
+    "temperature_2m": (1.0, 0.6),
+    "relative_humidity_2m": (6.0, 3.0),
+    "wind_speed_10m": (0.25, 0.10),
+    "wind_direction_10m": (20.0, 15.0),
+    "surface_pressure": (0.5, 0.9),
+    "cloud_cover": (0.45, 0.2),
+    "precipitation": (0.5, 0.25),
+}
+# errors of one run are smooth along valid time (a misplaced front, a wrong inversion)
+FORECAST_ERROR_SCALES = ((7, 0.6), (29, 0.8))
+_ISSUE_STRIDE = np.int64(1 << 24)  # separates the knots of different runs in the hash index
+
+
+def forecast_issues(start_hour: int, end_hour: int, every: int = FORECAST_EVERY_H) -> np.ndarray:
+    """Issue hours of the runs in [start_hour, end_hour): every ``every`` hours from 00 UTC."""
+    first = -(-int(start_hour) // every) * every
+    return np.arange(first, int(end_hour), every, dtype=np.int64)
+
+
+def _run_noise(key: int, issue: np.ndarray, valid: np.ndarray, period: int) -> np.ndarray:
+    """Value noise along valid time with knots of its own for every run (unit variance)."""
+    x = valid + (key % period)
+    knot = x // period
+    w = _catmull_rom_weights(period)[x - knot * period]
+    base = (issue // FORECAST_EVERY_H) * _ISSUE_STRIDE + knot
+    return sum(w[:, j] * hash_normal(key, base + (j - 1)) for j in range(4))
+
+
+def _run_error(key: int, issue: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    total = np.zeros(len(valid))
+    for period, weight in FORECAST_ERROR_SCALES:
+        total += weight * _run_noise(stream_key(key, period), issue, valid, period)
+    return total / np.sqrt(sum(w * w for _, w in FORECAST_ERROR_SCALES))
+
+
+def generate_forecasts(
+    location_id: str,
+    latitude: float,
+    longitude: float,
+    timezone: str,
+    start_hour: int,
+    end_hour: int,
+    *,
+    seed: int,
+    profile: SiteProfile | None = None,
+    max_lead: int = FORECAST_MAX_LEAD_H,
+) -> dict[str, np.ndarray]:
+    """Weather forecasts of the runs issued in UTC hours [start_hour, end_hour).
+
+    One row per run and lead 1..``max_lead``: ``issue`` and ``time`` (the valid hour), both
+    hours since 1970-01-01T00Z, and the seven weather variables. A forecast is the true
+    weather of its valid hour plus an error that grows with the lead time and is smooth
+    within a run; it never looks at the measured values (instrument noise, gaps and spikes
+    are the observations' own) and never changes them. Like the observations, a value
+    depends only on (seed, location, issue hour, valid hour), never on the window.
+    """
+    p = profile or site_profile(location_id, latitude, longitude)
+    issues = forecast_issues(start_hour, end_hour)
+    if not len(issues):
+        empty = np.empty(0, dtype=np.int64)
+        return {"issue": empty, "time": empty, **{v: np.empty(0) for v in WEATHER}}
+    hours, true, w, _ = _simulate(location_id, latitude, longitude, timezone,
+                                  int(issues[0]) + 1, int(issues[-1]) + max_lead + 1, seed, (),
+                                  p)
+    issue = np.repeat(issues, max_lead)
+    lead = np.tile(np.arange(1, max_lead + 1, dtype=np.int64), len(issues))
+    valid = issue + lead
+    at = valid - hours[0]
+    days = lead / 24.0
+
+    def error(variable: str) -> np.ndarray:
+        start, per_day = FORECAST_ERROR[variable]
+        key = stream_key(seed, location_id, "forecast_error", variable)
+        return (start + per_day * days) * _run_error(key, issue, valid)
+
+    speed = true["wind_speed_10m"][at]
+    calm = np.where(speed < 2.0, 2.0, 1.0)  # the direction of a light wind is hardly forecast
+    cloud_error = error("cloud_cover")
+    cloud_driver = w["cloud_driver"][at] + cloud_error
+    cloud = np.clip(100.0 * (1.3 * _sigmoid(1.5 * cloud_driver) - 0.15), 0.0, 100.0)
+    rain_driver = w["rain_driver"][at] + 0.75 * cloud_error + error("precipitation")
+    excess = np.maximum(rain_driver - p.rain_threshold, 0.0)
+    precip = np.where(cloud > 60.0, 1.2 * excess**1.4, 0.0)
+    values = {
+        "temperature_2m": true["temperature_2m"][at] + error("temperature_2m"),
+        "relative_humidity_2m": np.clip(
+            true["relative_humidity_2m"][at] + error("relative_humidity_2m"), 3.0, 100.0),
+        "wind_speed_10m": speed * np.exp(error("wind_speed_10m")),
+        "wind_direction_10m": np.mod(true["wind_direction_10m"][at]
+                                     + calm * error("wind_direction_10m"), 360.0),
+        "surface_pressure": true["surface_pressure"][at] + error("surface_pressure"),
+        "precipitation": np.where(precip < 0.05, 0.0, np.minimum(precip, 80.0)),
+        "cloud_cover": cloud,
+    }
+    out = {"issue": issue, "time": valid}
+    for name in WEATHER:
+        var = VARIABLES[name]
+        value = values[name]
+        if name == "wind_direction_10m":
+            out[name] = np.mod(np.round(value), 360.0)
+        else:
+            out[name] = np.round(np.clip(value, var.low, var.high), _ROUNDING[name])
+    return out
 
 def _episodes(p: SiteProfile, noise: _Noise, clock: Clock) -> np.ndarray:
     """Sum of episode shapes started on hashed days (rate by month), amplitude hashed."""

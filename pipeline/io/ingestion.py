@@ -29,12 +29,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.core.quality import IngestQuality, freshness_lag
-from pipeline.core.validation import validate
+from pipeline.core.validation import validate, validate_forecasts
 from pipeline.errors import IngestError
 from pipeline.io.forecast_metrics import export_observations, latest_observations
 from pipeline.io.metrics import StepRun
 from pipeline.io.sources import SourceStats, make_source
-from pipeline.io.sources.base import answered_without_data, time_chunks
+from pipeline.io.sources.base import answered_without_data, has_forecasts, time_chunks
 from pipeline.io.storage import (
     StateFileError,
     WriteReport,
@@ -45,6 +45,7 @@ from pipeline.io.storage import (
     raw_files,
     read_state_json,
     stored_times,
+    write_forecasts,
     write_raw,
 )
 from pipeline.schema import VALUE_COLUMNS
@@ -80,6 +81,8 @@ class IngestReport:
     chunks_skipped: int = 0
     rows_valid: int = 0
     rows_quarantined: int = 0
+    forecast_rows: int = 0  # weather-forecast rows stored (sources that have forecasts)
+    forecast_rows_quarantined: int = 0
     state_path: Path | None = None
     chunk_days: int = 0
     chunk_failures: dict[str, dict[str, str]] = field(default_factory=dict)  # chunk -> loc -> err
@@ -111,6 +114,7 @@ class IngestReport:
             "files_unchanged": len(self.write.unchanged),
             "rows_new": self.write.rows_new,
             "rows_valid": self.rows_valid,
+            "forecast_rows": self.forecast_rows,
             "chunks": self.chunks_fetched,
             "notes": list(self.notes),
             "catching_up": list(self.catching_up),
@@ -236,7 +240,8 @@ class Ingestion:
     def _store_chunk(self, locs: Sequence[Location], start: pd.Timestamp, end: pd.Timestamp,
                      run_id: str, report: IngestReport, tally: _Tally):
         result = self.source.fetch(locs, start, end)
-        checked = validate(result.frame, known_locations=self.ctx.params.location_ids)
+        checked = validate(result.frame, known_locations=self.ctx.params.location_ids,
+                           time_notes=result.time_notes)
         write = write_raw(self.ctx.paths.raw_dir, self.source.name, checked.valid)
         append_quarantine(self.ctx.paths.ingest_quarantine_dir, self.source.name,
                           checked.quarantine, run_id)
@@ -245,7 +250,30 @@ class Ingestion:
         report.chunks_fetched += 1
         report.rows_valid += len(checked.valid)
         report.rows_quarantined += len(checked.quarantine)
+        if has_forecasts(self.source):
+            self._store_forecasts(locs, start, end, run_id, report)
         return checked, result.failures
+
+    def _store_forecasts(self, locs: Sequence[Location], start: pd.Timestamp,
+                         end: pd.Timestamp, run_id: str, report: IngestReport) -> None:
+        """The weather forecasts issued in the chunk, beside its observations.
+
+        A forecast that cannot be fetched costs features, not observations: the chunk's
+        observations stay stored, and a warning and the report's notes say what is missing.
+        """
+        result = self.source.fetch_forecasts(locs, start, end)
+        checked = validate_forecasts(result.frame, known_locations=self.ctx.params.location_ids)
+        write = write_forecasts(self.ctx.paths.raw_dir, self.source.name, checked.valid)
+        append_quarantine(self.ctx.paths.ingest_quarantine_dir, self.source.name,
+                          checked.quarantine, f"{run_id}_forecasts")
+        report.write.merge(write)
+        report.stats.merge(result.stats)
+        report.forecast_rows += len(checked.valid)
+        report.forecast_rows_quarantined += len(checked.quarantine)
+        for loc, err in sorted(result.failures.items()):
+            note = f"weather forecasts of {loc} for {start} .. {end} not stored: {err}"
+            report.notes.append(note)
+            log.warning("ingest %s: %s", self.source.name, note)
 
     def _finish(self, report: IngestReport, tally: _Tally, location_ids: Sequence[str],
                 metrics: StepRun) -> IngestReport:
@@ -445,9 +473,12 @@ class Ingestion:
 
     def _log_summary(self, what: str, report: IngestReport) -> None:
         log.info("%s %s: %d chunk(s) fetched, %d already stored, %d rows valid, %d quarantined, "
-                 "%d file(s) written, %d unchanged", what, report.source, report.chunks_fetched,
+                 "%d file(s) written, %d unchanged%s", what, report.source, report.chunks_fetched,
                  report.chunks_skipped, report.rows_valid, report.rows_quarantined,
-                 len(report.write.written), len(report.write.unchanged))
+                 len(report.write.written), len(report.write.unchanged),
+                 f", {report.forecast_rows} weather-forecast rows"
+                 f" ({report.forecast_rows_quarantined} quarantined)"
+                 if has_forecasts(self.source) else "")
 
 
 def _raise_failures(what: str, report: IngestReport, location_ids: Sequence[str]) -> None:

@@ -28,7 +28,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.schema import COLUMNS, KEYS, VALUE_COLUMNS, conform, empty_frame
+from pipeline.schema import (
+    COLUMNS,
+    FORECAST_COLUMNS,
+    FORECAST_KEYS,
+    KEYS,
+    VALUE_COLUMNS,
+    conform,
+    conform_forecasts,
+    covariate_columns,
+    empty_forecasts,
+    empty_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +219,8 @@ def _merge(existing: pd.DataFrame, incoming: pd.DataFrame) -> pd.DataFrame:
         new = incoming.set_index(list(KEYS))
         merged = new.combine_first(old).reset_index()
     merged = merged.drop_duplicates(subset=list(KEYS), keep="last")
-    return conform(merged[list(COLUMNS)]).sort_values(list(KEYS)).reset_index(drop=True)
+    columns = list(COLUMNS) + covariate_columns(merged.columns)
+    return conform(merged[columns]).sort_values(list(KEYS)).reset_index(drop=True)
 
 
 RAW_LOCK_TIMEOUT_S = 30 * 60.0  # a DVC stage (train) may read data/raw for minutes
@@ -449,12 +461,121 @@ def read_raw(
                 tables.append(pq.read_table(f))
             except (OSError, pa.ArrowException) as exc:
                 raise DamagedPartitionError(_damaged_message(f, exc)) from None
-    frame = conform(pa.concat_tables(tables).to_pandas())
+    # partitions written before a covariate was mapped lack its column: null there
+    frame = conform(pa.concat_tables(tables, promote_options="default").to_pandas())
     if start is not None:
         frame = frame[frame["time"] >= pd.Timestamp(start)]
     if end is not None:
         frame = frame[frame["time"] < pd.Timestamp(end)]
     return frame.sort_values(list(KEYS)).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- weather forecasts
+#
+# Raw partitions of their own beside the observations, under the same lock and DVC dependency:
+# data/raw/forecasts/source=<kind>/location=<id>/issued=YYYY-MM.parquet, one file per location
+# and month of issue time, rows keyed by (location_id, issue_time, time).
+
+FORECASTS_DIR = "forecasts"
+
+
+def forecast_partition_path(raw_dir: Path, source: str, location_id: str, month: str) -> Path:
+    return (Path(raw_dir) / FORECASTS_DIR / f"source={source}" / f"location={location_id}"
+            / f"issued={month}.parquet")
+
+
+def forecast_files(raw_dir: Path, source: str,
+                   locations: Iterable[str] | None = None) -> list[Path]:
+    base = Path(raw_dir) / FORECASTS_DIR / f"source={source}"
+    if not base.exists():
+        return []
+    wanted = None if locations is None else {f"location={loc}" for loc in locations}
+    files = []
+    for loc_dir in sorted(base.iterdir()):
+        if loc_dir.is_dir() and (wanted is None or loc_dir.name in wanted):
+            files.extend(sorted(loc_dir.glob("issued=*.parquet")))
+    return files
+
+
+def _merge_forecasts(existing: pd.DataFrame, incoming: pd.DataFrame) -> pd.DataFrame:
+    """Like :func:`_merge`: incoming values win where present, a NaN never erases one."""
+    if existing.empty:
+        merged = incoming
+    else:
+        merged = incoming.set_index(list(FORECAST_KEYS)).combine_first(
+            existing.set_index(list(FORECAST_KEYS))).reset_index()
+    merged = merged.drop_duplicates(subset=list(FORECAST_KEYS), keep="last")
+    return conform_forecasts(merged[list(FORECAST_COLUMNS)]).sort_values(
+        list(FORECAST_KEYS)).reset_index(drop=True)
+
+
+def write_forecasts(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteReport:
+    """Merge validated forecast rows into their partitions; idempotent like :func:`write_raw`."""
+    if frame.empty:
+        return WriteReport()
+    report = WriteReport()
+    frame = conform_forecasts(frame).drop_duplicates(subset=list(FORECAST_KEYS), keep="last")
+    months = frame["issue_time"].dt.strftime("%Y-%m")
+    with raw_write_lock(raw_dir):
+        for (location_id, month), part in frame.groupby([frame["location_id"], months],
+                                                        sort=True):
+            path = forecast_partition_path(raw_dir, source, str(location_id), str(month))
+            existing = empty_forecasts()
+            if path.exists():
+                try:
+                    existing = conform_forecasts(pd.read_parquet(path))
+                except (OSError, ValueError, pa.ArrowException) as exc:
+                    stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S")
+                    relative = path.resolve().relative_to(Path(raw_dir).resolve())
+                    kept = (Path(raw_dir).resolve().parent / "quarantine" / "damaged"
+                            / relative.parent / f"{relative.stem}.{stamp}.parquet")
+                    ensure_dir(kept.parent)
+                    os.replace(path, kept)
+                    log.warning("forecast partition %s is damaged (%s); moved to %s and storing "
+                                "the new rows in a fresh one", path, exc, kept)
+            merged = _merge_forecasts(existing, part)
+            known = set(zip(existing["issue_time"], existing["time"], strict=True))
+            new = sum(1 for k in zip(part["issue_time"], part["time"], strict=True)
+                      if k not in known)
+            payload = parquet_bytes(merged)
+            if path.exists() and path.read_bytes() == payload:
+                report.unchanged.append(path)
+                continue
+            atomic_write_bytes(path, payload)
+            report.written.append(path)
+            report.rows_new += new
+            report.rows_updated += len(part) - new
+    return report
+
+
+def read_forecasts(raw_dir: Path, source: str, locations: Iterable[str] | None = None,
+                   start: pd.Timestamp | None = None,
+                   end: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Stored forecasts of a source issued in ``[start, end)`` (all when None)."""
+    files = forecast_files(raw_dir, source, locations)
+    if start is not None or end is not None:
+        lo = None if start is None else pd.Timestamp(start).strftime("%Y-%m")
+        hi = None if end is None else pd.Timestamp(end).strftime("%Y-%m")
+        files = [f for f in files
+                 if (lo is None or f.stem[len("issued="):] >= lo)
+                 and (hi is None or f.stem[len("issued="):] <= hi)]
+    if not files:
+        return empty_forecasts()
+    tables = []
+    with raw_read_lock(raw_dir):
+        for f in files:
+            try:
+                tables.append(pq.read_table(f))
+            except (OSError, pa.ArrowException) as exc:
+                raise DamagedPartitionError(
+                    f"forecast partition {f} is damaged ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); delete it and ingest its month again") from None
+    frame = conform_forecasts(pa.concat_tables(tables).to_pandas())
+    if start is not None:
+        frame = frame[frame["issue_time"] >= pd.Timestamp(start)]
+    if end is not None:
+        frame = frame[frame["issue_time"] < pd.Timestamp(end)]
+    return frame.sort_values(list(FORECAST_KEYS)).reset_index(drop=True)
 
 
 def append_quarantine(
@@ -488,4 +609,7 @@ __all__ = [
     "read_partition",
     "read_raw",
     "write_raw",
+    "forecast_files",
+    "read_forecasts",
+    "write_forecasts",
 ]

@@ -12,9 +12,10 @@ import yaml
 from pipeline.config import FeatureConfig
 from pipeline.context import Context
 from pipeline.core.features import FeatureSettings, FeatureSpec, build_features, location_codes
-from pipeline.core.validation import ValidationResult, validate
+from pipeline.core.validation import ValidationResult, validate, validate_forecasts
 from pipeline.errors import MissingInputError, PipelineError
-from pipeline.io.storage import newest_observation, raw_files, read_raw
+from pipeline.io.storage import newest_observation, raw_files, read_forecasts, read_raw
+from pipeline.schema import MAX_FORECAST_LEAD_H
 
 
 def feature_spec(ctx: Context) -> FeatureSpec:
@@ -63,10 +64,32 @@ def load_validated_raw(ctx: Context, start: pd.Timestamp | None = None,
     return validate(raw, known_locations=ctx.params.location_ids)
 
 
+def load_forecasts(ctx: Context, start: pd.Timestamp | None = None,
+                   end: pd.Timestamp | None = None,
+                   locations: Sequence[str] | None = None) -> pd.DataFrame:
+    """Stored weather forecasts of the configured source issued in ``[start, end)``, of
+    ``locations`` (default: all configured), re-validated (quarantined rows are left out);
+    empty for a source without forecasts."""
+    wanted = ctx.params.location_ids if locations is None else \
+        [loc for loc in ctx.params.location_ids if loc in set(locations)]
+    raw = read_forecasts(ctx.paths.raw_dir, ctx.params.source.kind, wanted,
+                         start=start, end=end)
+    return validate_forecasts(raw, known_locations=ctx.params.location_ids).valid
+
+
 def features_from_raw(ctx: Context, valid: pd.DataFrame, codes: dict[str, int] | None = None,
                       with_labels: bool = True, spec: FeatureSpec | None = None) -> pd.DataFrame:
+    """Features of validated rows, with the weather forecasts known at each of their hours."""
     codes = codes or location_codes(ctx.params.location_ids)
-    return build_features(valid, spec or feature_spec(ctx), timezones(ctx), codes, with_labels)
+    spec = spec or feature_spec(ctx)
+    forecasts = None
+    if spec.config.forecast_weather and not valid.empty:
+        # a run issued up to its longest lead before the first hour may still cover it
+        # (of the rows' locations only: a batch of locations reads its own forecasts)
+        forecasts = load_forecasts(ctx, valid["time"].min() - pd.Timedelta(
+            hours=MAX_FORECAST_LEAD_H), valid["time"].max() + pd.Timedelta(hours=1),
+            locations=valid["location_id"].unique().tolist())
+    return build_features(valid, spec, timezones(ctx), codes, with_labels, forecasts)
 
 
 def data_version(ctx: Context) -> dict[str, str | None]:

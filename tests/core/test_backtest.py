@@ -10,7 +10,7 @@ from pipeline.config import FeatureConfig
 from pipeline.core.backtest import Window, forecast, refit_origins, score_tables
 from pipeline.core.features import FeatureSpec, build_features, location_codes
 from pipeline.core.models import fit_one
-from pipeline.schema import VALUE_COLUMNS
+from pipeline.schema import VALUE_COLUMNS, WEATHER
 
 TZ = {"a": "Europe/Berlin", "b": "Asia/Kolkata"}
 HORIZONS = (1, 6)
@@ -31,9 +31,25 @@ def raw(days: int = 30, seed: int = 0) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def backtest(data: pd.DataFrame, window: Window, every: pd.Timedelta | None) -> pd.DataFrame:
-    frame = build_features(data, SPEC, TZ, location_codes(list(TZ)))
-    features = [c for c in frame.columns if c.startswith("pm2_5") or c.endswith(("_sin", "_cos"))]
+def runs(data: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
+    """Weather-forecast runs every 6 hours, 48 hours ahead, over the data's span."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for loc in TZ:
+        for issue in pd.date_range(data["time"].min(), data["time"].max(), freq="6h"):
+            part = pd.DataFrame({c: rng.uniform(1, 50, 48) for c in WEATHER})
+            part.insert(0, "time", issue + pd.to_timedelta(np.arange(1, 49), unit="h"))
+            part.insert(0, "issue_time", issue)
+            part.insert(0, "location_id", loc)
+            rows.append(part)
+    return pd.concat(rows, ignore_index=True)
+
+
+def backtest(data: pd.DataFrame, window: Window, every: pd.Timedelta | None,
+             forecasts: pd.DataFrame | None = None) -> pd.DataFrame:
+    frame = build_features(data, SPEC, TZ, location_codes(list(TZ)), forecasts=forecasts)
+    features = [c for c in frame.columns
+                if c.startswith(("pm2_5", "fc_")) or c.endswith(("_sin", "_cos"))]
 
     def model_for(target, horizon, begin):
         return fit_one(frame, features, target, horizon, SETTINGS, begin)
@@ -59,15 +75,21 @@ def test_every_target_hour_of_the_window_is_forecast_once_per_horizon_and_locati
 
 @pytest.mark.slow  # fits small models
 def test_changing_data_after_an_origin_never_changes_its_forecast():
-    """Data after T (multiplied, some rows dropped) leaves every forecast issued up to T as is."""
+    """Data after T (multiplied, some rows dropped), and weather forecasts issued after T,
+    leave every forecast issued up to T as is."""
     base = raw()
+    weather = runs(base)
     cut = pd.Timestamp("2025-03-23 05:00", tz="UTC")
     changed = base.copy()
     later = changed["time"] > cut
     changed.loc[later, list(VALUE_COLUMNS)] *= 2.5
     changed = changed.drop(changed.index[later][::7])
-    before = backtest(base, WINDOW, pd.Timedelta(days=1))
-    after = backtest(changed, WINDOW, pd.Timedelta(days=1))
+    changed_weather = weather.copy()
+    issued_later = changed_weather["issue_time"] > cut
+    changed_weather.loc[issued_later, list(WEATHER)] *= 0.3
+    changed_weather = changed_weather.drop(changed_weather.index[issued_later][::5])
+    before = backtest(base, WINDOW, pd.Timedelta(days=1), weather)
+    after = backtest(changed, WINDOW, pd.Timedelta(days=1), changed_weather)
     keys = ["horizon", "location_id", "origin"]
     early_b = before[before["origin"] <= cut].set_index(keys)["value"]
     early_a = after[after["origin"] <= cut].set_index(keys)["value"]

@@ -12,6 +12,8 @@ from pipeline.core.features import (
     FeatureSpec,
     HourlyGrid,
     build_features,
+    column_horizon,
+    columns_for_horizon,
     feature_columns,
     feature_names,
     hour_times,
@@ -23,7 +25,7 @@ from pipeline.core.features import (
     seasonal_column,
     window,
 )
-from pipeline.schema import VALUE_COLUMNS
+from pipeline.schema import VALUE_COLUMNS, WEATHER
 
 TZ = {"a": "Europe/Berlin", "b": "Asia/Kolkata"}
 SPEC = FeatureSpec(("pm2_5",), (1, 6, 24), FeatureConfig())
@@ -42,8 +44,26 @@ def raw(hours: int = 24 * 20, seed: int = 0) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def features(frame: pd.DataFrame) -> pd.DataFrame:
-    return build_features(frame, SPEC, TZ, location_codes(list(TZ)))
+def runs(frame: pd.DataFrame, every: int = 6, leads: int = 48, seed: int = 1) -> pd.DataFrame:
+    """Weather-forecast runs every ``every`` hours over the frame's span, ``leads`` hours ahead."""
+    rng = np.random.default_rng(seed)
+    issues = pd.date_range(frame["time"].min().floor("D"), frame["time"].max(),
+                           freq=f"{every}h")
+    rows = []
+    for loc in frame["location_id"].unique():
+        for issue in issues:
+            times = issue + pd.to_timedelta(np.arange(1, leads + 1), unit="h")
+            part = pd.DataFrame({c: rng.uniform(1, 50, leads) for c in WEATHER})
+            part["wind_direction_10m"] = rng.uniform(0, 360, leads)
+            part.insert(0, "time", times)
+            part.insert(0, "issue_time", issue)
+            part.insert(0, "location_id", loc)
+            rows.append(part)
+    return pd.concat(rows, ignore_index=True)
+
+
+def features(frame: pd.DataFrame, forecasts: pd.DataFrame | None = None) -> pd.DataFrame:
+    return build_features(frame, SPEC, TZ, location_codes(list(TZ)), forecasts=forecasts)
 
 
 def test_no_look_ahead():
@@ -63,6 +83,70 @@ def test_no_look_ahead():
     pd.testing.assert_frame_equal(keep_b, keep_a)
     # labels, which do look ahead, are never model inputs
     assert not [c for c in cols if c.startswith(("y__", "base_"))]
+
+
+def test_forecast_features_read_only_runs_issued_by_the_origin():
+    """A target-hour forecast feature is the newest run issued at or before the origin."""
+    base = raw()
+    forecasts = runs(base)
+    cut = pd.Timestamp("2025-03-10 09:00", tz="UTC")
+    before = features(base, forecasts)
+    # runs issued after the origin change: nothing up to it may change
+    changed = forecasts.copy()
+    later = changed["issue_time"] > cut
+    changed.loc[later, list(WEATHER)] *= 1.7
+    changed = changed.drop(changed.index[later][::3])
+    after = features(base, changed)
+    cols = feature_columns(before)
+    pd.testing.assert_frame_equal(
+        before[before["time"] <= cut].set_index(["location_id", "time"])[cols],
+        after[after["time"] <= cut].set_index(["location_id", "time"])[cols])
+    # at 09:00 the newest run is 06:00's: its value for 15:00 (lead 9) is the 6-hour feature
+    row = before[(before["location_id"] == "a") & (before["time"] == cut)].iloc[0]
+    run = forecasts[(forecasts["location_id"] == "a")
+                    & (forecasts["issue_time"] == cut - pd.Timedelta(hours=3))]
+    value = run.loc[run["time"] == cut + pd.Timedelta(hours=6), "temperature_2m"].iloc[0]
+    assert row["fc_temperature_2m__h6"] == value
+    assert row["fc_lead__h6"] == 9
+    expected_rain = run.loc[(run["time"] > cut) & (run["time"] <= cut + pd.Timedelta(hours=6)),
+                            "precipitation"].sum()
+    assert row["fc_precipitation_sum__h6"] == pytest.approx(expected_rain)
+    # without forecasts the columns exist and are empty (a CSV source); train drops them
+    plain = features(base)
+    assert plain["fc_temperature_2m__h6"].isna().all()
+    assert plain.filter(like="pm2_5_rel_daily_profile__h6").notna().any().all()
+
+
+def test_each_horizon_has_its_own_target_hour_features():
+    names = feature_names(SPEC)
+    assert "fc_wind_speed_10m__h6" in names
+    assert "pm2_5_diurnal_shape__h24" in names
+    for horizon in SPEC.horizons:
+        own = columns_for_horizon(names, horizon)
+        assert {"pm2_5_lag1", "hour_sin"} <= set(own)  # the common features
+        assert {column_horizon(c) for c in own} <= {None, horizon}
+        assert f"fc_temperature_2m__h{horizon}" in own
+
+
+def test_profiles_are_the_same_hour_of_past_days_and_weeks():
+    frame = raw(hours=24 * 40)
+    out = features(frame).set_index(["location_id", "time"])
+    series = frame[frame["location_id"] == "a"].set_index("time")["pm2_5"]
+    t = pd.Timestamp("2025-04-01 10:00", tz="UTC")
+    row = out.loc[("a", t)]
+    hours = pd.to_timedelta
+    daily = series[[t + hours(6, "h") - hours(24 * k, "h") for k in range(1, 8)]].mean()
+    weekly = series[[t + hours(6, "h") - hours(168 * k, "h") for k in range(1, 5)]].mean()
+    assert row["pm2_5_rel_daily_profile__h6"] == pytest.approx(
+        np.log1p(daily) - np.log1p(series[t]))
+    assert row["pm2_5_rel_weekly_profile__h6"] == pytest.approx(
+        np.log1p(weekly) - np.log1p(series[t]))
+    week_mean = series[t - hours(167, "h"):t].mean()
+    assert row["pm2_5_diurnal_shape__h6"] == pytest.approx(
+        np.log1p(daily) - np.log1p(week_mean))
+    # the 24-hour trend is the least-squares slope of log1p(level) per hour
+    y = np.log1p(series[t - hours(23, "h"):t].to_numpy())
+    assert row["pm2_5_trend24"] == pytest.approx(np.polyfit(np.arange(24), y, 1)[0])
 
 
 def test_labels_and_lags_are_shifted_in_hours_per_location():
@@ -137,18 +221,21 @@ def test_online_row_equals_batch_row_bit_for_bit():
 
     Checked at many issue hours, across a gap and right after the series start.
     """
-    frame = raw(hours=24 * 12)
+    frame = raw(hours=24 * 40)
     frame = frame.drop(frame.index[(frame["location_id"] == "b")][150:160])
-    batch = features(frame).set_index(["location_id", "time"])
+    forecasts = runs(frame)
+    forecasts = forecasts.drop(forecasts.index[forecasts["issue_time"].dt.day == 20])  # no runs
+    batch = features(frame, forecasts).set_index(["location_id", "time"])
     names = feature_names(SPEC)
     codes = location_codes(list(TZ))
     assert list(batch.columns[: len(names)]) == names
     for location_id, part in frame.groupby("location_id"):
-        grid = hourly_grids(part)[0]
-        for end in [0, 1, 5, 30, 100, 151, 155, 165, 200, len(grid) - 1]:
+        grid = hourly_grids(part, forecasts)[0]
+        for end in [0, 1, 5, 30, 100, 151, 155, 165, 200, 456, 480, 700, len(grid) - 1]:
             start = max(0, end - SPEC.warmup_hours + 1)
             window = HourlyGrid(location_id, grid.hours[start:end + 1],
-                                {k: v[start:end + 1] for k, v in grid.series.items()})
+                                {k: v[start:end + 1] for k, v in grid.series.items()},
+                                grid.forecasts.since(int(grid.hours[start]) - 48))
             online = latest_features(window, SPEC, TZ[location_id], codes[location_id])
             row = batch.loc[(location_id, hour_times(grid.hours[end:end + 1])[0]), names]
             np.testing.assert_array_equal(np.array([online[n] for n in names]),

@@ -79,3 +79,49 @@ def test_next_24h_probability_is_the_largest_over_horizons_within_a_day():
     out = exceedance_next_24h(forecasts)
     assert out.to_dict("records") == [{"location_id": "a", "target": "pm2_5",
                                        "category": "moderate", "probability": 0.7}]
+
+
+def restless(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Forecasts, observations and a volatility known at the origin: the log errors' spread
+    grows with the square root of the volatility (calm and restless hours alternate)."""
+    rng = np.random.default_rng(seed)
+    volatility = rng.choice([0.02, 0.5], n)
+    predicted = rng.uniform(5, 120, n)
+    observed = np.expm1(np.log1p(predicted) + rng.normal(0, 0.4 * np.sqrt(volatility), n))
+    return predicted, observed, volatility
+
+
+def test_volatility_scaled_intervals_cover_calm_and_restless_hours_alike():
+    """Unscaled, one width serves both regimes: calm hours are over-covered and restless ones
+    under-covered; scaled by the volatility at the origin, each regime gets about 80 %."""
+    predicted, observed, volatility = restless(6000, seed=7)
+    locations = np.array(["a"] * 6000)
+    scaled = calibrate(observed, predicted, locations, volatility, "pm2_5_vol24")
+    plain = calibrate(observed, predicted, locations)
+    assert scaled["scale"]["column"] == "pm2_5_vol24"
+    fresh_pred, fresh_obs, fresh_vol = restless(20000, seed=8)
+    forecasts = pd.DataFrame({"location_id": "a", "target": "pm2_5", "horizon": 1,
+                              "value": fresh_pred, "pm2_5_vol24": fresh_vol})
+    for calibration, calm_range, wild_range in ((plain, (0.95, 1.0), (0.5, 0.75)),
+                                                (scaled, (0.77, 0.83), (0.77, 0.83))):
+        out = add_uncertainty(forecasts, {"by_model": {"pm2_5": {"1": calibration}}})
+        inside = (fresh_obs >= out["lower"]) & (fresh_obs <= out["upper"])
+        calm = fresh_vol < 0.1
+        assert calm_range[0] <= inside[calm].mean() <= calm_range[1]
+        assert wild_range[0] <= inside[~calm].mean() <= wild_range[1]
+
+
+def test_a_scaled_interval_needs_its_scale_column_and_fills_an_unknown_volatility():
+    predicted, observed, volatility = restless(2000, seed=9)
+    calibration = calibrate(observed, predicted, np.array(["a"] * 2000), volatility,
+                            "pm2_5_vol24")
+    uncertainty = {"by_model": {"pm2_5": {"1": calibration}}}
+    forecasts = pd.DataFrame({"location_id": "a", "target": "pm2_5", "horizon": 1,
+                              "value": [40.0, 40.0]})
+    with pytest.raises(ValueError, match="pm2_5_vol24"):
+        add_uncertainty(forecasts, uncertainty)
+    # a volatility unknown at the origin (a gap) takes the calibration window's median
+    out = add_uncertainty(forecasts.assign(pm2_5_vol24=[np.nan, calibration["scale"]["fill"]]),
+                          uncertainty)
+    assert out["lower"].iloc[0] == out["lower"].iloc[1]
+    assert out["upper"].iloc[0] == out["upper"].iloc[1]

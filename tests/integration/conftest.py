@@ -29,6 +29,7 @@ from tests.monitoring import RunningStack, prom_query, running_stack, wait_until
 from tests.replay_server import ReplayServer, open_meteo_handler
 
 AQ, FORECAST, ARCHIVE = "/v1/air-quality", "/v1/forecast", "/v1/archive"
+PREVIOUS = "/previous-runs/v1/forecast"
 JOB = "aq_pipeline"
 SMALL = {"source": {"kind": "synthetic", "start": "2025-01-01", "end": "2025-02-12",
                     # Delhi's emissions quadruple: unhealthy forecasts (the domain alert) and
@@ -82,7 +83,7 @@ def observed_run(tmp_path_factory) -> Iterator[ObservedRun]:
     project = make_project(root / "project", overrides=SMALL)
     http_project = make_project(root / "http_project", overrides=OPEN_METEO)
     with ReplayServer() as provider, running_stack(root) as st:
-        for path in (AQ, FORECAST, ARCHIVE):
+        for path in (AQ, FORECAST, ARCHIVE, PREVIOUS):
             provider.route(path, open_meteo_handler())
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AQ_")},
@@ -91,6 +92,7 @@ def observed_run(tmp_path_factory) -> Iterator[ObservedRun]:
             "AQ_OPEN_METEO_AIR_QUALITY_URL": provider.url(AQ),
             "AQ_OPEN_METEO_FORECAST_URL": provider.url(FORECAST),
             "AQ_OPEN_METEO_ARCHIVE_URL": provider.url(ARCHIVE),
+            "AQ_OPEN_METEO_PREVIOUS_RUNS_URL": provider.url(PREVIOUS),
             "DVC_NO_ANALYTICS": "1",
         }
         run = ObservedRun(st, http_project, {**env, "AQ_PROJECT_DIR": str(http_project)}, {})

@@ -16,6 +16,7 @@ from tests.conftest import make_project
 from tests.replay_server import ReplayServer, open_meteo_handler, truth
 
 AQ, FORECAST, ARCHIVE = "/v1/air-quality", "/v1/forecast", "/v1/archive"
+PREVIOUS = "/previous-runs/v1/forecast"
 
 
 def ts(text: str) -> pd.Timestamp:
@@ -85,7 +86,7 @@ def test_a_location_the_provider_has_no_data_for_does_not_hold_the_schedule_back
         return truth(variable, latitude, unix_s)
 
     with ReplayServer() as server:
-        for path in (AQ, FORECAST, ARCHIVE):
+        for path in (AQ, FORECAST, ARCHIVE, PREVIOUS):
             server.route(path, open_meteo_handler(values))
         root = make_project(tmp_path / "project", {"source": {
             "kind": "open_meteo", "start": "2025-01-01", "end": "2025-01-02",
@@ -93,7 +94,9 @@ def test_a_location_the_provider_has_no_data_for_does_not_hold_the_schedule_back
         }})
         settings = Settings(open_meteo_air_quality_url=server.url(AQ),
                             open_meteo_forecast_url=server.url(FORECAST),
-                            open_meteo_archive_url=server.url(ARCHIVE), http_timeout_s=5.0)
+                            open_meteo_archive_url=server.url(ARCHIVE),
+                            open_meteo_previous_runs_url=server.url(PREVIOUS),
+                            http_timeout_s=5.0)
         ctx = Context.load(root, settings=settings)
         Ingestion(ctx).window()
         # Delhi fails the run (its station said nothing), Berlin is stored

@@ -18,13 +18,14 @@ from tests.conftest import make_project
 from tests.replay_server import ReplayServer, Reply, open_meteo_handler
 
 AQ, FORECAST, ARCHIVE = "/v1/air-quality", "/v1/forecast", "/v1/archive"
+PREVIOUS = "/previous-runs/v1/forecast"
 DELHI_LAT = "28.6139"
 
 
 @pytest.fixture
 def server():
     with ReplayServer() as srv:
-        for path in (AQ, FORECAST, ARCHIVE):
+        for path in (AQ, FORECAST, ARCHIVE, PREVIOUS):
             srv.route(path, open_meteo_handler())
         yield srv
 
@@ -37,7 +38,8 @@ def context(tmp_path, server, **open_meteo) -> Context:
     }})
     settings = Settings(open_meteo_air_quality_url=server.url(AQ),
                         open_meteo_forecast_url=server.url(FORECAST),
-                        open_meteo_archive_url=server.url(ARCHIVE), http_timeout_s=2.0)
+                        open_meteo_archive_url=server.url(ARCHIVE),
+                        open_meteo_previous_runs_url=server.url(PREVIOUS), http_timeout_s=2.0)
     return Context.load(root, settings=settings)
 
 
@@ -135,6 +137,7 @@ def test_cli_backfill(tmp_path, server, monkeypatch):
     monkeypatch.setenv("AQ_PROJECT_DIR", str(ctx.paths.root))
     monkeypatch.setenv("AQ_OPEN_METEO_AIR_QUALITY_URL", server.url(AQ))
     monkeypatch.setenv("AQ_OPEN_METEO_ARCHIVE_URL", server.url(ARCHIVE))
+    monkeypatch.setenv("AQ_OPEN_METEO_PREVIOUS_RUNS_URL", server.url(PREVIOUS))
     monkeypatch.setenv("AQ_OPEN_METEO_FORECAST_URL", server.url(FORECAST))
     monkeypatch.delenv("AQ_PUSHGATEWAY_URL", raising=False)
     argv = ["backfill", "--start", "2025-01-01", "--end", "2025-01-05", "--chunk-days", "2",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import pytest
 
 from pipeline.context import Context
 from pipeline.core.backtest import forecast, refit_origins
+from pipeline.core.features import columns_for_horizon
 from pipeline.io.registry import load_bundle
 from pipeline.io.storage import read_raw
 from pipeline.settings import Settings
@@ -85,9 +87,13 @@ def test_a_no2_wind_temperature_export_trains_with_default_features(no2_project,
     assert "pm10" in caplog.text
     assert not dropped & set(metadata["features"])
     assert {"no2_lag1", "temperature_2m", "wind_u", "wind_v"} <= set(metadata["features"])
+    # no weather forecasts in a CSV: the target-hour forecast features are left out too
+    assert {"fc_temperature_2m__h6", "fc_wind_speed_10m__h24"} <= dropped
+    assert "no2_rel_daily_profile__h6" in metadata["features"]
     bundle = load_bundle(ctx.paths.candidate_dir)
-    for model in bundle.models.values():
-        assert list(model[0].transformers[0][2]) == metadata["features"]
+    for (_, horizon), model in bundle.models.items():
+        assert list(model[0].transformers[0][2]) == columns_for_horizon(metadata["features"],
+                                                                       horizon)
     report = evaluate.run(ctx)
     assert all(s["skill"] > 0 for s in report["scores"]["no2"].values()), report["scores"]
 
@@ -111,6 +117,38 @@ def test_the_no2_export_backtests_from_the_cli(no2_project):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["refit_every_days"] == 7
     assert set(metrics["scores"]["no2"]) == {"1", "6", "12", "24"}
+
+
+def test_an_extra_numeric_column_comes_in_as_a_covariate_with_lags(tmp_path, no2_export,
+                                                                     caplog):
+    """A second station's NO2 in the export: mapped under a name of the user's choosing, it is
+    stored, becomes features like a co-pollutant (value and lags), and the model uses it."""
+    export = pd.read_csv(io.StringIO(no2_export))
+    export["NO2 Kensington"] = (export["NO2"].shift(1) * 0.8).round(1)
+    export["QC flag"] = "ok"
+    config = {**CSV_CONFIG, "mapping": {**CSV_CONFIG["mapping"],
+                                        "covariates": {"no2_kensington": "NO2 Kensington"}}}
+    root = make_project(tmp_path / "project", {
+        "locations": [BERLIN], "targets": ["no2"], "horizons": [1, 6],
+        "source": {"kind": "csv", "start": "2025-01-01", "end": "2025-04-24", "csv": config},
+        "model": {"max_iter": 30, "selection": {"max_fits": 1}}, "backtest": WINDOW,
+    })
+    (root / "station.csv").write_text(export.to_csv(index=False))
+    ctx = Context.load(root, settings=Settings())
+    assert ctx.params.features.covariates == ["no2_kensington"]  # every mapped one by default
+    with caplog.at_level(logging.INFO):
+        ingest.run(ctx)
+    assert "column(s) not in the mapping, ignored: ['QC flag']" in caplog.text
+    stored = read_raw(ctx.paths.raw_dir, "csv")
+    assert stored["cov_no2_kensington"].iloc[1:5].tolist() == \
+        export["NO2 Kensington"].iloc[1:5].tolist()
+    preprocess.run(ctx)
+    metadata = train.run(ctx)
+    assert {"cov_no2_kensington", "cov_no2_kensington_lag1",
+            "cov_no2_kensington_lag24"} <= set(metadata["features"])
+    assert metadata["params"]["features"]["covariates"] == ["no2_kensington"]
+    report = backtest.run(ctx)
+    assert report["scores"]["no2"]["1"]["n"] > 300
 
 
 def test_a_train_failure_is_one_clear_error_line(no2_project):

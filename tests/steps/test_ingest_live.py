@@ -18,7 +18,7 @@ from pipeline.context import Context
 from pipeline.errors import IngestError
 from pipeline.io.ingestion import push_quality
 from pipeline.io.metrics import StepRun
-from pipeline.io.storage import raw_files, read_raw
+from pipeline.io.storage import raw_files, read_forecasts, read_raw
 from pipeline.schema import VALUE_COLUMNS
 from pipeline.settings import Secret, Settings
 from pipeline.steps import ingest
@@ -33,6 +33,7 @@ from tests.replay_server import (
 )
 
 AQ, FORECAST, ARCHIVE = "/v1/air-quality", "/v1/forecast", "/v1/archive"
+PREVIOUS = "/previous-runs/v1/forecast"
 OWM = "/data/2.5/air_pollution"
 KEY = "owm-test-key-9b1e44d2c7"
 START, END = "2025-01-01", "2025-01-03"  # old enough for the archive API
@@ -51,7 +52,7 @@ def scaled(var, lat, unix_s):
 @pytest.fixture
 def server():
     with ReplayServer() as srv:
-        for path in (AQ, FORECAST, ARCHIVE):
+        for path in (AQ, FORECAST, ARCHIVE, PREVIOUS):
             srv.route(path, open_meteo_handler())
         for path in (OWM, f"{OWM}/history", f"{OWM}/forecast"):
             srv.route(path, owm_handler(KEY))
@@ -63,6 +64,7 @@ def settings_for(srv: ReplayServer, key: str = KEY, timeout: float = 2.0) -> Set
         open_meteo_air_quality_url=srv.url(AQ),
         open_meteo_forecast_url=srv.url(FORECAST),
         open_meteo_archive_url=srv.url(ARCHIVE),
+        open_meteo_previous_runs_url=srv.url(PREVIOUS),
         openweathermap_url=srv.url(OWM),
         openweathermap_api_key=Secret(key),
         http_timeout_s=timeout,
@@ -98,12 +100,18 @@ def test_ingest_writes_the_provider_rows_and_is_idempotent(tmp_path, server):
     assert report.quality.rows_per_location == {"berlin": 48, "delhi": 48}
     assert report.quality.null_fraction == dict.fromkeys(VALUE_COLUMNS, 0.0)
     assert report.quality.freshness_lag_s["berlin"] > 0
+    # and the weather forecasts for those hours (1 and 2 days ahead: previous-runs API)
     assert report.stats.responses == {("open_meteo_air_quality", "200"): 1,
-                                      ("open_meteo_archive", "200"): 1}
-    # the same window again: nothing rewritten
+                                      ("open_meteo_archive", "200"): 1,
+                                      ("open_meteo_previous_runs", "200"): 2}
+    forecasts = read_forecasts(ctx.paths.raw_dir, "open_meteo")
+    assert forecasts.groupby("location_id").size().to_dict() == {"berlin": 96, "delhi": 96}
+    assert report.forecast_rows == 192
+    # the same window again: nothing rewritten (2 observation + 4 forecast partitions, the
+    # forecasts of the first hours were issued in December)
     again = ingest.run(ctx)
     assert again.write.written == []
-    assert len(again.write.unchanged) == len(report.write.written) == 2
+    assert len(again.write.unchanged) == len(report.write.written) == 6
 
 
 def _fault(kind: str):
@@ -242,6 +250,7 @@ def test_cli_exits_non_zero_when_a_location_failed(tmp_path, server, monkeypatch
     monkeypatch.setenv("AQ_PROJECT_DIR", str(root))
     monkeypatch.setenv("AQ_OPEN_METEO_AIR_QUALITY_URL", server.url(AQ))
     monkeypatch.setenv("AQ_OPEN_METEO_ARCHIVE_URL", server.url(ARCHIVE))
+    monkeypatch.setenv("AQ_OPEN_METEO_PREVIOUS_RUNS_URL", server.url(PREVIOUS))
     monkeypatch.setenv("AQ_OPEN_METEO_FORECAST_URL", server.url(FORECAST))
     monkeypatch.delenv("AQ_PUSHGATEWAY_URL", raising=False)
     args = ["ingest", "--start", "2025-01-01", "--end", "2025-01-01T06:00"]
@@ -266,6 +275,7 @@ def cli_env(server: ReplayServer, project: Path, **extra: str) -> dict[str, str]
             "AQ_OPEN_METEO_AIR_QUALITY_URL": server.url(AQ),
             "AQ_OPEN_METEO_FORECAST_URL": server.url(FORECAST),
             "AQ_OPEN_METEO_ARCHIVE_URL": server.url(ARCHIVE),
+            "AQ_OPEN_METEO_PREVIOUS_RUNS_URL": server.url(PREVIOUS),
             "AQ_OPENWEATHERMAP_URL": server.url(OWM), **extra}
 
 

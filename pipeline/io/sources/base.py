@@ -62,6 +62,9 @@ class FetchResult:
     frame: pd.DataFrame
     failures: dict[str, str] = field(default_factory=dict)
     stats: SourceStats = field(default_factory=SourceStats)
+    # row position in ``frame`` -> why that row has no time (a CSV's local time that does not
+    # exist or cannot be told apart at a daylight-saving change): its quarantine reason
+    time_notes: dict[int, str] = field(default_factory=dict)
 
 
 class Source(Protocol):
@@ -72,6 +75,21 @@ class Source(Protocol):
     ) -> FetchResult:
         """Rows for every location and every UTC hour in [start, end)."""
         ...
+
+
+class ForecastSource(Protocol):
+    """A source that also has weather forecasts (synthetic, Open-Meteo; not CSV, OpenWeatherMap
+    pollution): forecast rows (``pipeline.schema.FORECAST_COLUMNS``) of the runs issued in
+    [start, end), for the features of the target hours (``docs/models.md``)."""
+
+    def fetch_forecasts(
+        self, locations: Sequence[Location], start: pd.Timestamp, end: pd.Timestamp
+    ) -> FetchResult:
+        ...
+
+
+def has_forecasts(source: object) -> bool:
+    return callable(getattr(source, "fetch_forecasts", None))
 
 
 def batched(items: Sequence, size: int) -> Iterator[list]:

@@ -39,7 +39,15 @@ import pandas as pd
 
 from pipeline.core.units import UnitError, to_canonical
 from pipeline.io.sources.base import FetchResult, SourceError, SourceStats
-from pipeline.schema import KEYS, VALUE_COLUMNS, VARIABLES, conform, empty_frame
+from pipeline.schema import (
+    COVARIATE_PREFIX,
+    KEYS,
+    VALUE_COLUMNS,
+    VARIABLES,
+    conform,
+    covariate_column,
+    empty_frame,
+)
 
 if TYPE_CHECKING:
     from pipeline.config import CsvSource as CsvConfig
@@ -65,6 +73,7 @@ _DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
 SEPARATORS = (",", ";", "\t", "|")
 CHUNK_ROWS = 200_000
 _HOUR_24 = re.compile(r"^(\d{4}-\d{2}-\d{2})[ T]24:00(:00)?$")
+TIME_NOTE = "time_note"  # why a row's time is missing (its quarantine reason)
 
 
 class CsvImportError(SourceError):
@@ -148,15 +157,19 @@ def _parse_naive_strings(raw: pd.Series, time_format: str | None,
     return parsed.where(~is_24, parsed + pd.Timedelta(days=1))
 
 
-def localize(naive: pd.Series, zone: str, groups: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """(UTC times, anchor times) of naive local wall times in ``zone``.
+def localize(naive: pd.Series, zone: str, groups: pd.Series,
+             ) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(UTC times, anchor times, time notes) of naive local wall times in ``zone``.
 
     The fall-back hour occurs twice: per group, in file order, the first
     occurrence is summer time and the later ones standard time; an ambiguous
     hour seen only once, and a spring-forward hour that never existed, become
-    NaT. The anchor is a best-effort time used only to place such rows in a
-    window, so they reach validation (and quarantine) exactly once.
+    NaT with a note saying so (the quarantine reason: a file written in UTC or
+    GMT but configured with a zone that has daylight saving shows exactly these).
+    The anchor is a best-effort time used only to place such rows in a window,
+    so they reach validation (and quarantine) exactly once.
     """
+    notes = pd.Series(None, index=naive.index, dtype="object")
     n = len(naive)
     as_dst = naive.dt.tz_localize(zone, ambiguous=np.ones(n, dtype=bool), nonexistent="NaT")
     as_std = naive.dt.tz_localize(zone, ambiguous=np.zeros(n, dtype=bool), nonexistent="NaT")
@@ -173,13 +186,22 @@ def localize(naive: pd.Series, zone: str, groups: pd.Series) -> tuple[pd.Series,
             log.warning("csv: %d row(s) at an ambiguous local time (daylight-saving fall-back) "
                         "appear only once; their hour cannot be told: quarantined", len(lone))
             result.loc[lone] = pd.NaT
+            notes.loc[lone] = [
+                f"hour repeated at a daylight-saving change: local time {t:%Y-%m-%d %H:%M} "
+                f"occurs twice in {zone} but once in the file, so its UTC hour cannot be "
+                f"told; check source.csv.time_zone (a file in UTC or GMT needs 'UTC')"
+                for t in naive.loc[lone]]
     nonexistent = naive.notna() & as_dst.isna()
     if nonexistent.any():
         log.warning("csv: %d row(s) at a local time that does not exist in %s "
                     "(daylight-saving spring-forward): quarantined", int(nonexistent.sum()), zone)
+        notes.loc[nonexistent] = [
+            f"hour missing at a daylight-saving change: local time {t:%Y-%m-%d %H:%M} does not "
+            f"exist in {zone}; check source.csv.time_zone (a file in UTC or GMT needs 'UTC')"
+            for t in naive[nonexistent]]
     utc = result.dt.tz_convert("UTC")
     anchor = naive.dt.tz_localize("UTC")  # wall time as UTC is close enough to pick a window
-    return utc, anchor
+    return utc, anchor, notes
 
 
 class CsvSource:
@@ -218,7 +240,21 @@ class CsvSource:
     # -- parsing
 
     def _times(self, table: pd.DataFrame, path: Path, groups: pd.Series):
+        """(UTC times, anchors, notes saying why a time is missing) of a chunk's rows."""
+        utc, anchor, notes = self._parse_times(table, path, groups)
+        raw = table[self.config.mapping.time]
+        lost = utc.isna() & notes.isna()
+        if lost.any():
+            notes = notes.copy()
+            notes[lost & raw.isna()] = f"no time in column {self.config.mapping.time!r}"
+            unreadable = lost & raw.notna()
+            notes[unreadable] = [f"time {str(v)[:40]!r} cannot be read (source.csv.time_format, "
+                                 "day_first)" for v in raw[unreadable]]
+        return utc, anchor, notes
+
+    def _parse_times(self, table: pd.DataFrame, path: Path, groups: pd.Series):
         column = self.config.mapping.time
+        none = pd.Series(None, index=table.index, dtype="object")
         if column not in table.columns:
             raise CsvImportError(f"csv: {path.name}: no time column {column!r} "
                                  f"(columns: {list(table.columns)})")
@@ -230,7 +266,7 @@ class CsvSource:
             has_offset = text.str.contains(_OFFSET, na=False)
             if has_offset.all():
                 utc = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
-                return utc, utc.ffill().bfill()
+                return utc, utc.ffill().bfill(), none
             if has_offset.any():
                 raise CsvImportError(
                     f"csv: {path.name}: column {column!r} mixes times with and without a UTC "
@@ -240,12 +276,12 @@ class CsvSource:
                                           self._day_first.get(path, False))
         if isinstance(parsed.dtype, pd.DatetimeTZDtype):
             utc = parsed.dt.tz_convert("UTC")
-            return utc, utc.ffill().bfill()
+            return utc, utc.ffill().bfill(), none
         unreadable = int((parsed.isna() & raw.notna()).sum())
         if unreadable:
             log.warning("csv: %s: %d time value(s) unreadable: quarantined", path.name, unreadable)
-        utc, anchor = localize(parsed, self.config.time_zone, groups)
-        return utc, anchor.ffill().bfill()
+        utc, anchor, notes = localize(parsed, self.config.time_zone, groups)
+        return utc, anchor.ffill().bfill(), notes
 
     def _locations(self, table: pd.DataFrame, path: Path) -> pd.Series:
         mapping = self.config.mapping
@@ -258,6 +294,16 @@ class CsvSource:
         return raw.map(lambda v: mapping.location_values.get(v, v) if v is not pd.NA else v)
 
     def _convert(self, variable: str, values: pd.Series, unit: str, where: str) -> np.ndarray:
+        numeric = self._numbers(variable, values, where)
+        if variable.startswith(COVARIATE_PREFIX):  # a covariate: values as in the file
+            return numeric.to_numpy(dtype="float64")
+        try:
+            return to_canonical(variable, numeric.to_numpy(dtype="float64"), unit)
+        except UnitError as exc:
+            raise CsvImportError(f"csv: {where}: {exc}") from None
+
+    def _numbers(self, variable: str, values: pd.Series, where: str) -> pd.Series:
+        """A column's cells as numbers (NaN where empty); junk refused or warned about."""
         is_text = not pd.api.types.is_numeric_dtype(values)  # CSV cells; Parquet may be numbers
         text = values.astype("string").str.strip() if is_text else values
         if self.config.decimal == "," and is_text:
@@ -279,20 +325,20 @@ class CsvSource:
         if junk:
             log.warning("csv: %s: %d non-numeric %s value(s) read as missing", where, junk,
                         variable)
-        try:
-            return to_canonical(variable, numeric.to_numpy(dtype="float64"), unit)
-        except UnitError as exc:
-            raise CsvImportError(f"csv: {where}: {exc}") from None
+        return numeric
 
     def _wide(self, table: pd.DataFrame, path: Path, missing: dict[str, int]) -> dict:
         mapping = self.config.mapping
         columns = dict(mapping.columns) or {v: v for v in VALUE_COLUMNS if v in table.columns}
+        columns.update({covariate_column(name): column
+                        for name, column in mapping.covariates.items()})
         values = {}
         for variable, column in columns.items():
             if column not in table.columns:
                 missing[variable] = missing.get(variable, 0) + 1
                 continue
-            unit = mapping.units.get(variable, VARIABLES[variable].unit)
+            unit = mapping.units.get(variable, VARIABLES[variable].unit) \
+                if variable in VARIABLES else ""
             values[variable] = self._convert(variable, table[column], unit, path.name)
         return values
 
@@ -303,7 +349,9 @@ class CsvSource:
             if column is not None and column not in table.columns:
                 raise CsvImportError(f"csv: {path.name}: no column {column!r} "
                                      f"(columns: {list(table.columns)})")
-        aliases = {**PARAMETER_ALIASES, **{v: v for v in VALUE_COLUMNS}, **mapping.parameters}
+        aliases = {**PARAMETER_ALIASES, **{v: v for v in VALUE_COLUMNS}, **mapping.parameters,
+                   **{parameter: covariate_column(name)
+                      for name, parameter in mapping.covariates.items()}}
         names = table[mapping.parameter].astype("string").str.strip()
         variables = names.map(lambda n: aliases.get(n, aliases.get(str(n).lower()))
                               if n is not pd.NA else None)
@@ -317,7 +365,8 @@ class CsvSource:
         if mapping.unit is not None:
             rows["unit"] = table.loc[known, mapping.unit].astype("string").str.strip().to_numpy()
         else:
-            rows["unit"] = [mapping.units.get(v, VARIABLES[v].unit) for v in rows["variable"]]
+            rows["unit"] = [mapping.units.get(v, VARIABLES[v].unit) if v in VARIABLES else ""
+                            for v in rows["variable"]]
         rows["value"] = np.nan
         for (variable, unit), part in rows.groupby(["variable", "unit"], sort=True):
             rows.loc[part.index, "value"] = self._convert(variable, part["raw"], unit,
@@ -335,7 +384,7 @@ class CsvSource:
         # one wide row per (location, time); NaT times (quarantined later) are kept as keys
         rows["key"] = rows.groupby(keys, dropna=False, sort=False).ngroup()
         values = rows.pivot(index="key", columns="variable", values="value")
-        wide = rows.drop_duplicates("key").set_index("key")[keys].join(values)
+        wide = rows.drop_duplicates("key").set_index("key")[[*keys, TIME_NOTE]].join(values)
         wide.columns.name = None
         return wide.reset_index(drop=True)
 
@@ -387,7 +436,7 @@ class CsvSource:
                      start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.DataFrame:
         """Canonical rows plus ``anchor`` of one chunk, only those inside [start, end)."""
         locations = self._locations(table, path)
-        utc, anchor = self._times(table, path, locations)
+        utc, anchor, notes = self._times(table, path, locations)
         keep = pd.Series(True, index=table.index)
         if start is not None:
             keep &= (anchor >= start).to_numpy()
@@ -395,7 +444,7 @@ class CsvSource:
             keep &= (anchor < end).to_numpy()
         table, locations, utc, anchor = table[keep], locations[keep], utc[keep], anchor[keep]
         base = pd.DataFrame({"location_id": locations.astype("object"), "time": utc,
-                             "anchor": anchor})
+                             "anchor": anchor, TIME_NOTE: notes[keep]})
         if self.config.mapping.parameter is not None:
             return self._long_rows(table, path, base)
         values = self._wide(table, path, missing)
@@ -407,6 +456,7 @@ class CsvSource:
         mapping = self.config.mapping
         used = {mapping.time, mapping.location, mapping.parameter, mapping.value, mapping.unit}
         used |= set(mapping.columns.values()) if mapping.columns else set(VALUE_COLUMNS)
+        used |= set(mapping.covariates.values())
         ignored = [c for c in columns if c not in used]
         if ignored:
             log.info("csv: %s: column(s) not in the mapping, ignored: %s", path.name, ignored)
@@ -441,9 +491,10 @@ class CsvSource:
 
     def _value_columns(self, columns: Sequence[str]) -> list[str]:
         mapping = self.config.mapping
+        extra = [c for c in mapping.covariates.values() if c in columns]
         if mapping.columns:
-            return [c for c in mapping.columns.values() if c in columns]
-        return [v for v in VALUE_COLUMNS if v in columns]
+            return [c for c in mapping.columns.values() if c in columns] + extra
+        return [v for v in VALUE_COLUMNS if v in columns] + extra
 
     def load(self, start: pd.Timestamp | None = None,
              end: pd.Timestamp | None = None) -> pd.DataFrame:
@@ -455,16 +506,21 @@ class CsvSource:
         missing: dict[str, int] = {}
         parts = [self._read_file(path, missing, start, end) for path in files]
         for variable, n_files in sorted(missing.items()):
-            column = self.config.mapping.columns.get(variable, variable)
+            column = self.config.mapping.columns.get(variable) or \
+                self.config.mapping.covariates.get(variable.removeprefix(COVARIATE_PREFIX),
+                                                   variable)
             log.warning("csv: column %r (%s) is missing in %d of %d file(s): %s is NaN there",
                         column, variable, n_files, len(files), variable)
         parts = [p for p in parts if not p.empty]
         if not parts:
-            return empty_frame().assign(anchor=pd.Series(dtype="datetime64[us, UTC]"))
+            return empty_frame().assign(anchor=pd.Series(dtype="datetime64[us, UTC]"),
+                                        **{TIME_NOTE: pd.Series(dtype="object")})
         frame = pd.concat(parts, ignore_index=True)
         anchor = frame.pop("anchor")
+        notes = frame.pop(TIME_NOTE)
         frame = conform(frame)
         frame["anchor"] = anchor.to_numpy()
+        frame[TIME_NOTE] = notes.to_numpy()
         return frame
 
     # -- the Source interface
@@ -486,4 +542,7 @@ class CsvSource:
             if int(counts.get(loc_id, 0)) == 0
         }
         rows = selected.drop(columns="anchor").sort_values(list(KEYS), kind="stable")
-        return FetchResult(frame=conform(rows), failures=failures, stats=SourceStats())
+        notes = rows.pop(TIME_NOTE).to_numpy()
+        return FetchResult(frame=conform(rows), failures=failures, stats=SourceStats(),
+                           time_notes={i: str(n) for i, n in enumerate(notes)
+                                       if isinstance(n, str)})

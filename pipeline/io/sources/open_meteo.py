@@ -36,7 +36,7 @@ from pipeline.io.sources.http import (
     ResponseFormatError,
     RetryPolicy,
 )
-from pipeline.schema import TIME_DTYPE, WEATHER
+from pipeline.schema import TIME_DTYPE, WEATHER, conform_forecasts, empty_forecasts
 from pipeline.timeutil import now_utc
 
 if TYPE_CHECKING:
@@ -67,6 +67,9 @@ WEATHER_UNIT_PARAMS = {
 PROVIDER_AIR_QUALITY = "open_meteo_air_quality"
 PROVIDER_FORECAST = "open_meteo_forecast"
 PROVIDER_ARCHIVE = "open_meteo_archive"
+PROVIDER_PREVIOUS_RUNS = "open_meteo_previous_runs"
+# the previous-runs API's forecasts made 1 and 2 days before each hour
+PREVIOUS_DAYS = (1, 2)
 
 
 def date_params(start: pd.Timestamp, end: pd.Timestamp) -> dict[str, str]:
@@ -240,6 +243,69 @@ class OpenMeteoSource:
             if loc.id not in failures
         ]
         return FetchResult(frame=combine(frames), failures=failures, stats=stats)
+
+    # -- weather forecasts for the target hours (the ForecastSource interface)
+
+    def fetch_forecasts(self, locations: Sequence[Location], start: pd.Timestamp,
+                        end: pd.Timestamp) -> FetchResult:
+        """Weather forecasts for the hours of [start, end), and the current run if the window
+        reaches the present hour.
+
+        - For each hour ``T`` of the window, what was forecast 1 and 2 days before it (the
+          previous-runs API's ``<variable>_previous_day1/2``): the value of the newest run at
+          least N days older than ``T``, taken as known ``forecast_delay_hours`` after that
+          (``issue_time = T - N days + delay``: never earlier than it could have been known).
+        - When ``end`` reaches the present: the forecast API's current forecast of the next
+          ``forecast_hours`` hours, issued at the next full hour after it was fetched.
+        Hours with no value at all (before the archive starts, in 2024) are left out.
+        """
+        stats = SourceStats()
+        if not self.config.forecasts or not locations:
+            return FetchResult(frame=empty_forecasts(), stats=stats)
+        delay = pd.Timedelta(hours=self.config.forecast_delay_hours)
+        parts: list[pd.DataFrame] = []
+        failures: dict[str, str] = {}
+        for day in PREVIOUS_DAYS:
+            variables = {f"{name}_previous_day{day}": name for name in WEATHER}
+            frames, failed = self._fetch_part(
+                lambda a, b, v=variables: self._previous_runs_requests(a, b, v), variables,
+                [loc for loc in locations if loc.id not in failures], start, end, stats)
+            failures.update(failed)
+            for loc_id, frame in frames.items():
+                parts.append(frame.assign(
+                    location_id=loc_id,
+                    issue_time=frame["time"] - pd.Timedelta(days=day) + delay))
+        now = self._now().tz_convert("UTC")
+        issue = now.ceil("h")
+        if end >= now.floor("h"):
+            horizon = pd.Timedelta(hours=self.config.forecast_hours)
+            current, failed = self._fetch_part(
+                lambda a, b: self._current_run_requests(a, b), WEATHER_VARIABLES,
+                [loc for loc in locations if loc.id not in failures], issue + pd.Timedelta(
+                    hours=1), issue + horizon + pd.Timedelta(hours=1), stats)
+            failures.update(failed)
+            for loc_id, frame in current.items():
+                parts.append(frame.assign(location_id=loc_id, issue_time=issue))
+        if not parts:
+            return FetchResult(frame=empty_forecasts(), failures=failures, stats=stats)
+        frame = pd.concat(parts, ignore_index=True)
+        frame = frame[frame[list(WEATHER)].notna().any(axis=1)]
+        return FetchResult(frame=conform_forecasts(frame[["location_id", "issue_time", "time",
+                                                          *WEATHER]]),
+                           failures=failures, stats=stats)
+
+    def _previous_runs_requests(self, start, end, variables):
+        for chunk_start, chunk_end in time_chunks(start, end, self.config.max_days_per_request):
+            params = {"hourly": ",".join(variables), "timezone": "GMT",
+                      "timeformat": "unixtime", **WEATHER_UNIT_PARAMS,
+                      **date_params(chunk_start, chunk_end)}
+            yield (PROVIDER_PREVIOUS_RUNS, self.settings.open_meteo_previous_runs_url, params,
+                   chunk_start, chunk_end)
+
+    def _current_run_requests(self, start, end):
+        params = {"hourly": ",".join(WEATHER_VARIABLES), "timezone": "GMT",
+                  "timeformat": "unixtime", **WEATHER_UNIT_PARAMS, **date_params(start, end)}
+        yield PROVIDER_FORECAST, self.settings.open_meteo_forecast_url, params, start, end
 
     # -- the two halves, reusable (OpenWeatherMap takes its weather from here)
 

@@ -14,9 +14,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from pipeline.core.synthetic import HOUR_NS, Drift, generate
+from pipeline.core.synthetic import HOUR_NS, Drift, generate, generate_forecasts
 from pipeline.io.sources.base import FetchResult, SourceError
-from pipeline.schema import TIME_DTYPE, WEATHER, conform, empty_frame
+from pipeline.schema import (
+    TIME_DTYPE,
+    WEATHER,
+    conform,
+    conform_forecasts,
+    empty_forecasts,
+    empty_frame,
+)
 from pipeline.timeutil import utc
 
 if TYPE_CHECKING:
@@ -86,3 +93,27 @@ class SyntheticSource:
             parts.append(part)
         frame = conform(pd.concat(parts, ignore_index=True))
         return FetchResult(frame=frame)  # no requests made: stats stay empty
+
+    def fetch_forecasts(
+        self, locations: Sequence[Location], start: pd.Timestamp, end: pd.Timestamp
+    ) -> FetchResult:
+        """Weather forecasts of the runs issued in [start, end): every 6 hours, 48 hours ahead,
+        their error growing with the lead (``pipeline.core.synthetic.generate_forecasts``)."""
+        first, stop = hour_index(start, ceil=True), hour_index(end, ceil=True)
+        if stop <= first or not locations:
+            return FetchResult(frame=empty_forecasts())
+        parts = []
+        for loc in locations:
+            values = generate_forecasts(loc.id, loc.latitude, loc.longitude, loc.timezone,
+                                        first, stop, seed=self.config.seed)
+            part = pd.DataFrame({name: values[name] for name in WEATHER})
+            part.insert(0, "time", _times(values["time"]))
+            part.insert(0, "issue_time", _times(values["issue"]))
+            part.insert(0, "location_id", loc.id)
+            parts.append(part)
+        return FetchResult(frame=conform_forecasts(pd.concat(parts, ignore_index=True)))
+
+
+def _times(hours: np.ndarray) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(pd.to_datetime(np.asarray(hours, dtype=np.int64) * HOUR_NS,
+                                           utc=True)).astype(TIME_DTYPE)

@@ -140,8 +140,41 @@ def test_local_times_that_do_not_exist_or_cannot_be_told_apart_are_quarantined(t
     assert stored["pm2_5"].tolist() == [5, 7]
     assert report.quality.quarantined == 2
     quarantine = pd.read_parquet(ctx.paths.ingest_quarantine_dir / "source=csv")
-    assert sorted(quarantine["pm2_5"]) == [6, 8]
-    assert all("time missing" in r for r in quarantine["reason"])
+    reasons = dict(zip(quarantine["pm2_5"], quarantine["reason"], strict=True))
+    assert sorted(reasons) == [6, 8]
+    # the reason says what is wrong, and nothing else: two hours without a time are not
+    # "duplicates" of each other
+    assert reasons[6] == ("hour missing at a daylight-saving change: local time 2024-03-31 "
+                          "02:00 does not exist in Europe/Berlin; check source.csv.time_zone "
+                          "(a file in UTC or GMT needs 'UTC')")
+    assert reasons[8].startswith("hour repeated at a daylight-saving change: local time "
+                                 "2024-10-27 02:00 occurs twice in Europe/Berlin but once")
+    assert report.quality.quarantine_reasons == {"time_unknown": 2}
+
+
+def test_a_gmt_file_configured_as_london_is_told_to_check_the_time_zone(tmp_path):
+    """The issue's export: hourly GMT values, configured as Europe/London.
+
+    Summer hours are shifted (nothing in the file can tell); the two change days lose one
+    hour each, quarantined with a reason naming the setting, never as "duplicates".
+    """
+    times = pd.date_range("2025-03-29", "2025-10-28", freq="h", inclusive="left")
+    write(tmp_path, "gmt.csv", "time,no2\n" + "".join(
+        f"{t:%Y-%m-%d %H:%M},{10 + i % 7}\n" for i, t in enumerate(times)))
+    root = make_project(tmp_path / "project", {
+        "source": {"kind": "csv", "start": "2025-03-01", "end": "2025-11-01",
+                   "csv": {"path": str(tmp_path / "gmt.csv"), "time_zone": "Europe/London",
+                           "location_id": "berlin"}}})
+    ctx = Context.load(root, settings=Settings())
+    report = ingest.run(ctx, locations="berlin")
+    quarantine = pd.read_parquet(ctx.paths.ingest_quarantine_dir / "source=csv")
+    assert len(quarantine) == 2
+    assert not any("duplicate" in r for r in quarantine["reason"])
+    assert all("check source.csv.time_zone" in r for r in quarantine["reason"])
+    assert "2025-03-30 01:00 does not exist in Europe/London" in quarantine["reason"].iloc[0]
+    assert "2025-10-26 01:00 occurs twice in Europe/London" in quarantine["reason"].iloc[1]
+    assert report.quality.quarantine_reasons == {"time_unknown": 2}
+    assert report.rows_valid == len(times) - 2
 
 
 def test_openaq_long_export_with_offsets_and_mixed_units(tmp_path):

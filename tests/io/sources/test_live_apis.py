@@ -14,7 +14,7 @@ import pytest
 from pipeline.config import Location
 from pipeline.config import OpenMeteoSource as OpenMeteoConfig
 from pipeline.config import OpenWeatherMapSource as OwmConfig
-from pipeline.core.validation import validate
+from pipeline.core.validation import validate, validate_forecasts
 from pipeline.io.sources.open_meteo import OpenMeteoSource
 from pipeline.io.sources.openweathermap import OpenWeatherMapSource
 from pipeline.settings import Settings
@@ -50,6 +50,26 @@ def test_open_meteo_archive_window():
     result = OpenMeteoSource(OpenMeteoConfig(), Settings.from_env()).fetch([BERLIN], start, end)
     _check(result, [BERLIN], 48)
     assert "open_meteo_archive" in result.stats.requests
+
+
+def test_open_meteo_weather_forecasts_past_and_current():
+    """Previous-runs values for past hours and the current run, in the shapes the replay
+    server imitates, valid as stored forecasts."""
+    now = pd.Timestamp.now(tz="UTC")
+    end = now.floor("h")
+    start = end - pd.Timedelta(hours=24)
+    result = OpenMeteoSource(OpenMeteoConfig(), Settings.from_env()).fetch_forecasts(
+        [BERLIN], start, end)
+    assert result.failures == {}
+    frame = result.frame
+    assert validate_forecasts(frame, ["berlin"]).quarantine.empty
+    lead = (frame["time"] - frame["issue_time"]) / pd.Timedelta(hours=1)
+    assert {16, 40} <= set(lead.unique())  # previous days 1 and 2, 8 h publication delay
+    current = frame[frame["issue_time"] == now.ceil("h")]
+    assert len(current) == 48
+    for column in ("temperature_2m", "wind_speed_10m", "cloud_cover"):
+        assert frame[column].notna().mean() > 0.9, column
+    assert result.stats.requests == {"open_meteo_previous_runs": 2, "open_meteo_forecast": 1}
 
 
 @pytest.mark.skipif(not os.environ.get("OPENWEATHERMAP_API_KEY"),

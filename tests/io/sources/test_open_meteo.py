@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.config import Location
 from pipeline.config import OpenMeteoSource as OpenMeteoConfig
+from pipeline.core.validation import validate_forecasts
 from pipeline.io.sources.http import ResponseFormatError
 from pipeline.io.sources.open_meteo import (
     AIR_QUALITY_VARIABLES,
@@ -17,7 +18,7 @@ from pipeline.io.sources.open_meteo import (
     OpenMeteoSource,
     parse_hourly,
 )
-from pipeline.schema import COLUMNS, TIME_DTYPE
+from pipeline.schema import COLUMNS, FORECAST_COLUMNS, TIME_DTYPE
 from pipeline.settings import Settings
 from tests.replay_server import (
     ReplayServer,
@@ -30,6 +31,7 @@ from tests.replay_server import (
 )
 
 AQ, FORECAST, ARCHIVE = "/v1/air-quality", "/v1/forecast", "/v1/archive"
+PREVIOUS = "/previous-runs/v1/forecast"
 NOW = pd.Timestamp("2025-03-20T12:34", tz="UTC")
 BERLIN = Location(id="berlin", name="Berlin", latitude=52.52, longitude=13.405)
 DELHI = Location(id="delhi", name="Delhi", latitude=28.6139, longitude=77.209)
@@ -44,7 +46,7 @@ def ts(text: str) -> pd.Timestamp:
 @pytest.fixture
 def server():
     with ReplayServer() as srv:
-        for path in (AQ, FORECAST, ARCHIVE):
+        for path in (AQ, FORECAST, ARCHIVE, PREVIOUS):
             srv.route(path, open_meteo_handler())
         yield srv
 
@@ -54,6 +56,7 @@ def make_source(srv: ReplayServer, timeout: float = 2.0, **config) -> OpenMeteoS
         open_meteo_air_quality_url=srv.url(AQ),
         open_meteo_forecast_url=srv.url(FORECAST),
         open_meteo_archive_url=srv.url(ARCHIVE),
+        open_meteo_previous_runs_url=srv.url(PREVIOUS),
         http_timeout_s=timeout,
     )
     config = {"backoff_s": 0.01, "max_retries": 2, "requests_per_second": 100, **config}
@@ -354,3 +357,56 @@ def test_a_trickling_server_fails_its_location_within_the_deadline(server):
     assert set(result.failures) == {"berlin"}
     assert "timeout" in result.failures["berlin"]
     assert_matches_provider(result.frame, DELHI)
+
+
+# ------------------------------------------------------------------ weather forecasts
+
+
+def test_past_hours_get_what_was_forecast_one_and_two_days_before(server):
+    """The previous-runs API: honest training inputs, known no earlier than they could be."""
+    result = make_source(server, locations_per_request=2).fetch_forecasts(
+        [BERLIN, DELHI], ts("2025-03-01"), ts("2025-03-02"))
+    assert result.failures == {}
+    frame = result.frame
+    assert list(frame.columns) == list(FORECAST_COLUMNS)
+    assert len(frame) == 2 * 24 * 2  # locations x hours x (1 and 2 days before)
+    previous = server.requests_to(PREVIOUS)
+    assert len(previous) == 2  # day 1 and day 2, both locations in each request
+    assert previous[0].query["hourly"].split(",")[0] == "temperature_2m_previous_day1"
+    assert previous[0].query["wind_speed_unit"] == "ms"
+    assert server.requests_to(FORECAST) == []  # the window is in the past: no current run
+    lead = (frame["time"] - frame["issue_time"]) / pd.Timedelta(hours=1)
+    assert sorted(lead.unique()) == [24 - 8, 48 - 8]  # the default 8-hour publication delay
+    row = frame[(frame["location_id"] == "berlin") & (lead == 16)].iloc[5]
+    unix = int(row["time"].timestamp())
+    assert row["temperature_2m"] == truth("temperature_2m_previous_day1", 52.52, unix)
+    assert row["wind_speed_10m"] == truth("wind_speed_10m_previous_day1", 52.52, unix)
+    assert validate_forecasts(frame, ["berlin", "delhi"]).quarantine.empty
+
+
+def test_a_window_reaching_the_present_stores_the_current_run(server):
+    result = make_source(server, forecast_hours=36).fetch_forecasts(
+        [BERLIN], ts("2025-03-20T10:00"), ts("2025-03-20T13:00"))
+    frame = result.frame
+    current = frame[frame["issue_time"] == ts("2025-03-20T13:00")]  # fetched 12:34: known 13:00
+    assert list(current["time"]) == list(pd.date_range("2025-03-20T14:00", periods=36, freq="h",
+                                                       tz="UTC"))
+    request = server.requests_to(FORECAST)[0].query
+    assert (request["start_date"], request["end_date"]) == ("2025-03-20", "2025-03-22")
+    assert current["cloud_cover"].iloc[0] == truth(
+        "cloud_cover", 52.52, int(ts("2025-03-20T14:00").timestamp()))
+    assert len(frame) == len(current) + 3 * 2  # and the previous runs of the window's 3 hours
+
+
+def test_hours_before_the_previous_runs_archive_are_no_data_not_an_error(server):
+    server.route(PREVIOUS, open_meteo_handler(lambda var, lat, t: None))
+    result = make_source(server).fetch_forecasts([BERLIN], ts("2023-03-01"), ts("2023-03-02"))
+    assert result.frame.empty
+    assert result.failures["berlin"].endswith("no data")
+
+
+def test_forecasts_can_be_switched_off(server):
+    result = make_source(server, forecasts=False).fetch_forecasts(
+        [BERLIN], ts("2025-03-01"), ts("2025-03-02"))
+    assert result.frame.empty
+    assert server.requests == []
