@@ -534,9 +534,10 @@ def write_forecasts(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteRep
                     log.warning("forecast partition %s is damaged (%s); moved to %s and storing "
                                 "the new rows in a fresh one", path, exc, kept)
             merged = _merge_forecasts(existing, part)
-            known = set(zip(existing["issue_time"], existing["time"], strict=True))
-            new = sum(1 for k in zip(part["issue_time"], part["time"], strict=True)
-                      if k not in known)
+            # vectorised: a Python loop over Timestamps cost a third of a synthetic ingest
+            known = pd.MultiIndex.from_arrays([existing["issue_time"], existing["time"]])
+            new = int((~pd.MultiIndex.from_arrays([part["issue_time"], part["time"]])
+                       .isin(known)).sum())
             payload = parquet_bytes(merged)
             if path.exists() and path.read_bytes() == payload:
                 report.unchanged.append(path)

@@ -191,3 +191,27 @@ def test_outputs_are_readable_by_others_and_secrets_are_not(tmp_path):
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o600
+
+
+def _forecast_run(issue: str, hours: int, temperature: float) -> pd.DataFrame:
+    issued = pd.Timestamp(issue, tz="UTC")
+    return pd.DataFrame({
+        "location_id": "berlin",
+        "issue_time": issued,
+        "time": pd.date_range(issued, periods=hours, freq="h"),
+        "temperature_2m": temperature,
+    })
+
+
+def test_forecast_writes_count_new_and_updated_rows(tmp_path):
+    """rows_new / rows_updated of stored forecast runs (keys: location, issue time, hour)."""
+    first = storage.write_forecasts(tmp_path, "synthetic", _forecast_run("2025-01-01", 48, 1.0))
+    assert (first.rows_new, first.rows_updated) == (48, 0)
+    again = pd.concat([_forecast_run("2025-01-01", 48, 2.0),  # the same run, values revised
+                       _forecast_run("2025-01-01T06:00", 48, 3.0)])  # a new run
+    second = storage.write_forecasts(tmp_path, "synthetic", again)
+    assert (second.rows_new, second.rows_updated) == (48, 48)
+    stored = storage.read_forecasts(tmp_path, "synthetic")
+    assert len(stored) == 96
+    assert set(stored.loc[stored["issue_time"] == pd.Timestamp("2025-01-01", tz="UTC"),
+                          "temperature_2m"]) == {2.0}
