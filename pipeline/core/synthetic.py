@@ -753,7 +753,10 @@ def _run_noise(key: int, issue: np.ndarray, valid: np.ndarray, period: int) -> n
     knot = x // period
     w = _catmull_rom_weights(period)[x - knot * period]
     base = (issue // FORECAST_EVERY_H) * _ISSUE_STRIDE + knot
-    return sum(w[:, j] * hash_normal(key, base + (j - 1)) for j in range(4))
+    # the leads of a run share its knots: hash each knot once, not four times per row
+    knots = np.unique(np.concatenate([base - 1, base, base + 1, base + 2]))
+    values = hash_normal(key, knots)
+    return sum(w[:, j] * values[np.searchsorted(knots, base + (j - 1))] for j in range(4))
 
 
 def _run_error(key: int, issue: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -18,9 +18,12 @@ and fail at the end naming every location that failed; the others are stored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +37,12 @@ from pipeline.errors import IngestError
 from pipeline.io.forecast_metrics import export_observations, latest_observations
 from pipeline.io.metrics import StepRun
 from pipeline.io.sources import SourceStats, make_source
-from pipeline.io.sources.base import answered_without_data, has_forecasts, time_chunks
+from pipeline.io.sources.base import (
+    answered_without_data,
+    batched,
+    has_forecasts,
+    month_chunks,
+)
 from pipeline.io.storage import (
     StateFileError,
     WriteReport,
@@ -43,8 +51,10 @@ from pipeline.io.storage import (
     file_lock,
     newest_observation,
     raw_files,
+    raw_write_lock,
     read_state_json,
     stored_times,
+    write_for_lock_holder,
     write_forecasts,
     write_raw,
 )
@@ -59,6 +69,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_DAYS = 31
+MIN_LOCATIONS_PER_PROCESS = 8  # fewer: a worker process costs more than it saves
+MAX_GROUP_LOCATIONS = 50  # locations one worker holds at once (memory)
 STATE_VERSION = 1
 HOUR = pd.Timedelta(hours=1)
 
@@ -126,6 +138,116 @@ class IngestReport:
         }
 
 
+@dataclass
+class ChunkOutcome:
+    """What storing one chunk (or one group of its locations) did: figures only, no frames, so
+    a worker process hands it back cheaply and groups add up to the chunk."""
+
+    write: WriteReport = field(default_factory=WriteReport)
+    stats: SourceStats = field(default_factory=SourceStats)
+    failures: dict[str, str] = field(default_factory=dict)  # location -> error
+    rows_valid: int = 0
+    rows_quarantined: int = 0
+    rows_per_location: dict[str, int] = field(default_factory=dict)
+    nulls: dict[str, int] = field(default_factory=dict)  # value column -> missing values
+    reasons: dict[str, int] = field(default_factory=dict)  # quarantine reason -> rows
+    forecast_rows: int = 0
+    forecast_rows_quarantined: int = 0
+    notes: list[str] = field(default_factory=list)
+    # the refused rows with their reasons (few), kept in one file per chunk by the caller
+    quarantine: list[pd.DataFrame] = field(default_factory=list)
+    forecast_quarantine: list[pd.DataFrame] = field(default_factory=list)
+
+    def merge(self, other: ChunkOutcome) -> None:
+        self.write.merge(other.write)
+        self.stats.merge(other.stats)
+        self.failures.update(other.failures)
+        self.rows_valid += other.rows_valid
+        self.rows_quarantined += other.rows_quarantined
+        for target, source in ((self.rows_per_location, other.rows_per_location),
+                               (self.nulls, other.nulls), (self.reasons, other.reasons)):
+            for key, n in source.items():
+                target[key] = target.get(key, 0) + n
+        self.forecast_rows += other.forecast_rows
+        self.forecast_rows_quarantined += other.forecast_rows_quarantined
+        self.notes.extend(other.notes)
+        self.quarantine.extend(other.quarantine)
+        self.forecast_quarantine.extend(other.forecast_quarantine)
+
+    def keep_quarantine(self, quarantine_dir: Path, source: str, run_id: str) -> None:
+        for frames, suffix in ((self.quarantine, ""), (self.forecast_quarantine, "_forecasts")):
+            rows = [f for f in frames if not f.empty]
+            if rows:
+                append_quarantine(quarantine_dir, source, pd.concat(rows, ignore_index=True),
+                                  f"{run_id}{suffix}")
+
+
+def store_chunk(source: Source, raw_dir: Path, known_locations: Sequence[str],
+                locs: Sequence[Location], start: pd.Timestamp, end: pd.Timestamp
+                ) -> ChunkOutcome:
+    """Fetch -> validate -> store of one window for some locations: the one path every chunk
+    takes, in the ingesting process or in one of its workers. Refused rows come back in the
+    outcome (:meth:`ChunkOutcome.keep_quarantine`).
+
+    A forecast that cannot be fetched costs features, not observations: the chunk's
+    observations stay stored, and a warning and the outcome's notes say what is missing.
+    """
+    result = source.fetch(locs, start, end)
+    checked = validate(result.frame, known_locations=known_locations,
+                       time_notes=result.time_notes)
+    valid = checked.valid
+    outcome = ChunkOutcome(
+        write=write_raw(raw_dir, source.name, valid),
+        stats=result.stats,
+        failures=dict(result.failures),
+        rows_valid=len(valid),
+        rows_quarantined=len(checked.quarantine),
+        rows_per_location={str(loc): int(n)
+                           for loc, n in valid.groupby("location_id").size().items()},
+        nulls={col: int(valid[col].isna().sum()) for col in VALUE_COLUMNS},
+        reasons=dict(checked.reasons),
+        quarantine=[checked.quarantine],
+    )
+    if has_forecasts(source):
+        forecasts = source.fetch_forecasts(locs, start, end)
+        checked = validate_forecasts(forecasts.frame, known_locations=known_locations)
+        outcome.write.merge(write_forecasts(raw_dir, source.name, checked.valid))
+        outcome.forecast_quarantine.append(checked.quarantine)
+        outcome.stats.merge(forecasts.stats)
+        outcome.forecast_rows = len(checked.valid)
+        outcome.forecast_rows_quarantined = len(checked.quarantine)
+        for loc, err in sorted(forecasts.failures.items()):
+            note = f"weather forecasts of {loc} for {start} .. {end} not stored: {err}"
+            outcome.notes.append(note)
+            log.warning("ingest %s: %s", source.name, note)
+    return outcome
+
+
+# what a worker process of a parallel ingestion needs, set once by its initializer
+_worker: dict[str, Any] = {}
+
+
+def _start_worker(params, settings, root: Path, log_level: int) -> None:
+    from pipeline.redaction import install_log_redaction
+
+    logging.basicConfig(level=log_level, format=(
+        "" if settings.log_format == "plain" else "%(asctime)s ")
+        + "%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
+    write_for_lock_holder()  # the parent holds the raw-data lock while this process lives
+    from pipeline.paths import ProjectPaths
+
+    paths = ProjectPaths(root)
+    _worker.update(source=make_source(params, settings, root=root), raw_dir=paths.raw_dir,
+                   known_locations=params.location_ids)
+
+
+def _store_group(locs: Sequence[Location], start: pd.Timestamp, end: pd.Timestamp
+                 ) -> ChunkOutcome:
+    return store_chunk(_worker["source"], _worker["raw_dir"], _worker["known_locations"],
+                       locs, start, end)
+
+
 class _Tally:
     """Quality figures summed over the chunks of one ingestion."""
 
@@ -137,17 +259,16 @@ class _Tally:
         self.reasons: dict[str, int] = {}
         self.failures: dict[str, str] = {}
 
-    def add(self, checked, failures: dict[str, str], chunk: str | None) -> None:
-        valid = checked.valid
-        self.valid += len(valid)
-        self.quarantined += len(checked.quarantine)
-        for loc, n in valid.groupby("location_id").size().items():
-            self.rows[str(loc)] = self.rows.get(str(loc), 0) + int(n)
-        for col in VALUE_COLUMNS:
-            self.nulls[col] += int(valid[col].isna().sum())
-        for reason, n in checked.reasons.items():
+    def add(self, outcome: ChunkOutcome, chunk: str | None) -> None:
+        self.valid += outcome.rows_valid
+        self.quarantined += outcome.rows_quarantined
+        for loc, n in outcome.rows_per_location.items():
+            self.rows[loc] = self.rows.get(loc, 0) + n
+        for col, n in outcome.nulls.items():
+            self.nulls[col] += n
+        for reason, n in outcome.reasons.items():
             self.reasons[reason] = self.reasons.get(reason, 0) + n
-        for loc, err in failures.items():
+        for loc, err in outcome.failures.items():
             self.failures[loc] = f"{chunk}: {err}" if chunk else err
 
     def quality(self, freshness: dict[str, float]) -> IngestQuality:
@@ -238,42 +359,51 @@ class Ingestion:
     # -- the one path every chunk takes
 
     def _store_chunk(self, locs: Sequence[Location], start: pd.Timestamp, end: pd.Timestamp,
-                     run_id: str, report: IngestReport, tally: _Tally):
-        result = self.source.fetch(locs, start, end)
-        checked = validate(result.frame, known_locations=self.ctx.params.location_ids,
-                           time_notes=result.time_notes)
-        write = write_raw(self.ctx.paths.raw_dir, self.source.name, checked.valid)
-        append_quarantine(self.ctx.paths.ingest_quarantine_dir, self.source.name,
-                          checked.quarantine, run_id)
-        report.write.merge(write)
-        report.stats.merge(result.stats)
+                     run_id: str, report: IngestReport,
+                     workers: tuple[ProcessPoolExecutor, int] | None) -> ChunkOutcome:
+        paths = self.ctx.paths
+        if workers is None:
+            outcome = store_chunk(self.source, paths.raw_dir, self.ctx.params.location_ids,
+                                  locs, start, end)
+        else:  # groups of locations in the worker processes, disjoint partitions each
+            pool, size = workers
+            futures = [pool.submit(_store_group, group, start, end)
+                       for group in batched(list(locs), size)]
+            outcome = ChunkOutcome()
+            for future in futures:
+                outcome.merge(future.result())
+        outcome.keep_quarantine(paths.ingest_quarantine_dir, self.source.name, run_id)
+        report.write.merge(outcome.write)
+        report.stats.merge(outcome.stats)
         report.chunks_fetched += 1
-        report.rows_valid += len(checked.valid)
-        report.rows_quarantined += len(checked.quarantine)
-        if has_forecasts(self.source):
-            self._store_forecasts(locs, start, end, run_id, report)
-        return checked, result.failures
+        report.rows_valid += outcome.rows_valid
+        report.rows_quarantined += outcome.rows_quarantined
+        report.forecast_rows += outcome.forecast_rows
+        report.forecast_rows_quarantined += outcome.forecast_rows_quarantined
+        report.notes.extend(outcome.notes)
+        return outcome
 
-    def _store_forecasts(self, locs: Sequence[Location], start: pd.Timestamp,
-                         end: pd.Timestamp, run_id: str, report: IngestReport) -> None:
-        """The weather forecasts issued in the chunk, beside its observations.
-
-        A forecast that cannot be fetched costs features, not observations: the chunk's
-        observations stay stored, and a warning and the report's notes say what is missing.
-        """
-        result = self.source.fetch_forecasts(locs, start, end)
-        checked = validate_forecasts(result.frame, known_locations=self.ctx.params.location_ids)
-        write = write_forecasts(self.ctx.paths.raw_dir, self.source.name, checked.valid)
-        append_quarantine(self.ctx.paths.ingest_quarantine_dir, self.source.name,
-                          checked.quarantine, f"{run_id}_forecasts")
-        report.write.merge(write)
-        report.stats.merge(result.stats)
-        report.forecast_rows += len(checked.valid)
-        report.forecast_rows_quarantined += len(checked.quarantine)
-        for loc, err in sorted(result.failures.items()):
-            note = f"weather forecasts of {loc} for {start} .. {end} not stored: {err}"
-            report.notes.append(note)
-            log.warning("ingest %s: %s", self.source.name, note)
+    @contextlib.contextmanager
+    def _workers(self, n_locations: int):
+        """Worker processes and the locations each takes at once, for a local, CPU-bound
+        source (synthetic) with many locations; None otherwise. The raw-data lock is held
+        while they live: they write for this process, disjoint partitions at once."""
+        processes = min(self.ctx.settings.ingest_processes,
+                        n_locations // MIN_LOCATIONS_PER_PROCESS)
+        if processes < 2 or not getattr(self.source, "cpu_bound", False):
+            yield None
+            return
+        # a few groups per process balance the load; a group's memory stays bounded
+        size = min(MAX_GROUP_LOCATIONS, math.ceil(n_locations / (processes * 4)))
+        log.info("ingest %s: %d worker processes, groups of up to %d locations",
+                 self.source.name, processes, size)
+        with raw_write_lock(self.ctx.paths.raw_dir), ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_start_worker,
+            initargs=(self.ctx.params, self.ctx.settings, self.ctx.paths.root,
+                      logging.getLogger().level),
+        ) as pool:
+            yield pool, size
 
     def _finish(self, report: IngestReport, tally: _Tally, location_ids: Sequence[str],
                 metrics: StepRun) -> IngestReport:
@@ -298,32 +428,34 @@ class Ingestion:
                 progress: bool | None, done: dict[str, set[str]] | None = None,
                 on_chunk=None) -> None:
         """Fetch and store ``[start, end)`` chunk by chunk, oldest first, logging each."""
-        chunks = time_chunks(start, end, days)
+        chunks = month_chunks(start, end, days)
         report.chunks_total += len(chunks)
         # progress=None: a bar on a terminal, none in captured logs (Airflow, CI)
         bar = tqdm(chunks, desc=f"{what} {self.source.name}", unit="chunk",
                    disable=None if progress is None else not progress, dynamic_ncols=True)
-        for number, (chunk_start, chunk_end) in enumerate(bar, start=1):
-            cid = chunk_id(chunk_start, chunk_end)
-            finished = (done or {}).get(cid, set())
-            todo = [loc for loc in locs if loc.id not in finished]
-            if not todo:
-                report.chunks_skipped += 1
-                log.info("%s %s: chunk %d/%d %s .. %s already stored, skipped", what,
-                         self.source.name, number, len(chunks), chunk_start, chunk_end)
-                continue
-            checked, failures = self._store_chunk(todo, chunk_start, chunk_end, f"{what}_{cid}",
-                                                  report, tally)
-            tally.add(checked, failures, cid if len(chunks) > 1 else None)
-            if failures:
-                report.chunk_failures[cid] = dict(failures)
-            log.info("%s %s: chunk %d/%d %s .. %s: %d rows valid, %d quarantined%s", what,
-                     self.source.name, number, len(chunks), chunk_start, chunk_end,
-                     len(checked.valid), len(checked.quarantine),
-                     f", failed: {sorted(failures)}" if failures else "")
-            bar.set_postfix(rows=report.rows_valid, failed=len(report.chunk_failures))
-            if on_chunk is not None:
-                on_chunk(cid, chunk_end, todo, checked, failures)
+        with self._workers(len(locs)) as workers:
+            for number, (chunk_start, chunk_end) in enumerate(bar, start=1):
+                cid = chunk_id(chunk_start, chunk_end)
+                finished = (done or {}).get(cid, set())
+                todo = [loc for loc in locs if loc.id not in finished]
+                if not todo:
+                    report.chunks_skipped += 1
+                    log.info("%s %s: chunk %d/%d %s .. %s already stored, skipped", what,
+                             self.source.name, number, len(chunks), chunk_start, chunk_end)
+                    continue
+                outcome = self._store_chunk(todo, chunk_start, chunk_end, f"{what}_{cid}",
+                                            report, workers)
+                failures = outcome.failures
+                tally.add(outcome, cid if len(chunks) > 1 else None)
+                if failures:
+                    report.chunk_failures[cid] = dict(failures)
+                log.info("%s %s: chunk %d/%d %s .. %s: %d rows valid, %d quarantined%s", what,
+                         self.source.name, number, len(chunks), chunk_start, chunk_end,
+                         outcome.rows_valid, outcome.rows_quarantined,
+                         f", failed: {sorted(failures)}" if failures else "")
+                bar.set_postfix(rows=report.rows_valid, failed=len(report.chunk_failures))
+                if on_chunk is not None:
+                    on_chunk(cid, chunk_end, todo, outcome)
         bar.close()
 
     # -- entry points
@@ -385,10 +517,10 @@ class Ingestion:
             days = report.chunk_days = self.chunk_days()
             blocked: set[str] = set()
 
-            def advance(cid, chunk_end, todo, checked, failures):
+            def advance(cid, chunk_end, todo, outcome):
                 # a location's cursor moves over contiguous chunks the provider answered (a
                 # silent station's "no data" answer included); an error stops it
-                blocked.update(loc for loc, err in failures.items()
+                blocked.update(loc for loc, err in outcome.failures.items()
                                if not answered_without_data(err))
                 cursor.advance([loc.id for loc in todo if loc.id not in blocked], chunk_end)
 
@@ -440,12 +572,12 @@ class Ingestion:
                      start_ts, end_ts, days, path)
             done = {cid: set(entry.get("done", [])) for cid, entry in state["chunks"].items()}
 
-            def record(cid, chunk_end, todo, checked, failures):
+            def record(cid, chunk_end, todo, outcome):
                 entry = state["chunks"].setdefault(cid, {"done": [], "failed": {}})
-                stored = [loc.id for loc in todo if loc.id not in failures]
+                stored = [loc.id for loc in todo if loc.id not in outcome.failures]
                 entry["done"] = sorted(set(entry["done"]) | set(stored))
-                entry["failed"] = dict(sorted(failures.items()))
-                entry["rows"] = entry.get("rows", 0) + len(checked.valid)
+                entry["failed"] = dict(sorted(outcome.failures.items()))
+                entry["rows"] = entry.get("rows", 0) + outcome.rows_valid
                 entry["updated"] = now_utc().isoformat()
                 atomic_write_json(path, state)
 

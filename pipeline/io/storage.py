@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,7 +172,8 @@ def file_lock(path: Path, shared: bool = False, timeout_s: float | None = None,
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
     """Deterministic Parquet bytes: same frame, same library versions, same bytes."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    # one thread: the frames are small, and a thread pool per call cost more than the work
+    table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
@@ -203,15 +204,25 @@ class WriteReport:
         return self.written + self.unchanged
 
     def merge(self, other: WriteReport) -> None:
-        self.written.extend(p for p in other.written if p not in self.written)
+        # sets, not list scans: a long ingest merges thousands of partition paths
+        written = set(self.written)
+        self.written.extend(p for p in other.written if p not in written)
+        written.update(other.written)
+        unchanged = set(self.unchanged)
         self.unchanged.extend(p for p in other.unchanged
-                              if p not in self.unchanged and p not in self.written)
+                              if p not in unchanged and p not in written)
         self.rows_new += other.rows_new
         self.rows_updated += other.rows_updated
 
 
-def _merge(existing: pd.DataFrame, incoming: pd.DataFrame) -> pd.DataFrame:
-    """Incoming values win where they are present; a NaN never erases a stored value."""
+def _merge(existing: pd.DataFrame | None, incoming: pd.DataFrame) -> pd.DataFrame:
+    """Incoming values win where they are present; a NaN never erases a stored value.
+
+    ``existing`` None: a new partition, ``incoming`` already conformed and free of duplicate
+    keys (as :func:`write_raw` hands it over): only its order changes.
+    """
+    if existing is None:
+        return incoming.sort_values(list(KEYS)).reset_index(drop=True)
     if existing.empty:
         merged = incoming
     else:
@@ -294,18 +305,37 @@ def _dvc_rwlock(raw_dir: Path, timeout_s: float, write: bool):
         lock.__exit__(None, None, None)
 
 
+_raw_write_lock_held = False  # by this process, or by the parent it writes for
+
+
 @contextlib.contextmanager
 def raw_write_lock(raw_dir: Path, timeout_s: float = RAW_LOCK_TIMEOUT_S):
     """Exclusive access to the raw store for one read-merge-write (two ingest runs at once).
 
     DVC's lock first (see :func:`_dvc_write_lock`), then the file lock readers outside DVC
     share; always in this order, so a writer never holds one while waiting for the other held
-    by a DVC stage.
+    by a DVC stage. Re-entrant: a process already holding it (or a worker process writing for
+    the parent that holds it, :func:`write_for_lock_holder`) goes straight on.
     """
+    global _raw_write_lock_held
+    if _raw_write_lock_held:
+        yield
+        return
     with _dvc_write_lock(raw_dir, timeout_s), file_lock(
         raw_lock_path(raw_dir), shared=False, timeout_s=timeout_s, what="raw-data lock"
     ):
-        yield
+        _raw_write_lock_held = True
+        try:
+            yield
+        finally:
+            _raw_write_lock_held = False
+
+
+def write_for_lock_holder() -> None:
+    """Mark this (worker) process as writing for its parent, which holds the raw-data lock for
+    the worker's whole life: the workers of one ingestion write disjoint partitions at once."""
+    global _raw_write_lock_held
+    _raw_write_lock_held = True
 
 
 @contextlib.contextmanager
@@ -334,7 +364,7 @@ def _write_raw_locked(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteR
     months = frame["time"].dt.strftime("%Y-%m")
     for (location_id, month), part in frame.groupby([frame["location_id"], months], sort=True):
         path = partition_path(raw_dir, source, str(location_id), str(month))
-        existing = empty_frame()
+        existing = None  # a new partition
         if path.exists():
             try:
                 existing = read_partition(path)
@@ -344,18 +374,31 @@ def _write_raw_locked(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteR
                             "re-ingest month %s of %s to restore the rest", exc, kept, month,
                             location_id)
         merged = _merge(existing, part)
-        known = set(zip(existing["location_id"], existing["time"], strict=True))
-        incoming_keys = list(zip(part["location_id"], part["time"], strict=True))
-        new_keys = sum(1 for k in incoming_keys if k not in known)
-        payload = parquet_bytes(merged)
-        if path.exists() and path.read_bytes() == payload:
-            report.unchanged.append(path)
-            continue
-        atomic_write_bytes(path, payload)
-        report.written.append(path)
-        report.rows_new += new_keys
-        report.rows_updated += len(incoming_keys) - new_keys
+        _store_partition(path, merged, count_new(existing, part, KEYS), len(part), report)
     return report
+
+
+def count_new(existing: pd.DataFrame | None, incoming: pd.DataFrame,
+              keys: Sequence[str]) -> int:
+    """How many of ``incoming``'s keys ``existing`` does not have (vectorised: a Python loop
+    over Timestamps cost a third of a synthetic ingest)."""
+    if existing is None or existing.empty:
+        return len(incoming)
+    known = pd.MultiIndex.from_frame(existing[list(keys)])
+    return int((~pd.MultiIndex.from_frame(incoming[list(keys)]).isin(known)).sum())
+
+
+def _store_partition(path: Path, merged: pd.DataFrame, rows_new: int, rows_in: int,
+                     report: WriteReport) -> None:
+    """Write a merged partition unless its bytes are already stored; count what changed."""
+    payload = parquet_bytes(merged)
+    if path.exists() and path.read_bytes() == payload:
+        report.unchanged.append(path)
+        return
+    atomic_write_bytes(path, payload)
+    report.written.append(path)
+    report.rows_new += rows_new
+    report.rows_updated += rows_in - rows_new
 
 
 def read_partition(path: Path) -> pd.DataFrame:
@@ -497,8 +540,10 @@ def forecast_files(raw_dir: Path, source: str,
     return files
 
 
-def _merge_forecasts(existing: pd.DataFrame, incoming: pd.DataFrame) -> pd.DataFrame:
+def _merge_forecasts(existing: pd.DataFrame | None, incoming: pd.DataFrame) -> pd.DataFrame:
     """Like :func:`_merge`: incoming values win where present, a NaN never erases one."""
+    if existing is None:
+        return incoming.sort_values(list(FORECAST_KEYS)).reset_index(drop=True)
     if existing.empty:
         merged = incoming
     else:
@@ -520,7 +565,7 @@ def write_forecasts(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteRep
         for (location_id, month), part in frame.groupby([frame["location_id"], months],
                                                         sort=True):
             path = forecast_partition_path(raw_dir, source, str(location_id), str(month))
-            existing = empty_forecasts()
+            existing = None  # a new partition
             if path.exists():
                 try:
                     existing = conform_forecasts(pd.read_parquet(path))
@@ -534,18 +579,8 @@ def write_forecasts(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteRep
                     log.warning("forecast partition %s is damaged (%s); moved to %s and storing "
                                 "the new rows in a fresh one", path, exc, kept)
             merged = _merge_forecasts(existing, part)
-            # vectorised: a Python loop over Timestamps cost a third of a synthetic ingest
-            known = pd.MultiIndex.from_arrays([existing["issue_time"], existing["time"]])
-            new = int((~pd.MultiIndex.from_arrays([part["issue_time"], part["time"]])
-                       .isin(known)).sum())
-            payload = parquet_bytes(merged)
-            if path.exists() and path.read_bytes() == payload:
-                report.unchanged.append(path)
-                continue
-            atomic_write_bytes(path, payload)
-            report.written.append(path)
-            report.rows_new += new
-            report.rows_updated += len(part) - new
+            _store_partition(path, merged, count_new(existing, part, FORECAST_KEYS), len(part),
+                             report)
     return report
 
 

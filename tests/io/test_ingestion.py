@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -148,3 +149,82 @@ def test_a_run_still_catching_up_is_behind_not_silent(history):
     with pytest.raises(IngestError, match=r"no stored observation for \['berlin', 'delhi'\]"):
         check_run(history, [done.to_json()], later - pd.Timedelta(hours=1), later,
                   max_silent_hours=6, max_quarantine_share=0.5)
+
+
+# ------------------------------------------------------------------ chunks and worker processes
+
+
+def test_chunks_end_at_month_starts_so_each_partition_is_written_once():
+    from pipeline.io.sources.base import month_chunks
+
+    assert month_chunks(ts("2025-01-15T05:00"), ts("2025-03-10"), 31) == [
+        (ts("2025-01-15T05:00"), ts("2025-02-01")), (ts("2025-02-01"), ts("2025-03-01")),
+        (ts("2025-03-01"), ts("2025-03-10"))]
+    # shorter than a month: never across a month start
+    assert month_chunks(ts("2025-01-25"), ts("2025-02-12"), 7) == [
+        (ts("2025-01-25"), ts("2025-02-01")), (ts("2025-02-01"), ts("2025-02-08")),
+        (ts("2025-02-08"), ts("2025-02-12"))]
+    # longer than a month: whole months, as few requests as before
+    assert month_chunks(ts("2024-03-01"), ts("2024-11-01"), 366) == [
+        (ts("2024-03-01"), ts("2024-11-01"))]
+    assert month_chunks(ts("2023-03-05"), ts("2025-11-01"), 366) == [
+        (ts("2023-03-05"), ts("2024-03-01")), (ts("2024-03-01"), ts("2025-03-01")),
+        (ts("2025-03-01"), ts("2025-11-01"))]
+
+
+def _many_places(n: int) -> list[dict]:
+    zones = ["Europe/Berlin", "Asia/Kolkata", "America/New_York", "UTC"]
+    return [{"id": f"site_{i:02d}", "name": f"Site {i}", "latitude": -30.0 + 5.0 * i,
+             "longitude": -150.0 + 19.0 * i, "timezone": zones[i % len(zones)]}
+            for i in range(n)]
+
+
+def _store(root) -> dict:
+    data = root / "data"
+    return {str(p.relative_to(data)): p.read_bytes() for p in sorted(data.rglob("*.parquet"))}
+
+
+def test_worker_processes_store_exactly_what_one_process_stores(tmp_path, caplog):
+    """The synthetic source spread over two processes: the same partitions byte for byte, the
+    same quarantine files and the same figures (gaps and spikes on, across a month start)."""
+    params = {"locations": _many_places(16),
+              "source": {"kind": "synthetic", "start": "2025-01-30", "end": "2025-02-02",
+                         "synthetic": {"gap_rate": 0.05, "spike_rate": 0.05}}}
+    reports, stores = {}, {}
+    for processes in (1, 2):
+        root = make_project(tmp_path / f"p{processes}", params)
+        ctx = Context.load(root, settings=Settings(ingest_processes=processes))
+        caplog.clear()
+        with caplog.at_level("INFO", logger="pipeline.io.ingestion"):
+            reports[processes] = Ingestion(ctx).window()
+        used = "2 worker processes" in caplog.text
+        assert used == (processes == 2)
+        stores[processes] = _store(root)
+    assert stores[2] == stores[1]
+    assert any(name.startswith("quarantine/") for name in stores[1])  # the spikes were refused
+    one, two = reports[1], reports[2]
+    # the same figures (freshness is measured against the clock, a moment apart)
+    assert dataclasses.replace(two.quality, freshness_lag_s={}) == dataclasses.replace(
+        one.quality, freshness_lag_s={})
+    assert two.quality.freshness_lag_s.keys() == one.quality.freshness_lag_s.keys()
+    assert (two.rows_valid, two.rows_quarantined, two.forecast_rows) == (
+        one.rows_valid, one.rows_quarantined, one.forecast_rows)
+    assert (two.write.rows_new, len(two.write.written)) == (one.write.rows_new,
+                                                            len(one.write.written))
+
+
+def test_a_live_provider_is_never_spread_over_processes(tmp_path, caplog):
+    """Rate limits hold per process unless shared in Redis: live sources keep one process."""
+    params = {"locations": _many_places(16),
+              "source": {"kind": "open_meteo", "start": "2025-01-01", "end": "2025-01-02"}}
+    with ReplayServer() as server:
+        for path in (AQ, FORECAST, ARCHIVE, PREVIOUS):
+            server.route(path, open_meteo_handler())
+        settings = Settings(ingest_processes=4, open_meteo_air_quality_url=server.url(AQ),
+                            open_meteo_forecast_url=server.url(FORECAST),
+                            open_meteo_archive_url=server.url(ARCHIVE),
+                            open_meteo_previous_runs_url=server.url(PREVIOUS))
+        ctx = Context.load(make_project(tmp_path / "p", params), settings=settings)
+        with caplog.at_level("INFO", logger="pipeline.io.ingestion"):
+            Ingestion(ctx).window()
+    assert "worker processes" not in caplog.text

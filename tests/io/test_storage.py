@@ -215,3 +215,27 @@ def test_forecast_writes_count_new_and_updated_rows(tmp_path):
     assert len(stored) == 96
     assert set(stored.loc[stored["issue_time"] == pd.Timestamp("2025-01-01", tz="UTC"),
                           "temperature_2m"]) == {2.0}
+
+
+def test_a_new_partition_has_the_bytes_a_merge_into_an_old_one_gives(tmp_path):
+    """A partition written fresh (no merge) and one merged from an earlier write: one content,
+    one byte sequence, whatever order and duplicates the rows came in."""
+    rng = np.random.default_rng(3)
+    rows_all = rows("2025-01-01", 96)
+    rows_all["cov_traffic"] = np.arange(96, dtype=float)
+    shuffled = rows_all.iloc[rng.permutation(96)]
+    shuffled = pd.concat([shuffled, shuffled.iloc[:5]])  # repeated rows: the last one counts
+    fresh = write_raw(tmp_path / "fresh", "s", shuffled)
+    write_raw(tmp_path / "merged", "s", rows_all.iloc[:40])
+    merged = write_raw(tmp_path / "merged", "s", shuffled)
+    assert snapshot(tmp_path / "fresh") == snapshot(tmp_path / "merged")
+    assert (fresh.rows_new, fresh.rows_updated) == (96, 0)
+    assert (merged.rows_new, merged.rows_updated) == (56, 40)
+
+    runs = pd.concat([_forecast_run("2025-01-01", 48, 1.0), _forecast_run("2025-01-01T06:00",
+                                                                           48, 2.0)])
+    runs = runs.iloc[rng.permutation(len(runs))]
+    storage.write_forecasts(tmp_path / "f_fresh", "s", runs)
+    storage.write_forecasts(tmp_path / "f_merged", "s", runs.iloc[:30])
+    storage.write_forecasts(tmp_path / "f_merged", "s", runs)
+    assert snapshot(tmp_path / "f_fresh") == snapshot(tmp_path / "f_merged")

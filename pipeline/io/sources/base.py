@@ -108,6 +108,26 @@ def time_chunks(start: pd.Timestamp, end: pd.Timestamp, days: int) -> list[tuple
     return chunks
 
 
+def month_chunks(start: pd.Timestamp, end: pd.Timestamp, days: int) -> list[tuple]:
+    """[start, end) cut into windows of at most ``days`` days that end at a UTC month start
+    where one falls inside them.
+
+    The store keeps one partition per location and month: a chunk that does not end inside a
+    month writes each partition once instead of twice (the merge costs more than the write).
+    A window longer than a month covers whole months; one shorter never crosses a month start.
+    """
+    step = pd.Timedelta(days=days)
+    chunks, cursor = [], start
+    while cursor < end:
+        stop = min(cursor + step, end)
+        month_start = pd.Timestamp(year=stop.year, month=stop.month, day=1, tz="UTC")
+        if cursor < month_start < stop:
+            stop = month_start
+        chunks.append((cursor, stop))
+        cursor = stop
+    return chunks
+
+
 def trim(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
     return frame[(frame["time"] >= start) & (frame["time"] < end)]
 

@@ -67,6 +67,7 @@ class SyntheticSource:
     """Canonical rows for every location and UTC hour in [start, end), from a seed."""
 
     name = "synthetic"
+    cpu_bound = True  # computed here, no provider: ingestion may spread it over processes
 
     def __init__(self, config: SyntheticConfig) -> None:
         self.config = config
