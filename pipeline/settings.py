@@ -87,9 +87,10 @@ class Settings:
     # locations a step holds in memory at once (preprocess, evaluate, promote, predict):
     # memory per step grows with it, not with the number of locations; outputs do not change
     batch_locations: int = 25
-    # processes a local, CPU-bound source (synthetic) ingests with, each a group of locations;
-    # live providers always use one (their rate limits are per process unless shared in Redis)
-    ingest_processes: int = field(default_factory=lambda: min(os.cpu_count() or 1, 8))
+    # worker processes a step may use for CPU-bound work: ingestion from a local source
+    # (synthetic; a live provider always uses one, its rate limit being per process unless
+    # shared in Redis) and preprocess's location batches; 1: everything in the step's process
+    processes: int = field(default_factory=lambda: min(os.cpu_count() or 1, 8))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -118,7 +119,7 @@ class Settings:
             log_format="plain" if env.get("AQ_LOG_FORMAT") == "plain" else defaults.log_format,
             rate_limit_redis_url=Secret(env.get("AQ_RATE_LIMIT_REDIS_URL", "")),
             batch_locations=_int(env, "AQ_BATCH_LOCATIONS", defaults.batch_locations),
-            ingest_processes=_int(env, "AQ_INGEST_PROCESSES", defaults.ingest_processes),
+            processes=_int(env, "AQ_PROCESSES", defaults.processes),
         )
         register_secret(settings.openweathermap_api_key)
         register_secret(settings.rate_limit_redis_url)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from pipeline.io.storage import (
     write_forecasts,
     write_raw,
 )
+from pipeline.parallel import worker_pool
 from pipeline.schema import VALUE_COLUMNS
 from pipeline.timeutil import floor_hour, now_utc, utc
 
@@ -227,19 +227,12 @@ def store_chunk(source: Source, raw_dir: Path, known_locations: Sequence[str],
 _worker: dict[str, Any] = {}
 
 
-def _start_worker(params, settings, root: Path, log_level: int) -> None:
-    from pipeline.redaction import install_log_redaction
-
-    logging.basicConfig(level=log_level, format=(
-        "" if settings.log_format == "plain" else "%(asctime)s ")
-        + "%(levelname)s %(name)s: %(message)s")
-    install_log_redaction()
+def _start_worker(params, settings, root: Path) -> None:
     write_for_lock_holder()  # the parent holds the raw-data lock while this process lives
     from pipeline.paths import ProjectPaths
 
-    paths = ProjectPaths(root)
-    _worker.update(source=make_source(params, settings, root=root), raw_dir=paths.raw_dir,
-                   known_locations=params.location_ids)
+    _worker.update(source=make_source(params, settings, root=root),
+                   raw_dir=ProjectPaths(root).raw_dir, known_locations=params.location_ids)
 
 
 def _store_group(locs: Sequence[Location], start: pd.Timestamp, end: pd.Timestamp
@@ -388,8 +381,7 @@ class Ingestion:
         """Worker processes and the locations each takes at once, for a local, CPU-bound
         source (synthetic) with many locations; None otherwise. The raw-data lock is held
         while they live: they write for this process, disjoint partitions at once."""
-        processes = min(self.ctx.settings.ingest_processes,
-                        n_locations // MIN_LOCATIONS_PER_PROCESS)
+        processes = min(self.ctx.settings.processes, n_locations // MIN_LOCATIONS_PER_PROCESS)
         if processes < 2 or not getattr(self.source, "cpu_bound", False):
             yield None
             return
@@ -397,11 +389,9 @@ class Ingestion:
         size = min(MAX_GROUP_LOCATIONS, math.ceil(n_locations / (processes * 4)))
         log.info("ingest %s: %d worker processes, groups of up to %d locations",
                  self.source.name, processes, size)
-        with raw_write_lock(self.ctx.paths.raw_dir), ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_start_worker,
-            initargs=(self.ctx.params, self.ctx.settings, self.ctx.paths.root,
-                      logging.getLogger().level),
+        with raw_write_lock(self.ctx.paths.raw_dir), worker_pool(
+            processes, _start_worker, (self.ctx.params, self.ctx.settings, self.ctx.paths.root),
+            plain_logs=self.ctx.settings.log_format == "plain",
         ) as pool:
             yield pool, size
 

@@ -31,6 +31,7 @@ from pipeline.io.storage import (
     raw_files,
     read_raw,
 )
+from pipeline.parallel import worker_pool
 from pipeline.steps.common import features_from_raw, newest_stored, parse_locations
 
 log = logging.getLogger(__name__)
@@ -90,16 +91,37 @@ def build_batch(ctx: Context, store: FeatureStore, locations: list[str],
     return rows
 
 
+# the context of a worker process building batches, set once by its initializer
+_worker: dict[str, Context] = {}
+
+
+def _start_worker(root, settings) -> None:
+    _worker["ctx"] = Context.load(root, settings=settings)
+
+
+def _build_in_worker(batch: list[str], newest: pd.Timestamp | None) -> int:
+    ctx = _worker["ctx"]
+    return build_batch(ctx, FeatureStore(ctx.paths.features), batch, newest)
+
+
 def build(ctx: Context, locations: list[str]) -> int:
-    """Partitions of ``locations``, a batch at a time; the feature rows written."""
+    """Partitions of ``locations``, a batch at a time (batches spread over ``AQ_PROCESSES``
+    worker processes, each holding one batch); the feature rows written."""
     store = FeatureStore(ctx.paths.features)
     newest = newest_stored(ctx)
+    batches = location_batches(locations, ctx.settings.batch_locations)
     total = 0
-    for batch in location_batches(locations, ctx.settings.batch_locations):
-        rows = build_batch(ctx, store, batch, newest)
-        total += rows
-        log.info("preprocess: %d feature rows for %d location(s) %s .. %s", rows, len(batch),
-                 batch[0], batch[-1])
+    with worker_pool(min(ctx.settings.processes, len(batches)), _start_worker,
+                     (ctx.paths.root, ctx.settings),
+                     plain_logs=ctx.settings.log_format == "plain") as pool:
+        if pool is None:
+            counts = (build_batch(ctx, store, batch, newest) for batch in batches)
+        else:
+            counts = pool.map(_build_in_worker, batches, [newest] * len(batches))
+        for batch, rows in zip(batches, counts, strict=True):
+            total += rows
+            log.info("preprocess: %d feature rows for %d location(s) %s .. %s", rows,
+                     len(batch), batch[0], batch[-1])
     return total
 
 

@@ -193,7 +193,7 @@ def test_worker_processes_store_exactly_what_one_process_stores(tmp_path, caplog
     reports, stores = {}, {}
     for processes in (1, 2):
         root = make_project(tmp_path / f"p{processes}", params)
-        ctx = Context.load(root, settings=Settings(ingest_processes=processes))
+        ctx = Context.load(root, settings=Settings(processes=processes))
         caplog.clear()
         with caplog.at_level("INFO", logger="pipeline.io.ingestion"):
             reports[processes] = Ingestion(ctx).window()
@@ -220,7 +220,7 @@ def test_a_live_provider_is_never_spread_over_processes(tmp_path, caplog):
     with ReplayServer() as server:
         for path in (AQ, FORECAST, ARCHIVE, PREVIOUS):
             server.route(path, open_meteo_handler())
-        settings = Settings(ingest_processes=4, open_meteo_air_quality_url=server.url(AQ),
+        settings = Settings(processes=4, open_meteo_air_quality_url=server.url(AQ),
                             open_meteo_forecast_url=server.url(FORECAST),
                             open_meteo_archive_url=server.url(ARCHIVE),
                             open_meteo_previous_runs_url=server.url(PREVIOUS))

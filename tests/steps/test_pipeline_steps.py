@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -219,3 +220,19 @@ def test_the_emission_shift_scenario_makes_drift_fire_and_plain_data_does_not(tr
     assert shifted["detected"]
     assert shifted["seasonal"]
     assert {"pm2_5", "pm2_5_lag1", "pm10"} <= set(shifted["drifted_features"])
+
+
+def test_preprocess_batches_in_worker_processes_build_the_same_features(tmp_path):
+    """Batches spread over two processes: the same partitions byte for byte, the same report."""
+    root = make_project(tmp_path / "project")
+    ingest.run(reload(root))
+    built = {}
+    for processes in (1, 2):
+        ctx = Context.load(root, settings=Settings(processes=processes, batch_locations=1))
+        shutil.rmtree(ctx.paths.features, ignore_errors=True)
+        report = preprocess.run(ctx)
+        files = {str(p.relative_to(ctx.paths.features)): p.read_bytes()
+                 for p in sorted(ctx.paths.features.rglob("*.parquet"))}
+        assert len({name.split("/")[0] for name in files}) == len(ctx.params.location_ids) > 1
+        built[processes] = (files, report)
+    assert built[2] == built[1]
