@@ -752,11 +752,19 @@ def _run_noise(key: int, issue: np.ndarray, valid: np.ndarray, period: int) -> n
     x = valid + (key % period)
     knot = x // period
     w = _catmull_rom_weights(period)[x - knot * period]
-    base = (issue // FORECAST_EVERY_H) * _ISSUE_STRIDE + knot
-    # the leads of a run share its knots: hash each knot once, not four times per row
-    knots = np.unique(np.concatenate([base - 1, base, base + 1, base + 2]))
-    values = hash_normal(key, knots)
-    return sum(w[:, j] * values[np.searchsorted(knots, base + (j - 1))] for j in range(4))
+    run = issue // FORECAST_EVERY_H
+    # the leads of a run share its knots: hash each run's knot span once (a table of runs x
+    # knots), not four knots per row; the values are the same hashes of the same indices
+    runs, row_run = np.unique(run, return_inverse=True)
+    first = np.full(len(runs), np.iinfo(np.int64).max)
+    last = np.full(len(runs), np.iinfo(np.int64).min)
+    np.minimum.at(first, row_run, knot)
+    np.maximum.at(last, row_run, knot)
+    width = int((last - first).max()) + 4
+    table = hash_normal(key, (runs * _ISSUE_STRIDE + first - 1)[:, None]
+                        + np.arange(width, dtype=np.int64)).reshape(len(runs), width)
+    at = knot - first[row_run]  # position of the row's knot in its run's span (from 1)
+    return sum(w[:, j] * table[row_run, at + j] for j in range(4))
 
 
 def _run_error(key: int, issue: np.ndarray, valid: np.ndarray) -> np.ndarray:

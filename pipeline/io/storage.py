@@ -186,6 +186,15 @@ def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
 # ---------------------------------------------------------------- raw partitions
 
 
+def month_keys(times: pd.Series) -> pd.Series:
+    """``YYYY-MM`` of each UTC time, formatted once per distinct month (strftime on every row
+    cost more than the merge it keys)."""
+    utc_times = times.dt.tz_convert("UTC")
+    number = utc_times.dt.year * 100 + utc_times.dt.month
+    names = {n: f"{n // 100:04d}-{n % 100:02d}" for n in number.unique()}
+    return number.map(names)
+
+
 def partition_path(raw_dir: Path, source: str, location_id: str, month: str) -> Path:
     return Path(raw_dir) / f"source={source}" / f"location={location_id}" / f"month={month}.parquet"
 
@@ -361,8 +370,8 @@ def write_raw(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteReport:
 def _write_raw_locked(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteReport:
     report = WriteReport()
     frame = conform(frame).drop_duplicates(subset=list(KEYS), keep="last")
-    months = frame["time"].dt.strftime("%Y-%m")
-    for (location_id, month), part in frame.groupby([frame["location_id"], months], sort=True):
+    for (location_id, month), part in frame.groupby([frame["location_id"],
+                                                     month_keys(frame["time"])], sort=True):
         path = partition_path(raw_dir, source, str(location_id), str(month))
         existing = None  # a new partition
         if path.exists():
@@ -560,10 +569,9 @@ def write_forecasts(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteRep
         return WriteReport()
     report = WriteReport()
     frame = conform_forecasts(frame).drop_duplicates(subset=list(FORECAST_KEYS), keep="last")
-    months = frame["issue_time"].dt.strftime("%Y-%m")
     with raw_write_lock(raw_dir):
-        for (location_id, month), part in frame.groupby([frame["location_id"], months],
-                                                        sort=True):
+        for (location_id, month), part in frame.groupby(
+                [frame["location_id"], month_keys(frame["issue_time"])], sort=True):
             path = forecast_partition_path(raw_dir, source, str(location_id), str(month))
             existing = None  # a new partition
             if path.exists():
