@@ -155,6 +155,18 @@ def test_realised_accuracy_scores_forecasts_once_observations_arrive(trained, tm
     assert score.run(ctx)["scored"] > report["scored"]
 
 
+def test_drift_a_batch_of_locations_at_a_time_reports_what_all_at_once_does(trained, tmp_path):
+    """Drift reads and featurises one batch of locations at a time (memory flat in the number
+    of locations); the report is the one of every location at once."""
+    root = tmp_path / "project"
+    shutil.copytree(trained[0], root)
+    reports = {size: drift.run(Context.load(root, settings=Settings(batch_locations=size)))
+               for size in (1, 25)}
+    assert len(reload(root).params.location_ids) > 1
+    assert reports[1] == reports[25]
+    assert reports[1]["rows"] > 0
+
+
 def test_drift_report_and_rollback(trained, tmp_path):
     import shutil
 
