@@ -8,6 +8,8 @@ import pandas as pd
 
 from pipeline.context import Context
 from pipeline.core.drift import drift_report
+from pipeline.errors import MissingInputError
+from pipeline.io.feature_store import location_batches
 from pipeline.io.metrics import StepRun
 from pipeline.io.registry import Registry
 from pipeline.io.storage import atomic_write_json
@@ -33,16 +35,37 @@ def push_periods(metrics: StepRun, reference: dict | None, recent_times: pd.Seri
         metrics.set("aq_drift_period_end_timestamp_seconds", end.timestamp(), period=period)
 
 
+def recent_features(ctx: Context, codes: dict[str, int], start: pd.Timestamp | None,
+                    window: pd.Timedelta) -> pd.DataFrame:
+    """Every location's features of the ``window`` before the newest stored hour, built a
+    batch of locations at a time (``AQ_BATCH_LOCATIONS``): memory grows with the batch and
+    the window, not with the number of locations."""
+    parts = []
+    for batch in location_batches(ctx.params.location_ids, ctx.settings.batch_locations):
+        try:
+            valid = load_validated_raw(ctx, start=start, locations=batch).valid
+        except MissingInputError:  # nothing stored for this batch; others may have data
+            continue
+        if valid.empty:
+            continue
+        features = features_from_raw(ctx, valid, codes, with_labels=False)
+        # the batch's own window holds every row of the overall one (its newest hour is no
+        # later than the overall newest)
+        parts.append(features[features["time"] > features["time"].max() - window])
+    if not parts:  # the same error as reading everything at once
+        load_validated_raw(ctx, start=start)
+        raise MissingInputError(f"no valid raw rows since {start} for drift")
+    recent = pd.concat(parts, ignore_index=True)
+    return recent[recent["time"] > recent["time"].max() - window].reset_index(drop=True)
+
+
 def run(ctx: Context) -> dict:
     with ctx.reporter.step("drift") as metrics:
         bundle = Registry(ctx.paths).load_champion()
         spec = feature_spec(ctx)
         window = pd.Timedelta(days=ctx.params.drift.window_days)
         start = recent_window_start(ctx, spec, extra_hours=int(window.total_seconds() // 3600))
-        valid = load_validated_raw(ctx, start=start).valid
-        features = features_from_raw(ctx, valid, bundle.metadata["location_codes"],
-                                     with_labels=False)
-        recent = features[features["time"] > features["time"].max() - window]
+        recent = recent_features(ctx, bundle.metadata["location_codes"], start, window)
         cfg = ctx.params.drift
         report = drift_report(bundle.metadata["reference"], recent, cfg.psi_threshold,
                               cfg.share_threshold)
