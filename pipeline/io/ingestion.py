@@ -41,6 +41,7 @@ from pipeline.io.sources.base import (
     batched,
     has_forecasts,
     month_chunks,
+    time_chunks,
 )
 from pipeline.io.storage import (
     StateFileError,
@@ -418,7 +419,10 @@ class Ingestion:
                 progress: bool | None, done: dict[str, set[str]] | None = None,
                 on_chunk=None) -> None:
         """Fetch and store ``[start, end)`` chunk by chunk, oldest first, logging each."""
-        chunks = month_chunks(start, end, days)
+        # a computed source's chunks end at month starts (each partition written once, not
+        # merged twice); a provider's keep the fewest requests its limit allows (its quota)
+        cut = month_chunks if getattr(self.source, "cpu_bound", False) else time_chunks
+        chunks = cut(start, end, days)
         report.chunks_total += len(chunks)
         # progress=None: a bar on a terminal, none in captured logs (Airflow, CI)
         bar = tqdm(chunks, desc=f"{what} {self.source.name}", unit="chunk",

@@ -216,7 +216,7 @@ def test_worker_processes_store_exactly_what_one_process_stores(tmp_path, caplog
 def test_a_live_provider_is_never_spread_over_processes(tmp_path, caplog):
     """Rate limits hold per process unless shared in Redis: live sources keep one process."""
     params = {"locations": _many_places(16),
-              "source": {"kind": "open_meteo", "start": "2025-01-01", "end": "2025-01-02"}}
+              "source": {"kind": "open_meteo", "start": "2025-01-31", "end": "2025-02-02"}}
     with ReplayServer() as server:
         for path in (AQ, FORECAST, ARCHIVE, PREVIOUS):
             server.route(path, open_meteo_handler())
@@ -226,5 +226,7 @@ def test_a_live_provider_is_never_spread_over_processes(tmp_path, caplog):
                             open_meteo_previous_runs_url=server.url(PREVIOUS))
         ctx = Context.load(make_project(tmp_path / "p", params), settings=settings)
         with caplog.at_level("INFO", logger="pipeline.io.ingestion"):
-            Ingestion(ctx).window()
+            report = Ingestion(ctx).window()
     assert "worker processes" not in caplog.text
+    # and its window is not cut at the month start: every request counts against its quota
+    assert report.chunks_fetched == 1
