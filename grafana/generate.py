@@ -651,10 +651,12 @@ def forecasts() -> Board:
     b.add("stat", "Forecast this run",
           [Query('aq_forecast_degraded{location="$location"}', "forecast")], w=4, h=4,
           mappings=value_map(("0", "issued", "green"), ("1", "withheld", "orange")),
-          options=stat_options("value"),
+          options=stat_options("value"), alert="ForecastWithheld",
+          links=alert_links("ForecastWithheld"),
           description="Withheld when the inputs were too incomplete or the target's last "
                       "observation too old (forecast in params.yaml): no forecast, no AQI alert; "
-                      "the predict task log says why.")
+                      "the predict task log says why. ForecastWithheld fires once a location "
+                      f"has been withheld for {alert_rules()['ForecastWithheld']['for']}.")
     b.add("timeseries", "Forecast $horizon h ahead against the observation",
           [Query(f"aq_observation_value{{{one}}}", "{{target}} observed"),
            Query(f'aq_forecast_value{{{one},horizon="$horizon"}} offset ${{horizon}}h',

@@ -4,9 +4,10 @@ A forecast is only as good as its inputs. Each location's latest feature row rec
 completeness (the share of the model's features present) and, per target, the hours since the
 target was last observed; a location below ``forecast.min_input_completeness`` or above
 ``forecast.max_hours_since_observation`` gets no forecast this run (a warning names it and
-why, ``aq_forecast_degraded{location}`` says so), so a half-empty row never becomes an AQI
-alert. The feature set, targets and horizons are the champion's own (from its metadata), and
-what it serves is recorded next to what ``params.yaml`` asks for.
+why, ``aq_forecast_degraded{location}`` says so, and the ``ForecastWithheld`` alert once that
+lasts longer than sensor outages do), so a half-empty row never becomes an AQI alert. The
+feature set, targets and horizons are the champion's own (from its metadata), and what it
+serves is recorded next to what ``params.yaml`` asks for.
 """
 
 from __future__ import annotations

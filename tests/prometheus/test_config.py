@@ -101,6 +101,9 @@ def test_amtool_check_config():
     [
         (["alertname=PipelineStepFailing", "severity=critical", "category=pipeline"], "critical"),
         (["alertname=DriftDetected", "severity=warning", "category=model"], "warning"),
+        # a location without forecasts is an operational fault, not the air-quality alert
+        (["alertname=ForecastWithheld", "severity=warning", "category=pipeline",
+          "location=delhi"], "warning"),
         (["alertname=ForecastAQIUnhealthy", "severity=warning", "category=air_quality"],
          "air-quality"),
         (["alertname=Unknown"], "default"),

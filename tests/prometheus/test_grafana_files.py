@@ -299,7 +299,7 @@ def test_thresholds_are_where_the_alerts_fire():
     assert {"IngestionFreshnessLag", "QuarantineRatioHigh", "ModelSkillBelowPersistence",
             "RealisedAccuracyDegraded", "ChampionNotRefreshed", "DiskFilling", "MemoryPressure",
             "ForecastAQIUnhealthy", "PipelineStepFailing", "PipelineStepStale", "TargetDown",
-            "DriftDetected"} <= checked
+            "DriftDetected", "ForecastWithheld"} <= checked
 
 
 def test_drift_and_forecast_input_thresholds_are_params_yaml():
