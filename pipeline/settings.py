@@ -91,6 +91,10 @@ class Settings:
     # (synthetic; a live provider always uses one, its rate limit being per process unless
     # shared in Redis) and preprocess's location batches; 1: everything in the step's process
     processes: int = field(default_factory=lambda: min(os.cpu_count() or 1, 8))
+    # the Airflow scale-out profile (pipeline/ops/airflow_celery.py): Celery workers started on
+    # this host, and task processes per worker
+    celery_workers: int = 2
+    celery_concurrency: int = 2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -120,6 +124,8 @@ class Settings:
             rate_limit_redis_url=Secret(env.get("AQ_RATE_LIMIT_REDIS_URL", "")),
             batch_locations=_int(env, "AQ_BATCH_LOCATIONS", defaults.batch_locations),
             processes=_int(env, "AQ_PROCESSES", defaults.processes),
+            celery_workers=_int(env, "AQ_CELERY_WORKERS", defaults.celery_workers),
+            celery_concurrency=_int(env, "AQ_CELERY_CONCURRENCY", defaults.celery_concurrency),
         )
         register_secret(settings.openweathermap_api_key)
         register_secret(settings.rate_limit_redis_url)

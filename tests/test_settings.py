@@ -55,3 +55,13 @@ def test_serving_settings_from_env_and_bad_values_named():
         ServingSettings.from_env({"AQ_SERVING_WORKERS": "two"})
     with pytest.raises(ValueError, match="AQ_SERVING_SLO_ERROR_RATIO"):
         ServingSettings.from_env({"AQ_SERVING_SLO_ERROR_RATIO": "1.5"})
+
+
+def test_celery_scale_from_env():
+    """The scale-out profile's workers x task processes (pipeline/ops/airflow_celery.py)."""
+    settings = Settings.from_env({"AQ_CELERY_WORKERS": "1", "AQ_CELERY_CONCURRENCY": "4"})
+    assert (settings.celery_workers, settings.celery_concurrency) == (1, 4)
+    defaults = Settings.from_env({})
+    assert (defaults.celery_workers, defaults.celery_concurrency) == (2, 2)
+    with pytest.raises(ValueError, match="AQ_CELERY_CONCURRENCY"):
+        Settings.from_env({"AQ_CELERY_CONCURRENCY": "2.5"})

@@ -5,8 +5,8 @@ node exporter, the alert webhook receiver), the serving app (gunicorn,
 ``pipeline/ops/serving_local.py``), then Airflow of the profile
 ``AQ_AIRFLOW_PROFILE`` names: ``local`` (default: SQLite + LocalExecutor,
 ``pipeline/ops/airflow_local.py``) or ``celery`` (PostgreSQL + CeleryExecutor
-with two workers, ``pipeline/ops/airflow_celery.py``); it is idempotent (running
-services are left alone) and refuses to start one profile over the other. It
+with Celery workers, two by default, ``pipeline/ops/airflow_celery.py``); it is
+idempotent (running services are left alone) and refuses to start one profile over the other. It
 writes ``.stack/env`` (``export`` lines: AQ_PUSHGATEWAY_URL, the AQ_*_PORT
 values, ...) for ``make run`` to source, and prints the URLs.
 ``stop`` stops exactly what ``start`` started (the pid files in ``.stack/``).

@@ -1,4 +1,4 @@
-"""The scale-out profile: Airflow on PostgreSQL + CeleryExecutor with two workers, on 127.0.0.1.
+"""The scale-out profile: Airflow on PostgreSQL + CeleryExecutor, Celery workers, on 127.0.0.1.
 
 ``AQ_AIRFLOW_PROFILE=celery make run`` (or ``python -m pipeline.ops start`` with
 that variable) starts, next to the monitoring stack and under the same service
@@ -14,9 +14,11 @@ manager (pid files and logs in ``.stack/``):
   redis.conf``, 0600): database 0 is Celery's broker, database 1 holds the
   providers' shared rate limits (:class:`pipeline.io.sources.http.SharedRateLimiter`);
 - the four Airflow parts of :mod:`pipeline.ops.airflow_local`, with the
-  CeleryExecutor, and two Celery workers ``worker1`` and ``worker2`` (no log
+  CeleryExecutor, and the Celery workers ``worker1`` .. ``workerN`` (no log
   server: the API server reads the task logs from the shared ``.airflow/logs``).
-  A task instance's ``hostname`` names its worker (``worker1@<host>``).
+  A task instance's ``hostname`` names its worker (``worker1@<host>``). How many
+  workers, and task processes each: ``AQ_CELERY_WORKERS`` and
+  ``AQ_CELERY_CONCURRENCY`` (default 2 and 2, :class:`pipeline.settings.Settings`).
 
 The passwords are generated once into ``.stack/secrets/`` (0600 files in a 0700
 directory) and reach Airflow only through ``.airflow/airflow.cfg`` (0600) and
@@ -47,14 +49,15 @@ from pipeline.ops import airflow_local
 from pipeline.ops.ports import Ports
 from pipeline.ops.services import ServiceError, ServiceManager
 from pipeline.paths import ProjectPaths
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PROFILE_ENV = "AQ_AIRFLOW_PROFILE"
 PROFILES = ("local", "celery")  # local: SQLite + LocalExecutor (make run's default)
 WORKER_ENV = "AQ_CELERY_WORKER"  # the worker's name, for worker_hostname()
-WORKERS = ("worker1", "worker2")
-WORKER_CONCURRENCY = 2  # task processes per worker; [core] parallelism caps the whole
+WORKER_SERVICE_PREFIX = "airflow-celery-"  # + the worker's name: its service name
+LOCAL_PARALLELISM = 4  # the local profile's [core] parallelism (airflow_local.settings)
 DB_NAME = DB_USER = "airflow"
 SUPERUSER = "postgres"
 BROKER_DB, RATE_LIMIT_DB = 0, 1  # Redis databases
@@ -78,8 +81,40 @@ def profile(env: Mapping[str, str] | None = None) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class Scale:
+    """How many Celery workers the profile starts on this host, and task processes each."""
+
+    workers: int = 2
+    concurrency: int = 2
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.concurrency < 1:
+            raise ValueError(f"a Celery scale needs at least one worker and one task process "
+                             f"each, not {self.workers} x {self.concurrency}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Scale:
+        """``AQ_CELERY_WORKERS`` x ``AQ_CELERY_CONCURRENCY`` (read by pipeline/settings.py)."""
+        settings = Settings.from_env(env)
+        return cls(settings.celery_workers, settings.celery_concurrency)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"worker{i}" for i in range(1, self.workers + 1))
+
+    @property
+    def slots(self) -> int:
+        """Tasks the workers run at once."""
+        return self.workers * self.concurrency
+
+
+WORKERS = Scale().names  # the default workers ("worker1", "worker2")
+WORKER_CONCURRENCY = Scale().concurrency  # the default task processes per worker
+
+
 def service_name(worker: str) -> str:
-    return f"airflow-celery-{worker}"
+    return f"{WORKER_SERVICE_PREFIX}{worker}"
 
 
 def worker_hostname() -> str:
@@ -169,20 +204,24 @@ def connection_urls(ports: Ports, db_password: str, redis_password: str) -> dict
     }
 
 
-def airflow_overrides(ports: Ports, db_password: str, redis_password: str
-                      ) -> dict[str, dict[str, str]]:
-    """What the profile changes in ``.airflow/airflow.cfg``."""
+def airflow_overrides(ports: Ports, db_password: str, redis_password: str,
+                      scale: Scale | None = None) -> dict[str, dict[str, str]]:
+    """What the profile changes in ``.airflow/airflow.cfg`` (``scale``: the default 2 x 2)."""
+    scale = scale or Scale()
     urls = connection_urls(ports, db_password, redis_password)
     return {
         "core": {
             "executor": "CeleryExecutor",
             "hostname_callable": f"{__name__}.worker_hostname",
+            # the scheduler queues at most this many tasks at once: every worker slot, at least
+            # the local profile's
+            "parallelism": str(max(LOCAL_PARALLELISM, scale.slots)),
         },
         "database": {"sql_alchemy_conn": urls["sql_alchemy_conn"]},
         "celery": {
             "broker_url": urls["broker_url"],
             "result_backend": urls["result_backend"],
-            "worker_concurrency": str(WORKER_CONCURRENCY),
+            "worker_concurrency": str(scale.concurrency),
             "worker_prefetch_multiplier": "1",  # a busy worker leaves new tasks to the idle one
         },
     }
@@ -458,19 +497,45 @@ def _refuse_taken_port(ports: Ports, name: str) -> None:
 # ------------------------------------------------------------------ Airflow
 
 
-def worker_commands(ports: Ports) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Service name -> (command, own environment) of each Celery worker."""
+def worker_commands(ports: Ports, scale: Scale | None = None
+                    ) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Service name -> (command, own environment) of each Celery worker.
+
+    ``scale``: how many workers and task processes each (default: the environment's,
+    :meth:`Scale.from_env`).
+    """
+    scale = scale or Scale.from_env()
     airflow = airflow_local.airflow_bin()
     return {
         service_name(worker): (
             [airflow, "celery", "worker", "--celery-hostname", f"{worker}@%h",
-             "--concurrency", str(WORKER_CONCURRENCY),
+             "--concurrency", str(scale.concurrency),
              "--skip-serve-logs",  # its log server would bind 0.0.0.0; logs are shared files
              "--without-mingle", "--without-gossip"],
             {WORKER_ENV: worker},
         )
-        for worker in WORKERS
+        for worker in scale.names
     }
+
+
+def worker_services(manager: ServiceManager) -> list[str]:
+    """Every Celery worker service recorded in ``.stack/``, whatever scale started it."""
+    return [name for name in manager.names() if name.startswith(WORKER_SERVICE_PREFIX)]
+
+
+def check_workers(manager: ServiceManager,
+                  workers: Mapping[str, tuple[list[str], Mapping[str, str]]]) -> None:
+    """Refuse to start over running workers of another scale (count or concurrency)."""
+    for name in worker_services(manager):
+        record = manager.record(name)
+        if record is None or not manager.is_running(name):
+            continue
+        wanted = workers.get(name)
+        if wanted is None or list(record.cmd) != wanted[0]:
+            raise ScaleOutError(
+                f"{name} is running with another scale ({' '.join(record.cmd[1:])}); stop "
+                f"the profile first (`make stop`), then start it with the new "
+                f"AQ_CELERY_WORKERS / AQ_CELERY_CONCURRENCY")
 
 
 def wait_for_workers(manager: ServiceManager, names: list[str], timeout: float) -> None:
@@ -517,15 +582,23 @@ def prepare(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = False
     db_password, redis_password = password(layout, POSTGRES), password(layout, REDIS)
     return airflow_local.prepare(
         paths, ports, keep_airflow_env=keep_airflow_env,
-        overrides=airflow_overrides(ports, db_password, redis_password),
+        overrides=airflow_overrides(ports, db_password, redis_password, Scale.from_env()),
         extra_env=task_env(ports, redis_password))
 
 
-def start(paths: ProjectPaths, ports: Ports, timeout: float = 180.0) -> dict[str, str]:
-    """PostgreSQL, Redis, the Airflow parts and two Celery workers; what to print."""
+def start(paths: ProjectPaths, ports: Ports, timeout: float = 180.0,
+          scale: Scale | None = None) -> dict[str, str]:
+    """PostgreSQL, Redis, the Airflow parts and the Celery workers; what to print.
+
+    ``scale``: how many workers and task processes each (default: ``AQ_CELERY_WORKERS`` x
+    ``AQ_CELERY_CONCURRENCY``, 2 x 2).
+    """
+    scale = scale or Scale.from_env()
     check_profile(paths, "celery")
     layout = Layout(paths.stack_dir)
     manager = ServiceManager(paths.stack_dir)
+    workers = worker_commands(ports, scale)
+    check_workers(manager, workers)
     db_password, redis_password = password(layout, POSTGRES), password(layout, REDIS)
     started: list[str] = []
     try:
@@ -533,15 +606,14 @@ def start(paths: ProjectPaths, ports: Ports, timeout: float = 180.0) -> dict[str
             started.append(POSTGRES)
         if start_redis(manager, layout, ports, redis_password, timeout):
             started.append(REDIS)
-        workers = worker_commands(ports)
         info = airflow_local.start(
             paths, ports, timeout,
-            overrides=airflow_overrides(ports, db_password, redis_password),
+            overrides=airflow_overrides(ports, db_password, redis_password, scale),
             extra_env=task_env(ports, redis_password), extra_parts=workers)
         wait_for_workers(manager, list(workers), timeout)
     except Exception:
-        for name in reversed(WORKERS):
-            manager.stop(service_name(name))
+        for name in reversed(worker_services(manager)):
+            manager.stop(name)
         if started:
             airflow_local.stop(paths)
             if REDIS in started:
@@ -551,7 +623,9 @@ def start(paths: ProjectPaths, ports: Ports, timeout: float = 180.0) -> dict[str
         raise
     return {
         **info,
-        "airflow profile": "celery: PostgreSQL + CeleryExecutor, workers " + ", ".join(WORKERS),
+        "airflow profile": "celery: PostgreSQL + CeleryExecutor, workers "
+                           + ", ".join(scale.names)
+                           + f" ({scale.concurrency} task processes each)",
         "airflow database": f"postgresql://{DB_USER}@{ports.address('postgres')}/{DB_NAME} "
                             f"(password in {layout.secret_file(POSTGRES)})",
         "celery broker": f"redis://{ports.address('redis')}/{BROKER_DB} "
@@ -560,10 +634,11 @@ def start(paths: ProjectPaths, ports: Ports, timeout: float = 180.0) -> dict[str
 
 
 def stop(paths: ProjectPaths) -> list[str]:
-    """Stop whichever profile runs: workers, the Airflow parts, then Redis and PostgreSQL."""
+    """Stop whichever profile runs: every worker (whatever scale started them), the Airflow
+    parts, then Redis and PostgreSQL."""
     manager = ServiceManager(paths.stack_dir)
-    stopped = [service_name(w) for w in reversed(WORKERS)
-               if manager.stop(service_name(w), timeout=20.0)]
+    stopped = [name for name in reversed(worker_services(manager))
+               if manager.stop(name, timeout=20.0)]
     stopped += airflow_local.stop(paths)
     if manager.stop(REDIS):
         stopped.append(REDIS)

@@ -85,6 +85,87 @@ def test_workers_are_named_and_bind_nothing():
         assert env == {"AQ_CELERY_WORKER": worker}
 
 
+def test_worker_count_and_concurrency_come_from_the_environment():
+    """AQ_CELERY_WORKERS x AQ_CELERY_CONCURRENCY: the workers started, their --concurrency,
+    airflow.cfg's worker_concurrency, and a parallelism that lets every slot work."""
+    default = airflow_celery.Scale.from_env({})
+    assert default == airflow_celery.Scale(workers=2, concurrency=2)  # make run-celery as before
+    assert default.names == airflow_celery.WORKERS == ("worker1", "worker2")
+
+    scale = airflow_celery.Scale.from_env({"AQ_CELERY_WORKERS": "3",
+                                           "AQ_CELERY_CONCURRENCY": "1"})
+    commands = airflow_celery.worker_commands(Ports(), scale)
+    assert list(commands) == ["airflow-celery-worker1", "airflow-celery-worker2",
+                              "airflow-celery-worker3"]
+    for cmd, env in commands.values():
+        assert cmd[cmd.index("--concurrency") + 1] == "1"
+        assert env["AQ_CELERY_WORKER"] == cmd[cmd.index("--celery-hostname") + 1].split("@")[0]
+    one = airflow_celery.worker_commands(Ports(), airflow_celery.Scale(1, 2))
+    assert list(one) == ["airflow-celery-worker1"]
+
+    def cfg(scale):
+        return airflow_celery.airflow_overrides(Ports(), "d" * 16, "r" * 16, scale)
+
+    assert cfg(scale)["celery"]["worker_concurrency"] == "1"
+    assert cfg(scale)["core"]["parallelism"] == "4"  # the local profile's, at least
+    assert cfg(airflow_celery.Scale(3, 2))["core"]["parallelism"] == "6"
+    assert cfg(None)["celery"]["worker_concurrency"] == "2"
+
+
+def test_worker_commands_follow_the_environment_by_default(monkeypatch):
+    monkeypatch.setenv("AQ_CELERY_WORKERS", "1")
+    monkeypatch.setenv("AQ_CELERY_CONCURRENCY", "3")
+    commands = airflow_celery.worker_commands(Ports())
+    assert list(commands) == ["airflow-celery-worker1"]
+    cmd = commands["airflow-celery-worker1"][0]
+    assert cmd[cmd.index("--concurrency") + 1] == "3"
+
+
+@pytest.mark.parametrize("name, value, problem", [
+    ("AQ_CELERY_WORKERS", "two", "is not a whole number"),
+    ("AQ_CELERY_WORKERS", "0", "must be positive"),
+    ("AQ_CELERY_CONCURRENCY", "-1", "must be positive"),
+])
+def test_a_bad_scale_is_named(name, value, problem):
+    with pytest.raises(ValueError, match=f"{name}='{value}' {problem}"):
+        airflow_celery.Scale.from_env({name: value})
+
+
+def test_stop_ends_every_worker_whatever_scale_started_them(tmp_path):
+    """Started with three workers, stopped with the default setting: the third goes too."""
+    paths = ProjectPaths(tmp_path)
+    manager = ServiceManager(paths.stack_dir)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    for name in ("worker1", "worker2", "worker3"):
+        manager.start(airflow_celery.service_name(name), sleeper)
+    try:
+        stopped = airflow_celery.stop(paths)
+    finally:
+        manager.stop_all()
+    assert sorted(stopped) == ["airflow-celery-worker1", "airflow-celery-worker2",
+                               "airflow-celery-worker3"]
+    assert manager.names() == []
+
+
+def test_workers_of_another_scale_are_not_started_over(tmp_path):
+    """A worker running with another --concurrency (or beyond the count): stop first."""
+    paths = ProjectPaths(tmp_path)
+    manager = ServiceManager(paths.stack_dir)
+    cmd, _ = airflow_celery.worker_commands(Ports(), airflow_celery.Scale(2, 2))[
+        "airflow-celery-worker2"]
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)", *cmd[1:]]
+    manager.start("airflow-celery-worker2", sleeper)
+    try:
+        for scale in (airflow_celery.Scale(1, 2), airflow_celery.Scale(2, 1)):
+            with pytest.raises(airflow_celery.ScaleOutError,
+                               match="airflow-celery-worker2 is running with another scale.*"
+                                     "make stop"):
+                airflow_celery.start(paths, Ports(), scale=scale)
+        assert manager.names() == ["airflow-celery-worker2"]  # nothing else was started
+    finally:
+        manager.stop_all()
+
+
 def test_a_task_instance_names_its_worker(monkeypatch):
     monkeypatch.delenv("AQ_CELERY_WORKER", raising=False)
     assert airflow_celery.worker_hostname() == socket.getfqdn()
