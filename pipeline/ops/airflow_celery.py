@@ -538,8 +538,19 @@ def check_workers(manager: ServiceManager,
                 f"AQ_CELERY_WORKERS / AQ_CELERY_CONCURRENCY")
 
 
+# the line ServiceManager.start writes before each start of a service into its (appended) log
+_START_MARKER = re.compile(r"^--- \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d start: ", re.MULTILINE)
+
+
+def _since_last_start(log_text: str) -> str:
+    """The part of a service log written since its latest start."""
+    starts = list(_START_MARKER.finditer(log_text))
+    return log_text[starts[-1].end():] if starts else log_text
+
+
 def wait_for_workers(manager: ServiceManager, names: list[str], timeout: float) -> None:
-    """Until each worker's log says it is ready (connected to the broker, consuming)."""
+    """Until each worker's log says, since its latest start, that it is ready (connected to
+    the broker, consuming): a restarted worker's earlier "ready." does not count."""
     deadline = time.monotonic() + timeout
     pending = list(names)
     while pending:
@@ -547,7 +558,7 @@ def wait_for_workers(manager: ServiceManager, names: list[str], timeout: float) 
             if not manager.is_running(name):
                 raise ServiceError(f"{name} exited at start; log {manager.log_file(name)}:\n"
                                    f"{manager.log_tail(name)}")
-            if re.search(r"@\S+ ready\.", manager.log_tail(name, lines=400)):
+            if re.search(r"@\S+ ready\.", _since_last_start(manager.log_tail(name, lines=400))):
                 pending.remove(name)
         if pending and time.monotonic() > deadline:
             raise ServiceError(f"{', '.join(pending)} not ready within {timeout:.0f}s; log:\n"

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.ops import airflow_celery, airflow_local
 from pipeline.ops.ports import Ports
-from pipeline.ops.services import ServiceManager
+from pipeline.ops.services import ServiceError, ServiceManager
 from pipeline.paths import ProjectPaths
 
 pytestmark = pytest.mark.airflow
@@ -121,7 +121,7 @@ def test_worker_commands_follow_the_environment_by_default(monkeypatch):
     assert cmd[cmd.index("--concurrency") + 1] == "3"
 
 
-@pytest.mark.parametrize("name, value, problem", [
+@pytest.mark.parametrize(("name", "value", "problem"), [
     ("AQ_CELERY_WORKERS", "two", "is not a whole number"),
     ("AQ_CELERY_WORKERS", "0", "must be positive"),
     ("AQ_CELERY_CONCURRENCY", "-1", "must be positive"),
@@ -164,6 +164,28 @@ def test_workers_of_another_scale_are_not_started_over(tmp_path):
         assert manager.names() == ["airflow-celery-worker2"]  # nothing else was started
     finally:
         manager.stop_all()
+
+
+def test_a_restarted_worker_is_not_ready_on_its_previous_starts_word(tmp_path):
+    """The log is appended to: "ready." of an earlier start must not count (stop, then start
+    again with another scale: tasks would be sent before the new workers consume)."""
+    manager = ServiceManager(tmp_path)
+    name = airflow_celery.service_name("worker1")
+    manager.logs_dir.mkdir(parents=True)
+    manager.log_file(name).write_text(
+        "--- 2026-11-30T10:00:00 start: ['airflow', 'celery', 'worker']\n"
+        "--- ***** ----- \n"  # Celery's banner has lines like the start marker
+        "[2026-11-30 10:00:09,000: INFO/MainProcess] worker1@host ready.\n")
+    manager.start(name, [sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(ServiceError, match="airflow-celery-worker1 not ready within 1s"):
+            airflow_celery.wait_for_workers(manager, [name], timeout=1)
+        with manager.log_file(name).open("a") as log:
+            log.write("--- ***** ----- \n[2026-11-30 11:00:05,000: INFO/MainProcess] "
+                      "worker1@host ready.\n")
+        airflow_celery.wait_for_workers(manager, [name], timeout=5)
+    finally:
+        manager.stop(name)
 
 
 def test_a_task_instance_names_its_worker(monkeypatch):
