@@ -34,6 +34,7 @@ service on loopback, everything stopped on every exit (an error, Ctrl-C, SIGTERM
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -348,8 +349,9 @@ def one_run(paths: ProjectPaths, ports: Ports, config: Config, expected_batches:
         tis = api.task_instances(run_id)
         workers_seen = sorted({ti["hostname"] for ti in tis if ti["hostname"]})
     finally:
-        stopped = airflow_celery.stop(paths)
-        log(f"  {config.label}: stopped {len(stopped)} services")
+        with cleaning_up():
+            stopped = airflow_celery.stop(paths)
+            log(f"  {config.label}: stopped {len(stopped)} services")
     load_after = os.getloadavg()
     failed = sorted(f"{ti['task_id']}[{ti['map_index']}]={ti['state']}" for ti in tis
                     if ti["state"] != "success")
@@ -461,8 +463,9 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
 def ratios(summary: dict[str, dict]) -> list[dict]:
     """wall(1 worker) / wall(W workers) at the same concurrency, for every W > 1 measured.
 
-    ``bound``: the most any number of workers could give, from the one-worker run's own
-    parts: its batches' span replaced by its longest batch (everything else unchanged).
+    ``span_cut``: how much faster the one-worker run would be with its batches' span cut
+    to its longest batch and everything else unchanged (the most more slots give the
+    batches; more slots can also hide per-task overhead, counted in the gaps).
     """
     found = []
     for base in summary.values():
@@ -478,7 +481,9 @@ def ratios(summary: dict[str, dict]) -> list[dict]:
                                          if other["batch_span_s"] else None),
                     "serial_ratio": round(base["serial_s"] / other["serial_s"], 3),
                     "batch_share_of_one": round(base["batch_span_s"] / base["wall_s"], 3),
-                    "bound": round(base["wall_s"] / best, 3) if best > 0 else None,
+                    "span_cut": round(base["wall_s"] / best, 3) if best > 0 else None,
+                    "gaps_one_s": base["gaps_s"], "gaps_more_s": other["gaps_s"],
+                    "concurrency": base["concurrency"],
                 })
     return found
 
@@ -563,14 +568,21 @@ def markdown(result: dict) -> str:
     ]
     for q in result["ratios"]:
         span = "n/a" if q["batch_span_ratio"] is None else f"{q['batch_span_ratio']:.2f}"
+        c, cores = q["concurrency"], info["nproc"]
+        slots = (f"{q['one']} already runs {c} tasks at once on the {cores} cores: more "
+                 "workers on this host add task slots, not cores."
+                 if c >= cores else
+                 f"{q['one']} runs {c} task(s) at once on {cores} cores: more workers let "
+                 "the batches use more of the cores.")
         lines += [
             f"**wall({q['one']}) / wall({q['more']}) = {q['wall_ratio']:.2f}** (batches' "
-            f"span {span}, serial chain {q['serial_ratio']:.2f}). The mapped batches are "
-            f"{q['batch_share_of_one']:.0%} of the one-worker run's wall time; with their "
-            f"span cut to the longest batch and nothing else changed, no number of workers "
-            f"could make that run more than {q['bound']:.2f}× faster. On a host with "
-            f"{info['nproc']} cores, {q['one']} already runs {q['one'].split('x')[1]} batches "
-            "at once, so more workers add task slots, not cores.",
+            f"span {span}, serial chain {q['serial_ratio']:.2f}). The mapped batches span "
+            f"{q['batch_share_of_one']:.0%} of the {q['one']} run; cutting that span to its "
+            f"longest batch, the rest unchanged, would make it {q['span_cut']:.2f}× faster. "
+            f"The rest of the difference is in the gaps between tasks (scheduling, task "
+            f"process start and exit: {q['gaps_one_s']:.1f} s with {q['one']}, "
+            f"{q['gaps_more_s']:.1f} s with {q['more']}), and in the serial chain: the same "
+            f"tasks, slower or faster with the machine's load. {slots}",
             "",
         ]
     lines.append("Model skill " + ("identical in every run (same data, params and training)."
@@ -586,8 +598,31 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+_SIGNALS = {"received": [], "cleaning_up": 0}
+
+
+def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    """SIGINT / SIGTERM: end the run, then stop every service. A signal while services are
+    being stopped (or a second one) never cuts that short: it is raised once they are."""
+    first = not _SIGNALS["received"]
+    _SIGNALS["received"].append(signum)
+    if _SIGNALS["cleaning_up"] or not first:
+        log(f"signal {signum}: stopping the services first")
+        return
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def cleaning_up():
+    """Stopping services: signals wait (see :func:`_interrupt`) until this is done."""
+    _SIGNALS["cleaning_up"] += 1
+    pending = len(_SIGNALS["received"])
+    try:
+        yield
+    finally:
+        _SIGNALS["cleaning_up"] -= 1
+    if not _SIGNALS["cleaning_up"] and len(_SIGNALS["received"]) > pending and pending == 0:
+        raise KeyboardInterrupt(f"signal {_SIGNALS['received'][0]} while stopping services")
 
 
 def reachable_by_postgres(workdir: Path) -> None:
@@ -640,7 +675,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.settings import Settings
 
     deadline = Deadline(args.timeout)
-    signal.signal(signal.SIGTERM, _sigterm)
+    # Ctrl-C and SIGTERM alike (a shell starting us in the background ignores SIGINT)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     own_workdir = args.workdir is None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_celery_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -699,11 +736,12 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted: services stopped")
         return 130
     finally:
-        pushgateway.stop_all()
-        if own_workdir and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        elif args.keep:
-            log(f"kept {workdir}")
+        with cleaning_up():
+            pushgateway.stop_all()
+            if own_workdir and not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+            elif args.keep:
+                log(f"kept {workdir}")
     summary = summarise(runs)
     result = {
         "command": command.strip(),
@@ -725,4 +763,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # a signal while the last services were being stopped
+        log("interrupted: services stopped")
+        sys.exit(130)
