@@ -141,8 +141,9 @@ class IngestReport:
 
 @dataclass
 class ChunkOutcome:
-    """What storing one chunk (or one group of its locations) did: figures only, no frames, so
-    a worker process hands it back cheaply and groups add up to the chunk."""
+    """What storing one chunk (or one group of its locations) did: figures, plus the few rows
+    validation refused (the caller keeps them, one quarantine file per chunk), so a worker
+    process hands it back cheaply and groups add up to the chunk."""
 
     write: WriteReport = field(default_factory=WriteReport)
     stats: SourceStats = field(default_factory=SourceStats)
