@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -65,3 +66,11 @@ def test_celery_scale_from_env():
     assert (defaults.celery_workers, defaults.celery_concurrency) == (2, 2)
     with pytest.raises(ValueError, match="AQ_CELERY_CONCURRENCY"):
         Settings.from_env({"AQ_CELERY_CONCURRENCY": "2.5"})
+
+
+def test_worker_processes_from_env_and_bad_values_named():
+    assert Settings.from_env({"AQ_PROCESSES": "3"}).processes == 3
+    assert Settings.from_env({}).processes == min(os.cpu_count() or 1, 8)
+    for bad in ("two", "0", "-1", "1.5"):
+        with pytest.raises(ValueError, match="AQ_PROCESSES"):
+            Settings.from_env({"AQ_PROCESSES": bad})
