@@ -31,8 +31,10 @@ def _start(plain: bool, level: int, initializer: Callable, initargs: tuple) -> N
 @contextlib.contextmanager
 def worker_pool(processes: int, initializer: Callable, initargs: tuple, *, plain_logs: bool
                 ) -> Iterator[ProcessPoolExecutor | None]:
-    """``processes`` workers, each set up once by ``initializer(*initargs)``; None below 2."""
-    if processes < 2:
+    """``processes`` workers, each set up once by ``initializer(*initargs)``; None below 2, and
+    None inside a daemonic process (a Celery or multiprocessing pool's task process, which may
+    not have children: the work runs inline there, as it does with one process)."""
+    if processes < 2 or multiprocessing.current_process().daemon:
         yield None
         return
     with ProcessPoolExecutor(
