@@ -395,7 +395,8 @@ class Ingestion:
             processes, _start_worker, (self.ctx.params, self.ctx.settings, self.ctx.paths.root),
             plain_logs=self.ctx.settings.log_format == "plain",
         ) as pool:
-            yield pool, size
+            # no pool inside a daemonic process (a Celery task process): inline, lock held
+            yield None if pool is None else (pool, size)
 
     def _finish(self, report: IngestReport, tally: _Tally, location_ids: Sequence[str],
                 metrics: StepRun) -> IngestReport:

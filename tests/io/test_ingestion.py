@@ -230,3 +230,30 @@ def test_a_live_provider_is_never_spread_over_processes(tmp_path, caplog):
     assert "worker processes" not in caplog.text
     # and its window is not cut at the month start: every request counts against its quota
     assert report.chunks_fetched == 1
+
+
+def _ingest_in(root: str, queue) -> None:
+    try:
+        ctx = Context.load(root, settings=Settings(processes=2))
+        queue.put(("ok", Ingestion(ctx).window().rows_valid))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        queue.put(("error", repr(exc)))
+
+
+def test_ingestion_in_a_daemonic_task_process_runs_inline(tmp_path):
+    """A Celery task process is daemonic and may not start workers: the synthetic ingestion
+    of many locations runs in it, inline, and stores everything."""
+    import multiprocessing
+
+    params = {"locations": _many_places(16),
+              "source": {"kind": "synthetic", "start": "2025-01-30", "end": "2025-02-02"}}
+    root = make_project(tmp_path / "p", params)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_ingest_in, args=(str(root), queue), daemon=True)
+    child.start()
+    status, value = queue.get(timeout=120)
+    child.join(timeout=30)
+    assert status == "ok", value
+    assert value > 0
+    assert len(read_raw(root / "data" / "raw", "synthetic")) == value
