@@ -2,7 +2,7 @@
 
 One dashboard per question, cross-linked (tag ``aq``): pipeline health, model quality,
 forecasts, drift and Airflow. A panel tied to an alert links to the alert's own
-``runbook_url`` (the runbook page the local stack serves, pipeline/ops/runbook.py).
+``runbook_url`` (the runbook page the local stack serves, ``Ports.runbook_base()``).
 ``serving.json`` is written by hand by the serving work (issue 14): tag it ``aq`` and it
 joins the navigation.
 
@@ -44,8 +44,7 @@ from grafana.board import (
     value_map,
 )
 from pipeline.core.aqi import aqi, category_thresholds
-from pipeline.ops import runbook
-from pipeline.ops.ports import Ports
+from pipeline.settings import Ports
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARDS = REPO / "grafana" / "dashboards"
@@ -139,8 +138,8 @@ def runbook_url(alert: str) -> str:
     """The alert's own ``runbook_url`` (prometheus/rules), on the ``runbook_url`` constant."""
     url = alert_rules()[alert]["annotations"]["runbook_url"]
     base, _, anchor = url.partition("#")
-    if base != runbook.DEFAULT_BASE or not anchor:
-        raise ValueError(f"alert {alert}: runbook_url {url} is not {runbook.DEFAULT_BASE}#...")
+    if base != PORTS.runbook_base() or not anchor:
+        raise ValueError(f"alert {alert}: runbook_url {url} is not {PORTS.runbook_base()}#...")
     return "${runbook_url}#" + anchor
 
 
@@ -175,7 +174,7 @@ def constant(name: str, value: str) -> Json:
 
 URL_CONSTANTS = [constant("airflow_url", PORTS.url("airflow")),
                  constant("prometheus_url", PORTS.url("prometheus")),
-                 constant("runbook_url", runbook.DEFAULT_BASE)]
+                 constant("runbook_url", PORTS.runbook_base())]
 BUILT_IN = {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
             "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
             "name": "Annotations & Alerts", "type": "dashboard",
