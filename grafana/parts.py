@@ -9,8 +9,7 @@ from grafana_foundation_sdk.models import units
 
 from grafana.board import DATASOURCE, Board, Json, link
 from grafana.sources import runbook_url
-from pipeline.ops import runbook
-from pipeline.ops.ports import Ports
+from pipeline.settings import Ports
 
 TAG = "aq"  # every dashboard carries it: the "Air quality" menu lists them
 PORTS = Ports()  # the default addresses: local stack and docker-compose (network_mode: host)
@@ -46,7 +45,7 @@ def constant(name: str, value: str) -> Json:
 
 URL_CONSTANTS = [constant("airflow_url", PORTS.url("airflow")),
                  constant("prometheus_url", PORTS.url("prometheus")),
-                 constant("runbook_url", runbook.DEFAULT_BASE)]
+                 constant("runbook_url", PORTS.runbook_base())]
 BUILT_IN = {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
             "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
             "name": "Annotations & Alerts", "type": "dashboard",

@@ -16,7 +16,7 @@ import yaml
 
 from grafana.board import Json, thresholds
 from pipeline.core.aqi import aqi, category_thresholds
-from pipeline.ops import runbook
+from pipeline.settings import Ports
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "prometheus" / "rules"
@@ -102,8 +102,8 @@ def runbook_url(alert: str) -> str:
     """The alert's own ``runbook_url`` (prometheus/rules), on the ``runbook_url`` constant."""
     url = alert_rules()[alert]["annotations"]["runbook_url"]
     base, _, anchor = url.partition("#")
-    if base != runbook.DEFAULT_BASE or not anchor:
-        raise ValueError(f"alert {alert}: runbook_url {url} is not {runbook.DEFAULT_BASE}#...")
+    if base != Ports().runbook_base() or not anchor:
+        raise ValueError(f"alert {alert}: runbook_url {url} is not {Ports().runbook_base()}#...")
     return "${runbook_url}#" + anchor
 
 
