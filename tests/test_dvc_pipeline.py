@@ -106,6 +106,7 @@ def stage_imports(stage: str) -> set[str]:
     return {str(Path(p).resolve().relative_to(REPO)) for p in out.split()}
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_deps_list_every_module_it_imports(stage):
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]

@@ -12,6 +12,8 @@ import pytest
 from pipeline.ops.services import ServiceError, ServiceManager, _group_members
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.process
+
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 # a parent that spawns a child and ignores SIGTERM: stop must escalate and take the child too
 STUBBORN = [

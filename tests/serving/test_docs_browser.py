@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 
+pytestmark = [pytest.mark.service, pytest.mark.browser]
+
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 

@@ -29,6 +29,8 @@ from pipeline.settings import Settings
 from tests.conftest import REPO, free_port
 from tests.replay_server import ReplayServer, Reply, refusing_url
 
+pytestmark = pytest.mark.service
+
 PASSWORD = "test-password-0123456789"
 
 
