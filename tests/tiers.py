@@ -12,6 +12,9 @@ a fixture started is not starting it).
 A test marked ``process``, ``service`` or ``browser`` may start processes; ``train`` may fit;
 ``slow``, ``stack``, ``airflow`` and ``network`` tests are out of the fast tier whatever they
 start (their files carry the specific marker too where they start something in this process).
+
+A fast-tier test also has a CPU budget (:data:`FAST_TEST_CPU_S` per phase, CPU time so a busy
+machine does not trip it): one that needs more is slow, and says so.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import multiprocessing.process
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,6 +33,9 @@ PROCESS_MARKS = {"process", "service", "browser"}
 TRAIN_MARKS = {"train"}
 OUT_OF_FAST_TIER = {"slow", "stack", "airflow", "network"}
 TIER_MARKS = PROCESS_MARKS | TRAIN_MARKS | OUT_OF_FAST_TIER  # described in pyproject.toml
+# CPU one phase (setup or call) of a fast-tier test may take: the largest took 1.6 s when this
+# was set, the ~420 of them ~25 s together (the tier's minute on 2 cores, with start-up)
+FAST_TEST_CPU_S = 5.0
 
 
 class UnmarkedStart(BaseException):
@@ -49,17 +56,17 @@ class Watch:
     def refuse(self, what: str, marker: str) -> None:
         with self._lock:
             message = (f"{what}: {self.item.nodeid if self.item else '?'} is not marked "
-                       f"{marker!r} (tests/tiers.py)")
+                       f"{marker} (tests/tiers.py)")
             self.found.append(message)
         raise UnmarkedStart(message)
 
     def process(self, what: str) -> None:
         if self.item is not None and not self.may_start:
-            self.refuse(f"started {what}", "process' (or 'service', 'browser")
+            self.refuse(f"started {what}", "'process' (or 'service', 'browser')")
 
     def fit(self, what: str) -> None:
         if self.item is not None and not self.may_train:
-            self.refuse(f"fitted {what}", "train")
+            self.refuse(f"fitted {what}", "'train'")
 
 
 WATCH = Watch()
@@ -97,7 +104,7 @@ def install() -> None:
     _wrap(subprocess.Popen, "_execute_child", _argv, _popen_check)
     _wrap(multiprocessing.process.BaseProcess, "start",
           lambda proc: f"a {type(proc).__name__} ({proc.name})", WATCH.process)
-    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
+    for name in ("fork", "forkpty"):  # subprocess's own spawn goes through _execute_child
         if hasattr(os, name):
             _wrap(os, name, lambda *a, _n=name, **k: f"os.{_n}", WATCH.process)
     from sklearn.ensemble._forest import BaseForest
@@ -120,10 +127,17 @@ def watching(item: pytest.Item) -> Iterator[None]:
     WATCH.item = item
     WATCH.may_start = bool(marks & (PROCESS_MARKS | OUT_OF_FAST_TIER))
     WATCH.may_train = bool(marks & (TRAIN_MARKS | OUT_OF_FAST_TIER))
-    WATCH.found = []
+    WATCH.found.clear()
+    started = time.process_time()
     try:
         yield
     finally:
-        found, WATCH.item, WATCH.found = WATCH.found, None, []
+        found, WATCH.item = list(WATCH.found), None
+        WATCH.found.clear()
     if found:  # also what was refused in a thread, or caught and hidden by the code
         pytest.fail("\n".join(dict.fromkeys(found)), pytrace=False)
+    used = time.process_time() - started  # CPU, not wall: the same on a busy machine
+    if not marks and used > FAST_TEST_CPU_S:
+        pytest.fail(f"{item.nodeid} used {used:.1f} s of CPU in one phase, more than a fast-tier "
+                    f"test may ({FAST_TEST_CPU_S:g} s): make it cheaper or mark it 'slow' "
+                    "(tests/tiers.py)", pytrace=False)
