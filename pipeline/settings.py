@@ -95,6 +95,9 @@ class Settings:
     # this host, and task processes per worker
     celery_workers: int = 2
     celery_concurrency: int = 2
+    # the directory a relative source.csv.path resolves against (where exports live differs
+    # per machine); unset: the project directory
+    csv_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -126,6 +129,7 @@ class Settings:
             processes=_int(env, "AQ_PROCESSES", defaults.processes),
             celery_workers=_int(env, "AQ_CELERY_WORKERS", defaults.celery_workers),
             celery_concurrency=_int(env, "AQ_CELERY_CONCURRENCY", defaults.celery_concurrency),
+            csv_dir=env.get("AQ_CSV_DIR") or None,
         )
         register_secret(settings.openweathermap_api_key)
         register_secret(settings.rate_limit_redis_url)

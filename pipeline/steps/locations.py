@@ -28,6 +28,7 @@ from pipeline.errors import LocationsMismatch
 from pipeline.io.sources.csv_import import CsvImportError, CsvSource, distance_m
 from pipeline.io.storage import atomic_write_text
 from pipeline.paths import ProjectPaths
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def run(paths: ProjectPaths, write: bool = False, timezone: str | None = None
         ) -> LocationsReport:
     params, _raw, empty = _load(paths)
     csv = params.source.csv
-    source = CsvSource(csv, base_dir=paths.root)
+    source = CsvSource(csv, base_dir=paths.root, data_dir=Settings.from_env().csv_dir)
     stations = source.stations()
     tolerance = csv.coordinate_tolerance_m
     column = csv.mapping.location

@@ -93,7 +93,6 @@ TIME_NOTE = "time_note"  # why a row's time is missing (its quarantine reason)
 CATEGORY = "category"  # a refused reading's reason category (counted like validation's)
 HOUR = pd.Timedelta(hours=1)
 _NOT_ID = re.compile(r"[^a-z0-9]+")
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -108,21 +107,6 @@ def location_id_of(value: str) -> str:
     """A station value as a location id: lower case, every run of other characters than a-z
     and 0-9 as one "_" ("Windsor West 1" -> "windsor_west_1", "2144" stays)."""
     return _NOT_ID.sub("_", str(value).strip().lower()).strip("_")
-
-
-def expand_path(text: str) -> str:
-    """``source.csv.path`` with ``$VAR`` / ``${VAR}`` from the environment (where the data
-    sets live differs per machine); an unset variable is refused, naming it."""
-    import os
-
-    def value(match: re.Match) -> str:
-        name = match.group(1) or match.group(2)
-        if name not in os.environ:
-            raise CsvImportError(f"source.csv.path {text!r} names ${{{name}}}, which is not set: "
-                                 f"export {name} (the directory holding the file)")
-        return os.environ[name]
-
-    return _ENV.sub(value, text)
 
 
 class CsvImportError(SourceError):
@@ -297,7 +281,10 @@ class CsvSource:
     name = "csv"
     max_days_per_request = 366
 
-    def __init__(self, config: CsvConfig, base_dir: Path | str | None = None) -> None:
+    def __init__(self, config: CsvConfig, base_dir: Path | str | None = None,
+                 data_dir: Path | str | None = None) -> None:
+        """``base_dir``: the project directory; ``data_dir`` (``AQ_CSV_DIR``), when set, is
+        where a relative ``path`` is looked for instead."""
         if not config.path:
             raise CsvImportError("source.csv.path is empty: name the file (or glob) to import")
         if config.mapping.location is None and config.location_id is None:
@@ -310,18 +297,22 @@ class CsvSource:
 
             base_dir = ProjectPaths.discover().root
         self.base_dir = Path(base_dir)
+        self.data_dir = Path(data_dir).expanduser() if data_dir else None
         self._day_first: dict[Path, bool] = {}
 
     # -- files
 
     def files(self) -> list[Path]:
-        pattern = Path(expand_path(self.config.path)).expanduser()
+        pattern = Path(self.config.path).expanduser()
         if not pattern.is_absolute():
-            pattern = self.base_dir / pattern
+            pattern = (self.data_dir or self.base_dir) / pattern
         matches = sorted(Path(p) for p in glob.glob(str(pattern)))
         files = [p for p in matches if p.is_file()]
         if not files:
-            raise CsvImportError(f"csv: no file matches source.csv.path {str(pattern)!r}")
+            where = (f"AQ_CSV_DIR={str(self.data_dir)!r}" if self.data_dir else
+                     "the project directory (set AQ_CSV_DIR to look elsewhere)")
+            raise CsvImportError(f"csv: no file matches source.csv.path {str(pattern)!r} "
+                                 f"(a relative path is looked for in {where})")
         return files
 
     def separator(self, path: Path) -> str:
