@@ -49,6 +49,7 @@ import pandas as pd
 from pipeline.config import TimeParts, fixed_offset
 from pipeline.core.units import (
     UnitError,
+    check_unit,
     compass_degrees,
     hourly_from_cumulated,
     to_canonical,
@@ -369,7 +370,8 @@ class CsvSource:
                                  "set source.csv.mapping.time")
         if isinstance(mapping.time, TimeParts):
             parsed = _naive_from_parts(table, mapping.time)
-            raw = table[self._time_columns()].notna().any(axis=1).where(lambda x: x)
+            written = table[self._time_columns()].notna().any(axis=1)
+            raw = written.where(written)  # NaN where no part is written (only .notna() is used)
         else:
             column = mapping.time
             raw = table[column]
@@ -422,8 +424,8 @@ class CsvSource:
         try:
             return to_canonical(variable, numeric.to_numpy(dtype="float64"), self._unit(unit))
         except UnitError as exc:
-            raise CsvImportError(f"csv: {where}: {exc}; set source.csv.mapping.units "
-                                 "(or unit_values)") from None
+            raise CsvImportError(f"csv: {where}: column {column!r} ({len(values)} row(s)): {exc}; "
+                                 "set source.csv.mapping.units (or unit_values)") from None
 
     def _numbers(self, variable: str, values: pd.Series, where: str, column: str) -> pd.Series:
         """A column's cells as numbers (NaN where empty); junk refused or warned about."""
@@ -482,8 +484,9 @@ class CsvSource:
         if unknown:
             rows = int(categories.isin(unknown).sum())
             raise CsvImportError(
-                f"csv: {name}: column {wind.direction!r}: {rows} row(s) near row "
-                f"{state.rows + 1} hold compass categories that source.csv.mapping.wind."
+                f"csv: {name}: column {wind.direction!r}: {rows} row(s) among rows "
+                f"{state.rows + 1}..{state.rows + len(table)} hold compass categories that "
+                "source.csv.mapping.wind."
                 f"directions does not map ({unknown[:10]}); add them (degrees the wind blows "
                 "from, or null for calm or variable)")
         out = {"wind_direction_10m": degrees}
@@ -508,9 +511,9 @@ class CsvSource:
                 "; sort the file by location and time, or set speed_cumulated: false") from None
         untold = int((np.isnan(hourly) & ~np.isnan(speed)).sum())
         if untold:
-            log.info("csv: %s: %d hourly wind speed(s) cannot be told from the cumulated column "
-                     "%r (first row, after a gap or a decrease): missing", name, untold,
-                     wind.speed)
+            log.debug("csv: %s: %d hourly wind speed(s) in rows %d..%d cannot be told from the "
+                      "cumulated column %r (first row, after a gap or a decrease): missing",
+                      name, untold, state.rows + 1, state.rows + len(table), wind.speed)
         out["wind_speed_10m"] = hourly
         return out
 
@@ -542,23 +545,23 @@ class CsvSource:
             rows["unit"] = [mapping.units.get(v, VARIABLES[v].unit) if v in VARIABLES else ""
                             for v in rows["variable"]]
         rows["value"] = np.nan
+        among = f"among rows {state.rows + 1}..{state.rows + len(table)}"
         for (variable, unit), part in rows.groupby(["variable", "unit"], sort=True,
                                                    dropna=False):
-            where = f"{name} ({variable})"
-            if pd.isna(unit) and mapping.unit is not None:
-                raise CsvImportError(
-                    f"csv: {name}: column {mapping.unit!r}: {len(part)} {variable} row(s) near "
-                    f"row {state.rows + 1} have no unit; set source.csv.mapping.unit_values")
-            try:
-                rows.loc[part.index, "value"] = self._convert(variable, part["raw"], unit, where,
-                                                              mapping.value)
-            except CsvImportError as exc:
-                if mapping.unit is None or "unit" not in str(exc):
-                    raise
-                raise CsvImportError(
-                    f"csv: {name}: column {mapping.unit!r}: {len(part)} {variable} row(s) near "
-                    f"row {state.rows + 1} in unit {unit!r}: {str(exc).split(': ', 2)[-1]}"
-                ) from None
+            if mapping.unit is not None and not variable.startswith(COVARIATE_PREFIX):
+                problem = "have no unit" if pd.isna(unit) else None
+                if problem is None:
+                    try:
+                        check_unit(variable, self._unit(unit))
+                    except UnitError as exc:
+                        problem = f"are in unit {unit!r}: {exc}"
+                if problem:
+                    raise CsvImportError(
+                        f"csv: {name}: column {mapping.unit!r}: {len(part)} {variable} row(s) "
+                        f"{among} {problem}; set source.csv.mapping.unit_values (a spelling "
+                        "in the file -> a known unit) or mapping.parameters")
+            rows.loc[part.index, "value"] = self._convert(
+                variable, part["raw"], unit, f"{name} ({variable})", mapping.value)
         bad, reasons, categories = _impossible(rows)
         if bad.any():
             refused = rows[bad].assign(**{REASON: reasons, CATEGORY: categories})
