@@ -153,18 +153,22 @@ def detect_separator(path: Path) -> str:
         "set source.csv.separator")
 
 
-def _read_chunks(path: Path, separator: str) -> Iterator[pd.DataFrame]:
-    """The file in chunks of CHUNK_ROWS rows (values as text; Parquet as stored)."""
+def _read_chunks(path: Path, separator: str, columns: set[str] | None = None
+                 ) -> Iterator[pd.DataFrame]:
+    """The file in chunks of CHUNK_ROWS rows (values as text; Parquet as stored), only the
+    ``columns`` it has of those named (all when None): text columns cost most of the time."""
     try:
         if _is_parquet(path):
             import pyarrow.parquet as pq
 
             parquet = pq.ParquetFile(path)
-            for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
+            names = [c for c in parquet.schema_arrow.names if columns is None or c in columns]
+            for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=names):
                 yield batch.to_pandas()
             return
         yield from pd.read_csv(path, sep=separator, dtype=str, keep_default_na=True,
-                               skipinitialspace=True, chunksize=CHUNK_ROWS)
+                               skipinitialspace=True, chunksize=CHUNK_ROWS,
+                               usecols=None if columns is None else (lambda c: c in columns))
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise CsvImportError(f"csv: cannot read {path}: {exc}") from None
 
@@ -300,6 +304,7 @@ class CsvSource:
         self.base_dir = Path(base_dir)
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
         self._day_first: dict[Path, bool] = {}
+        self._headers: dict[Path, list[str]] = {}
 
     # -- files
 
@@ -319,9 +324,37 @@ class CsvSource:
     def separator(self, path: Path) -> str:
         return "," if _is_parquet(path) else (self.config.separator or detect_separator(path))
 
-    def chunks(self, path: Path) -> Iterator[pd.DataFrame]:
+    def chunks(self, path: Path, columns: set[str] | None = None) -> Iterator[pd.DataFrame]:
         """The file's rows in chunks of :data:`CHUNK_ROWS`, as text (Parquet as stored)."""
-        return _read_chunks(path, self.separator(path))
+        return _read_chunks(path, self.separator(path), columns)
+
+    def header(self, path: Path) -> list[str]:
+        """The file's column names (for messages: chunks hold only the mapped ones)."""
+        if path not in self._headers:
+            try:
+                if _is_parquet(path):
+                    import pyarrow.parquet as pq
+
+                    self._headers[path] = list(pq.ParquetFile(path).schema_arrow.names)
+                else:
+                    self._headers[path] = list(pd.read_csv(path, sep=self.separator(path),
+                                                           nrows=0, skipinitialspace=True).columns)
+            except (OSError, ValueError, pd.errors.ParserError) as exc:
+                raise CsvImportError(f"csv: cannot read {path}: {exc}") from None
+        return self._headers[path]
+
+    def mapped_columns(self, stations: bool = False) -> set[str]:
+        """The file columns the mapping reads (``stations``: with the coordinates and names)."""
+        mapping = self.config.mapping
+        used = {*self._time_columns(), mapping.location, mapping.parameter, mapping.value,
+                mapping.unit}
+        if stations:
+            used |= {mapping.latitude, mapping.longitude, mapping.location_name}
+        used |= set(mapping.columns.values()) if mapping.columns else set(VALUE_COLUMNS)
+        used |= set(mapping.covariates.values())
+        if mapping.wind is not None:
+            used |= {mapping.wind.direction, mapping.wind.speed}
+        return used - {None}
 
     # -- parsing
 
@@ -366,7 +399,7 @@ class CsvSource:
         if absent:
             which = (f"no time column {absent[0]!r}" if len(absent) == 1
                      else f"no time columns {absent}")
-            raise CsvImportError(f"csv: {path.name}: {which} (columns: {list(table.columns)}); "
+            raise CsvImportError(f"csv: {path.name}: {which} (columns: {self.header(path)}); "
                                  "set source.csv.mapping.time")
         if isinstance(mapping.time, TimeParts):
             parsed = _naive_from_parts(table, mapping.time)
@@ -407,11 +440,12 @@ class CsvSource:
             return pd.Series(self.config.location_id, index=table.index, dtype="object")
         if mapping.location not in table.columns:
             raise CsvImportError(f"csv: {path.name}: no location column {mapping.location!r} "
-                                 f"(columns: {list(table.columns)}); set "
+                                 f"(columns: {self.header(path)}); set "
                                  "source.csv.mapping.location")
-        raw = table[mapping.location].astype("string").str.strip()
-        ids = {v: mapping.location_values.get(v, location_id_of(v)) for v in raw.dropna().unique()}
-        return raw.map(ids).astype("object")
+        codes, values = pd.factorize(table[mapping.location].astype("string").str.strip())
+        ids = np.array([mapping.location_values.get(v, location_id_of(v)) for v in values] + [None],
+                       dtype="object")
+        return pd.Series(ids[codes], index=table.index, dtype="object")  # code -1: missing
 
     def _unit(self, unit: str) -> str:
         return self.config.mapping.unit_values.get(unit, unit)
@@ -478,7 +512,8 @@ class CsvSource:
         for column, key in ((wind.direction, "direction"), (wind.speed, "speed")):
             if column is not None and column not in table.columns:
                 raise CsvImportError(f"csv: {name}: no wind {key} column {column!r} (columns: "
-                                     f"{list(table.columns)}); set source.csv.mapping.wind.{key}")
+                                     f"{self.header(state.path)}); set "
+                                     f"source.csv.mapping.wind.{key}")
         categories = table[wind.direction].astype("string").str.strip()
         degrees, unknown = compass_degrees(categories, wind.directions)
         if unknown:
@@ -525,13 +560,15 @@ class CsvSource:
                             (mapping.unit, "unit")):
             if column is not None and column not in table.columns:
                 raise CsvImportError(f"csv: {name}: no column {column!r} (columns: "
-                                     f"{list(table.columns)}); set source.csv.mapping.{key}")
+                                     f"{self.header(state.path)}); set source.csv.mapping.{key}")
         aliases = {**PARAMETER_ALIASES, **{v: v for v in VALUE_COLUMNS}, **mapping.parameters,
                    **{parameter: covariate_column(cov)
                       for cov, parameter in mapping.covariates.items()}}
         names = table[mapping.parameter].astype("string").str.strip()
-        lookup = {n: aliases.get(n, aliases.get(str(n).lower())) for n in names.dropna().unique()}
-        variables = names.map(lookup)
+        codes, found = pd.factorize(names)
+        lookup = np.array([aliases.get(n, aliases.get(str(n).lower())) for n in found] + [None],
+                          dtype="object")
+        variables = pd.Series(lookup[codes], index=table.index, dtype="object")
         known = variables.notna()
         if (~known).any():
             log.info("csv: %s: %d row(s) of parameters not in the schema ignored (%s)",
@@ -595,7 +632,7 @@ class CsvSource:
             return
         first_over_12 = second_over_12 = None  # an example of each, once seen
         differ = None
-        for table in _read_chunks(path, separator):
+        for table in _read_chunks(path, separator, {config.mapping.time}):
             if config.mapping.time not in table.columns:
                 return  # reported with the columns when the chunk is parsed
             raw = table[config.mapping.time]
@@ -656,13 +693,7 @@ class CsvSource:
         return base
 
     def _ignored_columns(self, columns: Sequence[str], path: Path) -> None:
-        mapping = self.config.mapping
-        used = {*self._time_columns(), mapping.location, mapping.parameter, mapping.value,
-                mapping.unit, mapping.latitude, mapping.longitude, mapping.location_name}
-        used |= set(mapping.columns.values()) if mapping.columns else set(VALUE_COLUMNS)
-        used |= set(mapping.covariates.values())
-        if mapping.wind is not None:
-            used |= {mapping.wind.direction, mapping.wind.speed}
+        used = self.mapped_columns(stations=True)
         ignored = [c for c in columns if c not in used]
         if ignored:
             log.info("csv: %s: column(s) not in the mapping, ignored: %s", path.name, ignored)
@@ -675,9 +706,9 @@ class CsvSource:
         self._detect_day_first(path, separator)
         state = _Pass(path, missing, seen=seen)
         parts, columns = [], None
-        for table in _read_chunks(path, separator):
+        for table in _read_chunks(path, separator, self.mapped_columns()):
             if columns is None:
-                columns = list(table.columns)
+                columns = self.header(path)
                 self._ignored_columns(columns, path)
                 if self.config.mapping.parameter is None and not self._value_columns(columns):
                     raise CsvImportError(
@@ -757,13 +788,13 @@ class CsvSource:
         for path in self.files():
             rows = 0
             self._detect_day_first(path, self.separator(path))
-            for table in self.chunks(path):
+            for table in self.chunks(path, self.mapped_columns(stations=True)):
                 needed = [c for c in (mapping.latitude, mapping.longitude, mapping.location_name)
                           if c is not None]
                 absent = [c for c in needed if c not in table.columns]
                 if absent:
                     raise CsvImportError(f"csv: {path.name}: no column(s) {absent} (columns: "
-                                         f"{list(table.columns)}); set source.csv.mapping."
+                                         f"{self.header(path)}); set source.csv.mapping."
                                          "latitude, longitude, location_name")
                 table.index = pd.RangeIndex(rows, rows + len(table))
                 ids = self._locations(table, path)
