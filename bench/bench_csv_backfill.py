@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.settings import Settings  # noqa: E402
 CHUNK = re.compile(r"^(\S+ \S+) INFO pipeline.io.ingestion: backfill csv: chunk (\d+)/(\d+) "
                    r".*: (\d+) rows valid, (\d+) quarantined")
 START = re.compile(r"^(\S+ \S+) INFO pipeline.io.ingestion: backfill csv: .* in chunks of")
@@ -79,7 +82,7 @@ def main() -> None:
     parser.add_argument("--example", default="detroit", choices=["detroit", "beijing"])
     parser.add_argument("--chunk-days", type=int)
     parser.add_argument("--data-dir", type=Path,
-                        default=Path(os.environ.get("AQ_CSV_DIR")
+                        default=Path(Settings.from_env().csv_dir
                                      or REPO.parent / "shared" / "datasets"))
     args = parser.parse_args()
     result = run(args.example, args.data_dir, args.chunk_days)
