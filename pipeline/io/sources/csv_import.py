@@ -23,8 +23,11 @@ as OpenAQ exports them). Real files are messy, so:
 * wind given as a compass category and a speed cumulated since the category last
   changed (``mapping.wind``) becomes the canonical direction and hourly speed.
 
-Files are read in chunks of :data:`CHUNK_ROWS` rows and only the rows of the
-requested window are kept, so memory follows the window, not the file size.
+Files are read in chunks of :data:`CHUNK_ROWS` rows (only the mapped columns), once
+per source: the parsed rows go to Parquet pieces by year in a temporary directory
+(:class:`_Spool`), and each requested window reads its years, so memory follows a
+chunk and the window, not the file size, and a backfill costs one pass, not one per
+window.
 What the mapping does not state is detected, and what stays ambiguous is
 refused with the option to set: the separator (``separator``), dates that
 read both day-first and month-first (``day_first`` or ``time_format``), a
