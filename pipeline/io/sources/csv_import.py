@@ -573,9 +573,8 @@ class CsvSource:
             raise CsvImportError(
                 f"csv: {name}: column {wind.direction!r}: {rows} row(s) among rows "
                 f"{state.rows + 1}..{state.rows + len(table)} hold compass categories that "
-                "source.csv.mapping.wind."
-                f"directions does not map ({unknown[:10]}); add them (degrees the wind blows "
-                "from, or null for calm or variable)")
+                f"source.csv.mapping.wind.directions does not map ({unknown[:10]}); add them "
+                "(degrees the wind blows from, or null for calm or variable)")
         out = {"wind_direction_10m": degrees}
         if wind.speed is None:
             return out
@@ -598,9 +597,9 @@ class CsvSource:
                 "; sort the file by location and time, or set speed_cumulated: false") from None
         untold = int((np.isnan(hourly) & ~np.isnan(speed)).sum())
         if untold:
-            log.debug("csv: %s: %d hourly wind speed(s) in rows %d..%d cannot be told from the "
-                      "cumulated column %r (first row, after a gap or a decrease): missing",
-                      name, untold, state.rows + 1, state.rows + len(table), wind.speed)
+            log.info("csv: %s: %d hourly wind speed(s) in rows %d..%d cannot be told from the "
+                     "cumulated column %r (first row, after a gap or a decrease): missing",
+                     name, untold, state.rows + 1, state.rows + len(table), wind.speed)
         out["wind_speed_10m"] = hourly
         return out
 
