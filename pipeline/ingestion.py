@@ -14,6 +14,9 @@ Every way data enters the store goes through :class:`Ingestion`:
 All of them cut their window into chunks no longer than the provider accepts, log one line per
 chunk (and show a bar on a terminal), never overwrite stored data with a failed or empty answer,
 and fail at the end naming every location that failed; the others are stored.
+
+A service one floor above ``io/``: it takes the run's :class:`~pipeline.context.Context` (which
+``io/`` never imports) and composes sources, storage and metrics; steps and DAGs call it.
 """
 
 from __future__ import annotations
