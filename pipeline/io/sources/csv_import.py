@@ -780,7 +780,8 @@ class CsvSource:
             _write_pieces(root, "refused", number, _concat(state.refused))
             state.refused.clear()
             state.rows += len(table)
-            log.debug("csv: %s: %d row(s) read", path.name, state.rows)
+            log.info("csv: %s: %d row(s) parsed (%.0f s)", path.name, state.rows,
+                     time.monotonic() - started)
         if not state.rows:
             log.warning("csv: %s has no rows", path.name)
         log.info("csv: %s: %d row(s) read in %.1f s (read once; each window reads its years)",
