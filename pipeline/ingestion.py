@@ -213,6 +213,11 @@ def store_chunk(source: Source, raw_dir: Path, known_locations: Sequence[str],
         reasons=dict(checked.reasons),
         quarantine=[checked.quarantine],
     )
+    if result.quarantine is not None and len(result.quarantine):
+        outcome.quarantine.append(result.quarantine)
+        outcome.rows_quarantined += len(result.quarantine)
+        for reason, n in result.quarantine_reasons.items():
+            outcome.reasons[reason] = outcome.reasons.get(reason, 0) + n
     if has_forecasts(source):
         forecasts = source.fetch_forecasts(locs, start, end)
         checked = validate_forecasts(forecasts.frame, known_locations=known_locations)
