@@ -44,8 +44,9 @@ FAST_TIER := not network and not slow and not stack and not airflow and not proc
 test-fast: $(STAMP) ## pure logic and single steps in-process: no process, no training (under a minute)
 	$(PY) -m pytest -m "$(FAST_TIER)" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, and the layering contracts of pyproject.toml (import-linter)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-logo
 
 loadtest: $(STAMP) ## Locust load test of the running serving app, with the SLO gate
 	$(PY) -m serving.loadtest $(LOADTEST_ARGS)
