@@ -22,7 +22,8 @@ from pipeline.steps import backtest, evaluate, ingest, predict, preprocess, prom
 from pipeline.steps.common import features_from_raw, load_validated_raw
 from tests.conftest import make_project
 
-pytestmark = pytest.mark.slow  # trains models
+# trains models, runs the CLI
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.process]
 
 BERLIN = {"id": "berlin", "name": "Berlin", "latitude": 52.52, "longitude": 13.405,
           "timezone": "Europe/Berlin"}

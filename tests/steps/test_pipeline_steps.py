@@ -26,7 +26,8 @@ from pipeline.steps import (
 )
 from tests.conftest import make_project, write_params
 
-pytestmark = pytest.mark.slow  # trains models
+# trains models, runs the CLI
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.process]
 
 
 def reload(root, overrides=None) -> Context:
