@@ -20,6 +20,7 @@ Airflow helpers: ``prepare`` (airflow.cfg, database, pool: docker-compose's airf
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -31,7 +32,13 @@ from pipeline.paths import ProjectPaths
 from pipeline.settings import Ports, SettingsError
 from stack import airflow_celery, airflow_local, monitoring, serving_local
 from stack.ports import record_ports, resolve_ports
-from stack.supervisor import ServiceError, Supervisor
+from stack.supervisor import (
+    ServiceError,
+    Supervisor,
+    end_processes,
+    proc_stat,
+    session_members,
+)
 
 log = logging.getLogger("stack")
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -67,9 +74,49 @@ def parts(paths: ProjectPaths, with_airflow: bool = True, with_serving: bool = T
     return chosen
 
 
+LEGACY_FORMAT = "aq-service/1"  # the pid files of the process manager supervisord replaced
+
+
+def legacy_services(paths: ProjectPaths) -> dict[str, tuple[int, int]]:
+    """Services an earlier version started itself (``.stack/<name>.pid``) that still run:
+    name -> (pid, start ticks). Each led its own session."""
+    found = {}
+    for pid_file in sorted(paths.stack_dir.glob("*.pid")) if paths.stack_dir.is_dir() else ():
+        try:
+            record = json.loads(pid_file.read_text())
+            if not (isinstance(record, dict) and record.get("format") == LEGACY_FORMAT):
+                continue
+            pid, ticks = int(record["pid"]), int(record["start_ticks"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        stat = proc_stat(pid)
+        if stat is not None and stat[0] != "Z" and stat[3] == ticks:
+            found[pid_file.stem] = (pid, ticks)
+    return found
+
+
+def stop_legacy(paths: ProjectPaths) -> list[str]:
+    """End the sessions of an earlier version's services (``make stop`` after an upgrade), and
+    forget their pid files; a pid file whose pid now belongs to another process is not acted on."""
+    running = legacy_services(paths)
+    for name, (pid, ticks) in running.items():
+        end_processes(lambda p=pid, t=ticks: session_members(p, t), timeout=20.0)
+        log.info("stopped %s (started by an earlier version of the launcher)", name)
+    for pid_file in paths.stack_dir.glob("*.pid") if paths.stack_dir.is_dir() else ():
+        try:
+            if json.loads(pid_file.read_text()).get("format") == LEGACY_FORMAT:
+                pid_file.unlink()
+        except (OSError, ValueError, AttributeError):
+            continue
+    return list(running)
+
+
 def start(paths: ProjectPaths, with_airflow: bool = True, with_serving: bool = True,
           ) -> dict[str, str]:
     paths.stack_dir.mkdir(parents=True, exist_ok=True)
+    if legacy := legacy_services(paths):
+        raise ServiceError(f"services started by an earlier version still run ({', '.join(legacy)}"
+                           "): `make stop` ends them, then `make run`")
     chosen = parts(paths, with_airflow, with_serving)  # refuses a profile over the other first
     ports = resolve_ports(paths)
     record_ports(paths, ports)
@@ -83,7 +130,7 @@ def start(paths: ProjectPaths, with_airflow: bool = True, with_serving: bool = T
 def stop(paths: ProjectPaths) -> list[str]:
     """supervisord stops every program, in reverse priority (serving first, the monitoring
     stack last), then itself; what is left of its session goes too."""
-    stopped = Supervisor(paths.stack_dir).stop_all()
+    stopped = Supervisor(paths.stack_dir).stop_all() + stop_legacy(paths)
     (paths.stack_dir / "env").unlink(missing_ok=True)  # its URLs point at nothing now
     return stopped
 

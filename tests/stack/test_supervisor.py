@@ -299,3 +299,33 @@ def test_a_long_state_path_gets_a_short_private_socket(tmp_path):
         assert supervisor.is_running("sleeper")
     finally:
         supervisor.stop_all()
+
+
+def test_services_of_the_earlier_launcher_are_ended_by_stop_and_block_start(tmp_path):
+    """An upgrade while the old process manager's services run: start refuses, stop ends them
+    (their sessions: they led one each) and never a pid that now belongs to someone else."""
+    from pipeline.paths import ProjectPaths
+    from stack.__main__ import start, stop
+
+    paths = ProjectPaths(tmp_path)
+    paths.stack_dir.mkdir()
+    old = subprocess.Popen(REGROUPING, start_new_session=True)
+    bystander = subprocess.Popen(SLEEPER, start_new_session=True)
+    try:
+        child = wait_for(lambda: children_of(old.pid))[0]
+        for name, proc, ticks_shift in (("prometheus", old, 0), ("pushgateway", bystander, 1)):
+            (paths.stack_dir / f"{name}.pid").write_text(json.dumps({
+                "format": "aq-service/1", "name": name, "pid": proc.pid, "pgid": proc.pid,
+                "start_ticks": proc_stat(proc.pid)[3] + ticks_shift, "cmd": [],
+                "log_path": "", "started_at": 0}))
+        with pytest.raises(ServiceError, match=r"earlier version still run \(prometheus\)"):
+            start(paths)
+        assert stop(paths) == ["prometheus"]
+        old.wait(timeout=10)
+        assert proc_stat(child) is None or proc_stat(child)[0] == "Z"  # its session went too
+        assert bystander.poll() is None  # the stale record's pid: someone else's now
+        assert list(paths.stack_dir.glob("*.pid")) == []
+    finally:
+        for proc in (old, bystander):
+            proc.kill()
+            proc.wait()
