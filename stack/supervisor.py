@@ -589,9 +589,17 @@ class Supervisor:
             self.stop_all()
         return was_running
 
-    def stop_all(self, timeout: float = 120.0) -> list[str]:
+    def stop_budget(self) -> float:
+        """How long supervisord may take to stop everything: one program after the other,
+        each its stop wait before the KILL, and a margin."""
+        waits = re.findall(r"^stopwaitsecs=(\d+)$", "\n".join(
+            self.definition(n) or "" for n in self.names()), flags=re.MULTILINE)
+        return 30.0 + sum(int(w) + 1 for w in waits)
+
+    def stop_all(self, timeout: float | None = None) -> list[str]:
         """Shut the daemon down (every program, in reverse priority), end what is left of its
         session, forget the programs; the names of the programs that were running."""
+        timeout = self.stop_budget() if timeout is None else timeout
         with self._locked():
             was_running = [n for n, s in self.status().items() if s["running"]]
             pid = self.daemon_pid()
