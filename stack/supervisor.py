@@ -26,6 +26,7 @@ processes started after the daemon, in the session it recorded (pid and start ti
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import http.client
@@ -615,6 +616,9 @@ class Supervisor:
             self.sweep()
             for path in self.programs_dir.glob("*.conf") if self.programs_dir.is_dir() else ():
                 path.unlink()
+            if self.socket_path.parent != self.conf_dir:  # the /tmp fallback: leave no litter
+                with contextlib.suppress(OSError):
+                    self.socket_path.parent.rmdir()
             return was_running
 
     def sweep(self, timeout: float = 10.0) -> list[int]:

@@ -299,6 +299,7 @@ def test_a_long_state_path_gets_a_short_private_socket(tmp_path):
         assert supervisor.is_running("sleeper")
     finally:
         supervisor.stop_all()
+    assert not supervisor.socket_path.parent.exists()  # no litter in /tmp
 
 
 def test_services_of_the_earlier_launcher_are_ended_by_stop_and_block_start(tmp_path):
