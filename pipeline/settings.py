@@ -155,6 +155,8 @@ class ServingSettings:
     slo_latency_target: float = 0.99
     slo_error_ratio: float = 0.001  # availability SLO: at most this share of /v1 answers 5xx
     timeout_s: float = 60.0  # gunicorn: a worker silent for longer (booting included) restarts
+    client_timeout_s: float = 5.0  # nginx: headers within this, at most this between body reads
+    conn_per_client: int = 32  # nginx: requests in progress per client address
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingSettings:
@@ -175,4 +177,6 @@ class ServingSettings:
             slo_latency_target=target,
             slo_error_ratio=error_ratio,
             timeout_s=_float(env, "AQ_SERVING_TIMEOUT_S", d.timeout_s),
+            client_timeout_s=_float(env, "AQ_SERVING_CLIENT_TIMEOUT_S", d.client_timeout_s),
+            conn_per_client=_int(env, "AQ_SERVING_CONN_PER_CLIENT", d.conn_per_client),
         )

@@ -1,9 +1,12 @@
-"""The serving app for ``make run``: gunicorn on 127.0.0.1, a service of the ServiceManager.
+"""The serving app for ``make run``: nginx on 127.0.0.1 in front of gunicorn on a unix socket.
 
-``start`` empties the prometheus multiprocess directory (``.stack/serving/metrics``), then
-runs ``gunicorn -c serving/gunicorn_conf.py serving.wsgi:app`` with the project's
-environment (``AQ_PROJECT_DIR``, ``OMP_NUM_THREADS=1``, the ports) and waits for
-``/healthz``. The app itself becomes ready (``/readyz``) once a champion exists: it reloads
+Two services of the ServiceManager: ``serving`` runs ``gunicorn -c serving/gunicorn_conf.py
+--bind unix:.stack/serving/app.sock serving.wsgi:app`` with the project's environment
+(``AQ_PROJECT_DIR``, ``OMP_NUM_THREADS=1``, the ports) after emptying the prometheus
+multiprocess directory (``.stack/serving/metrics``); ``serving_proxy`` runs nginx
+(``serving/proxy.py``, config rendered into ``.stack/serving/proxy/``) on the public address
+``AQ_SERVING_PORT``. ``.stack/serving/`` is mode 0700: nothing but nginx (same user) reaches
+the socket. ``start`` waits for ``/healthz`` through nginx. The app itself becomes ready (``/readyz``) once a champion exists: it reloads
 the champion, the batch forecasts and the history when they change, so starting it before
 the first ``dvc repro`` is fine. ``python -m pipeline.ops.serving_local ready`` waits for
 readiness and prints the URL with a ready-to-paste ``curl``.
@@ -24,12 +27,28 @@ from pathlib import Path
 from pipeline.ops.ports import Ports
 from pipeline.ops.services import ServiceError, ServiceManager
 from pipeline.paths import PACKAGE_ROOT, ProjectPaths
+from serving import proxy
 
-NAME = "serving"
+NAME = "serving"  # gunicorn
+PROXY = "serving_proxy"  # nginx on the public address
+
+
+def serving_dir(paths: ProjectPaths) -> Path:
+    return paths.stack_dir / "serving"
 
 
 def metrics_dir(paths: ProjectPaths) -> Path:
-    return paths.stack_dir / "serving" / "metrics"
+    return serving_dir(paths) / "metrics"
+
+
+def socket_path(paths: ProjectPaths) -> Path:
+    """gunicorn's unix socket: only nginx connects to it."""
+    return serving_dir(paths) / "app.sock"
+
+
+def proxy_config(paths: ProjectPaths, ports: Ports) -> proxy.ProxyConfig:
+    return proxy.ProxyConfig.for_serving(ports.host, ports.serving, socket_path(paths),
+                                         serving_dir(paths) / "proxy")
 
 
 def gunicorn_bin() -> str:
@@ -39,9 +58,9 @@ def gunicorn_bin() -> str:
     return str(candidate)
 
 
-def command(ports: Ports) -> list[str]:
+def command(paths: ProjectPaths) -> list[str]:
     return [gunicorn_bin(), "-c", str(PACKAGE_ROOT / "serving" / "gunicorn_conf.py"),
-            "--bind", ports.address("serving"), "serving.wsgi:app"]
+            "--bind", f"unix:{socket_path(paths)}", "serving.wsgi:app"]
 
 
 def service_env(paths: ProjectPaths, ports: Ports) -> dict[str, str]:
@@ -63,28 +82,72 @@ def urls(ports: Ports) -> dict[str, str]:
 
 
 def start(paths: ProjectPaths, ports: Ports, timeout: float = 60.0) -> dict[str, str]:
-    """Start gunicorn unless it runs; wait until it answers ``/healthz``."""
+    """Start gunicorn and nginx unless they run; wait until ``/healthz`` answers through nginx."""
     from pipeline.ops.stack import port_in_use
 
     manager = ServiceManager(paths.stack_dir)
-    if not manager.is_running(NAME):
-        if port_in_use(ports.host, ports.serving):
+    try:
+        config = proxy_config(paths, ports)
+        proxy.write(config)  # before anything starts: a bad socket path fails here
+    except (proxy.ProxyError, ValueError) as exc:
+        raise ServiceError(f"serving: {exc}") from exc
+    started = []
+    try:
+        if not manager.is_running(PROXY) and port_in_use(ports.host, ports.serving):
             raise ServiceError(f"serving: port {ports.address('serving')} is taken by another "
                                f"process; choose another with {Ports.env_var('serving')}=...")
-        directory = metrics_dir(paths)
-        shutil.rmtree(directory, ignore_errors=True)  # stale counts of an earlier run
-        directory.mkdir(parents=True)
-        manager.start(NAME, command(ports), env=service_env(paths, ports), cwd=paths.root)
-    try:
-        manager.wait_for_http(f"{ports.url('serving')}/healthz", timeout=timeout, name=NAME)
+        serving_dir(paths).mkdir(parents=True, exist_ok=True)
+        os.chmod(serving_dir(paths), 0o700)  # the socket is nginx's alone
+        if not manager.is_running(NAME):
+            directory = metrics_dir(paths)
+            shutil.rmtree(directory, ignore_errors=True)  # stale counts of an earlier run
+            directory.mkdir(parents=True)
+            manager.start(NAME, command(paths), env=service_env(paths, ports), cwd=paths.root)
+            started.append(NAME)
+        if not manager.is_running(PROXY):
+            try:
+                cmd = proxy.command(config)
+            except proxy.ProxyError as exc:
+                raise ServiceError(f"serving: {exc}") from exc
+            manager.start(PROXY, cmd, cwd=config.prefix)
+            started.append(PROXY)
+        wait_healthy(manager, f"{ports.url('serving')}/healthz", timeout)
     except Exception:
-        manager.stop(NAME)
+        for name in reversed(started):  # leave nothing half-started behind
+            manager.stop(name)
         raise
     return urls(ports)
 
 
+def wait_healthy(manager: ServiceManager, url: str, timeout: float) -> None:
+    """``/healthz`` 200 through nginx; fail fast with the log of whichever service died."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (local URL)
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"  # 502 until gunicorn listens
+        except OSError as exc:
+            last = str(exc)
+        for name in (NAME, PROXY):
+            if not manager.is_running(name):
+                raise ServiceError(f"service {name} exited before {url} answered; log "
+                                   f"{manager.log_file(name)}:\n{manager.log_tail(name)}")
+        if time.monotonic() >= deadline:
+            raise ServiceError(f"{url} did not answer within {timeout:.0f}s ({last}); gunicorn's "
+                               f"log:\n{manager.log_tail(NAME)}\nnginx's log:\n"
+                               f"{manager.log_tail(PROXY)}")
+        time.sleep(0.2)
+
+
 def stop(paths: ProjectPaths) -> bool:
-    return ServiceManager(paths.stack_dir).stop(NAME, timeout=20.0)
+    """nginx first (no new requests), then gunicorn; True if either was running."""
+    manager = ServiceManager(paths.stack_dir)
+    stopped_proxy = manager.stop(PROXY, timeout=10.0)
+    return manager.stop(NAME, timeout=20.0) or stopped_proxy
 
 
 def wait_ready(base_url: str, timeout: float) -> dict:
