@@ -10,7 +10,8 @@ the app's, and every request is one JSON line in ``access.log``.
 
 :func:`render` fills ``serving/nginx.conf.j2``; :func:`command` is the command line the
 launcher runs (``daemon off``: the master stays in the foreground). ``python -m serving.proxy
-render`` writes the config for the environment's ports and settings (docker-compose).
+run --socket S --prefix DIR`` renders the config for the environment's port and settings, then
+becomes nginx (exec, same pid): the one command line of the launcher and docker-compose.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import jinja2
 from pipeline.settings import ServingSettings
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.j2")
+MTAIL_PROGRAMS = Path(__file__).with_name("mtail")  # nginx.mtail: the access log -> counters
 BINARY = "nginx"
 # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
 MAX_SOCKET_PATH = 107
@@ -171,17 +173,30 @@ def command(config: ProxyConfig) -> list[str]:
     return [binary(), "-p", f"{config.prefix}/", "-c", str(config.config_path), "-e", "stderr"]
 
 
+def metrics_command(config: ProxyConfig, host: str, port: int) -> list[str]:
+    """mtail counting nginx's access log into ``aq_serving_proxy_responses_total`` on
+    ``host:port`` (Prometheus job ``serving_proxy``)."""
+    found = shutil.which("mtail")
+    if not found:
+        raise ProxyError("mtail not found: run `make setup` (scripts/setup.sh installs Debian's "
+                         "mtail package)")
+    return [found, "--progs", str(MTAIL_PROGRAMS), "--logs", str(config.access_log),
+            "--address", host, "--port", str(port), "--emit_prog_label=false",
+            "--logtostderr"]
+
+
 def check_command(config: ProxyConfig) -> list[str]:
     """``nginx -t``: parse the rendered config and open its files, serve nothing."""
     return [*command(config), "-t", "-q"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m serving.proxy render --socket S --prefix DIR [--port P]``: write the config."""
+    """``python -m serving.proxy {render,run} --socket S --prefix DIR [--port P]``: write the
+    config (render), and then become nginx on it (run)."""
     from pipeline.ops.ports import Ports
 
     parser = argparse.ArgumentParser(prog="python -m serving.proxy", description=main.__doc__)
-    parser.add_argument("command", choices=["render"])
+    parser.add_argument("command", choices=["render", "run"])
     parser.add_argument("--socket", type=Path, required=True, help="gunicorn's unix socket")
     parser.add_argument("--prefix", type=Path, required=True, help="nginx's state directory")
     parser.add_argument("--port", type=int, default=None,
@@ -189,13 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ports = Ports.from_env()
     try:
-        path = write(ProxyConfig.for_serving(ports.host, args.port or ports.serving, args.socket,
-                                             args.prefix))
+        config = ProxyConfig.for_serving(ports.host, args.port or ports.serving, args.socket,
+                                         args.prefix)
+        path = write(config)
+        cmd = command(config) if args.command == "run" else None
     except (ProxyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(path)
-    return 0
+    if cmd is None:
+        print(path)
+        return 0
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)  # nginx takes this pid: the supervisor's signals reach it
 
 
 if __name__ == "__main__":

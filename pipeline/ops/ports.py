@@ -22,7 +22,8 @@ class Ports:
     webhook: int = 9095  # local Alertmanager webhook receiver (pipeline/ops/webhook.py)
     node_exporter: int = 9100
     airflow: int = 8080  # Airflow api-server
-    serving: int = 8000  # the forecast serving app
+    serving: int = 8000  # the forecast serving app (nginx in front of gunicorn)
+    serving_proxy_metrics: int = 3903  # mtail: nginx's answers as metrics (mtail's default port)
     postgres: int = 5432  # Airflow's metadata database in the scale-out profile (airflow_celery)
     redis: int = 6379  # Celery broker and shared rate limits in the scale-out profile
     host: str = HOST

@@ -5,10 +5,12 @@ Two services of the ServiceManager: ``serving`` runs ``gunicorn -c serving/gunic
 (``AQ_PROJECT_DIR``, ``OMP_NUM_THREADS=1``, the ports) after emptying the prometheus
 multiprocess directory (``.stack/serving/metrics``); ``serving_proxy`` runs nginx
 (``serving/proxy.py``, config rendered into ``.stack/serving/proxy/``) on the public address
-``AQ_SERVING_PORT``. ``.stack/serving/`` is mode 0700: nothing but nginx (same user) reaches
-the socket. ``start`` waits for ``/healthz`` through nginx. The app itself becomes ready (``/readyz``) once a champion exists: it reloads
-the champion, the batch forecasts and the history when they change, so starting it before
-the first ``dvc repro`` is fine. ``python -m pipeline.ops.serving_local ready`` waits for
+``AQ_SERVING_PORT``; ``serving_proxy_metrics`` runs mtail over nginx's JSON access log
+(``aq_serving_proxy_responses_total`` on ``AQ_SERVING_PROXY_METRICS_PORT``). ``.stack/serving/``
+is mode 0700: nothing but nginx (same user) reaches the socket. ``start`` waits for
+``/healthz`` through nginx. The app itself becomes ready (``/readyz``) once a champion exists:
+it reloads the champion, the batch forecasts and the history when they change, so starting it
+before the first ``dvc repro`` is fine. ``python -m pipeline.ops.serving_local ready`` waits for
 readiness and prints the URL with a ready-to-paste ``curl``.
 """
 
@@ -31,6 +33,7 @@ from serving import proxy
 
 NAME = "serving"  # gunicorn
 PROXY = "serving_proxy"  # nginx on the public address
+PROXY_METRICS = "serving_proxy_metrics"  # mtail: nginx's access log as Prometheus counters
 
 
 def serving_dir(paths: ProjectPaths) -> Path:
@@ -56,6 +59,12 @@ def gunicorn_bin() -> str:
     if not candidate.exists():
         raise ServiceError(f"{candidate} not found: install the serving extra (`make setup`)")
     return str(candidate)
+
+
+def proxy_command(paths: ProjectPaths) -> list[str]:
+    """Renders nginx's config for the environment's port and settings, then execs nginx."""
+    return [sys.executable, "-m", "serving.proxy", "run", "--socket", str(socket_path(paths)),
+            "--prefix", str(serving_dir(paths) / "proxy")]
 
 
 def command(paths: ProjectPaths) -> list[str]:
@@ -88,14 +97,17 @@ def start(paths: ProjectPaths, ports: Ports, timeout: float = 60.0) -> dict[str,
     manager = ServiceManager(paths.stack_dir)
     try:
         config = proxy_config(paths, ports)
-        proxy.write(config)  # before anything starts: a bad socket path fails here
+        proxy.render(config)  # before anything starts: a bad socket path or setting fails here
+        proxy.binary()
+        metrics_cmd = proxy.metrics_command(config, ports.host, ports.serving_proxy_metrics)
     except (proxy.ProxyError, ValueError) as exc:
         raise ServiceError(f"serving: {exc}") from exc
     started = []
     try:
-        if not manager.is_running(PROXY) and port_in_use(ports.host, ports.serving):
-            raise ServiceError(f"serving: port {ports.address('serving')} is taken by another "
-                               f"process; choose another with {Ports.env_var('serving')}=...")
+        for name, port in ((PROXY, "serving"), (PROXY_METRICS, "serving_proxy_metrics")):
+            if not manager.is_running(name) and port_in_use(ports.host, getattr(ports, port)):
+                raise ServiceError(f"{name}: port {ports.address(port)} is taken by another "
+                                   f"process; choose another with {Ports.env_var(port)}=...")
         serving_dir(paths).mkdir(parents=True, exist_ok=True)
         os.chmod(serving_dir(paths), 0o700)  # the socket is nginx's alone
         if not manager.is_running(NAME):
@@ -105,13 +117,15 @@ def start(paths: ProjectPaths, ports: Ports, timeout: float = 60.0) -> dict[str,
             manager.start(NAME, command(paths), env=service_env(paths, ports), cwd=paths.root)
             started.append(NAME)
         if not manager.is_running(PROXY):
-            try:
-                cmd = proxy.command(config)
-            except proxy.ProxyError as exc:
-                raise ServiceError(f"serving: {exc}") from exc
-            manager.start(PROXY, cmd, cwd=config.prefix)
+            manager.start(PROXY, proxy_command(paths), env=service_env(paths, ports),
+                          cwd=paths.root)
             started.append(PROXY)
         wait_healthy(manager, f"{ports.url('serving')}/healthz", timeout)
+        if not manager.is_running(PROXY_METRICS):  # after nginx: its access log exists
+            manager.start(PROXY_METRICS, metrics_cmd, cwd=paths.root)
+            started.append(PROXY_METRICS)
+        manager.wait_for_http(f"{ports.url('serving_proxy_metrics')}/metrics", timeout=timeout,
+                              name=PROXY_METRICS)
     except Exception:
         for name in reversed(started):  # leave nothing half-started behind
             manager.stop(name)
@@ -144,10 +158,11 @@ def wait_healthy(manager: ServiceManager, url: str, timeout: float) -> None:
 
 
 def stop(paths: ProjectPaths) -> bool:
-    """nginx first (no new requests), then gunicorn; True if either was running."""
+    """nginx first (no new requests), then gunicorn and mtail; True if any was running."""
     manager = ServiceManager(paths.stack_dir)
-    stopped_proxy = manager.stop(PROXY, timeout=10.0)
-    return manager.stop(NAME, timeout=20.0) or stopped_proxy
+    stopped = [manager.stop(PROXY, timeout=10.0), manager.stop(NAME, timeout=20.0),
+               manager.stop(PROXY_METRICS, timeout=10.0)]
+    return any(stopped)
 
 
 def wait_ready(base_url: str, timeout: float) -> dict:

@@ -182,11 +182,16 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
         assert f"export AQ_PROMETHEUS_PORT={ports.prometheus}\n" in env_file
         assert ports.url("serving") in first.stdout
         pids = {n: manager.record(n).pid for n in manager.names()}
-        assert set(pids) == STACK_SERVICES | {"serving"}
-        # serving binds loopback only, like the rest (gunicorn's workers share the socket)
+        assert set(pids) == STACK_SERVICES | {"serving", "serving_proxy", "serving_proxy_metrics"}
+        # serving binds loopback only, like the rest: nginx on the port, gunicorn on a unix
+        # socket in a directory only this user enters
+        socket_dir = project / ".stack" / "serving"
+        assert (socket_dir / "app.sock").is_socket()
+        assert socket_dir.stat().st_mode & 0o777 == 0o700
         assert {local for _, local, _ in listening_sockets(service_pids(manager))} == {
             f"127.0.0.1:{getattr(ports, p)}" for p in
-            ("pushgateway", "prometheus", "alertmanager", "webhook", "node_exporter", "serving")}
+            ("pushgateway", "prometheus", "alertmanager", "webhook", "node_exporter", "serving",
+             "serving_proxy_metrics")}
 
         again = run_ops(["start", "--no-airflow"], project, env)
         assert again.returncode == 0, again.stderr
@@ -194,7 +199,7 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
         assert ports.url("pushgateway") in again.stdout
 
         status = run_ops(["status"], project, env)
-        assert status.stdout.count("running") == len(STACK_SERVICES) + 1
+        assert status.stdout.count("running") == len(STACK_SERVICES) + 3
 
         # an unrelated process with a pid file not written by us is never touched
         bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],

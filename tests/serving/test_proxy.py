@@ -13,6 +13,7 @@ import json
 import math
 import re
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import requests
 
 from pipeline.ops import serving_local
 from pipeline.settings import ServingSettings
+from tests.monitoring import wait_until
 from tests.serving.test_gunicorn import sample
 
 pytestmark = pytest.mark.stack
@@ -254,7 +256,7 @@ def test_a_client_that_vanishes_mid_response_leaves_the_workers_fine(server):
             sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert sock.recv(200).startswith(b"HTTP/1.1 200")  # the answer has begun
             # then the client is gone, unread bytes and all: close with a reset
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     assert len(timed_requests(server.ports.serving, 10)) == 10
     assert requests.get(f"{server.url}/openapi.json", timeout=5).status_code == 200
     assert booted_workers(server) == boots  # no worker died or was restarted
@@ -270,9 +272,40 @@ def test_the_access_log_is_json_with_the_proxys_own_answers(server):
     assert all(set(e) >= {"time", "remote_addr", "method", "uri", "status", "request_time",
                           "upstream_status"} for e in entries)
     answered = [e for e in entries if e["uri"] == "/healthz"]
-    assert answered[-1]["status"] == 200 and answered[-1]["upstream_status"] == "200"
+    assert answered[-1]["status"] == 200
+    assert answered[-1]["upstream_status"] == "200"
     refused = [e for e in entries if e["status"] == 413]
     assert refused[-1]["upstream_status"] == ""  # nginx answered alone
+
+
+def proxy_counts(server) -> dict[tuple[str, str, str], float]:
+    """``aq_serving_proxy_responses_total`` by (api, origin, status), from mtail."""
+    url = f"{server.ports.url('serving_proxy_metrics')}/metrics"
+    text = requests.get(url, timeout=5).text
+    return {(labels["api"], labels["origin"], labels["status"]): float(value)
+            for labels, value in (
+                (dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))), m.group(2))
+                for m in re.finditer(r"^aq_serving_proxy_responses_total\{([^}]*)\} (\S+)$",
+                                     text, flags=re.MULTILINE))}
+
+
+def test_every_answer_of_the_front_door_is_counted_for_prometheus(server):
+    """What the app never sees (nginx's refusals) is counted too, by origin and status."""
+    time.sleep(1.5)  # earlier requests' log lines are flushed and counted
+    before = proxy_counts(server)
+    for _ in range(3):
+        assert requests.post(f"{server.url}/v1/forecasts", data=BODY, timeout=10,
+                             headers={"Content-Type": "application/json"}).status_code == 200
+    assert requests.get(f"{server.url}/v1/nothing-here", timeout=10).status_code == 404
+    assert requests.post(f"{server.url}/v1/forecasts", data=b"x" * 70_000, timeout=10,
+                         headers={"Content-Type": "application/json"}).status_code == 413
+    expected = {("v1", "app", "200"): 3, ("v1", "app", "404"): 1, ("v1", "proxy", "413"): 1}
+
+    def delta() -> dict:
+        after = proxy_counts(server)
+        return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+    wait_until(lambda: delta() == expected, timeout=10, what=f"mtail to count {expected}")
 
 
 def test_without_the_proxy_two_slow_clients_block_gunicorn(server):
