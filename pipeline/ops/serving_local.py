@@ -1,6 +1,6 @@
 """The serving app for ``make run``: nginx on 127.0.0.1 in front of gunicorn on a unix socket.
 
-Two services of the ServiceManager: ``serving`` runs ``gunicorn -c serving/gunicorn_conf.py
+Three services of the ServiceManager: ``serving`` runs ``gunicorn -c serving/gunicorn_conf.py
 --bind unix:.stack/serving/app.sock serving.wsgi:app`` with the project's environment
 (``AQ_PROJECT_DIR``, ``OMP_NUM_THREADS=1``, the ports) after emptying the prometheus
 multiprocess directory (``.stack/serving/metrics``); ``serving_proxy`` runs nginx
