@@ -68,7 +68,7 @@ class ProxyConfig:
     listen_port: int
     upstream_socket: Path
     prefix: Path  # nginx's state: config, pid, temp files, access log
-    max_body_bytes: int = ServingSettings.max_body_bytes
+    max_body_bytes: int = ServingSettings.model_fields["max_body_bytes"].default
     client_timeout_s: int = 5
     conn_per_client: int = 32
     upstream_timeout_s: int = 60

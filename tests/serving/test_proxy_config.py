@@ -64,8 +64,9 @@ def test_deadlines_and_limits_come_from_the_serving_settings(tmp_path):
     assert "the body is larger than 1000 bytes" in text
     defaults = proxy.render(config(tmp_path))
     assert directive(defaults, "client_header_timeout") == ["5s"]
-    assert directive(defaults, "client_max_body_size") == [str(ServingSettings.max_body_bytes)]
-    assert directive(defaults, "limit_conn") == [f"per_client {ServingSettings.conn_per_client}"]
+    settings = ServingSettings()
+    assert directive(defaults, "client_max_body_size") == [str(settings.max_body_bytes)]
+    assert directive(defaults, "limit_conn") == [f"per_client {settings.conn_per_client}"]
 
 
 def test_bad_settings_are_refused_naming_the_variable():
