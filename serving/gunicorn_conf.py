@@ -1,6 +1,6 @@
 """gunicorn settings of the serving app: ``gunicorn -c serving/gunicorn_conf.py serving.wsgi:app``.
 
-- binds 127.0.0.1 on ``AQ_SERVING_PORT`` (default 8000, ``pipeline/ops/ports.py``) when run
+- binds 127.0.0.1 on ``AQ_SERVING_PORT`` (default 8000, ``pipeline.settings.Ports``) when run
   by hand; ``make run`` and docker-compose pass ``--bind unix:.stack/serving/app.sock``: nginx
   (``serving/proxy.py``) holds the public port, and a unix socket's directory is created
   mode 0700 so nothing else reaches the workers;

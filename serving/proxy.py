@@ -193,7 +193,7 @@ def check_command(config: ProxyConfig) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """``python -m serving.proxy {render,run} --socket S --prefix DIR [--port P]``: write the
     config (render), and then become nginx on it (run)."""
-    from pipeline.ops.ports import Ports
+    from pipeline.settings import Ports
 
     parser = argparse.ArgumentParser(prog="python -m serving.proxy", description=main.__doc__)
     parser.add_argument("command", choices=["render", "run"])

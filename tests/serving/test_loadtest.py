@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pipeline.ops import serving_local
+from stack import serving_local
 from tests.conftest import REPO
 from tests.monitoring import gateway_value, running_pushgateway
 

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from pipeline.ops import serving_local
 from pipeline.settings import ServingSettings
+from stack import serving_local
 from tests.monitoring import wait_until
 from tests.serving.test_gunicorn import sample
 
