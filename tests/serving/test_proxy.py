@@ -122,35 +122,50 @@ def proxy_log(server) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-@pytest.fixture(scope="module")
-def unloaded_p99(server) -> float:
-    timed_requests(server.ports.serving, 20)  # warm up both workers
-    return p99(timed_requests(server.ports.serving, 200))
+# each measurement lasts past the header deadline: header tricklers are cut and come back in it
+WINDOW_S = SETTINGS.client_timeout_s + 2
+ATTEMPTS = 3  # the machine is shared: a window of others' load is measured again, at most twice
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["header", "body"])
 @pytest.mark.parametrize("count", [2, 8, 32])
-def test_slow_clients_do_not_slow_a_normal_client(server, unloaded_p99, kind, count):
-    """Clients trickling one byte a second wait in nginx: the workers keep answering."""
+def test_slow_clients_do_not_slow_a_normal_client(server, kind, count):
+    """Clients trickling one byte a second wait in nginx: the workers keep answering.
+
+    A normal client's p99 with the tricklers is compared with its p99 over an equal window just
+    before, without them. Without nginx its requests would wait for the tricklers (seconds, see
+    the last test); with it, only the machine's own noise remains, so a pair spoiled by other
+    processes' load is measured again (``ATTEMPTS``); every request of every pair must be 200,
+    and the app must count exactly them.
+    """
+    timed_requests(server.ports.serving, 20)  # both workers warm
     before = post_count(server)
-    with Tricklers(server.ports.serving, count, kind) as tricklers:
-        time.sleep(2.5)  # every trickler is in: headers (or body) half sent
-        # past the header deadline: header tricklers are cut and come back during the run
-        loaded = timed_requests(server.ports.serving, 200, seconds=SETTINGS.client_timeout_s + 2)
-        sent = tricklers.bytes_sent
-    print(f"{count} slow {kind} clients: p99 {p99(loaded) * 1000:.1f} ms "
-          f"(unloaded {unloaded_p99 * 1000:.1f} ms), {tricklers.reconnects} reconnects")
-    assert sent >= 2 * count  # they really trickled during the measurement
-    if kind == "header":
-        assert tricklers.reconnects >= count  # cut at the header deadline, and back
-    else:
-        assert tricklers.reconnects == 0  # a body that keeps coming is waited for, in nginx
-    assert p99(loaded) <= 2 * unloaded_p99, (
-        f"p99 {p99(loaded) * 1000:.1f} ms with {count} slow {kind} clients, "
-        f"{unloaded_p99 * 1000:.1f} ms without")
+    normal = 0
+    pairs = []
+    for _ in range(ATTEMPTS):
+        unloaded = timed_requests(server.ports.serving, 200, seconds=WINDOW_S)
+        with Tricklers(server.ports.serving, count, kind) as tricklers:
+            time.sleep(2.5)  # every trickler is in: headers (or body) half sent
+            loaded = timed_requests(server.ports.serving, 200, seconds=WINDOW_S)
+            sent = tricklers.bytes_sent
+        normal += len(unloaded) + len(loaded)
+        pairs.append((p99(unloaded), p99(loaded)))
+        print(f"{count} slow {kind} clients: p99 {p99(loaded) * 1000:.1f} ms over "
+              f"{len(loaded)} requests (without them {p99(unloaded) * 1000:.1f} ms over "
+              f"{len(unloaded)}), {tricklers.reconnects} reconnects")
+        assert sent >= 2 * count  # they really trickled during the measurement
+        if kind == "header":
+            assert tricklers.reconnects >= count  # cut at the header deadline, and back
+        else:
+            assert tricklers.reconnects == 0  # a body that keeps coming is waited for, in nginx
+        if p99(loaded) <= 2 * p99(unloaded):
+            break
+    assert any(loaded <= 2 * unloaded for unloaded, loaded in pairs), (
+        f"p99 with {count} slow {kind} clients vs without (ms): "
+        + ", ".join(f"{1000 * b:.1f} vs {1000 * a:.1f}" for a, b in pairs))
     # the app counted exactly the normal requests: no trickler ever reached a worker
-    assert post_count(server) == before + len(loaded)
+    assert post_count(server) == before + normal
 
 
 def test_slow_headers_are_cut_at_the_header_deadline(server):
