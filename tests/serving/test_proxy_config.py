@@ -144,3 +144,52 @@ def test_mtail_counts_the_access_log_by_api_origin_and_status(tmp_path):
                       key("other", "app", "200"): 1, key("v1", "proxy", "502"): 1,
                       key("v1", "app", "404"): 1}
     assert "prog=" not in done.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="not root: every proxy test already runs nginx as "
+                                                 "an ordinary user")
+def test_nginx_runs_as_an_ordinary_user():
+    """As root (CI) the launcher keeps nginx's workers root; a user's `make run` has no root:
+    nginx starts as `nobody` in a directory of its own and answers its own problem."""
+    import dataclasses
+    import pwd
+    import shutil
+    import tempfile
+    import time
+    import urllib.error
+    import urllib.request
+
+    nobody = pwd.getpwnam("nobody")
+    home = Path(tempfile.mkdtemp(prefix="aq-proxy-nobody-", dir="/tmp"))
+    try:
+        cfg = dataclasses.replace(config(home), user=None)
+        proxy.write(cfg)
+        for path in (home, *home.rglob("*")):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        nginx = subprocess.Popen(["runuser", "-u", "nobody", "--", *proxy.command(cfg)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{cfg.listen_port}/healthz",
+                                           timeout=2)
+                except urllib.error.HTTPError as exc:
+                    reply = exc  # no gunicorn behind it: nginx's own 502
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "nginx did not answer as nobody"
+                    time.sleep(0.2)
+            assert reply.code == 502
+            assert reply.headers["Content-Type"] == "application/problem+json"
+            assert json.load(reply)["status"] == 502
+            session = subprocess.run(["pgrep", "-s", str(nginx.pid), "nginx"],
+                                     capture_output=True, text=True).stdout.split()
+            assert len(session) == 2  # master and worker (runuser waits above them, as root)
+            assert {Path(f"/proc/{pid}").stat().st_uid for pid in session} == {nobody.pw_uid}
+        finally:
+            os.killpg(nginx.pid, 15)
+            nginx.wait(timeout=15)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
