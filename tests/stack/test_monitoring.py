@@ -72,6 +72,7 @@ def test_stack_binds_loopback_only_answers_and_stops_cleanly(tmp_path):
             up = {r["metric"]["job"]: r["value"][1] for r in prom_query(st.prometheus, "up")}
             expected = {"pushgateway": "1", "prometheus": "1", "alertmanager": "1", "node": "1",
                         "serving": "0",  # no serving app in this test: reported down, not hidden
+                        "serving_proxy": "0",  # nor its front door's mtail
                         "airflow": "0"}  # nor Airflow (tests/dags/ scrape it)
             return up if up == expected else None
 
