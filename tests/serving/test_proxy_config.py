@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.settings import ServingSettings
 from serving import proxy
+from stack.supervisor import session_members
 from tests.conftest import REPO, free_port
 
 
@@ -184,8 +185,8 @@ def test_nginx_runs_as_an_ordinary_user():
             assert reply.code == 502
             assert reply.headers["Content-Type"] == "application/problem+json"
             assert json.load(reply)["status"] == 502
-            session = subprocess.run(["pgrep", "-s", str(nginx.pid), "nginx"],
-                                     capture_output=True, text=True).stdout.split()
+            session = [pid for pid in session_members(nginx.pid, 0)
+                       if Path(f"/proc/{pid}/comm").read_text().strip() == "nginx"]
             assert len(session) == 2  # master and worker (runuser waits above them, as root)
             assert {Path(f"/proc/{pid}").stat().st_uid for pid in session} == {nobody.pw_uid}
         finally:
