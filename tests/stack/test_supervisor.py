@@ -26,6 +26,7 @@ from stack.supervisor import (
 )
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.stack  # every test runs a real supervisord and its programs
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 # a parent that spawns a child and ignores SIGTERM: stop must escalate and take the child too
 STUBBORN = [
