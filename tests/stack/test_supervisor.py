@@ -26,6 +26,7 @@ from stack.supervisor import (
 )
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.stack  # every test runs a real supervisord and its programs
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 # a parent that spawns a child and ignores SIGTERM: stop must escalate and take the child too
 STUBBORN = [
@@ -74,7 +75,6 @@ def sv(tmp_path):
     supervisor.stop_all()
 
 
-@pytest.mark.service
 def test_start_runs_a_program_in_its_own_group_and_stop_leaves_nothing(sv):
     assert sv.start(Program("sleeper", SLEEPER))
     sv.wait_running("sleeper")
@@ -94,7 +94,6 @@ def test_start_runs_a_program_in_its_own_group_and_stop_leaves_nothing(sv):
     assert proc_stat(daemon) is None or proc_stat(daemon)[0] == "Z"  # gone (or not yet reaped)
 
 
-@pytest.mark.service
 def test_start_is_idempotent(sv):
     assert sv.start(Program("sleeper", SLEEPER)) is True
     sv.wait_running("sleeper")
@@ -104,7 +103,6 @@ def test_start_is_idempotent(sv):
     assert Supervisor(sv.state_dir).pid("sleeper") == first  # another launcher sees it too
 
 
-@pytest.mark.service
 def test_stop_escalates_to_kill_and_takes_children(sv):
     sv.start(Program("stubborn", STUBBORN, stopwaitsecs=1))
     sv.wait_running("stubborn")
@@ -116,7 +114,6 @@ def test_stop_escalates_to_kill_and_takes_children(sv):
     assert group_members(pgid) == []
 
 
-@pytest.mark.service
 def test_stop_takes_children_in_their_own_process_group(sv):
     sv.start(Program("regrouping", REGROUPING))
     sv.wait_running("regrouping")
@@ -129,7 +126,6 @@ def test_stop_takes_children_in_their_own_process_group(sv):
     assert session_members(daemon, 0) == []
 
 
-@pytest.mark.service
 def test_stop_all_stops_only_what_it_started(sv, tmp_path):
     sv.start(Program("a", SLEEPER))
     sv.start(Program("b", SLEEPER, priority=600))
@@ -148,7 +144,6 @@ def test_stop_all_stops_only_what_it_started(sv, tmp_path):
     assert sv.stop_all() == []  # nothing left: a no-op
 
 
-@pytest.mark.service
 def test_a_stale_record_never_kills_a_recycled_pid(sv):
     """supervisord died and its pid now belongs to someone else: nothing of theirs is killed."""
     bystander = subprocess.Popen(SLEEPER, start_new_session=True)  # leads its own session
@@ -166,7 +161,6 @@ def test_a_stale_record_never_kills_a_recycled_pid(sv):
         bystander.wait()
 
 
-@pytest.mark.service
 def test_what_a_killed_supervisord_left_is_ended_by_the_next_stop(sv):
     """supervisord SIGKILLed (OOM): its programs live on; stop still ends exactly them."""
     sv.start(Program("sleeper", SLEEPER))
@@ -185,7 +179,6 @@ def test_what_a_killed_supervisord_left_is_ended_by_the_next_stop(sv):
         bystander.wait()
 
 
-@pytest.mark.service
 def test_a_service_that_dies_at_start_fails_fast_with_its_log(sv):
     sv.start(Program("dies", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"]))
     started = time.monotonic()
@@ -194,7 +187,6 @@ def test_a_service_that_dies_at_start_fails_fast_with_its_log(sv):
     assert time.monotonic() - started < 10
 
 
-@pytest.mark.service
 def test_a_service_that_dies_later_is_restarted(sv):
     """The restart policy: a long-running service killed after a good start comes back."""
     sv.start(Program("sleeper", SLEEPER))
@@ -207,7 +199,6 @@ def test_a_service_that_dies_later_is_restarted(sv):
     assert "exited: sleeper (terminated by SIGKILL" in sv.log_tail("supervisord", 50)
 
 
-@pytest.mark.service
 def test_wait_for_http_answers_when_server_is_up(sv, tmp_path):
     port = free_port()
     sv.start(Program("http", [sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
@@ -216,7 +207,6 @@ def test_wait_for_http_answers_when_server_is_up(sv, tmp_path):
     assert "GET / HTTP" in wait_for(lambda: sv.log_tail("http"))  # stderr is in its log
 
 
-@pytest.mark.service
 def test_environment_and_arguments_arrive_as_given(sv, tmp_path):
     """Values with %, spaces, commas and quotes pass supervisord's config unchanged."""
     out = tmp_path / "seen.json"
@@ -250,7 +240,6 @@ def test_launch_environment_drops_settings_pointing_at_another_airflow():
     assert env["HOME"] == "/root"
 
 
-@pytest.mark.service
 def test_service_logs_are_private_and_rotate(sv):
     """A service may print a secret (Airflow prints generated passwords): logs are 0600, in a
     0700 directory, and bounded: rotated at the size limit, a few backups kept."""
@@ -274,7 +263,6 @@ def test_service_logs_are_private_and_rotate(sv):
         sv.stop("chatty")
 
 
-@pytest.mark.service
 def test_the_control_socket_is_private_and_nothing_listens_on_tcp(sv):
     sv.start(Program("sleeper", SLEEPER))
     sv.wait_running("sleeper")
@@ -301,7 +289,6 @@ def test_the_control_socket_is_private_and_nothing_listens_on_tcp(sv):
     assert "RUNNING" in status.stdout
 
 
-@pytest.mark.service
 def test_a_long_state_path_gets_a_short_private_socket(tmp_path):
     deep = tmp_path / ("d" * 60) / ("e" * 60) / ".stack"
     supervisor = Supervisor(deep)
@@ -316,7 +303,6 @@ def test_a_long_state_path_gets_a_short_private_socket(tmp_path):
     assert not supervisor.socket_path.parent.exists()  # no litter in /tmp
 
 
-@pytest.mark.service
 def test_services_of_the_earlier_launcher_are_ended_by_stop_and_block_start(tmp_path):
     """An upgrade while the old process manager's services run: start refuses, stop ends them
     (their sessions: they led one each) and never a pid that now belongs to someone else."""
@@ -345,3 +331,22 @@ def test_services_of_the_earlier_launcher_are_ended_by_stop_and_block_start(tmp_
         for proc in (old, bystander):
             proc.kill()
             proc.wait()
+
+
+def test_a_program_started_into_a_running_daemon_gets_the_callers_settings(sv, tmp_path,
+                                                                            monkeypatch):
+    """supervisord's own environment is the first caller's; the project's settings (AQ_*) of
+    the command that starts a program still reach that program."""
+    monkeypatch.delenv("AQ_TEST_KNOB", raising=False)
+    sv.start(Program("first", SLEEPER))
+    sv.wait_running("first")
+    out = tmp_path / "seen.txt"
+    monkeypatch.setenv("AQ_TEST_KNOB", "from-the-second-command")
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite:////elsewhere.db")
+    target = str(out)
+    script = (f"import os; open({target!r}, 'w').write(os.environ.get('AQ_TEST_KNOB', '-') + "
+              "' ' + os.environ.get('AIRFLOW__DATABASE__SQL_ALCHEMY_CONN', '-')); "
+              "import time; time.sleep(60)")
+    sv.start(Program("second", [sys.executable, "-c", script]))
+    assert wait_for(lambda: out.exists() and out.read_text()) == "from-the-second-command -"
+    assert sv.program_file("second").stat().st_mode & 0o077 == 0  # settings may be secrets
