@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.core.models import inverse_target
+
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-9  # served prediction vs Pipeline.predict, in the target's unit (ug/m3)
@@ -55,7 +57,7 @@ class Predictor:
     _anchor: int = -1
     _fallback: float = float("nan")
     _gtil: Any = None
-    _form: str = "log_residual"  # LogResidualRegressor, else TargetFormRegressor.form
+    _form: str = "log_change"  # the wrapper's target form (pipeline.core.models.FORMS)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         if self.engine == TREELITE:
@@ -71,18 +73,9 @@ class Predictor:
         return self._finish(rows, self._gtil(rows))
 
     def _finish(self, rows: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """The wrapper's ``predict`` after its trees, term for term."""
-        if self._form == "log_residual":  # LogResidualRegressor
-            level = rows[:, self._anchor]
-            level = np.where(np.isnan(level), self._fallback, level)
-            return np.clip(np.expm1(level + raw), 0, None)
-        if self._form == "log_level":  # TargetFormRegressor.from_model_space
-            return np.clip(np.expm1(raw), 0, None)
-        if self._form == "level":
-            return np.clip(raw, 0, None)
-        level = np.expm1(rows[:, self._anchor])  # "change": from the level at the origin
-        level = np.where(np.isnan(level), self._fallback, level)
-        return np.clip(level + raw, 0, None)
+        """The wrapper's ``predict`` after its trees: the one inverse transform."""
+        return inverse_target(self._form, raw, rows[:, self._anchor] if self._anchor >= 0
+                              else None, self._fallback)
 
 
 class Gtil:
@@ -153,9 +146,8 @@ def _structure(pipeline: Any) -> tuple[list[str], Any, Any, str]:
             or not all(isinstance(c, str) for c in parts[0][2])):
         raise NotCompilable("ColumnTransformer does more than select columns by name")
     columns = list(parts[0][2])
-    if type(model) is LogResidualRegressor:
-        form = "log_residual"
-    elif type(model) is TargetFormRegressor and model.form in ("log_level", "level", "change"):
+    if type(model) is LogResidualRegressor or (
+            type(model) is TargetFormRegressor and model.form in ("log_level", "level", "change")):
         form = model.form
     else:
         raise NotCompilable(f"final step is {type(model).__name__}, not a known wrapper")
@@ -167,7 +159,7 @@ def _structure(pipeline: Any) -> tuple[list[str], Any, Any, str]:
         raise NotCompilable(f"loss {tree.loss!r} has a {link} link, not identity")
     if list(getattr(tree, "feature_names_in_", [])) != columns:
         raise NotCompilable("the trees' feature names differ from the selected columns")
-    if form in ("log_residual", "change") and model.anchor not in columns:
+    if form in ("log_change", "change") and model.anchor not in columns:
         raise NotCompilable(f"anchor column {model.anchor!r} is not an input")
     return columns, model, tree, form
 

@@ -18,6 +18,7 @@ import pandas as pd
 from pipeline.core.aqi import category_index
 from pipeline.core.features import label_column, persistence_column, seasonal_column
 from pipeline.core.intervals import LOWER, UPPER, add_uncertainty, scale_columns
+from pipeline.core.keys import ModelKey, nest
 
 KEY_COLUMNS = ("target", "horizon", "location_id", "origin", "target_time")
 
@@ -172,12 +173,11 @@ def score_tables(predictions: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def nested_by_horizon(table: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
     """{target: {horizon (str): scores}}: the shape of evaluate's scores."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict[ModelKey, dict[str, float]] = {}
     for record in table.to_dict("records"):
-        target, horizon = record.pop("target"), str(int(record.pop("horizon")))
-        out.setdefault(target, {})[horizon] = {
-            k: (int(v) if k == "n" else round(float(v), 4)) for k, v in record.items()}
-    return out
+        key = ModelKey.of(record.pop("target"), int(record.pop("horizon")))
+        out[key] = {k: (int(v) if k == "n" else round(float(v), 4)) for k, v in record.items()}
+    return nest(out)
 
 
 def render_summary(scores: Mapping, header: str) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.aqi import category_thresholds
+from pipeline.core.keys import ModelKey
 
 LEVELS = tuple(round(x, 2) for x in np.linspace(0.01, 0.99, 99))
 MIN_ROWS_PER_LOCATION = 200  # fewer calibration rows: the location uses the pooled quantiles
@@ -125,7 +126,8 @@ def scale_columns(uncertainty: Mapping | None) -> list[str]:
 
 
 def model_calibration(uncertainty: Mapping, target: str, horizon: int) -> Mapping | None:
-    return (uncertainty.get("by_model") or {}).get(target, {}).get(str(horizon))
+    key = ModelKey.of(target, horizon)
+    return (uncertainty.get("by_model") or {}).get(key.target, {}).get(key.hours)
 
 
 def add_uncertainty(forecasts: pd.DataFrame, uncertainty: Mapping,
@@ -140,7 +142,7 @@ def add_uncertainty(forecasts: pd.DataFrame, uncertainty: Mapping,
     coverage = uncertainty.get("coverage", COVERAGE)
     groups = out.groupby(["target", "horizon", "location_id"]).groups
     for (target, horizon, location), index in groups.items():
-        calibration = model_calibration(uncertainty, target, int(horizon))
+        calibration = model_calibration(uncertainty, target, horizon)
         if calibration is None:
             continue
         quantiles = (calibration.get("by_location") or {}).get(location,

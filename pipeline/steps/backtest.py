@@ -32,6 +32,7 @@ from pipeline.core.backtest import (
     render_summary,
     score_tables,
 )
+from pipeline.core.keys import ModelKey
 from pipeline.core.models import BOOSTING_KEYS, fit_one
 from pipeline.errors import MissingInputError, PipelineError, RegistryError
 from pipeline.io.feature_store import location_batches
@@ -93,7 +94,8 @@ def window_start(spec, first_origin: pd.Timestamp) -> pd.Timestamp:
 
 def model_settings(metadata: dict, target: str, horizon: int) -> dict:
     """The settings a model was trained with (older models: the base settings of its params)."""
-    chosen = (metadata.get("settings") or {}).get(target, {}).get(str(horizon))
+    key = ModelKey.of(target, horizon)
+    chosen = (metadata.get("settings") or {}).get(key.target, {}).get(key.hours)
     if chosen is not None:
         return dict(chosen)
     model = (metadata.get("params") or {}).get("model", {})
