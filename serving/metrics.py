@@ -7,7 +7,7 @@ worker answers the scrape. Gauges say how they merge: ``livemax`` (any live work
 ``liveall`` (one series per live worker, label ``pid``).
 
 HTTP request counts and latencies come from prometheus-flask-exporter
-(``flask_http_request_duration_seconds`` by method, Flask endpoint and status;
+(``flask_http_request_duration_seconds`` by method, endpoint (:func:`endpoint`) and status;
 ``flask_http_request_total`` by method and status).
 """
 
@@ -17,6 +17,7 @@ import os
 import resource
 from collections.abc import Iterable
 
+from flask import Blueprint, Flask
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.core.aqi import CATEGORY_UPPER_AQI
@@ -146,15 +147,27 @@ class _Forward:
         return self._registry.collect()
 
 
-def instrument(app) -> object:
-    """HTTP metrics on ``app`` and ``/metrics`` serving them with this module's metrics."""
-    options = {"group_by": "endpoint", "buckets": LATENCY_BUCKETS}
+def endpoint(request) -> str:
+    """The ``endpoint`` label of the HTTP metrics: the view's name without its blueprint
+    (``v1_forecasts_post``, ``healthz``), the values the rules and dashboards select."""
+    return str(request.endpoint).rpartition(".")[2]
+
+
+def blueprint(app: Flask) -> Blueprint:
+    """HTTP metrics on ``app``, and a blueprint serving ``/metrics`` with this module's
+    metrics (all workers' under gunicorn)."""
+    options = {"group_by": endpoint, "buckets": LATENCY_BUCKETS, "path": None}
     if multiprocess():
         from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
-        return GunicornInternalPrometheusMetrics(app, **options)
-    from prometheus_flask_exporter import PrometheusMetrics
+        exporter = GunicornInternalPrometheusMetrics(app=None, **options)
+    else:
+        from prometheus_flask_exporter import PrometheusMetrics
 
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(_Forward(REGISTRY))
-    return PrometheusMetrics(app, registry=registry, **options)
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(_Forward(REGISTRY))
+        exporter = PrometheusMetrics(app=None, registry=registry, **options)
+    exporter.init_app(app)
+    metrics = Blueprint("metrics", __name__)
+    exporter.register_endpoint("/metrics", metrics)
+    return metrics

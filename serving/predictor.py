@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.core.keys import ModelKey, nest
 from pipeline.core.models import inverse_target
+from pipeline.forecaster import Champion
 
 log = logging.getLogger(__name__)
 
@@ -220,40 +222,55 @@ def _fallback(target: str, horizon: int, pipeline: Any, columns: list[str], reas
 
 @dataclass
 class ServedModel:
-    """A verified champion, ready to predict from rows in ``features`` order."""
+    """A verified champion and its compiled predictors: the forecaster's engine in serving."""
 
-    version: str
-    metadata: dict[str, Any]
-    features: list[str]
-    predictors: dict[tuple[str, int], Predictor]
-    spec: Any = None  # the FeatureSpec the model was trained with (its metadata's)
-    _index: dict[tuple[str, int], np.ndarray | None] = field(default_factory=dict)
+    champion: Champion
+    predictors: dict[ModelKey, Predictor]
+    _index: dict[ModelKey, np.ndarray | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         position = {name: i for i, name in enumerate(self.features)}
         for key, predictor in self.predictors.items():
             missing = [c for c in predictor.columns if c not in position]
             if missing:
-                raise ValueError(f"model {key[0]} h={key[1]} needs inputs the features do not "
-                                 f"include: {missing[:5]}")
+                raise ValueError(f"model {key} needs inputs the features do not include: "
+                                 f"{missing[:5]}")
             index = np.array([position[c] for c in predictor.columns], dtype=np.intp)
             same = len(index) == len(self.features) and np.array_equal(
                 index, np.arange(len(self.features)))
             self._index[key] = None if same else index
 
     @property
+    def version(self) -> str:
+        return self.champion.version
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        return self.champion.metadata
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.champion.features
+
+    @property
+    def spec(self) -> Any:
+        return self.champion.spec
+
+    @property
     def targets(self) -> list[str]:
-        return list(dict.fromkeys(t for t, _ in self.predictors))
+        return self.champion.targets
 
     @property
     def horizons(self) -> list[int]:
-        return sorted({h for _, h in self.predictors})
+        return self.champion.horizons
 
     @property
-    def engines(self) -> dict[str, str]:
-        return {f"{t}/h{h}": p.engine for (t, h), p in self.predictors.items()}
+    def engines(self) -> dict[str, dict[str, str]]:
+        """Per target and horizon (the keys' serialised form): treelite or sklearn."""
+        return nest({key: p.engine for key, p in self.predictors.items()})
 
-    def predict(self, rows: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
+    def predict(self, rows: np.ndarray) -> dict[ModelKey, np.ndarray]:
+        """Every model's forecasts of rows in the champion's feature order (the engine)."""
         rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
         out = {}
         for key, predictor in self.predictors.items():

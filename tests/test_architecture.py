@@ -44,3 +44,14 @@ def test_a_step_never_imports_another_step(path):
     others = {m.split(".")[2] for m in imports(path) if m.startswith("pipeline.steps.")}
     bad = sorted(others - SHARED_GLUE - {path.stem})
     assert not bad, f"step {path.stem} imports step(s) {bad}"
+
+
+BELOW_STEPS = [*sorted((PACKAGE.parent / "serving").rglob("*.py")), PACKAGE / "forecaster.py",
+               PACKAGE / "inputs.py"]
+
+
+@pytest.mark.parametrize("path", BELOW_STEPS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_serving_and_the_forecaster_never_import_steps(path):
+    """One forecast path below steps/ and serving/: neither reaches into the other's glue."""
+    bad = sorted(m for m in imports(path) if m.startswith("pipeline.steps"))
+    assert not bad, f"{path} imports {bad}"

@@ -31,7 +31,6 @@ from pipeline.core.features import (
     seasonal_column,
     volatility_column,
 )
-from pipeline.core.intervals import add_uncertainty, scale_columns
 from pipeline.core.keys import ModelKey, keys_of, nest
 from pipeline.core.scoring import score
 
@@ -430,36 +429,3 @@ def evaluate_models(
     """Scores per target and horizon, and the holdout predictions (for plots)."""
     predictions = holdout_predictions(models, frame, split)
     return score_predictions(list(models), predictions), predictions
-
-
-def predict_latest(
-    models: dict[tuple[str, int], Pipeline], latest: pd.DataFrame,
-    uncertainty: Mapping | None = None,
-) -> pd.DataFrame:
-    """Forecasts from each location's latest feature row, for every target x horizon.
-
-    With ``uncertainty`` (the model metadata's ``intervals``) each row also gets its 80 %
-    interval and the probability of reaching each AQI category (``pipeline.core.intervals``).
-    """
-    rows = []
-    scaled_by = scale_columns(uncertainty)
-    for (target, horizon), estimator in models.items():
-        values = np.clip(estimator.predict(latest), 0, None)
-        rows.append(
-            pd.DataFrame(
-                {
-                    "location_id": latest["location_id"].to_numpy(),
-                    "issue_time": latest["time"].to_numpy(),
-                    "target_time": (latest["time"] + pd.Timedelta(hours=horizon)).to_numpy(),
-                    "target": target,
-                    "horizon": horizon,
-                    "value": values,
-                    "persistence": latest[target].to_numpy(),
-                    **{c: latest[c].to_numpy() for c in scaled_by if c in latest},
-                }
-            )
-        )
-    forecasts = pd.concat(rows, ignore_index=True)
-    if not uncertainty:
-        return forecasts
-    return add_uncertainty(forecasts, uncertainty).drop(columns=scaled_by, errors="ignore")

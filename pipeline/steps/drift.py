@@ -9,16 +9,16 @@ import pandas as pd
 from pipeline.context import Context
 from pipeline.core.drift import drift_report
 from pipeline.errors import MissingInputError
-from pipeline.io.feature_store import location_batches
-from pipeline.io.metrics import StepRun
-from pipeline.io.registry import Registry
-from pipeline.io.storage import atomic_write_json
-from pipeline.steps.common import (
+from pipeline.inputs import (
     feature_spec,
     features_from_raw,
     load_validated_raw,
     recent_window_start,
 )
+from pipeline.io.feature_store import location_batches
+from pipeline.io.metrics import StepRun
+from pipeline.io.registry import Registry
+from pipeline.io.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
 
