@@ -19,6 +19,7 @@ from flask import Blueprint, Response, current_app, request
 from pydantic import ValidationError
 
 from pipeline.core.features import HourlyGrid, hours_since_observed, latest_features, window
+from pipeline.core.keys import ModelKey
 from pipeline.forecaster import Inputs, forecast
 from pipeline.schema import VALUE_COLUMNS
 from serving import metrics
@@ -36,7 +37,7 @@ from serving.state import ServingState
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
 # metric children by label values, looked up once
-_AQI: dict[tuple[str, int], Any] = {}
+_AQI: dict[ModelKey, Any] = {}
 _HOURS: dict[str, Any] = {}
 
 
@@ -155,11 +156,10 @@ def on_demand() -> Response:
     items = made.items()
     for item in items:
         if item["aqi"] is not None:
-            key = (item["target"], item["horizon"])
+            key = ModelKey(item["target"], item["horizon"])
             child = _AQI.get(key)
             if child is None:
-                child = _AQI[key] = metrics.PREDICTION_AQI.labels(
-                    target=key[0], horizon=str(key[1]))
+                child = _AQI[key] = metrics.PREDICTION_AQI.labels(**key.labels())
             child.observe(item["aqi"])
     return json_response({
         "location_id": req.location_id,

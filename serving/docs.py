@@ -33,7 +33,7 @@ background:#e6eefc}
 """
 
 PROBLEMS = [
-    ("malformed-json", "400", "The body is not valid JSON (or not UTF-8)."),
+    ("malformed-json", "400", "The body is empty, not valid JSON, or not UTF-8."),
     ("unknown-location", "404", "The location id is not in the configuration: see "
                                 "GET /v1/locations."),
     ("no-batch-forecast", "404", "The latest batch forecast has no row for the location."),

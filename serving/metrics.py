@@ -21,6 +21,7 @@ from flask import Blueprint, Flask
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.core.aqi import CATEGORY_UPPER_AQI
+from pipeline.core.keys import ModelKey
 
 # latency buckets (s): fine below 50 ms where the service lives, and the latency SLO bound 0.1
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -129,7 +130,7 @@ def set_served(version: str, previous: str | None, engines: Iterable[tuple[str, 
         MODEL_INFO.labels(version=previous).set(0)
     MODEL_INFO.labels(version=version).set(1)
     for target, horizon, fallback in engines:
-        MODEL_SKLEARN_FALLBACK.labels(target=target, horizon=str(horizon)).set(int(fallback))
+        MODEL_SKLEARN_FALLBACK.labels(**ModelKey.of(target, horizon).labels()).set(int(fallback))
     MODEL_LOADED_TIMESTAMP.set(loaded_at)
 
 

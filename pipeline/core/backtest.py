@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.core.aqi import category_index
 from pipeline.core.features import label_column, persistence_column, seasonal_column
 from pipeline.core.intervals import LOWER, UPPER
-from pipeline.core.keys import ModelKey, nest
+from pipeline.core.keys import ModelKey, nest, unnest
 
 KEY_COLUMNS = ("target", "horizon", "location_id", "origin", "target_time")
 
@@ -186,9 +186,9 @@ def render_summary(scores: Mapping, header: str) -> str:
         lines.append(f"{target}:")
         lines.append(f"  {'horizon':>8} {'MAE':>8} {'persist.':>9} {'skill':>7} "
                      f"{'vs seas.':>8} {'cover80':>8} {'AQI acc':>8} {'n':>7}")
-        for h, s in sorted(by_h.items(), key=lambda kv: int(kv[0])):
+        for key, s in sorted(unnest({target: by_h}).items()):
             coverage = f"{s['coverage']:8.1%}" if "coverage" in s else f"{'-':>8}"
-            lines.append(f"  {h + ' h':>8} {s['mae']:8.2f} {s['persistence_mae']:9.2f} "
+            lines.append(f"  {key.hours + ' h':>8} {s['mae']:8.2f} {s['persistence_mae']:9.2f} "
                          f"{s['skill']:7.3f} {s['skill_vs_seasonal']:8.3f} {coverage} "
                          f"{s['aqi_category_accuracy']:8.1%} {s['n']:7d}")
     return "\n".join(lines)

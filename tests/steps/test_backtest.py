@@ -22,7 +22,16 @@ from pipeline.inputs import feature_spec, features_from_raw, load_validated_raw
 from pipeline.io.registry import load_bundle
 from pipeline.io.storage import read_raw
 from pipeline.settings import Settings
-from pipeline.steps import backtest, evaluate, ingest, predict, preprocess, promote, train
+from pipeline.steps import (
+    backtest,
+    drift,
+    evaluate,
+    ingest,
+    predict,
+    preprocess,
+    promote,
+    train,
+)
 from tests.conftest import make_project
 
 pytestmark = pytest.mark.slow  # trains models
@@ -270,6 +279,10 @@ def test_a_backtest_of_an_older_model_after_a_feature_change(trained, tmp_path):
         assert any(f.endswith("_lag168") for f in metadata["features"])
         assert not any(f.endswith("_lag168") for f in feature_names(feature_spec(changed)))
         backtest.run(changed, model=metadata["version"], out=str(tmp_path / "after"))
+        # drift compares the champion's own features with its training reference
+        drifted = drift.run(changed)
+        assert drifted["model_version"] == metadata["version"]
+        assert set(drifted["psi"]) == set(metadata["reference"])
     finally:
         (root / "params.yaml").write_text(saved)
     before = pd.read_parquet(tmp_path / "before" / "predictions.parquet")
