@@ -19,6 +19,7 @@ completeness, model version) once, and one item per target x horizon with the re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,19 +131,20 @@ class Champion:
         """The same champion with other models of its keys (a backtest's refits)."""
         return dataclasses.replace(self, models={ModelKey.of(*k): m for k, m in models.items()})
 
-    @property
+    # read on every forecast, computed once (a frozen dataclass keeps its __dict__)
+    @functools.cached_property
     def keys(self) -> list[ModelKey]:
         return list(self.models)
 
-    @property
+    @functools.cached_property
     def targets(self) -> list[str]:
         return list(dict.fromkeys(key.target for key in self.models))
 
-    @property
+    @functools.cached_property
     def horizons(self) -> list[int]:
         return sorted({key.horizon for key in self.models})
 
-    @property
+    @functools.cached_property
     def scale_columns(self) -> list[str]:
         """The feature columns the intervals scale by."""
         return sorted({c["scale"]["column"] for c in self.calibration.values()
@@ -294,6 +296,7 @@ def _rows(champion: Champion, key: ModelKey, predicted: np.ndarray, inputs: Inpu
     value = np.clip(predicted, 0, None)
     issue = inputs.issue_time[kept]
     locations = inputs.location_id[kept]
+    unknown = np.full((3 + len(PROBABILITY_COLUMNS), n), np.nan)  # one allocation, row views
     out: dict[str, np.ndarray] = {
         "location_id": locations,
         "issue_time": issue,
@@ -302,21 +305,21 @@ def _rows(champion: Champion, key: ModelKey, predicted: np.ndarray, inputs: Inpu
         "target_time": issue + np.timedelta64(key.horizon, "h"),
         "value": value,
         "persistence": inputs.extra[key.target][kept] if key.target in inputs.extra
-        else np.full(n, np.nan),
+        else unknown[-1],
         "input_completeness": completeness[kept],
         "hours_since_observation": (inputs.hours_since[key.target][kept]
                                     if inputs.hours_since and key.target in inputs.hours_since
-                                    else np.full(n, np.nan)),
+                                    else unknown[-1]),
         "model_version": np.full(n, champion.version, dtype=object),
     }
     try:
         index = aqi(key.target, value)
     except ValueError:  # a target without AQI breakpoints
-        index = np.full(n, np.nan)
+        index = unknown[-1]
     out["aqi"] = index
     out["aqi_category"] = category_names(index)
-    for column in (LOWER, UPPER, *PROBABILITY_COLUMNS):
-        out[column] = np.full(n, np.nan)
+    for i, column in enumerate((LOWER, UPPER, *PROBABILITY_COLUMNS)):
+        out[column] = unknown[i]
     calibration = champion.calibration.get(key)
     if calibration is not None:
         column = (calibration.get("scale") or {}).get("column")
@@ -336,20 +339,20 @@ def _rows(champion: Champion, key: ModelKey, predicted: np.ndarray, inputs: Inpu
     return out
 
 
-def _json_value(column: str, value: Any) -> Any:
+def _json_column(column: str, values: Any) -> list[Any]:
+    """One column of forecast rows as JSON values (NaN and infinities are null)."""
     if column in ("target", "aqi_category"):
-        return str(value)
+        return [str(v) for v in values]
     if column == "horizon":
-        return int(value)
+        return [int(v) for v in values]
     if column == "target_time":
-        if isinstance(value, np.datetime64):  # a Forecast's column: UTC
-            return f"{np.datetime_as_string(value, unit='s')}+00:00"
-        return pd.Timestamp(value).tz_convert("UTC").isoformat()
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+        values = np.asarray(values)
+        if values.dtype.kind == "M":  # a Forecast's column: UTC
+            return [f"{t}+00:00" for t in np.datetime_as_string(values, unit="s")]
+        return [pd.Timestamp(v).tz_convert("UTC").isoformat() for v in values]
+    numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float) \
+        if not isinstance(values, np.ndarray) or values.dtype.kind not in "fiu" else values
+    return [x if math.isfinite(x) else None for x in np.asarray(numbers, dtype=float).tolist()]
 
 
 def items(rows: Mapping[str, Any] | pd.DataFrame) -> list[dict[str, Any]]:
@@ -357,8 +360,10 @@ def items(rows: Mapping[str, Any] | pd.DataFrame) -> list[dict[str, Any]]:
     target and horizon: :data:`ITEM_COLUMNS`, JSON-safe (NaN and infinities are null; a
     column an older file lacks is null)."""
     n = len(rows["value"])
-    columns = {c: (list(rows[c]) if c in rows else [None] * n) for c in ITEM_COLUMNS}
-    out = [{c: _json_value(c, columns[c][i]) for c in ITEM_COLUMNS} for i in range(n)]
+    columns = {c: _json_column(c, rows[c].to_numpy() if isinstance(rows, pd.DataFrame)
+                               else rows[c]) if c in rows else [None] * n
+               for c in ITEM_COLUMNS}
+    out = [{c: columns[c][i] for c in ITEM_COLUMNS} for i in range(n)]
     out.sort(key=lambda item: (item["target"], item["horizon"]))
     for item in out:
         if item["aqi"] is None:
