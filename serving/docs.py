@@ -127,6 +127,7 @@ def _operation(path: str, method: str, op: dict) -> str:
 
 
 EXAMPLE = "newest_hour"  # the name of the request example in the document
+MAX_CACHED_PAGES = 8  # rendered pages kept, one per URL readers used (nginx passes the Host)
 
 
 def example_request(state: Any) -> dict[str, Any]:
@@ -214,8 +215,9 @@ def openapi_json() -> Response:
 @blueprint.get("/docs", endpoint="docs", provide_automatic_options=False)
 def docs() -> Response:
     document = _document()
-    cache = current_app.extensions["aq_docs"]
-    key = f"html {request.host_url}"
-    if key not in cache:
-        cache[key] = render_docs(document, request.host_url)
-    return Response(cache[key], mimetype="text/html")
+    pages = current_app.extensions["aq_docs"].setdefault("html", {})
+    if request.host_url not in pages:
+        if len(pages) >= MAX_CACHED_PAGES:  # the Host header is the client's: bounded
+            pages.clear()
+        pages[request.host_url] = render_docs(document, request.host_url)
+    return Response(pages[request.host_url], mimetype="text/html")
