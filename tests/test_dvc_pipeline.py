@@ -63,7 +63,7 @@ def test_repro_runs_every_stage_and_beats_persistence(default_project):
     assert ran((default_project / "first_repro.log").read_text()) == STAGES
     metrics = json.loads((default_project / "metrics.json").read_text())
     skills = {h: s["skill"] for h, s in metrics["pm2_5"].items()}
-    assert set(skills) == {"h1", "h6", "h12", "h24"}
+    assert set(skills) == {"1", "6", "12", "24"}  # a ModelKey's serialised horizon
     assert all(s > 0 for s in skills.values()), skills
     promotion = json.loads((default_project / "reports/promotion.json").read_text())
     assert promotion["promoted"], promotion["refusals"]
