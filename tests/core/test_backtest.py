@@ -72,6 +72,7 @@ WINDOW = Window(pd.Timestamp("2025-03-20", tz="UTC"), pd.Timestamp("2025-03-27",
 
 
 @pytest.mark.slow  # fits small models
+@pytest.mark.train
 def test_every_target_hour_of_the_window_is_forecast_once_per_horizon_and_location():
     out = backtest(raw(), WINDOW, pd.Timedelta(days=2))
     hours = pd.date_range(WINDOW.start, WINDOW.end, freq="h", inclusive="left")
@@ -84,6 +85,7 @@ def test_every_target_hour_of_the_window_is_forecast_once_per_horizon_and_locati
 
 
 @pytest.mark.slow  # fits small models
+@pytest.mark.train
 def test_changing_data_after_an_origin_never_changes_its_forecast():
     """Data after T (multiplied, some rows dropped), and weather forecasts issued after T,
     leave every forecast issued up to T as is."""
@@ -122,6 +124,7 @@ def test_refit_schedule_starts_at_the_first_origin():
 
 
 @pytest.mark.slow  # fits small models
+@pytest.mark.train
 def test_scores_by_location_month_and_hour_use_the_rows_of_the_horizon_scores():
     out = backtest(raw(), WINDOW, None)
     tables = score_tables(out)

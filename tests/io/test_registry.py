@@ -170,6 +170,7 @@ def test_an_old_pickle_bundle_is_refused_with_retrain_advice(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.train
 @pytest.mark.parametrize(("form", "regressor"), [
     ("log_change", "LogResidualRegressor"), ("log_level", "TargetFormRegressor"),
     ("change", "TargetFormRegressor")])

@@ -16,6 +16,8 @@ from serving.schemas import (
     Problem,
 )
 
+pytestmark = pytest.mark.service
+
 PROBLEM = "application/problem+json"
 
 

@@ -7,6 +7,8 @@ import shutil
 import pandas as pd
 import pytest
 
+pytestmark = [pytest.mark.service, pytest.mark.browser]
+
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 

@@ -56,6 +56,7 @@ def test_one_row_at_a_time_equals_the_batch_of_rows(champion, feature_table):
     np.testing.assert_array_equal(one_by_one, predictor.predict(rows))
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("form", ["log_change", "log_level", "level", "change"])
 @pytest.mark.parametrize("loss", ["squared_error", "absolute_error"])
 def test_every_target_form_the_search_can_pick_is_compiled_and_exact(champion, feature_table,
@@ -84,6 +85,7 @@ def wrapped(pipeline: Pipeline) -> Pipeline:
     return Pipeline([select, ("scale", scaler), model])
 
 
+@pytest.mark.train
 def test_a_structure_treelite_cannot_take_is_served_by_scikit_learn(champion, feature_table):
     features = champion.metadata["features"]
     rows = feature_table[features].to_numpy(dtype=np.float64)

@@ -34,7 +34,8 @@ from pipeline.steps import (
 )
 from tests.conftest import make_project
 
-pytestmark = pytest.mark.slow  # trains models
+# trains models, runs the CLI
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.process]
 
 BERLIN = {"id": "berlin", "name": "Berlin", "latitude": 52.52, "longitude": 13.405,
           "timezone": "Europe/Berlin"}

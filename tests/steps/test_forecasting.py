@@ -21,7 +21,8 @@ from pipeline.steps import evaluate, ingest, predict, preprocess, promote, rollb
 from pipeline.steps.forecasting import issue_forecasts
 from tests.conftest import make_project, write_params
 
-pytestmark = pytest.mark.slow  # trains models
+# trains models, runs the CLI
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.process]
 
 END = pd.Timestamp("2025-03-01", tz="UTC")  # the small project's history ends here
 
