@@ -40,7 +40,10 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-ANCHORS = REPO.parent / "shared" / "bench-anchors"
+# ../shared/bench-anchors of the checkout (or of the folder above a git worktree's folder)
+ANCHORS = next((d for d in (REPO.parent / "shared" / "bench-anchors",
+                            REPO.parent.parent / "shared" / "bench-anchors") if d.exists()),
+               REPO.parent / "shared" / "bench-anchors")
 STEPS = ["ingest", "preprocess", "train", "evaluate", "promote", "predict"]
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -145,6 +145,12 @@ class Champion:
         return sorted({key.horizon for key in self.models})
 
     @functools.cached_property
+    def key_positions(self) -> dict[str, np.ndarray]:
+        """Per target, the positions of its models among :attr:`keys`."""
+        return {target: np.array([i for i, key in enumerate(self.keys) if key.target == target],
+                                 dtype=np.intp) for target in self.targets}
+
+    @functools.cached_property
     def scale_columns(self) -> list[str]:
         """The feature columns the intervals scale by."""
         return sorted({c["scale"]["column"] for c in self.calibration.values()
@@ -166,7 +172,7 @@ class Inputs:
     """Feature rows to forecast from, one per location and issue hour."""
 
     location_id: np.ndarray  # (n,) str
-    issue_time: np.ndarray  # (n,) datetime64[ns], UTC
+    issue_time: np.ndarray  # (n,) datetime64[us], UTC (the features' resolution)
     rows: np.ndarray  # (n, len(champion.features)) float64, in the champion's order
     extra: Mapping[str, np.ndarray]  # each target's value at the issue hour, interval scales
     hours_since: Mapping[str, np.ndarray] | None = None  # per target; None: not judged
@@ -199,16 +205,16 @@ class Inputs:
                                                        *champion.scale_columns]
                  if c in features}
         return cls(np.array([location_id], dtype=object),
-                   np.array([pd.Timestamp(issue_time).value], dtype="datetime64[ns]"),
+                   np.array([pd.Timestamp(issue_time).value // 1000], dtype="datetime64[us]"),
                    row[None, :], extra,
                    {t: np.array([hours_since.get(t, math.inf)], dtype=np.float64)
                     for t in champion.targets})
 
 
 def _utc64(times: pd.Series) -> np.ndarray:
-    """UTC times as datetime64[ns] (what forecast rows carry until written)."""
+    """UTC times as datetime64[us] (what forecast rows carry until written)."""
     times = pd.to_datetime(times, utc=True)
-    return times.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    return times.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
 
 
 def observation_ages(valid: pd.DataFrame, latest: pd.DataFrame,
@@ -282,60 +288,72 @@ def forecast(champion: Champion, inputs: Inputs, engine: Engine | None = None,
                 withheld[str(inputs.location_id[i])] = problems
     kept = np.flatnonzero(keep)
     predicted = (engine or champion.predict)(inputs.rows[kept]) if len(kept) else {}
-    parts = [_rows(champion, key, np.asarray(predicted[key], dtype=np.float64), inputs, kept,
-                   completeness) for key in champion.keys] if len(kept) else []
-    columns = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0)
-               for c in ROW_COLUMNS}
+    columns = _rows(champion, predicted, inputs, kept, completeness) if len(kept) else \
+        {c: np.zeros(0) for c in ROW_COLUMNS}
     return Forecast(columns, completeness, inputs, withheld)
 
 
-def _rows(champion: Champion, key: ModelKey, predicted: np.ndarray, inputs: Inputs,
+def _rows(champion: Champion, predicted: Mapping[tuple[str, int], np.ndarray], inputs: Inputs,
           kept: np.ndarray, completeness: np.ndarray) -> dict[str, np.ndarray]:
-    """One model's rows: value, AQI, category, interval and probabilities."""
-    n = len(kept)
-    value = np.clip(predicted, 0, None)
-    issue = inputs.issue_time[kept]
-    locations = inputs.location_id[kept]
-    unknown = np.full((3 + len(PROBABILITY_COLUMNS), n), np.nan)  # one allocation, row views
+    """Every model's rows, model after model (each in the order of the kept inputs): value,
+    AQI, category, interval and probabilities; computed over all of them at once where the
+    models share the computation (one AQI per target), per model and location where not."""
+    keys, n = champion.keys, len(kept)
+    size = len(keys) * n
+
+    def per_key(values: Callable[[ModelKey], np.ndarray | None]) -> np.ndarray:
+        parts = [values(key) for key in keys]
+        return np.concatenate([np.full(n, np.nan) if p is None else p for p in parts])
+
+    value = np.maximum(np.concatenate([np.asarray(predicted[key], dtype=np.float64)
+                                       for key in keys]), 0)
+    issue = np.tile(inputs.issue_time[kept], len(keys))
+    horizon = np.repeat(np.array([key.horizon for key in keys], dtype=np.int64), n)
+    extra, ages = inputs.extra, inputs.hours_since or {}
     out: dict[str, np.ndarray] = {
-        "location_id": locations,
+        "location_id": np.tile(inputs.location_id[kept], len(keys)),
         "issue_time": issue,
-        "target": np.full(n, key.target, dtype=object),
-        "horizon": np.full(n, key.horizon, dtype=np.int64),
-        "target_time": issue + np.timedelta64(key.horizon, "h"),
+        "target": np.repeat(np.array([key.target for key in keys], dtype=object), n),
+        "horizon": horizon,
+        "target_time": issue + horizon.astype("timedelta64[h]"),
         "value": value,
-        "persistence": inputs.extra[key.target][kept] if key.target in inputs.extra
-        else unknown[-1],
-        "input_completeness": completeness[kept],
-        "hours_since_observation": (inputs.hours_since[key.target][kept]
-                                    if inputs.hours_since and key.target in inputs.hours_since
-                                    else unknown[-1]),
-        "model_version": np.full(n, champion.version, dtype=object),
+        "persistence": per_key(lambda k: extra[k.target][kept] if k.target in extra else None),
+        "input_completeness": np.tile(completeness[kept], len(keys)),
+        "hours_since_observation": per_key(
+            lambda k: ages[k.target][kept] if k.target in ages else None),
+        "model_version": np.full(size, champion.version, dtype=object),
     }
-    try:
-        index = aqi(key.target, value)
-    except ValueError:  # a target without AQI breakpoints
-        index = unknown[-1]
+    index = np.full(size, np.nan)
+    for target, positions in champion.key_positions.items():
+        rows = (positions[:, None] * n + np.arange(n)).ravel()
+        try:
+            index[rows] = aqi(target, value[rows])
+        except ValueError:  # a target without AQI breakpoints
+            pass
     out["aqi"] = index
     out["aqi_category"] = category_names(index)
+    uncertain = np.full((2 + len(PROBABILITY_COLUMNS), size), np.nan)  # row views, filled
     for i, column in enumerate((LOWER, UPPER, *PROBABILITY_COLUMNS)):
-        out[column] = unknown[i]
-    calibration = champion.calibration.get(key)
-    if calibration is not None:
+        out[column] = uncertain[i]
+    locations = inputs.location_id[kept]
+    groups = {loc: np.flatnonzero(locations == loc) for loc in dict.fromkeys(locations)} \
+        if n > 1 else {locations[0]: np.zeros(1, dtype=np.intp)}
+    for position, key in enumerate(keys):
+        calibration = champion.calibration.get(key)
+        if calibration is None:
+            continue
         column = (calibration.get("scale") or {}).get("column")
-        volatility = None if column is None else inputs.extra.get(column)
-        if column is not None and volatility is None:
+        if column is not None and column not in extra:
             raise ChampionError(f"the {key} interval scales by {column!r}: the inputs lack it")
-        if volatility is not None:
-            volatility = volatility[kept]
-        for location in dict.fromkeys(locations):
-            rows = np.flatnonzero(locations == location) if n > 1 else np.zeros(1, dtype=int)
+        volatility = None if column is None else extra[column][kept]
+        for location, rows in groups.items():
+            at = position * n + rows
             lower, upper, probabilities = uncertainty_of(
-                key.target, value[rows], calibration, location,
+                key.target, value[at], calibration, location,
                 None if volatility is None else volatility[rows], champion.coverage)
-            out[LOWER][rows], out[UPPER][rows] = lower, upper
+            out[LOWER][at], out[UPPER][at] = lower, upper
             for name, values in probabilities.items():
-                out[name][rows] = values
+                out[name][at] = values
     return out
 
 

@@ -26,6 +26,7 @@ from serving import metrics
 from serving.problems import (
     JSON,
     ApiError,
+    dumps,
     empty_body,
     json_response,
     no_query,
@@ -102,14 +103,15 @@ def batch_forecast(location_id: str) -> Response:
                        f"location {location_id!r}", slug="no-batch-forecast")
     age = max(time.time() - found.issue_epoch, 0.0)
     stale_after = state.settings.stale_after_s
-    return json_response({
+    head = dumps({
         "location_id": location_id, "issue_time": found.issue_time.isoformat(),
         "age_seconds": round(age, 3), "stale": age > stale_after,
         "stale_after_seconds": stale_after, "model_version": found.model_version,
         "input_completeness": found.input_completeness,
-        "forecasts": found.items if target is None else [i for i in found.items
-                                                         if i["target"] == target],
     })
+    # the items were serialised when the file was read: only the head changes per request
+    items = found.items_json.get(target, "[]")
+    return Response(f'{head[:-1]},"forecasts":{items}}}', mimetype=JSON)
 
 
 @_route("/forecasts", "v1_forecasts_post", ("POST",))

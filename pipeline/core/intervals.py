@@ -101,17 +101,17 @@ def _quantile(quantiles, level: float) -> float:
 def interval(predicted, quantiles, coverage: float = COVERAGE,
              scale=1.0) -> tuple[np.ndarray, np.ndarray]:
     """The central ``coverage`` interval around each forecast (clipped at 0)."""
-    base = np.log1p(np.clip(np.asarray(predicted, float), 0, None))
+    base = np.log1p(np.maximum(np.asarray(predicted, float), 0))
     tail = (1 - coverage) / 2
     lower = np.expm1(base + _quantile(quantiles, tail) * scale)
     upper = np.expm1(base + _quantile(quantiles, 1 - tail) * scale)
-    return np.clip(lower, 0, None), np.clip(upper, 0, None)
+    return np.maximum(lower, 0), np.maximum(upper, 0)
 
 
 def exceedance_probabilities(predicted, quantiles, thresholds, scale=1.0) -> np.ndarray:
     """P(value >= threshold) of each forecast (rows) for each threshold (columns); resolution
     0.01 .. 0.99 (the levels)."""
-    base = np.log1p(np.clip(np.asarray(predicted, float), 0, None))[:, None]
+    base = np.log1p(np.maximum(np.asarray(predicted, float), 0))[:, None]
     scale = np.asarray(scale, float)
     needed = (np.log1p(np.asarray(thresholds, float))[None, :] - base) / (
         scale[:, None] if scale.ndim else scale)

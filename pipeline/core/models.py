@@ -57,15 +57,15 @@ def inverse_target(form: str, raw, anchor=None, fallback: float = float("nan")) 
     if form == "log_change":
         level = np.asarray(anchor, dtype=np.float64)
         level = np.where(np.isnan(level), fallback, level)
-        return np.clip(np.expm1(level + raw), 0, None)
+        return np.maximum(np.expm1(level + raw), 0)
     if form == "log_level":
-        return np.clip(np.expm1(raw), 0, None)
+        return np.maximum(np.expm1(raw), 0)
     if form == "level":
-        return np.clip(raw, 0, None)
+        return np.maximum(raw, 0)
     if form == "change":
         level = np.expm1(np.asarray(anchor, dtype=np.float64))
         level = np.where(np.isnan(level), fallback, level)
-        return np.clip(level + raw, 0, None)
+        return np.maximum(level + raw, 0)
     raise ValueError(f"unknown target form {form!r}; known: {list(FORMS)}")
 
 

@@ -265,7 +265,13 @@ class Registry:
                 for name in (ARTIFACT, METADATA):
                     shutil.copy2(candidate_dir / name, staging / name)
                 fault_point("register:staged")
-                staging.rename(target)
+                try:
+                    staging.rename(target)
+                except OSError:
+                    # another process registered the same version meanwhile (two promotes at
+                    # once): the version is there, idempotent by version
+                    if not (target / METADATA).exists():
+                        raise
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return version

@@ -29,7 +29,7 @@ from tests.conftest import REPO, free_port
 from tests.fixtures.make_frozen import run_step
 from tests.serving.conftest import copy_project
 
-pytestmark = pytest.mark.process
+pytestmark = pytest.mark.process  # the ingest step's CLI, bash and curl
 
 DOCUMENTED_URL = "http://127.0.0.1:8000"
 
