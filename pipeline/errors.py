@@ -28,3 +28,7 @@ class MissingInputError(PipelineError):
 
 class TrainingError(PipelineError):
     """The models cannot be fitted on this data with these settings (the message says why)."""
+
+
+class CatchingUpError(PipelineError):
+    """An ingestion is catching the raw store up: training would read a half-filled store."""

@@ -172,6 +172,14 @@ def write_pending(ctx: Context, bundle: ModelBundle, locations: list[str]) -> in
     return len(forecasts)
 
 
+class StaleBatchesError(PipelineError):
+    """Locations without a batch result made with the model being published."""
+
+    def __init__(self, locations: list[str], message: str) -> None:
+        super().__init__(message)
+        self.locations = locations
+
+
 def publish_pending(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict:
     """Combine every location's pending batch result into the run's forecasts."""
     version = bundle.metadata["version"]
@@ -195,7 +203,8 @@ def publish_pending(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict
         if status.get("withheld"):
             reasons[location] = status["withheld"]
     if missing or other:
-        raise PipelineError(
+        raise StaleBatchesError(
+            missing + [entry.split(" ", 1)[0] for entry in other],
             "predict --finalize: "
             + (f"no batch result for {len(missing)} location(s): {', '.join(missing[:10])}; "
                if missing else "")
