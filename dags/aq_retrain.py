@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, get_current_context, task
@@ -18,6 +17,7 @@ from aq_common import (
     project_dir,
     repro_stage,
     retrain_schedule,
+    settings,
     settle_decision,
     stage_task,
     stored_behind,
@@ -84,7 +84,7 @@ def aq_retrain():
         slot = context.get("data_interval_end") or dag_run.run_after
         started = dag_run.start_date or datetime.now(UTC)
         scheduled = str(dag_run.run_type).lower().endswith("scheduled")
-        slack = timedelta(hours=int(os.environ.get("AQ_MAX_SILENT_HOURS") or 6))
+        slack = timedelta(hours=settings().max_silent_hours)
         logged = ""
         while True:
             now = datetime.now(UTC)

@@ -32,3 +32,7 @@ class TrainingError(PipelineError):
 
 class CatchingUpError(PipelineError):
     """An ingestion is catching the raw store up: training would read a half-filled store."""
+
+
+class LocationsMismatch(PipelineError):
+    """params.yaml's locations disagree with the stations of the CSV source's files."""

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import CatchingUpError, PipelineError
+from pipeline.ingestion import Ingestion
 from pipeline.io.catchup import STALE_AFTER, CatchUpLog
-from pipeline.io.ingestion import Ingestion
 from pipeline.steps import ingest, preprocess
 from pipeline.timeutil import now_utc
 
