@@ -25,7 +25,7 @@ import pytest
 
 from pipeline.ops import serving_local
 from pipeline.paths import ProjectPaths
-from tests.conftest import REPO, make_project
+from tests.conftest import REPO, make_project, write_params
 from tests.monitoring import RunningStack, prom_query, running_stack, wait_until
 from tests.replay_server import ReplayServer, open_meteo_handler
 
@@ -126,6 +126,12 @@ def observed_run(tmp_path_factory) -> Iterator[ObservedRun]:
         run.wait_for('aq_champion_switched_timestamp_seconds{action="rollback"}')
         run.step("promote")
         run.wait_for('aq_champion_switched_timestamp_seconds{action="promote"}')
+        # a candidate the gate refuses (it asks for more skill than any has): the refusal
+        # the dashboards mark; the champion stays
+        write_params(project, {**SMALL, "promotion": {"min_skill": 0.99}})
+        run.step("promote")
+        write_params(project, SMALL)
+        run.wait_for("aq_promotion_refused_timestamp_seconds")
         run.step("predict")
         run.step("ingest", "--start", FIRST_END, "--end", day(0))
         run.step("score")
