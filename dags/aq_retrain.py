@@ -98,7 +98,7 @@ def aq_retrain():
             if now - started > SETTLE_WAIT:
                 raise AirflowSkipException(why)
             if why != logged:
-                logging.getLogger(__name__).warning("waiting: %s", why)
+                logging.getLogger("aq_retrain").warning("waiting: %s", why)
                 logged = why
             time.sleep(SETTLE_POLL_S)
 

@@ -240,7 +240,9 @@ def second_wave(handover, first_wave):
     # the refused candidate, or (if nothing new was trained) make run's champion: another
     # registered version becomes champion while the run is between batches and finalisation
     other = candidate if candidate != pinned else handover["first_champion"]
-    api.call("PATCH", "/pools/dvc", json={"name": "dvc", "slots": 0})
+    pool = api.call("GET", "/pools/dvc")
+    body = {k: pool[k] for k in ("description", "include_deferred")} | {"pool": "dvc"}
+    api.call("PATCH", "/pools/dvc", json={**body, "slots": 0})
     try:
         forced = api.trigger("aq_predict", None)
 
@@ -255,7 +257,7 @@ def second_wave(handover, first_wave):
                                                    "waiting for the dvc pool")
         assert Registry(paths).promote(other)  # what a retraining's promote does
     finally:
-        api.call("PATCH", "/pools/dvc", json={"name": "dvc", "slots": 1})
+        api.call("PATCH", "/pools/dvc", json={**body, "slots": 1})
     api.wait_finished([("aq_predict", forced)], timeout=WAVE_TIMEOUT_S)
     wait_until(lambda: settled(api), WAVE_TIMEOUT_S, interval=5, what="every run to finish")
     return {"refused": refused, "backtest": backtest, "forced": forced, "pinned": pinned,
@@ -310,11 +312,13 @@ def task_logs(paths: ProjectPaths, dag_id: str, run_id: str) -> dict[str, list[d
 
 
 def foreign(event: dict) -> bool:
-    """A line that is neither the step's (pipeline.*, the DAG files) nor Airflow's frame."""
+    """A line that is neither the step's (``pipeline.*``, the DAG files' ``aq_*``) nor
+    Airflow's frame around it (``task``, ``airflow.*``): a relayed warning, a third-party
+    library's logger, raw stderr."""
     logger = str(event.get("logger") or "")
-    if logger.startswith(("pipeline", "aq_", "airflow", "task", "sqlalchemy.engine")):
-        return logger in ("task.stderr",) or logger.startswith("py.warnings")
-    return True
+    if logger == "task.stderr" or logger.startswith("py.warnings"):
+        return True
+    return not logger.startswith(("pipeline", "aq_", "airflow", "task"))
 
 
 def test_each_task_log_holds_the_steps_lines(handover, first_wave, second_wave):
