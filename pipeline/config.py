@@ -263,8 +263,8 @@ class CsvSource(_Strict):
     # decimal mark of the values; null = "." and a column written with "," is refused
     decimal: Literal[".", ","] | None = None
     location_id: str | None = None  # for single-location files without a location column
-    # true: a row's time is the END of the hour it measures (hour-ending, as US AirNow, OpenAQ
-    # and the Beijing file label hours): it is stored at the hour before, the canonical start
+    # true: a row's time is the END of the hour it measures (hour-ending, as OpenAQ labels
+    # hourly values): it is stored at the hour before, the canonical start of the hour
     hour_ending: bool = False
     # locations (python -m pipeline locations): the largest distance in metres between a
     # station's coordinates in the file, and between the file and params.yaml

@@ -29,9 +29,9 @@ import pandas as pd
 import pytest
 
 from pipeline.io.registry import Registry
-from pipeline.ops import airflow_local
-from pipeline.ops.ports import Ports
 from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports
+from stack import airflow_local
 from tests.conftest import free_port, write_params
 from tests.dags.airflow_harness import AirflowApi, failure_report
 from tests.dags.conftest import FAST_PARAMS, make_dvc_project, run, seed_history, wait_until
@@ -82,7 +82,7 @@ def handover(tmp_path_factory, pushgateway, monkeypatch_module):
     ports = Ports(airflow=free_port(), pushgateway=pushgateway.port, prometheus=free_port(),
                   alertmanager=free_port(), webhook=free_port(), node_exporter=free_port(),
                   serving=free_port())
-    prom_manager, prom = start_prometheus(paths, ports, tmp_path_factory)
+    prom_supervisor, prom = start_prometheus(paths, ports, tmp_path_factory)
     try:
         info = airflow_local.start(paths, ports)
         try:
@@ -94,20 +94,21 @@ def handover(tmp_path_factory, pushgateway, monkeypatch_module):
         finally:
             airflow_local.stop(paths)
     finally:
-        prom_manager.stop("prometheus")
+        prom_supervisor.stop_all()
 
 
 def start_prometheus(paths: ProjectPaths, ports: Ports, tmp_path_factory):
-    from pipeline.ops import stack
-    from pipeline.ops.services import ServiceManager
+    from stack import monitoring
+    from stack.supervisor import Program, Supervisor
 
-    layout = stack.write_configs(paths, ports, fast=True)
-    manager = ServiceManager(tmp_path_factory.mktemp("handover-prometheus"))
+    layout = monitoring.write_configs(paths, ports, fast=True)
+    supervisor = Supervisor(tmp_path_factory.mktemp("handover-prometheus"))
     started = time.time()
-    manager.start("prometheus", stack.commands(layout, ports, fast=True)["prometheus"])
+    supervisor.start(Program("prometheus",
+                             monitoring.commands(layout, ports, fast=True)["prometheus"]))
     prom = Prometheus(ports.url("prometheus"), started)
-    manager.wait_for_http(f"{prom.url}/-/ready", timeout=60, name="prometheus")
-    return manager, prom
+    supervisor.wait_for_http(f"{prom.url}/-/ready", timeout=60, name="prometheus")
+    return supervisor, prom
 
 
 def all_runs(api: AirflowApi, dag_id: str) -> list[dict]:

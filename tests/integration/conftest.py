@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.ops import serving_local
 from pipeline.paths import ProjectPaths
+from stack import serving_local
 from tests.conftest import REPO, make_project, write_params
 from tests.monitoring import RunningStack, prom_query, running_stack, wait_until
 from tests.replay_server import ReplayServer, open_meteo_handler
