@@ -16,19 +16,13 @@ import pytest
 from pipeline.context import Context
 from pipeline.io.registry import Registry
 from pipeline.settings import Settings
-from pipeline.steps import evaluate, ingest, predict, preprocess, promote, train
+from pipeline.steps import ingest, predict
 from pipeline.steps.forecasting import clear_pending
 from pipeline.steps.promote import coverage_refusals
 from tests.conftest import make_project
+from tests.steps.test_pipeline_steps import retrain
 
 pytestmark = pytest.mark.slow  # trains models
-
-
-def retrain(ctx: Context) -> dict:
-    preprocess.run(ctx)
-    train.run(ctx)
-    evaluate.run(ctx)
-    return promote.run(ctx)
 
 
 @pytest.fixture(scope="module")
