@@ -13,8 +13,9 @@ import logging
 
 from pipeline.context import Context
 from pipeline.errors import PipelineError
+from pipeline.forecaster import Champion
 from pipeline.io.feature_store import location_batches
-from pipeline.io.registry import ModelBundle, Registry
+from pipeline.io.registry import Registry
 from pipeline.steps.common import parse_locations
 from pipeline.steps.forecasting import (
     StaleBatchesError,
@@ -26,10 +27,10 @@ from pipeline.steps.forecasting import (
 log = logging.getLogger(__name__)
 
 
-def model_for(ctx: Context, model: str | None) -> ModelBundle:
+def model_for(ctx: Context, model: str | None) -> Champion:
     """The champion, or the version a mapped run pinned at its start (``--model``)."""
     registry = Registry(ctx.paths)
-    return registry.load_champion() if model is None else registry.load(model)
+    return Champion.of(registry.load_champion() if model is None else registry.load(model))
 
 
 def run(ctx: Context, locations: str | None = None, finalize_only: bool = False,
@@ -44,20 +45,20 @@ def run(ctx: Context, locations: str | None = None, finalize_only: bool = False,
     if locations is not None:
         with ctx.reporter.step("predict_batch") as metrics:
             chosen = parse_locations(ctx, locations)
-            bundle = model_for(ctx, model)
-            rows = write_pending(ctx, bundle, chosen)
+            champion = model_for(ctx, model)
+            rows = write_pending(ctx, champion, chosen)
             metrics.rows(rows_out=rows)
         return {"locations": chosen, "rows": rows}
     with ctx.reporter.step("predict") as metrics:
-        bundle = model_for(ctx, model)
+        champion = model_for(ctx, model)
         if not finalize_only:
-            return issue_forecasts(ctx, bundle, metrics)
+            return issue_forecasts(ctx, champion, metrics)
         try:
-            return publish_pending(ctx, bundle, metrics)
+            return publish_pending(ctx, champion, metrics)
         except StaleBatchesError as exc:
             # a retry cannot change a batch made with another model: recompute those here
             log.warning("predict: %s; forecasting those %d location(s) again with %s",
-                        exc, len(exc.locations), bundle.metadata["version"])
+                        exc, len(exc.locations), champion.version)
             for batch in location_batches(exc.locations, ctx.settings.batch_locations):
-                write_pending(ctx, bundle, batch)
-            return publish_pending(ctx, bundle, metrics)
+                write_pending(ctx, champion, batch)
+            return publish_pending(ctx, champion, metrics)

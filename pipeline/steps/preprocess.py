@@ -24,6 +24,7 @@ import pandas as pd
 from pipeline.context import Context
 from pipeline.core.validation import validate
 from pipeline.errors import CatchingUpError, MissingInputError, PipelineError
+from pipeline.inputs import features_from_raw, newest_stored
 from pipeline.io.catchup import CatchUpLog, describe
 from pipeline.io.feature_store import FeatureStore, location_batches
 from pipeline.io.storage import (
@@ -33,7 +34,7 @@ from pipeline.io.storage import (
     read_raw,
 )
 from pipeline.parallel import worker_pool
-from pipeline.steps.common import data_version, features_from_raw, newest_stored, parse_locations
+from pipeline.steps.common import data_version, parse_locations
 
 log = logging.getLogger(__name__)
 

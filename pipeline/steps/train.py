@@ -18,6 +18,7 @@ from pipeline.core.counts import extents_json
 from pipeline.core.drift import reference_distribution
 from pipeline.core.features import feature_columns, location_codes
 from pipeline.core.intervals import COVERAGE, LEVELS
+from pipeline.core.keys import keys_of, nest
 from pipeline.core.models import Split, empty_features
 from pipeline.core.selection import SearchSpace, fit_horizon, validation_window
 from pipeline.errors import TrainingError
@@ -120,13 +121,12 @@ def run(ctx: Context) -> dict:
         try:
             validation_start = validation_window(split.label_cutoff, first, space.validation_days)
             with tqdm(total=total, desc="train", unit="model", disable=None) as bar:
-                for target in p.targets:
-                    for horizon in p.horizons:
-                        fits[(target, horizon)] = fit_horizon(
-                            frame, features, target, horizon, p.model.base_settings(), space,
-                            split.label_cutoff, validation_start, p.model.max_train_rows,
-                            p.model.random_state)
-                        bar.update()
+                for key in keys_of(p.targets, p.horizons):
+                    fits[key] = fit_horizon(
+                        frame, features, key.target, key.horizon, p.model.base_settings(),
+                        space, split.label_cutoff, validation_start, p.model.max_train_rows,
+                        p.model.random_state)
+                    bar.update()
         except ValueError as exc:
             raise TrainingError(str(exc)) from exc
         training = frame
@@ -137,9 +137,7 @@ def run(ctx: Context) -> dict:
             log.warning("train: the holdout from %s has no observation of %s (their data ends "
                         "before it): the promotion gate refuses a candidate that leaves out a "
                         "location the champion serves", holdout["start"], ", ".join(left_out))
-        by_model = {}
-        for (target, horizon), fit in fits.items():
-            by_model.setdefault(target, {})[str(horizon)] = fit
+        by_model = nest(fits)
         metadata = save_bundle(
             ctx.paths.candidate_dir,
             {key: fit.model for key, fit in fits.items()},
