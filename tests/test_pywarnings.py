@@ -7,6 +7,8 @@ import subprocess
 import sys
 import warnings
 
+import pytest
+
 from pipeline import pywarnings
 
 
@@ -37,6 +39,7 @@ print(len(caught))
 """
 
 
+@pytest.mark.process  # two fresh interpreters, one with Airflow's task-process modules
 def test_loading_a_model_in_an_airflow_process_raises_no_warning(tmp_path):
     """skops' import scans sys.modules for scipy's ufuncs; Airflow's deprecation shims warn on
     every lookup (~1,160 lines per task log). The registry imports skops without them."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
 import warnings
 import numpy as np, pandas as pd
@@ -33,6 +35,7 @@ print("filters", len(warnings.filters))
 """
 
 
+@pytest.mark.process  # a fresh interpreter: its warning filters are what the test looks at
 def test_after_a_fit_delayed_calls_do_not_warn():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                           timeout=120, check=True)

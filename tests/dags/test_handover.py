@@ -350,6 +350,7 @@ def test_each_task_log_holds_the_steps_lines(handover, first_wave, second_wave):
     assert problems == []
 
 
+@pytest.mark.browser
 def test_the_grid_shows_the_refusal(handover, second_wave, tmp_path_factory):
     """In a real browser: the refused run's promote task reads "skipped" without a log."""
     from playwright.sync_api import sync_playwright
