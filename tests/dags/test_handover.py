@@ -207,9 +207,13 @@ def test_the_fresh_forecast_speaks_and_the_stale_alert_resolves(handover, first_
     assert issued >= NOW - pd.Timedelta(hours=2)  # forecasts for the real upcoming hours
     wait_until(lambda: not prom.instant('ALERTS{alertname="ForecastStale",location="delhi"}'),
                60, what="ForecastStale to resolve after the fresh forecast")
-    # every air-quality alert since the hand-over is about a forecast issued within the limit
+    # every air-quality alert since the hand-over is about a forecast issued within the limit:
+    # the age from the pushed issue time as of each step (a rule evaluated at that step read
+    # it or an older sample, never a newer one; the recorded aq:forecast_age_seconds of
+    # another rule group may lag an evaluation behind)
     firing = prom.range('ALERTS{alertname="ForecastAQIUnhealthy"}', step="1s")
-    ages = prom.range("aq:forecast_age_seconds", step="1s")
+    ages = prom.range("time() - max by (location) (aq_forecast_issue_timestamp_seconds)",
+                      step="1s")
     limit = float(prom.instant("aq:forecast_max_age_seconds")[0]["value"][1])
     age_at = {(s["metric"]["location"], int(float(t))): float(v)
               for s in ages for t, v in s["values"]}
