@@ -12,6 +12,7 @@ arguments plus ``form``), never the project's config objects.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,21 @@ FORMS = ("log_change", "log_level", "level", "change")
 BOOSTING_KEYS = ("loss", "max_iter", "learning_rate", "max_leaf_nodes", "min_samples_leaf",
                  "l2_regularization", "early_stopping", "random_state")
 MIN_TRAINING_ROWS = 100
+
+
+def fit_keeping_warning_filters(estimator, X, y):
+    """``estimator.fit(X, y)`` with the process's warning filters as they were afterwards.
+
+    HistGradientBoosting bins its features in scikit-learn's threaded ``Parallel``, whose
+    workers reset the warning filters inside ``warnings.catch_warnings``, which is not
+    thread-safe: two workers at once can leave the process with an empty filter list, and
+    from then on every scikit-learn ``delayed`` call (each ColumnTransformer transform)
+    warns that it "should be used with sklearn.utils.parallel.Parallel" (1,726 lines in one
+    train log). Fitted inside its own ``catch_warnings``, whatever the workers do to the
+    filters ends with the fit.
+    """
+    with warnings.catch_warnings():
+        return estimator.fit(X, y)
 
 
 def inverse_target(form: str, raw, anchor=None, fallback: float = float("nan")) -> np.ndarray:
@@ -88,7 +104,8 @@ class LogResidualRegressor(RegressorMixin, BaseEstimator):
         level = X[self.anchor].to_numpy(dtype=float)
         self.fallback_ = float(np.nanmedian(level))
         level = np.where(np.isnan(level), self.fallback_, level)
-        self.estimator_ = clone(self.estimator).fit(X, np.log1p(np.asarray(y, float)) - level)
+        self.estimator_ = fit_keeping_warning_filters(
+            clone(self.estimator), X, np.log1p(np.asarray(y, float)) - level)
         return self
 
     def from_model_space(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray:
@@ -131,7 +148,8 @@ class TargetFormRegressor(RegressorMixin, BaseEstimator):
 
     def fit(self, X: pd.DataFrame, y):
         self.fallback_ = float(np.nanmedian(np.expm1(X[self.anchor].to_numpy(dtype=float))))
-        self.estimator_ = clone(self.estimator).fit(X, self.to_model_space(X, y))
+        self.estimator_ = fit_keeping_warning_filters(clone(self.estimator), X,
+                                                      self.to_model_space(X, y))
         return self
 
     def predict(self, X: pd.DataFrame):

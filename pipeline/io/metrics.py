@@ -94,6 +94,10 @@ CATALOGUE: dict[str, MetricSpec] = {
     "aq_promotion_promoted": MetricSpec(
         "gauge", "1 if the last candidate was promoted, 0 if the gate refused it."
     ),
+    "aq_promotion_refused_timestamp_seconds": MetricSpec(
+        "gauge", "Unix time the promotion gate last refused a candidate.",
+        optional="only once a candidate has been refused",
+    ),
     "aq_champion_info": MetricSpec("info", "The current champion model.", ("version",)),
     "aq_champion_created_timestamp_seconds": MetricSpec(
         "gauge", "Unix time the current champion was trained."

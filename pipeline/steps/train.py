@@ -14,6 +14,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.context import Context
+from pipeline.core.counts import extents_json
 from pipeline.core.drift import reference_distribution
 from pipeline.core.features import feature_columns, location_codes
 from pipeline.core.intervals import COVERAGE, LEVELS
@@ -23,6 +24,7 @@ from pipeline.core.selection import SearchSpace, fit_horizon, validation_window
 from pipeline.errors import TrainingError
 from pipeline.io.feature_store import FeatureStore, time_before
 from pipeline.io.registry import save_bundle
+from pipeline.io.storage import read_state_json
 from pipeline.steps.common import data_version, require
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,18 @@ def training_sample(ctx: Context, store: FeatureStore, counts: pd.DataFrame,
                    "locations": int(frame["location_id"].nunique())}
 
 
+def snapshot_version(ctx: Context) -> dict:
+    """The data version the features were built from (``reports/quality.json``, written by
+    preprocess under the raw store's read lock); the store as it is now if that report
+    predates it."""
+    if ctx.paths.quality_report.exists():
+        report = read_state_json(ctx.paths.quality_report, "quality report",
+                                 "run `python -m pipeline preprocess` again")
+        if isinstance(report, dict) and report.get("data_version"):
+            return report["data_version"]
+    return data_version(ctx)
+
+
 def run(ctx: Context) -> dict:
     with ctx.reporter.step("train") as metrics:
         p = ctx.params
@@ -116,6 +130,13 @@ def run(ctx: Context) -> dict:
         except ValueError as exc:
             raise TrainingError(str(exc)) from exc
         training = frame
+        extents = extents_json(store.location_extents(list(p.targets), split.holdout_start,
+                                                      split.label_cutoff))
+        left_out = sorted(loc for loc, e in extents.items() if not e["holdout_rows"])
+        if left_out:
+            log.warning("train: the holdout from %s has no observation of %s (their data ends "
+                        "before it): the promotion gate refuses a candidate that leaves out a "
+                        "location the champion serves", holdout["start"], ", ".join(left_out))
         by_model = nest(fits)
         metadata = save_bundle(
             ctx.paths.candidate_dir,
@@ -144,7 +165,9 @@ def run(ctx: Context) -> dict:
                                  for t, by_h in by_model.items()},
                 },
                 "params": p.model_dump(mode="json"),
-                "data_version": data_version(ctx),
+                # the snapshot preprocess read, and how far each location reaches in it
+                "data_version": snapshot_version(ctx),
+                "location_extents": extents,
                 "reference": reference_distribution(training, features, p.drift.bins,
                                                     months=training["time"].dt.month),
                 "reference_period": {"start": training["time"].min().isoformat(),
