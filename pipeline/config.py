@@ -229,6 +229,8 @@ class FeatureConfig(_Strict):
     target_calendar: bool = False  # ... the local hour and weekday of t + h, ...
     profiles: bool = True  # ... the location's usual level at that hour of day and week
     trend: bool = True  # the slope of log1p(level) over the last 24 hours
+    # the level now against its usual level at this hour of day and week (log1p differences)
+    anomalies: bool = False
     # extra numeric covariates (source.csv.mapping.covariates), each with its value and the
     # co_pollutant_lags; null = every covariate the CSV mapping names
     covariates: list[str] | None = None

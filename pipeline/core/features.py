@@ -99,6 +99,7 @@ class FeatureSettings:
     target_calendar: bool = False
     profiles: bool = True
     trend: bool = True
+    anomalies: bool = False  # the level now against its usual level at this hour of day / week
     covariates: tuple[str, ...] = ()  # extra numeric inputs (stored as cov_<name>)
 
     @classmethod
@@ -585,6 +586,31 @@ def _trend(target: str, width: int) -> FeatureBlock:
     return FeatureBlock((f"{target}_trend{width}",), kernel, width - 1)
 
 
+def _anomalies(variable: str) -> FeatureBlock:
+    """How unusual the level is now: log1p(value now) minus log1p of its usual level at this
+    hour, over the last 7 days (same hour of day, >= 4 known), the last 4 weeks (same hour of
+    week, >= 2 known) and the last 28 days (same hour of day, >= 14 known).
+
+    An anomaly decays with time (a smoke episode ends, traffic comes back to normal), so it
+    tells each horizon how much of the level now to carry forward.
+    """
+    daily = 24 * np.arange(1, 8, dtype=np.int64)
+    weekly = 168 * np.arange(1, 5, dtype=np.int64)
+    monthly = 24 * np.arange(1, 29, dtype=np.int64)
+    columns = tuple(f"{variable}_anomaly_{name}" for name in ("daily", "weekly", "monthly"))
+
+    def kernel(g, pos, p, done):
+        x = _series(g, variable)
+        now = np.log1p(x[pos])
+        return np.stack([
+            now - np.log1p(_observed_mean(shifted(x, pos, daily), 4)),
+            now - np.log1p(_observed_mean(shifted(x, pos, weekly), 2)),
+            now - np.log1p(_observed_mean(shifted(x, pos, monthly), 14)),
+        ], axis=1)
+
+    return FeatureBlock(columns, kernel, int(max(weekly.max(), monthly.max())))
+
+
 def volatility_column(target: str) -> str:
     return f"{target}_vol24"
 
@@ -696,6 +722,8 @@ def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
     blocks += [_volatility(target) for target in spec.targets]
     if cfg.trend:
         blocks += [_trend(target, 24) for target in spec.targets]
+    if cfg.anomalies:
+        blocks += [_anomalies(target) for target in spec.targets]
     # features of the target hour, one set per horizon (columns_for_horizon)
     forecast_weather = [v for v in WEATHER if v in cfg.forecast_weather]
     for horizon in spec.horizons:
