@@ -10,7 +10,7 @@ export PYTHONDONTWRITEBYTECODE :=
 .PHONY: help setup run run-celery test test-fast lint stop clean lock loadtest
 # the one command that writes requirements.lock (every pinned version, with hashes)
 LOCK_CMD := $(PY) -m uv pip compile pyproject.toml --extra dev --extra serving --extra airflow \
-	--generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	--extra stack --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 	--custom-compile-command "make lock" --quiet -o requirements.lock
 
 help: ## show the targets

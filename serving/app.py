@@ -31,9 +31,8 @@ from pipeline.core.features import (
     window,
 )
 from pipeline.core.quality import input_problems
-from pipeline.ops.ports import Ports
 from pipeline.schema import POLLUTANTS, VALUE_COLUMNS
-from pipeline.settings import ServingSettings
+from pipeline.settings import Ports, ServingSettings
 from serving import metrics
 from serving.docs import render_docs
 from serving.schemas import PROBLEM_JSON, ForecastRequest, openapi
