@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.settings import Settings  # noqa: E402
 
-CHUNK = re.compile(r"^(\S+ \S+) INFO pipeline.ingestion: backfill csv: chunk (\d+)/(\d+) "
+CHUNK = re.compile(r"^(\S+ \S+) INFO pipeline\.ingestion: backfill csv: chunk (\d+)/(\d+) "
                    r".*: (\d+) rows valid, (\d+) quarantined")
-START = re.compile(r"^(\S+ \S+) INFO pipeline.ingestion: backfill csv: .* in chunks of")
+START = re.compile(r"^(\S+ \S+) INFO pipeline\.ingestion: backfill csv: .* in chunks of")
 SUMMARY = re.compile(r"(\d+) rows valid, (\d+) quarantined, (\d+) file\(s\) written")
 
 

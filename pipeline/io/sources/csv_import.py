@@ -23,8 +23,11 @@ as OpenAQ exports them). Real files are messy, so:
 * wind given as a compass category and a speed cumulated since the category last
   changed (``mapping.wind``) becomes the canonical direction and hourly speed.
 
-Files are read in chunks of :data:`CHUNK_ROWS` rows and only the rows of the
-requested window are kept, so memory follows the window, not the file size.
+Files are read in chunks of :data:`CHUNK_ROWS` rows (only the mapped columns), once
+per source: the parsed rows go to Parquet pieces by year in a temporary directory
+(:class:`_Spool`), and each requested window reads its years, so memory follows a
+chunk and the window, not the file size, and a backfill costs one pass, not one per
+window.
 What the mapping does not state is detected, and what stays ambiguous is
 refused with the option to set: the separator (``separator``), dates that
 read both day-first and month-first (``day_first`` or ``time_format``), a
@@ -38,6 +41,10 @@ import glob
 import gzip
 import logging
 import re
+import shutil
+import tempfile
+import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,11 +260,54 @@ class _Pass:
     """What one pass over one file carries from chunk to chunk."""
 
     path: Path
-    missing: dict[str, int]  # variable -> files lacking its mapped column (over all files)
+    missing: set = field(default_factory=set)  # variables whose mapped column the file lacks
     wind: dict = field(default_factory=dict)  # location -> last (hour, category, cumulated)
     rows: int = 0  # rows read so far
-    seen: set = field(default_factory=set)  # every location id of the file, in the window or not
+    seen: set = field(default_factory=set)  # every location id of the file
     refused: list[pd.DataFrame] = field(default_factory=list)  # long layout: refused readings
+
+
+@dataclass
+class _Spool:
+    """One file parsed once: its rows (and refused readings) in Parquet pieces by year of
+    their anchor, in file order, so each window of a backfill reads its years instead of the
+    whole file again. Valid while the file keeps its size and modification time."""
+
+    root: Path
+    stamp: tuple[int, int]
+    missing: set
+    seen: set
+    rows: int = 0
+
+    def read(self, kind: str, start: pd.Timestamp | None, end: pd.Timestamp | None
+             ) -> list[pd.DataFrame]:
+        """The ``kind`` ("rows" or "refused") pieces whose anchors fall in [start, end)."""
+        first = None if start is None else (start - pd.Timedelta(days=1)).year
+        last = None if end is None else (end + pd.Timedelta(days=1)).year
+        parts = []
+        for piece in sorted(self.root.glob(f"{kind}-*.parquet")):
+            year = int(piece.name.split("-")[1])
+            if (first is not None and year < first) or (last is not None and year > last):
+                continue
+            part = pd.read_parquet(piece)
+            keep = pd.Series(True, index=part.index)
+            if start is not None:
+                keep &= part["anchor"] >= start
+            if end is not None:
+                keep &= part["anchor"] < end
+            if keep.any():
+                parts.append(part[keep])
+        return parts
+
+
+def _write_pieces(root: Path, kind: str, number: int, frame: pd.DataFrame) -> None:
+    """``frame`` as one Parquet piece per anchor year (``<kind>-<year>-<chunk>.parquet``);
+    rows without an anchor can fall in no window and are not kept."""
+    if not len(frame):
+        return
+    years = frame["anchor"].dt.year
+    for year, part in frame.groupby(years, sort=True):
+        part.to_parquet(root / f"{kind}-{int(year):04d}-{number:06d}.parquet", index=False)
 
 
 def _naive_from_parts(table: pd.DataFrame, parts: TimeParts) -> pd.Series:
@@ -305,6 +355,8 @@ class CsvSource:
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
         self._day_first: dict[Path, bool] = {}
         self._headers: dict[Path, list[str]] = {}
+        self._spools: dict[Path, _Spool] = {}
+        self._spool_root: Path | None = None
 
     # -- files
 
@@ -487,7 +539,7 @@ class CsvSource:
                         where, junk, variable, column)
         return numeric
 
-    def _wide(self, table: pd.DataFrame, path: Path, missing: dict[str, int]) -> dict:
+    def _wide(self, table: pd.DataFrame, path: Path, missing: set) -> dict:
         mapping = self.config.mapping
         columns = dict(mapping.columns) or {v: v for v in VALUE_COLUMNS if v in table.columns
                                             and (mapping.wind is None
@@ -497,7 +549,7 @@ class CsvSource:
         values = {}
         for variable, column in columns.items():
             if column not in table.columns:
-                missing[variable] = missing.get(variable, 0) + 1
+                missing.add(variable)
                 continue
             unit = mapping.units.get(variable, VARIABLES[variable].unit) \
                 if variable in VARIABLES else ""
@@ -521,9 +573,8 @@ class CsvSource:
             raise CsvImportError(
                 f"csv: {name}: column {wind.direction!r}: {rows} row(s) among rows "
                 f"{state.rows + 1}..{state.rows + len(table)} hold compass categories that "
-                "source.csv.mapping.wind."
-                f"directions does not map ({unknown[:10]}); add them (degrees the wind blows "
-                "from, or null for calm or variable)")
+                f"source.csv.mapping.wind.directions does not map ({unknown[:10]}); add them "
+                "(degrees the wind blows from, or null for calm or variable)")
         out = {"wind_direction_10m": degrees}
         if wind.speed is None:
             return out
@@ -546,9 +597,9 @@ class CsvSource:
                 "; sort the file by location and time, or set speed_cumulated: false") from None
         untold = int((np.isnan(hourly) & ~np.isnan(speed)).sum())
         if untold:
-            log.debug("csv: %s: %d hourly wind speed(s) in rows %d..%d cannot be told from the "
-                      "cumulated column %r (first row, after a gap or a decrease): missing",
-                      name, untold, state.rows + 1, state.rows + len(table), wind.speed)
+            log.info("csv: %s: %d hourly wind speed(s) in rows %d..%d cannot be told from the "
+                     "cumulated column %r (first row, after a gap or a decrease): missing",
+                     name, untold, state.rows + 1, state.rows + len(table), wind.speed)
         out["wind_speed_10m"] = hourly
         return out
 
@@ -698,16 +749,26 @@ class CsvSource:
         if ignored:
             log.info("csv: %s: column(s) not in the mapping, ignored: %s", path.name, ignored)
 
-    def _read_file(self, path: Path, missing: dict[str, int], start: pd.Timestamp | None,
-                   end: pd.Timestamp | None, seen: set) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(canonical rows, refused readings) of one file inside [start, end); every location
-        id of the file is added to ``seen``."""
+    def _spooled(self, path: Path) -> _Spool:
+        """``path`` parsed once (again only when the file changed): one streamed pass, chunk
+        by chunk, every row localised, converted and checked as a window would have it."""
+        stat = path.stat()
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        spool = self._spools.get(path)
+        if spool is not None and spool.stamp == stamp:
+            return spool
+        if spool is not None:
+            shutil.rmtree(spool.root, ignore_errors=True)
+        if self._spool_root is None:
+            self._spool_root = Path(tempfile.mkdtemp(prefix="aq_csv_"))
+            weakref.finalize(self, shutil.rmtree, self._spool_root, True)
+        root = Path(tempfile.mkdtemp(prefix=f"{path.name}.", dir=self._spool_root))
         separator = self.separator(path)
         self._detect_day_first(path, separator)
-        state = _Pass(path, missing, seen=seen)
-        parts, columns = [], None
-        for table in _read_chunks(path, separator, self.mapped_columns()):
-            if columns is None:
+        state = _Pass(path)
+        started = time.monotonic()
+        for number, table in enumerate(_read_chunks(path, separator, self.mapped_columns())):
+            if number == 0:
                 columns = self.header(path)
                 self._ignored_columns(columns, path)
                 if self.config.mapping.parameter is None and not self._value_columns(columns):
@@ -715,21 +776,35 @@ class CsvSource:
                         f"csv: {path.name}: no value column found; map them in "
                         f"source.csv.mapping.columns (columns in the file: {columns})")
             table.index = pd.RangeIndex(state.rows, state.rows + len(table))
-            part = self._parse_chunk(table, state, start, end)
+            _write_pieces(root, "rows", number, self._parse_chunk(table, state, None, None))
+            _write_pieces(root, "refused", number, _concat(state.refused))
+            state.refused.clear()
             state.rows += len(table)
-            log.debug("csv: %s: %d row(s) read, %d kept from this chunk", path.name, state.rows,
-                      len(part))
-            if len(part):
-                parts.append(part)
+            log.debug("csv: %s: %d row(s) read", path.name, state.rows)
         if not state.rows:
             log.warning("csv: %s has no rows", path.name)
+        log.info("csv: %s: %d row(s) read in %.1f s (read once; each window reads its years)",
+                 path.name, state.rows, time.monotonic() - started)
+        spool = _Spool(root, stamp, state.missing, state.seen, state.rows)
+        self._spools[path] = spool
+        return spool
+
+    def _read_file(self, path: Path, missing: dict[str, int], start: pd.Timestamp | None,
+                   end: pd.Timestamp | None, seen: set) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(canonical rows, refused readings) of one file inside [start, end); every location
+        id of the file is added to ``seen``, every variable it lacks counted in ``missing``."""
+        spool = self._spooled(path)
+        seen |= spool.seen
+        for variable in spool.missing:
+            missing[variable] = missing.get(variable, 0) + 1
+        parts, refused = spool.read("rows", start, end), spool.read("refused", start, end)
         if not parts:
-            return pd.DataFrame(), _concat(state.refused)
+            return pd.DataFrame(), _concat(refused)
         frame = pd.concat(parts, ignore_index=True)
         if self.config.mapping.parameter is None:
-            return frame, _concat(state.refused)
+            return frame, _concat(refused)
         frame, repeated = _repeated(frame, path.name)
-        return self._pivot(frame, path), _concat([*state.refused, repeated])
+        return self._pivot(frame, path), _concat([*refused, repeated])
 
     def _value_columns(self, columns: Sequence[str]) -> list[str]:
         mapping = self.config.mapping

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import re
 import textwrap
@@ -461,3 +462,25 @@ def test_a_missing_time_part_column_is_refused_naming_it(tmp_path):
                                              r"\['year', 'month', 'day', 'pm2_5'\]\); set "
                                              r"source.csv.mapping.time"):
         source(tmp_path, config).fetch([BERLIN], ts("2024-01-01"), ts("2024-01-02"))
+
+
+def test_a_file_is_parsed_once_per_source_and_again_when_it_changes(tmp_path, caplog):
+    """A backfill's windows read the file's parsed pieces, not the file; a changed file (size
+    or modification time) is parsed again, and the pieces go with the source."""
+    caplog.set_level("INFO")
+    path = write(tmp_path, "two.csv", "time,loc,pm2_5\n2023-12-31 23:00,berlin,1\n"
+                                      "2024-01-01 00:00,berlin,2\n2024-06-01 00:00,berlin,3\n")
+    src = source(tmp_path, {"path": "two.csv", "mapping": {"location": "loc"}})
+    windows = [(ts("2023-12-01"), ts("2024-01-01")), (ts("2024-01-01"), ts("2024-02-01")),
+               (ts("2024-02-01"), ts("2025-01-01"))]
+    values = [src.fetch([BERLIN], a, b).frame["pm2_5"].tolist() for a, b in windows]
+    assert values == [[1], [2], [3]]
+    assert caplog.text.count("row(s) read in") == 1
+    path.write_text(path.read_text() + "2024-06-01 01:00,berlin,4\n")
+    assert src.fetch([BERLIN], *windows[2]).frame["pm2_5"].tolist() == [3, 4]
+    assert caplog.text.count("row(s) read in") == 2
+    spools = src._spool_root
+    assert spools.is_dir()
+    del src
+    gc.collect()
+    assert not spools.exists()

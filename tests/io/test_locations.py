@@ -1,5 +1,5 @@
-"""`python -m pipeline locations`: params.yaml's locations written or checked from a file's
-stations, every mismatch refused naming the station."""
+"""params.yaml's locations written or checked from a file's stations (`python -m pipeline
+locations`), every mismatch refused naming the station."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 
 from pipeline.config import Location, load_params, parse_params, replace_locations
 from pipeline.errors import LocationsMismatch
+from pipeline.io import locations
 from pipeline.paths import ProjectPaths
-from pipeline.steps import locations
+from pipeline.steps import locations as step
 from tests.conftest import REPO
 from tests.io.sources.realdata import COMMITTED
 
@@ -51,7 +52,7 @@ def project(tmp_path, text: str | None = None, data: str | None = None) -> Proje
 
 def test_write_fills_the_locations_from_the_stations_and_keeps_the_rest(tmp_path):
     paths = project(tmp_path)
-    report = locations.run(paths, write=True, timezone="America/Detroit")
+    report = step.run(paths, write=True, timezone="America/Detroit")
     text = paths.params.read_text()
     assert text.startswith("# my Detroit project\nlocations:\n  - {id: '1385', name: Windsor "
                            "Downtown 1, latitude: 42.3144, longitude: -83.0433, timezone: "
@@ -66,23 +67,23 @@ def test_write_fills_the_locations_from_the_stations_and_keeps_the_rest(tmp_path
                         "America/Detroit", "name: Dearborn (EGLE), latitude: 42.3075, "
                         "longitude: -83.15, timezone: America/New_York")
     paths.params.write_text(text)
-    locations.run(paths, write=True)
+    step.run(paths, write=True)
     again = {loc.id: loc for loc in load_params(paths.params).locations}
     assert (again["1998"].name, again["1998"].timezone) == ("Dearborn (EGLE)", "America/New_York")
     assert again["1385"].timezone == "America/Detroit"
-    assert locations.run(paths).problems == []  # and the check passes
+    assert step.run(paths).not_imported == []  # and the check passes
 
 
 def test_check_refuses_each_mismatch_naming_the_station(tmp_path):
     paths = project(tmp_path)
-    locations.run(paths, write=True, timezone="America/Detroit")
+    step.run(paths, write=True, timezone="America/Detroit")
     text = paths.params.read_text()
     moved = text.replace("latitude: 42.3144", "latitude: 42.3244")  # 1.1 km north
     extra = text.replace("\n\ntargets:", "\n  - {id: ghost, name: Ghost, latitude: 1, "
                                            "longitude: 1}\n\ntargets:", 1)
     paths.params.write_text(moved)
     with pytest.raises(LocationsMismatch) as err:
-        locations.run(paths)
+        step.run(paths)
     assert ("location '1385' (Windsor Downtown 1): params.yaml has 42.3244, -83.0433, the file "
             "42.3144, -83.0433 in 16 row(s), 1,112 m apart (more than "
             "source.csv.coordinate_tolerance_m = 200)") in str(err.value)
@@ -90,7 +91,7 @@ def test_check_refuses_each_mismatch_naming_the_station(tmp_path):
     with pytest.raises(LocationsMismatch, match=r"location 'ghost' \(Ghost\) of params.yaml has "
                                                 r"no row in the file\(s\) \(column "
                                                 r"'location_id'\)"):
-        locations.run(paths)
+        step.run(paths)
 
 
 def test_a_station_whose_coordinates_moved_in_the_file_is_refused(tmp_path):
@@ -99,7 +100,7 @@ def test_a_station_whose_coordinates_moved_in_the_file_is_refused(tmp_path):
                                      "Dearborn", 1)
     paths = project(tmp_path, data=data)
     with pytest.raises(LocationsMismatch) as err:
-        locations.run(paths, write=True)
+        step.run(paths, write=True)
     assert ("station '1998' (Dearborn): its coordinates in columns 'lat', 'lon' are up to "
             "5,560 m apart over 6 row(s) (more than source.csv.coordinate_tolerance_m = 200)"
             ) in str(err.value)
