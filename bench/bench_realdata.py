@@ -7,7 +7,7 @@ settings on 2024, test 2025, every site a location, targets pm2_5, no2, o3):
 
 - **pipeline**: a project with the repo's ``params.yaml`` defaults (only the locations, the
   targets, the source and the holdout set for the data set), run as a user runs it:
-  ``python -m pipeline ingest``, ``preprocess``, ``train`` (holdout = the test period) and
+  ``python -m pipeline backfill``, ``preprocess``, ``train`` (holdout = the test period) and
   ``backtest --start <test start> --end <test end>``: every origin of the test period
   forecast by the saved models. Wall time, CPU and peak RSS per step.
 - **reference** (``bench/reference.py``): LightGBM, absolute error, lags and rolling
@@ -23,10 +23,10 @@ persistence and against the seasonal naive forecast per target x horizon, and th
 end, holdout = the validation period): where model defaults are compared while they are
 being chosen, so that the test period is scored once (the reference is not run then).
 
-``--import direct`` (default until the project's import handles these files) writes the
-benchmark's own canonical rows (``realdata.canonical``) as a Parquet file the CSV source
-reads with a plain column mapping; ``--import project`` imports the original file with the
-mapping in ``examples/realdata/<name>/params.yaml``.
+``--import project`` (default) imports the original file as a user does, with the mapping in
+``examples/realdata/<name>/params.yaml`` (``python -m pipeline backfill``); ``--import direct``
+writes the benchmark's own canonical rows (``realdata.canonical``, the same rows) as a Parquet
+file the CSV source reads with a plain column mapping.
 
     .venv/bin/python bench/bench_realdata.py                                # both, test
     .venv/bin/python bench/bench_realdata.py --datasets beijing --phase validation
@@ -95,14 +95,12 @@ def import_direct(name: str, root: Path, end: pd.Timestamp) -> dict:
 
 
 def import_project(name: str, root: Path, end: pd.Timestamp) -> dict:
-    """The original file with the project's mapping (examples/realdata/<name>/params.yaml)."""
+    """The original file with the project's mapping (``examples/realdata/<name>/params.yaml``),
+    read from its folder (``AQ_CSV_DIR``)."""
     example = yaml.safe_load((REPO / "examples" / "realdata" / name / "params.yaml").read_text())
     path = realdata.path_of(name)
-    (root / "imports").mkdir(exist_ok=True)
-    link = root / "imports" / path.name
-    link.symlink_to(path)
     source = example["source"]
-    source["csv"]["path"] = f"imports/{path.name}"
+    source["csv"]["path"] = str(path)  # absolute: shared folder or the fetched copy
     return {"locations": example["locations"], "source": source,
             **({"features": example["features"]} if "features" in example else {})}
 
@@ -125,7 +123,8 @@ def make_project(name: str, root: Path, phase: str, how: str, overrides: dict | 
     imported = IMPORTS[how](name, root, end)
     params["locations"] = imported["locations"]
     params["targets"] = list(ds.targets)
-    params["source"] = {**imported["source"], "start": ds.fit[0], "end": end.date().isoformat()}
+    params["source"] = {**imported["source"], "end": end.date().isoformat()}
+    params["source"].setdefault("start", ds.fit[0])
     if "features" in imported:
         params["features"] = {**params["features"], **imported["features"]}
     params["evaluation"] = {"holdout_start": start.date().isoformat()}
@@ -174,7 +173,7 @@ def run_pipeline(name: str, workdir: Path, phase: str, how: str,
     log_dir.mkdir()
     start, end = period(name, phase)
     steps = []
-    for args in (["ingest"], ["preprocess"], ["train"],
+    for args in (["backfill"], ["preprocess"], ["train"],
                  ["backtest", "--start", start.isoformat(), "--end", end.isoformat()]):
         result = run_step(root, args, log_dir)
         steps.append(result)
@@ -217,7 +216,7 @@ def scores(rows: pd.DataFrame, value: str) -> pd.DataFrame:
 
 
 def run_reference(name: str, predictions: pd.DataFrame | None = None,
-                  horizons=(1, 6, 12, 24), max_rows: int | None = 400_000,
+                  horizons=(1, 6, 12, 24),
                   ) -> tuple[pd.DataFrame, list[dict], dict]:
     """The tuned reference's forecasts of the test period (scored once)."""
     ds = realdata.DATASETS[name]
@@ -234,7 +233,7 @@ def run_reference(name: str, predictions: pd.DataFrame | None = None,
         for horizon in horizons:
             forecasts, report = reference.fit_predict(
                 table, inputs, target, horizon, bounds["fit"], bounds["validation"],
-                bounds["test"], max_rows)
+                bounds["test"])
             pieces.append(forecasts)
             reports.append(report)
     cost = {"wall_s": round(time.perf_counter() - started, 1),
@@ -246,12 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="beijing,detroit")
     parser.add_argument("--phase", choices=("test", "validation"), default="test")
-    parser.add_argument("--import", dest="how", choices=tuple(IMPORTS), default="direct")
+    parser.add_argument("--import", dest="how", choices=tuple(IMPORTS), default="project")
     parser.add_argument("--only", choices=("pipeline", "reference"), default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                         help="override a params.yaml key of the pipeline run, e.g. "
                              "model.selection.max_fits=1")
     parser.add_argument("--workdir", type=Path, help="keep the projects here")
+    parser.add_argument("--reference-cache", type=Path,
+                        help="keep the reference's forecasts here and reuse them (the reference "
+                             "does not depend on the project's code)")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
     info = {**machine(), "load_1m_start": round(os.getloadavg()[0], 2)}
@@ -273,7 +275,19 @@ def main(argv: list[str] | None = None) -> int:
                 rows = scorable(predictions)
                 out["pipeline"] = scores(rows, "value").to_dict("records")
             if args.only != "pipeline" and args.phase == "test":
-                forecasts, reports, cost = run_reference(name)
+                cache = args.reference_cache / f"{name}.parquet" if args.reference_cache \
+                    else None
+                if cache is not None and cache.exists():  # made by an earlier run
+                    forecasts = pd.read_parquet(cache)
+                    saved = json.loads(cache.with_suffix(".json").read_text())
+                    reports, cost = saved["settings"], saved["cost"]
+                else:
+                    forecasts, reports, cost = run_reference(name)
+                    if cache is not None:
+                        cache.parent.mkdir(parents=True, exist_ok=True)
+                        forecasts.to_parquet(cache, index=False)
+                        cache.with_suffix(".json").write_text(json.dumps(
+                            {"settings": reports, "cost": cost}, default=str))
                 out["reference_cost"], out["reference_settings"] = cost, reports
                 if predictions is not None:  # on the pipeline's rows
                     both = rows.merge(forecasts[[*KEYS, "reference"]], on=KEYS, how="left")

@@ -42,6 +42,7 @@ from pipeline.core.features import (  # noqa: E402
     build_features,
     feature_columns,
     location_codes,
+    volatility_column,
 )
 from pipeline.core.intervals import COVERAGE  # noqa: E402
 from pipeline.core.models import empty_features  # noqa: E402
@@ -49,6 +50,8 @@ from pipeline.core.selection import SearchSpace, fit_horizon, validation_window 
 from pipeline.core.validation import validate  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "realdata_experiments.csv"
+# the forecasts of every run (window and calibration window), for interval studies
+SAVE = Path(os.environ["AQ_REALDATA_SAVE"]) if os.environ.get("AQ_REALDATA_SAVE") else None
 HORIZONS = (1, 6, 12, 24)
 
 
@@ -78,6 +81,17 @@ VARIANTS: dict[str, Variant] = {
     "absolute": Variant(base={"loss": "absolute_error"}),
     "anomalies": Variant(features={"anomalies": True}),
     "ensemble3": Variant(space={"ensemble": 3}),
+    "weatherlags": Variant(features={"weather_lags": (1, 3, 6, 24)}),
+    "val365": Variant(space={"validation_days": 365}),
+    "ens3_val365": Variant(space={"ensemble": 3, "validation_days": 365}),
+    "ens3_anom": Variant(features={"anomalies": True}, space={"ensemble": 3}),
+    "ev_anom": Variant(features={"anomalies": True},
+                       space={"ensemble": 3, "validation_days": 365}),
+    "ev_wlags": Variant(features={"weather_lags": (1, 3, 6, 24)},
+                        space={"ensemble": 3, "validation_days": 365}),
+    "absonly": Variant(base={"loss": "absolute_error"}, space={"losses": ("absolute_error",)}),
+    "lr05": Variant(base={"learning_rate": 0.05, "max_iter": 300}),
+    "longval_abs": Variant(base={"loss": "absolute_error"}, space={"validation_days": 91}),
     "longval": Variant(space={"validation_days": 91}),
     "strongreg": Variant(space={"max_fits": 7, "regularisation": (
         {"max_leaf_nodes": 15, "min_samples_leaf": 200, "l2_regularization": 1.0},
@@ -141,7 +155,7 @@ def run_variant(data: Data, name: str, variant: Variant) -> list[dict]:
     first = frame.loc[frame[list(data.targets)].notna().any(axis=1), "time"].min()
     vstart = validation_window(cutoff, first, space.validation_days)
     started, cpu = time.perf_counter(), time.process_time()
-    models, calibrations, chosen = {}, {}, {}
+    models, calibrations, chosen, validation = {}, {}, {}, []
     for target in data.targets:
         for horizon in HORIZONS:
             fit = fit_horizon(frame, features, target, horizon, base, space, cutoff, vstart,
@@ -149,6 +163,8 @@ def run_variant(data: Data, name: str, variant: Variant) -> list[dict]:
             models[(target, horizon)] = fit.model
             calibrations.setdefault(target, {})[str(horizon)] = fit.calibration
             chosen[(target, horizon)] = fit.settings
+            if fit.validation is not None:
+                validation.append(fit.validation.assign(target=target, horizon=horizon))
     fit_wall, fit_cpu = time.perf_counter() - started, time.process_time() - cpu
     predictions = forecast(frame, data.window, data.targets, HORIZONS,
                            lambda t, h, _: models[(t, h)],
@@ -156,6 +172,17 @@ def run_variant(data: Data, name: str, variant: Variant) -> list[dict]:
                            {"coverage": COVERAGE, "by_model": calibrations})
     keep = (predictions["observed"].notna() & predictions["persistence"].notna()
             & predictions["seasonal_naive"].notna())
+    if SAVE is not None:  # for interval studies without refitting
+        SAVE.mkdir(parents=True, exist_ok=True)
+        stem = f"{data.name}-{name}-{data.window.start:%Y}"
+        predictions.to_parquet(SAVE / f"{stem}-window.parquet", index=False)
+        vol = [volatility_column(t) for t in data.targets]
+        frame.loc[frame["time"] >= data.window.start - pd.Timedelta(days=1),
+                  ["location_id", "time", *[v for v in vol if v in frame]]].to_parquet(
+            SAVE / f"{stem}-volatility.parquet", index=False)
+        if validation:
+            pd.concat(validation, ignore_index=True).to_parquet(
+                SAVE / f"{stem}-calibration.parquet", index=False)
     rows = []
     for (target, horizon), part in predictions[keep].groupby(["target", "horizon"]):
         observed = part["observed"].to_numpy()

@@ -15,6 +15,7 @@ project's defaults are judged against.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,7 +30,7 @@ REGULARISATION = (
     {"num_leaves": 63, "min_child_samples": 50, "reg_lambda": 0.0},
     {"num_leaves": 15, "min_child_samples": 400, "reg_lambda": 10.0},
 )
-LEARNING_RATE = 0.05
+LEARNING_RATE = 0.1
 MAX_TREES = 1000
 EARLY_STOP = 50
 
@@ -138,7 +139,7 @@ def _regressor(settings: dict, trees: int):
                          num_leaves=settings["num_leaves"],
                          min_child_samples=settings["min_child_samples"],
                          reg_lambda=settings["reg_lambda"], subsample=0.8, subsample_freq=1,
-                         colsample_bytree=0.8, max_bin=255, random_state=0, n_jobs=2,
+                         colsample_bytree=0.8, max_bin=255, random_state=0, n_jobs=1,
                          verbose=-1)
 
 
@@ -150,25 +151,27 @@ def _rows(table: pd.DataFrame, target: str, horizon: int, start, end) -> pd.Seri
 
 
 def fit_predict(table: pd.DataFrame, inputs: Sequence[str], target: str, horizon: int,
-                fit: tuple, validation: tuple, test: tuple, max_rows: int | None = 400_000,
-                log=print) -> tuple[pd.DataFrame, dict]:
+                fit: tuple, validation: tuple, test: tuple, max_rows: int | None = 300_000,
+                search_rows: int | None = 60_000, log=print) -> tuple[pd.DataFrame, dict]:
     """Choose the settings on the validation period, refit on fit + validation, forecast the
     test period's origins once. Returns the forecasts (location_id, origin, value) and a report.
     """
     import lightgbm
 
+    warnings.filterwarnings("ignore", category=lightgbm.basic.LGBMDeprecationWarning)
     columns = _inputs_for(inputs, horizon)
     label = f"y__{target}__h{horizon}"
     last = f"{target}_last"
     rng = np.random.default_rng(0)
 
-    def sample(mask: pd.Series) -> np.ndarray:
+    def sample(mask: pd.Series, limit: int | None) -> np.ndarray:
         positions = np.flatnonzero(mask.to_numpy())
-        if max_rows is not None and len(positions) > max_rows:
-            positions = np.sort(rng.choice(positions, max_rows, replace=False))
+        if limit is not None and len(positions) > limit:
+            positions = np.sort(rng.choice(positions, limit, replace=False))
         return positions
 
-    fit_rows = sample(_rows(table, target, horizon, *fit))
+    # the search fits on a seeded sample (as the project's own search does), the refit on more
+    fit_rows = sample(_rows(table, target, horizon, *fit), search_rows)
     valid_rows = np.flatnonzero(_rows(table, target, horizon, *validation).to_numpy())
     X_fit, X_val = table.iloc[fit_rows][columns], table.iloc[valid_rows][columns]
     y_fit, y_val = table[label].to_numpy()[fit_rows], table[label].to_numpy()[valid_rows]
@@ -188,7 +191,7 @@ def fit_predict(table: pd.DataFrame, inputs: Sequence[str], target: str, horizon
             if best is None or error < best[0]:
                 best = (error, form, reg, trees)
     _, form, reg, trees = best
-    both = sample(_rows(table, target, horizon, fit[0], validation[1]))
+    both = sample(_rows(table, target, horizon, fit[0], validation[1]), max_rows)
     # a few more trees for the larger refit (the validation period is added to the fit)
     final = _regressor(reg, max(10, int(round(trees * 1.1))))
     final.fit(table.iloc[both][columns],

@@ -313,6 +313,8 @@ class FeatureConfig(_Strict):
     trend: bool = True  # the slope of log1p(level) over the last 24 hours
     # the level now against its usual level at this hour of day and week (log1p differences)
     anomalies: bool = False
+    # the observed weather this many hours ago (the wind as a vector): [] = the weather now only
+    weather_lags: list[Annotated[int, Field(ge=1, le=24 * 14)]] = []
     # extra numeric covariates (source.csv.mapping.covariates), each with its value and the
     # co_pollutant_lags; null = every covariate the CSV mapping names
     covariates: list[str] | None = None

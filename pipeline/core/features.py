@@ -100,6 +100,7 @@ class FeatureSettings:
     profiles: bool = True
     trend: bool = True
     anomalies: bool = False  # the level now against its usual level at this hour of day / week
+    weather_lags: tuple[int, ...] = ()  # the observed weather (wind as a vector) hours ago
     covariates: tuple[str, ...] = ()  # extra numeric inputs (stored as cov_<name>)
 
     @classmethod
@@ -516,6 +517,19 @@ def _wind(g, pos, p, done):
     return np.stack([-speed * np.sin(rad), -speed * np.cos(rad)], axis=1)
 
 
+def _wind_lags(lags: Sequence[int]) -> FeatureBlock:
+    """The wind vector ``lag`` hours ago (a direction in degrees does not lag well: 359 ~ 1)."""
+    steps = np.asarray(lags, dtype=np.int64)
+
+    def kernel(g, pos, p, done):
+        speed = shifted(g.series["wind_speed_10m"], pos, steps)
+        rad = np.deg2rad(shifted(g.series["wind_direction_10m"], pos, steps))
+        return np.concatenate([-speed * np.sin(rad), -speed * np.cos(rad)], axis=1)
+
+    names = [f"wind_u_lag{lag}" for lag in lags] + [f"wind_v_lag{lag}" for lag in lags]
+    return FeatureBlock(tuple(names), kernel, max(lags, default=0))
+
+
 def _precipitation_sum24(g, pos, p, done):
     return rolling_sum(g.series["precipitation"], pos, 24)
 
@@ -711,10 +725,15 @@ def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
         blocks.append(_value(covariate_column(name)))
         if cfg.co_pollutant_lags:
             blocks.append(_lags(covariate_column(name), cfg.co_pollutant_lags))
+    wind = "wind_speed_10m" in cfg.weather and "wind_direction_10m" in cfg.weather
     for var in dict.fromkeys(cfg.weather):
         blocks.append(_value(var))
-    if "wind_speed_10m" in cfg.weather and "wind_direction_10m" in cfg.weather:
+        if cfg.weather_lags and not (wind and var in ("wind_speed_10m", "wind_direction_10m")):
+            blocks.append(_lags(var, cfg.weather_lags))
+    if wind:
         blocks.append(FeatureBlock(("wind_u", "wind_v"), _wind))
+        if cfg.weather_lags:
+            blocks.append(_wind_lags(cfg.weather_lags))
     if "precipitation" in cfg.weather:
         blocks.append(FeatureBlock(("precipitation_sum24",), _precipitation_sum24, 23))
     blocks.append(FeatureBlock(CALENDAR, _calendar))

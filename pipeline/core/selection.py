@@ -52,6 +52,8 @@ class HorizonFit:
     settings: dict
     report: dict = field(default_factory=dict)
     calibration: dict | None = None
+    # the chosen model's forecasts of the validation window (what calibrated the interval)
+    validation: pd.DataFrame | None = None
 
 
 def validation_window(train_end: pd.Timestamp, train_start: pd.Timestamp,
@@ -166,4 +168,9 @@ def fit_horizon(frame: pd.DataFrame, features: Sequence[str], target: str, horiz
              for c in chosen.get("members", [chosen])]
     log.info("%s h=%s: chose %s (validation MAE %.3f over %d fits)", target, horizon,
              shown[0] if len(shown) == 1 else f"the mean of {shown}", best_error, len(tried))
-    return HorizonFit(model, chosen, report, calibration)
+    window = pd.DataFrame({"location_id": frame.loc[valid, "location_id"].to_numpy(),
+                           "origin": times.to_numpy(), "observed": observed,
+                           "predicted": best_pred})
+    if volatility in frame:
+        window[volatility] = frame.loc[valid, volatility].to_numpy()
+    return HorizonFit(model, chosen, report, calibration, window)
