@@ -213,7 +213,8 @@ def quality(root: Path, variants: list[str], days: int,
                         regularisation=tuple(r.model_dump(exclude_none=True)
                                              for r in s.regularisation),
                         max_fits=variant["max_fits"] or s.max_fits, max_rows=s.max_rows,
-                        validation_days=s.validation_days)
+                        validation_days=s.validation_days,
+                        ensemble=getattr(s, "ensemble", 1))
                     fit = fit_horizon(frame, features, target, horizon, base, space,
                                       split.label_cutoff, vstart, params.model.max_train_rows,
                                       params.model.random_state)

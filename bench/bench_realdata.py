@@ -167,19 +167,28 @@ def run_step(root: Path, args: list[str], log_dir: Path) -> dict:
 
 def run_pipeline(name: str, workdir: Path, phase: str, how: str,
                  overrides: dict | None = None) -> tuple[pd.DataFrame, list[dict], dict]:
-    """The project's steps on one data set; the backtest's forecasts, step costs, metadata."""
-    root = make_project(name, workdir / f"{name}-{phase}", phase, how, overrides)
-    log_dir = root / "bench-logs"
-    log_dir.mkdir()
-    start, end = period(name, phase)
-    steps = []
-    for args in (["backfill"], ["preprocess"], ["train"],
-                 ["backtest", "--start", start.isoformat(), "--end", end.isoformat()]):
-        result = run_step(root, args, log_dir)
-        steps.append(result)
-        print(f"  {name} {args[0]:<10} {result['wall_s']:8.1f} s wall {result['cpu_s']:8.1f} s "
-              f"cpu {result['peak_rss_mb']:6d} MB  load {result['load_1m_before']:.1f}",
-              flush=True)
+    """The project's steps on one data set; the backtest's forecasts, step costs, metadata.
+
+    A project of an earlier run in ``workdir`` that got through its backtest is reused as it
+    is (its recorded step costs too)."""
+    root = workdir / f"{name}-{phase}"
+    done = root / "bench-logs" / "steps.json"
+    if done.exists():
+        steps = json.loads(done.read_text())
+    else:
+        root = make_project(name, root, phase, how, overrides)
+        log_dir = root / "bench-logs"
+        log_dir.mkdir()
+        start, end = period(name, phase)
+        steps = []
+        for args in (["backfill"], ["preprocess"], ["train"],
+                     ["backtest", "--start", start.isoformat(), "--end", end.isoformat()]):
+            result = run_step(root, args, log_dir)
+            steps.append(result)
+            print(f"  {name} {args[0]:<10} {result['wall_s']:8.1f} s wall {result['cpu_s']:8.1f}"
+                  f" s cpu {result['peak_rss_mb']:6d} MB  load {result['load_1m_before']:.1f}",
+                  flush=True)
+        done.write_text(json.dumps(steps))
     predictions = pd.read_parquet(root / "reports" / "backtest" / "predictions.parquet")
     meta_path = next((root / "models" / "candidate").glob("*.json"), None)
     meta = json.loads(meta_path.read_text()) if meta_path else {}

@@ -61,7 +61,7 @@ def default_space() -> SearchSpace:
                        regularisation=tuple(r.model_dump(exclude_none=True)
                                             for r in s.regularisation),
                        max_fits=s.max_fits, max_rows=s.max_rows,
-                       validation_days=s.validation_days)
+                       validation_days=s.validation_days, ensemble=s.ensemble)
 
 
 @dataclasses.dataclass
@@ -86,6 +86,8 @@ VARIANTS: dict[str, Variant] = {
     "ens3_val365": Variant(space={"ensemble": 3, "validation_days": 365}),
     "ens3_anom": Variant(features={"anomalies": True}, space={"ensemble": 3}),
     "ev_anom": Variant(features={"anomalies": True},
+                       space={"ensemble": 3, "validation_days": 365}),
+    "ev_lr05": Variant(base={"learning_rate": 0.05, "max_iter": 300},
                        space={"ensemble": 3, "validation_days": 365}),
     "ev_wlags": Variant(features={"weather_lags": (1, 3, 6, 24)},
                         space={"ensemble": 3, "validation_days": 365}),
@@ -204,6 +206,27 @@ def run_variant(data: Data, name: str, variant: Variant) -> list[dict]:
     return rows
 
 
+def log_table(path: Path = RESULTS) -> str:
+    """The experiment log as a markdown table: one row per run (variant, data set, sample)."""
+    table = pd.read_csv(path)
+    lines = ["| variant | data set (sample) | " + " | ".join(
+        f"{t} {h} h" for t, h in table[["target", "horizon"]].drop_duplicates()
+        .sort_values(["target", "horizon"]).itertuples(index=False)) + " | median | coverage |",
+    ]
+    keys = table[["target", "horizon"]].drop_duplicates().sort_values(["target", "horizon"])
+    lines.append("|---|---|" + "---:|" * (len(keys) + 2))
+    for (variant, dataset, since, _when), run in table.groupby(
+            ["variant", "dataset", "since", "time"], sort=False, dropna=False):
+        skill = {(r.target, r.horizon): r.skill for r in run.itertuples()}
+        cells = [f"{skill[k]:.3f}" if k in skill else "" for k in
+                 keys.itertuples(index=False, name=None)]
+        sample = f" (from {since})" if isinstance(since, str) and since else ""
+        lines.append(f"| {variant} | {dataset}{sample} | " + " | ".join(cells)
+                     + f" | {run['skill'].median():.3f} | "
+                     + "/".join(f"{c:.0%}" for c in run["coverage"]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default="default")
@@ -212,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--since", help="leave out data before this date (exploration)")
     parser.add_argument("--tag", default="", help="a note stored with the results")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--log", action="store_true", help="print the experiment log (markdown)")
     args = parser.parse_args(argv)
+    if args.log:
+        print(log_table())
+        return 0
     for dataset in args.datasets.split(","):
         data = load(dataset, args.phase, args.since)
         for name in args.variants.split(","):
