@@ -314,7 +314,7 @@ class FeatureConfig(_Strict):
     # the level now against its usual level at this hour of day and week (log1p differences)
     anomalies: bool = False
     # the observed weather this many hours ago (the wind as a vector): [] = the weather now only
-    weather_lags: list[Annotated[int, Field(ge=1, le=24 * 14)]] = []
+    weather_lags: list[Annotated[int, Field(ge=1, le=24 * 14)]] = [1, 3, 6, 24]
     # extra numeric covariates (source.csv.mapping.covariates), each with its value and the
     # co_pollutant_lags; null = every covariate the CSV mapping names
     covariates: list[str] | None = None
