@@ -169,26 +169,26 @@ def run_pipeline(name: str, workdir: Path, phase: str, how: str,
                  overrides: dict | None = None) -> tuple[pd.DataFrame, list[dict], dict]:
     """The project's steps on one data set; the backtest's forecasts, step costs, metadata.
 
-    A project of an earlier run in ``workdir`` that got through its backtest is reused as it
-    is (its recorded step costs too)."""
+    A project of an earlier run in ``workdir`` is resumed: the steps it finished are not run
+    again (their recorded costs are kept)."""
     root = workdir / f"{name}-{phase}"
-    done = root / "bench-logs" / "steps.json"
-    if done.exists():
-        steps = json.loads(done.read_text())
-    else:
-        root = make_project(name, root, phase, how, overrides)
-        log_dir = root / "bench-logs"
+    log_dir = root / "bench-logs"
+    done = log_dir / "steps.json"  # the steps that finished, with their costs
+    if not root.exists():
+        make_project(name, root, phase, how, overrides)
         log_dir.mkdir()
-        start, end = period(name, phase)
-        steps = []
-        for args in (["backfill"], ["preprocess"], ["train"],
-                     ["backtest", "--start", start.isoformat(), "--end", end.isoformat()]):
-            result = run_step(root, args, log_dir)
-            steps.append(result)
-            print(f"  {name} {args[0]:<10} {result['wall_s']:8.1f} s wall {result['cpu_s']:8.1f}"
-                  f" s cpu {result['peak_rss_mb']:6d} MB  load {result['load_1m_before']:.1f}",
-                  flush=True)
+    steps = json.loads(done.read_text()) if done.exists() else []
+    start, end = period(name, phase)
+    for args in (["backfill"], ["preprocess"], ["train"],
+                 ["backtest", "--start", start.isoformat(), "--end", end.isoformat()]):
+        if any(s["step"] == args[0] for s in steps):
+            continue
+        result = run_step(root, args, log_dir)
+        steps.append(result)
         done.write_text(json.dumps(steps))
+        print(f"  {name} {args[0]:<10} {result['wall_s']:8.1f} s wall {result['cpu_s']:8.1f}"
+              f" s cpu {result['peak_rss_mb']:6d} MB  load {result['load_1m_before']:.1f}",
+              flush=True)
     predictions = pd.read_parquet(root / "reports" / "backtest" / "predictions.parquet")
     meta_path = next((root / "models" / "candidate").glob("*.json"), None)
     meta = json.loads(meta_path.read_text()) if meta_path else {}

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import realdata  # noqa: E402
 
-from pipeline.config import ModelConfig  # noqa: E402
+from pipeline.config import FeatureConfig, ModelConfig  # noqa: E402
 from pipeline.core.backtest import Window, forecast, refit_origins  # noqa: E402
 from pipeline.core.features import (  # noqa: E402
     FeatureSettings,
@@ -87,6 +87,11 @@ VARIANTS: dict[str, Variant] = {
     "ens3_anom": Variant(features={"anomalies": True}, space={"ensemble": 3}),
     "ev_anom": Variant(features={"anomalies": True},
                        space={"ensemble": 3, "validation_days": 365}),
+    # from here on relative to the new defaults (ensemble 3, validation 365, weather lags)
+    "tcal": Variant(features={"target_calendar": True}),
+    "ens2_it100": Variant(base={"max_iter": 100}, space={"ensemble": 2}),
+    "ens1": Variant(space={"ensemble": 1}),
+    "wlags_more": Variant(features={"weather_lags": (1, 2, 3, 6, 12, 24)}),
     "ev_lr05": Variant(base={"learning_rate": 0.05, "max_iter": 300},
                        space={"ensemble": 3, "validation_days": 365}),
     "ev_wlags": Variant(features={"weather_lags": (1, 3, 6, 24)},
@@ -140,7 +145,8 @@ def features_for(data: Data, settings: FeatureSettings) -> pd.DataFrame:
 
 
 def run_variant(data: Data, name: str, variant: Variant) -> list[dict]:
-    base_features = FeatureSettings(covariates=tuple(
+    # the defaults of params.yaml's features (pipeline/config.py), the file's covariates
+    base_features = dataclasses.replace(FeatureSettings.of(FeatureConfig()), covariates=tuple(
         c[len("cov_"):] for c in data.frame.columns if c.startswith("cov_")))
     settings = dataclasses.replace(base_features, **variant.features)
     started_build = time.perf_counter()
