@@ -360,7 +360,7 @@ class SelectionConfig(_Strict):
     max_fits: Annotated[int, Field(ge=1, le=50)] = 6  # 1 = no search: the base settings
     # the mean of the best N candidates of the search when it beats the best one on the
     # validation window (1 = the best candidate alone); each costs one refit
-    ensemble: Annotated[int, Field(ge=1, le=10)] = 3
+    ensemble: Annotated[int, Field(ge=1, le=10)] = 2
     max_rows: Annotated[int, Field(ge=1000, le=10**10)] | None = 150_000  # rows per search fit
     losses: Annotated[list[Loss], Field(min_length=1)] = ["squared_error", "absolute_error"]
     # forms anchored at the level at the origin: a level form (log_level, level) cannot
@@ -379,7 +379,7 @@ class ModelConfig(_Strict):
     # iterations per target x horizon (recorded in the model metadata)
     loss: Loss = "absolute_error"  # the median, which the reported MAE rewards
     form: Form = "log_change"
-    max_iter: Annotated[int, Field(ge=1, le=5000)] = 150
+    max_iter: Annotated[int, Field(ge=1, le=5000)] = 100
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
     max_leaf_nodes: Annotated[int, Field(ge=2, le=1024)] = 31
     min_samples_leaf: Annotated[int, Field(ge=1, le=10_000_000)] = 40
