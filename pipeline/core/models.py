@@ -156,6 +156,26 @@ class TargetFormRegressor(RegressorMixin, BaseEstimator):
         return self.from_model_space(X, self.estimator_.predict(X))
 
 
+class MeanRegressor(RegressorMixin, BaseEstimator):
+    """The mean of the forecasts of several fitted models of one target x horizon.
+
+    Models chosen differently (another loss, target form or regularisation) make partly
+    independent errors, so their average is usually closer than the best of them alone
+    (``pipeline/core/selection.py`` keeps the average only when it is, on the validation
+    window). ``members`` are fitted Pipelines; :func:`fit_one` fits them.
+    """
+
+    def __init__(self, members=()):
+        self.members = members
+
+    def fit(self, X: pd.DataFrame, y):
+        self.members = [clone(m).fit(X, y) for m in self.members]
+        return self
+
+    def predict(self, X: pd.DataFrame):
+        return np.mean([m.predict(X) for m in self.members], axis=0)
+
+
 def staged_predictions(model: Pipeline, X: pd.DataFrame):
     """Predictions after each boosting iteration (for choosing the number of iterations)."""
     selected = model[:-1].transform(X)
@@ -322,8 +342,15 @@ def eligible_rows(frame: pd.DataFrame, target: str, horizon: int,
 
 def fit_one(frame: pd.DataFrame, features: Sequence[str], target: str, horizon: int,
             settings: Mapping, label_cutoff: pd.Timestamp, max_rows: int | None = None,
-            seed: int = 0) -> Pipeline:
-    """Fit the model of one target x horizon on the labels before ``label_cutoff``."""
+            seed: int = 0) -> Pipeline | MeanRegressor:
+    """Fit the model of one target x horizon on the labels before ``label_cutoff``.
+
+    Settings with ``members`` (a list of settings) give a :class:`MeanRegressor` of one
+    model per member.
+    """
+    if settings.get("members"):
+        return MeanRegressor([fit_one(frame, features, target, horizon, member, label_cutoff,
+                                      max_rows, seed) for member in settings["members"]])
     eligible = eligible_rows(frame, target, horizon, label_cutoff)
     if (count := int(eligible.sum())) < MIN_TRAINING_ROWS:
         raise ValueError(

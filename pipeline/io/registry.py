@@ -67,6 +67,7 @@ METADATA = "metadata.json"
 TRUSTED_TYPES: tuple[str, ...] = (
     "pipeline.core.models.LogResidualRegressor",
     "pipeline.core.models.TargetFormRegressor",  # the log_level / level / change forms
+    "pipeline.core.models.MeanRegressor",  # the mean of several models (model.selection.ensemble)
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "functools.partial",  # HGB's partial(check_array, ...): the function is checked on its own
     "sklearn.utils.validation.check_array",

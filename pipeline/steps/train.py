@@ -51,6 +51,7 @@ def search_space(ctx: Context) -> SearchSpace:
         losses=tuple(s.losses), forms=tuple(s.forms),
         regularisation=tuple(r.model_dump(exclude_none=True) for r in s.regularisation),
         max_fits=s.max_fits, max_rows=s.max_rows, validation_days=s.validation_days,
+        ensemble=s.ensemble,
     )
 
 
