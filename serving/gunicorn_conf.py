@@ -1,6 +1,6 @@
 """gunicorn settings of the serving app: ``gunicorn -c serving/gunicorn_conf.py serving.wsgi:app``.
 
-- binds 127.0.0.1 on ``AQ_SERVING_PORT`` (default 8000, ``pipeline/ops/ports.py``);
+- binds 127.0.0.1 on ``AQ_SERVING_PORT`` (default 8000, ``stack/ports.py``);
   ``-b`` on the command line overrides it;
 - ``AQ_SERVING_WORKERS`` sync workers (default 2), each loading the champion itself;
 - ``OMP_NUM_THREADS=1``: a worker serves one request at a time, and scikit-learn's OpenMP

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.ops import airflow_celery, airflow_local
-from pipeline.ops.ports import Ports
+from pipeline.settings import Ports
+from stack import airflow_celery, airflow_local
 from tests.conftest import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -89,7 +89,7 @@ def test_configs_point_at_the_compose_services():
 
 
 def test_airflow_parts_run_the_local_commands_on_one_prepared_config():
-    """Same command lines as pipeline/ops/airflow_local.py, after its `prepare` succeeded."""
+    """Same command lines as stack/airflow_local.py, after its `prepare` succeeded."""
     local = airflow_local.commands(PORTS)
     for part in AIRFLOW_PARTS:
         command = SERVICES[part]["command"]
@@ -99,16 +99,17 @@ def test_airflow_parts_run_the_local_commands_on_one_prepared_config():
             "service_completed_successfully")
         assert SERVICES[part]["environment"]["AIRFLOW_HOME"] == "/opt/aq/.airflow"
         assert SERVICES[part]["environment"]["AQ_PROJECT_DIR"] == "/opt/aq"
-    assert SERVICES["airflow-init"]["command"] == [
-        "python", "-m", "pipeline.ops.airflow_local", "prepare"]
+    assert SERVICES["airflow-init"]["command"] == ["python", "-m", "stack", "prepare"]
     assert SERVICES["airflow-init"]["restart"] == "no"
     pushgateway = SERVICES["airflow-scheduler"]["environment"]["AQ_PUSHGATEWAY_URL"]
     assert pushgateway == PORTS.url("pushgateway")
 
 
 def test_prepare_is_a_cli_command():
+    from stack.__main__ import main
+
     with pytest.raises(SystemExit) as exit_info:
-        airflow_local.main(["--help"])
+        main(["prepare", "--help"])
     assert exit_info.value.code == 0
 
 
@@ -139,7 +140,7 @@ def test_secrets_are_never_in_the_file():
 
 
 def test_the_celery_profile_is_the_local_scale_out_profile():
-    """`--profile celery`: PostgreSQL, Redis and two workers as pipeline/ops/airflow_celery.py."""
+    """`--profile celery`: PostgreSQL, Redis and two workers as stack/airflow_celery.py."""
     for name in SCALE_OUT:
         assert SERVICES[name]["profiles"] == ["celery"], name
     local = airflow_celery.worker_commands(PORTS)

@@ -91,22 +91,11 @@ def push(result: Result, pushgateway_url: str, timeout: float) -> None:
 
 
 def default_url() -> str:
-    from pipeline.ops.__main__ import resolve_ports
-    from pipeline.paths import ProjectPaths
+    """The local serving app: ``AQ_SERVING_PORT`` (``make loadtest`` sources ``.stack/env``,
+    which ``make run`` writes with the running stack's ports)."""
+    from pipeline.settings import Ports
 
-    return resolve_ports(ProjectPaths.discover()).url("serving")
-
-
-def local_pushgateway() -> str | None:
-    """The Pushgateway of the local stack (`make run`) when it runs."""
-    from pipeline.ops.__main__ import resolve_ports
-    from pipeline.ops.services import ServiceManager
-    from pipeline.paths import ProjectPaths
-
-    paths = ProjectPaths.discover()
-    if ServiceManager(paths.stack_dir).is_running("pushgateway"):
-        return resolve_ports(paths).url("pushgateway")
-    return None
+    return Ports.from_env().url("serving")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  requests {result.requests}, failures {result.failures} "
           f"(ratio {result.error_ratio:.4f}), {result.requests_per_second:.0f} req/s, "
           f"p50 {result.p50_s * 1000:.0f} ms, p99 {result.p99_s * 1000:.0f} ms")
-    pushgateway = env_settings.pushgateway_url or local_pushgateway()
+    pushgateway = env_settings.pushgateway_url  # .stack/env sets it while the stack runs
     if pushgateway:
         try:
             push(result, pushgateway, env_settings.push_timeout_s)

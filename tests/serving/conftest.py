@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.ops import serving_local
-from pipeline.ops.ports import Ports
-from pipeline.ops.services import ServiceManager
 from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports
+from stack import serving_local
+from stack.supervisor import Supervisor
 from tests.conftest import REPO, free_port, make_project
 
 STEPS = ("ingest", "preprocess", "train", "evaluate", "promote", "predict")
@@ -80,10 +80,10 @@ class Server:
     url: str
     project: ServedProject
     ports: Ports
-    manager: ServiceManager
+    supervisor: Supervisor
 
     def log(self) -> str:
-        return self.manager.log_file(serving_local.NAME).read_text(errors="replace")
+        return self.supervisor.log_file(serving_local.NAME).read_text(errors="replace")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:  # noqa: S310
@@ -95,7 +95,7 @@ def serving_ports() -> Ports:
 
 
 def start_server(project: ServedProject, env: dict[str, str] | None = None) -> Server:
-    """gunicorn through pipeline/ops/serving_local.py on a free port; ready when it returns."""
+    """gunicorn through stack/serving_local.py on a free port; ready when it returns."""
     ports = serving_ports()
     paths = project.paths
     saved = dict(os.environ)
@@ -105,7 +105,7 @@ def start_server(project: ServedProject, env: dict[str, str] | None = None) -> S
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    server = Server(ports.url("serving"), project, ports, ServiceManager(paths.stack_dir))
+    server = Server(ports.url("serving"), project, ports, Supervisor(paths.stack_dir))
     serving_local.wait_ready(server.url, timeout=120)
     return server
 

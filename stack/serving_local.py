@@ -1,19 +1,19 @@
-"""The serving app for ``make run``: gunicorn on 127.0.0.1, a service of the ServiceManager.
+"""The serving app for ``make run``: gunicorn on 127.0.0.1, a supervisord program.
 
 ``start`` empties the prometheus multiprocess directory (``.stack/serving/metrics``), then
 runs ``gunicorn -c serving/gunicorn_conf.py serving.wsgi:app`` with the project's
 environment (``AQ_PROJECT_DIR``, ``OMP_NUM_THREADS=1``, the ports) and waits for
-``/healthz``. The app itself becomes ready (``/readyz``) once a champion exists: it reloads
-the champion, the batch forecasts and the history when they change, so starting it before
-the first ``dvc repro`` is fine. ``python -m pipeline.ops.serving_local ready`` waits for
-readiness and prints the URL with a ready-to-paste ``curl``.
+``/healthz``; supervisord restarts it if it dies. The app itself becomes ready (``/readyz``)
+once a champion exists: it reloads the champion, the batch forecasts and the history when
+they change, so starting it before the first ``dvc repro`` is fine. ``python -m
+stack.serving_local ready`` waits for readiness and prints the URL with a ready-to-paste
+``curl``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -21,11 +21,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pipeline.ops.ports import Ports
-from pipeline.ops.services import ServiceError, ServiceManager
-from pipeline.paths import PACKAGE_ROOT, ProjectPaths
+from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports
+from stack.supervisor import REPO, Program, ServiceError, Supervisor
 
 NAME = "serving"
+PRIORITY = 400  # started after the monitoring stack; stopped first (it reads what others write)
 
 
 def metrics_dir(paths: ProjectPaths) -> Path:
@@ -40,21 +41,24 @@ def gunicorn_bin() -> str:
 
 
 def command(ports: Ports) -> list[str]:
-    return [gunicorn_bin(), "-c", str(PACKAGE_ROOT / "serving" / "gunicorn_conf.py"),
+    return [gunicorn_bin(), "-c", str(REPO / "serving" / "gunicorn_conf.py"),
             "--bind", ports.address("serving"), "serving.wsgi:app"]
 
 
 def service_env(paths: ProjectPaths, ports: Ports) -> dict[str, str]:
-    pythonpath = os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", ""))
-                                 if p)
+    """What gunicorn gets on top of what every program inherits (the checkout on PYTHONPATH)."""
     return {
-        **os.environ,
         **ports.env(),
         "AQ_PROJECT_DIR": str(paths.root),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir(paths)),
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": pythonpath,
     }
+
+
+def program(paths: ProjectPaths, ports: Ports) -> Program:
+    # gunicorn's graceful_timeout is 20 s: give the workers that, then KILL the group
+    return Program(NAME, command(ports), env=service_env(paths, ports), directory=paths.root,
+                   priority=PRIORITY, stopwaitsecs=30)
 
 
 def urls(ports: Ports) -> dict[str, str]:
@@ -64,27 +68,27 @@ def urls(ports: Ports) -> dict[str, str]:
 
 def start(paths: ProjectPaths, ports: Ports, timeout: float = 60.0) -> dict[str, str]:
     """Start gunicorn unless it runs; wait until it answers ``/healthz``."""
-    from pipeline.ops.stack import port_in_use
+    from stack.monitoring import port_in_use
 
-    manager = ServiceManager(paths.stack_dir)
-    if not manager.is_running(NAME):
+    supervisor = Supervisor(paths.stack_dir)
+    if not supervisor.is_running(NAME):
         if port_in_use(ports.host, ports.serving):
             raise ServiceError(f"serving: port {ports.address('serving')} is taken by another "
                                f"process; choose another with {Ports.env_var('serving')}=...")
         directory = metrics_dir(paths)
         shutil.rmtree(directory, ignore_errors=True)  # stale counts of an earlier run
         directory.mkdir(parents=True)
-        manager.start(NAME, command(ports), env=service_env(paths, ports), cwd=paths.root)
+        supervisor.start(program(paths, ports))
     try:
-        manager.wait_for_http(f"{ports.url('serving')}/healthz", timeout=timeout, name=NAME)
+        supervisor.wait_for_http(f"{ports.url('serving')}/healthz", timeout=timeout, name=NAME)
     except Exception:
-        manager.stop(NAME)
+        supervisor.stop(NAME)
         raise
     return urls(ports)
 
 
 def stop(paths: ProjectPaths) -> bool:
-    return ServiceManager(paths.stack_dir).stop(NAME, timeout=20.0)
+    return Supervisor(paths.stack_dir).stop(NAME)
 
 
 def wait_ready(base_url: str, timeout: float) -> dict:
@@ -117,13 +121,13 @@ def curl_examples(base_url: str, location_id: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.ops.serving_local ready [--timeout S]``: wait, print the URL."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.ops.serving_local",
+    """``python -m stack.serving_local ready [--timeout S]``: wait, print the URL."""
+    parser = argparse.ArgumentParser(prog="python -m stack.serving_local",
                                      description=main.__doc__)
     parser.add_argument("command", choices=["ready"])
     parser.add_argument("--timeout", type=float, default=90.0)
     args = parser.parse_args(argv)
-    from pipeline.ops.__main__ import resolve_ports
+    from stack.ports import resolve_ports
 
     paths = ProjectPaths.discover()
     base = resolve_ports(paths).url("serving")
