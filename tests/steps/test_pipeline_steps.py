@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from pipeline.context import Context
+from pipeline.core.models import Split
+from pipeline.io.feature_store import FeatureStore
 from pipeline.io.registry import Registry
 from pipeline.io.storage import read_raw
 from pipeline.settings import Settings
@@ -165,6 +167,31 @@ def test_drift_a_batch_of_locations_at_a_time_reports_what_all_at_once_does(trai
     assert len(reload(root).params.location_ids) > 1
     assert reports[1] == reports[25]
     assert reports[1]["rows"] > 0
+
+
+def test_evaluate_and_promote_a_batch_of_locations_at_a_time_report_what_all_at_once_does(
+        trained, tmp_path):
+    """Evaluate and the gate's re-scoring of the champion stream the holdout one batch of
+    locations at a time (memory flat in the number of locations); the report, metrics.json
+    and the plot files are byte for byte those of every location at once."""
+    root = tmp_path / "project"
+    shutil.copytree(trained[0], root)
+    plots = ("predicted_vs_observed", "error_by_horizon", "error_by_hour")
+    outputs = {}
+    for size in (1, 25):
+        ctx = Context.load(root, settings=Settings(batch_locations=size))
+        report = evaluate.run(ctx)
+        store = FeatureStore(ctx.paths.features, size)
+        champion = promote.champion_scores(
+            Registry(ctx.paths).load_champion(), store,
+            Split(pd.Timestamp(report["holdout_start"])),
+            {(t, int(h)) for t, by_h in report["scores"].items() for h in by_h})
+        outputs[size] = (report, ctx.paths.metrics_json.read_bytes(),
+                         [(ctx.paths.plots_dir / f"{name}.csv").read_bytes() for name in plots],
+                         champion)
+    assert len(reload(root).params.location_ids) > 1
+    assert outputs[1] == outputs[25]
+    assert outputs[1][3][0]["pm2_5"]["1"]["n"] > 100  # the champion was scored
 
 
 def test_drift_report_and_rollback(trained, tmp_path):
