@@ -34,6 +34,7 @@ SCRAPE_JOBS = {
     "alertmanager": "alertmanager",
     "node": "node_exporter",
     "serving": "serving",
+    "serving_proxy": "serving_proxy_metrics",  # mtail over nginx's access log (serving_local)
     "airflow": "airflow",  # airflow-exporter on the Airflow API server (stack/airflow_local)
 }
 # program name -> (Ports field, readiness path, priority: start order, reverse stop order)

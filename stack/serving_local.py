@@ -1,9 +1,15 @@
-"""The serving app for ``make run``: gunicorn on 127.0.0.1, a supervisord program.
+"""The serving app for ``make run``: nginx on 127.0.0.1 in front of gunicorn on a unix socket.
 
-``start`` empties the prometheus multiprocess directory (``.stack/serving/metrics``), then
-runs ``gunicorn -c serving/gunicorn_conf.py serving.wsgi:app`` with the project's
-environment (``AQ_PROJECT_DIR``, ``OMP_NUM_THREADS=1``, the ports) and waits for
-``/healthz``; supervisord restarts it if it dies. The app itself becomes ready (``/readyz``)
+Three supervisord programs: ``serving`` runs ``gunicorn -c serving/gunicorn_conf.py --bind
+unix:.stack/serving/app.sock serving.wsgi:app`` with the project's environment
+(``AQ_PROJECT_DIR``, ``OMP_NUM_THREADS=1``, the ports) after emptying the prometheus
+multiprocess directory (``.stack/serving/metrics``); ``serving_proxy`` runs ``python -m
+serving.proxy run``, which renders nginx's config into ``.stack/serving/proxy/`` and becomes
+nginx on the public address ``AQ_SERVING_PORT``; ``serving_proxy_metrics`` runs mtail over
+nginx's JSON access log (``aq_serving_proxy_responses_total`` on
+``AQ_SERVING_PROXY_METRICS_PORT``). ``.stack/serving/`` is mode 0700: nothing but nginx (same
+user) reaches the socket. ``start`` waits for ``/healthz`` through nginx; supervisord restarts
+any of them that dies. The app itself becomes ready (``/readyz``)
 once a champion exists: it reloads the champion, the batch forecasts and the history when
 they change, so starting it before the first ``dvc repro`` is fine. ``python -m
 stack.serving_local ready`` waits for readiness and prints the URL with a ready-to-paste
@@ -14,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import socket
 import sys
 import time
 import urllib.error
@@ -23,14 +31,33 @@ from pathlib import Path
 
 from pipeline.paths import ProjectPaths
 from pipeline.settings import Ports
+from serving import proxy
 from stack.supervisor import REPO, Program, ServiceError, Supervisor
 
-NAME = "serving"
+NAME = "serving"  # gunicorn
+PROXY = "serving_proxy"  # nginx on the public address
+PROXY_METRICS = "serving_proxy_metrics"  # mtail: nginx's access log as Prometheus counters
 PRIORITY = 400  # started after the monitoring stack; stopped first (it reads what others write)
+PROXY_PRIORITY = 410  # stopped before gunicorn: no request reaches a stopping worker
+PROXY_METRICS_PRIORITY = 420
+
+
+def serving_dir(paths: ProjectPaths) -> Path:
+    return paths.stack_dir / "serving"
 
 
 def metrics_dir(paths: ProjectPaths) -> Path:
-    return paths.stack_dir / "serving" / "metrics"
+    return serving_dir(paths) / "metrics"
+
+
+def socket_path(paths: ProjectPaths) -> Path:
+    """gunicorn's unix socket: only nginx connects to it."""
+    return serving_dir(paths) / "app.sock"
+
+
+def proxy_config(paths: ProjectPaths, ports: Ports) -> proxy.ProxyConfig:
+    return proxy.ProxyConfig.for_serving(ports.host, ports.serving, socket_path(paths),
+                                         serving_dir(paths) / "proxy")
 
 
 def gunicorn_bin() -> str:
@@ -40,9 +67,15 @@ def gunicorn_bin() -> str:
     return str(candidate)
 
 
-def command(ports: Ports) -> list[str]:
+def command(paths: ProjectPaths) -> list[str]:
     return [gunicorn_bin(), "-c", str(REPO / "serving" / "gunicorn_conf.py"),
-            "--bind", ports.address("serving"), "serving.wsgi:app"]
+            "--bind", f"unix:{socket_path(paths)}", "serving.wsgi:app"]
+
+
+def proxy_command(paths: ProjectPaths) -> list[str]:
+    """Renders nginx's config for the environment's port and settings, then execs nginx."""
+    return [sys.executable, "-m", "serving.proxy", "run", "--socket", str(socket_path(paths)),
+            "--prefix", str(serving_dir(paths) / "proxy")]
 
 
 def service_env(paths: ProjectPaths, ports: Ports) -> dict[str, str]:
@@ -57,8 +90,21 @@ def service_env(paths: ProjectPaths, ports: Ports) -> dict[str, str]:
 
 def program(paths: ProjectPaths, ports: Ports) -> Program:
     # gunicorn's graceful_timeout is 20 s: give the workers that, then KILL the group
-    return Program(NAME, command(ports), env=service_env(paths, ports), directory=paths.root,
+    return Program(NAME, command(paths), env=service_env(paths, ports), directory=paths.root,
                    priority=PRIORITY, stopwaitsecs=30)
+
+
+def proxy_program(paths: ProjectPaths, ports: Ports) -> Program:
+    # QUIT: nginx's graceful stop (answers in progress finish); after 20 s the group is killed
+    return Program(PROXY, proxy_command(paths), env=ports.env(), directory=paths.root,
+                   priority=PROXY_PRIORITY, stopsignal="QUIT", stopwaitsecs=20)
+
+
+def proxy_metrics_program(paths: ProjectPaths, ports: Ports) -> Program:
+    command = proxy.metrics_command(proxy_config(paths, ports), ports.host,
+                                    ports.serving_proxy_metrics)
+    return Program(PROXY_METRICS, command, directory=paths.root,
+                   priority=PROXY_METRICS_PRIORITY)
 
 
 def urls(ports: Ports) -> dict[str, str]:
@@ -67,28 +113,62 @@ def urls(ports: Ports) -> dict[str, str]:
 
 
 def start(paths: ProjectPaths, ports: Ports, timeout: float = 60.0) -> dict[str, str]:
-    """Start gunicorn unless it runs; wait until it answers ``/healthz``."""
+    """Start gunicorn, nginx and mtail unless they run; wait until ``/healthz`` answers
+    through nginx and mtail serves its metrics."""
     from stack.monitoring import port_in_use
 
     supervisor = Supervisor(paths.stack_dir)
-    if not supervisor.is_running(NAME):
-        if port_in_use(ports.host, ports.serving):
-            raise ServiceError(f"serving: port {ports.address('serving')} is taken by another "
-                               f"process; choose another with {Ports.env_var('serving')}=...")
-        directory = metrics_dir(paths)
-        shutil.rmtree(directory, ignore_errors=True)  # stale counts of an earlier run
-        directory.mkdir(parents=True)
-        supervisor.start(program(paths, ports))
     try:
-        supervisor.wait_for_http(f"{ports.url('serving')}/healthz", timeout=timeout, name=NAME)
+        config = proxy_config(paths, ports)
+        proxy.render(config)  # before anything starts: a bad socket path or setting fails here
+        proxy.binary()
+        programs = [program(paths, ports), proxy_program(paths, ports),
+                    proxy_metrics_program(paths, ports)]
+    except (proxy.ProxyError, ValueError) as exc:
+        raise ServiceError(f"serving: {exc}") from exc
+    for name, port in ((PROXY, "serving"), (PROXY_METRICS, "serving_proxy_metrics")):
+        if not supervisor.is_running(name) and port_in_use(ports.host, getattr(ports, port)):
+            raise ServiceError(f"{name}: port {ports.address(port)} is taken by another "
+                               f"process; choose another with {Ports.env_var(port)}=...")
+    serving_dir(paths).mkdir(parents=True, exist_ok=True)
+    os.chmod(serving_dir(paths), 0o700)  # the socket is nginx's alone
+    started = []
+    try:
+        gunicorn, nginx, mtail = programs
+        if not supervisor.is_running(NAME):
+            directory = metrics_dir(paths)
+            shutil.rmtree(directory, ignore_errors=True)  # stale counts of an earlier run
+            directory.mkdir(parents=True)
+        if supervisor.start(gunicorn):
+            started.append(NAME)
+        supervisor.wait_until(NAME, lambda: accepts(socket_path(paths)), timeout,
+                              f"a connection on {socket_path(paths)}")
+        if supervisor.start(nginx):
+            started.append(PROXY)
+        supervisor.wait_for_http(f"{ports.url('serving')}/healthz", timeout=timeout, name=PROXY)
+        if supervisor.start(mtail):  # after nginx: its access log exists
+            started.append(PROXY_METRICS)
+        supervisor.wait_for_http(f"{ports.url('serving_proxy_metrics')}/metrics",
+                                 timeout=timeout, name=PROXY_METRICS)
     except Exception:
-        supervisor.stop(NAME)
+        for name in reversed(started):  # leave nothing half-started behind
+            supervisor.stop(name)
         raise
     return urls(ports)
 
 
+def accepts(path: Path) -> bool:
+    """gunicorn listens on its socket."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(str(path)) == 0
+
+
 def stop(paths: ProjectPaths) -> bool:
-    return Supervisor(paths.stack_dir).stop(NAME)
+    """nginx first (no new requests), then gunicorn and mtail; True if any was running."""
+    supervisor = Supervisor(paths.stack_dir)
+    stopped = [supervisor.stop(name) for name in (PROXY, NAME, PROXY_METRICS)]
+    return any(stopped)
 
 
 def wait_ready(base_url: str, timeout: float) -> dict:

@@ -364,6 +364,7 @@ class Supervisor:
             f"directory={_escape(str(self.state_dir))}",
             "umask=077",  # the logs it opens are 0600: a program may print a secret
             "identifier=aq-stack",
+            *(["user=root"] if os.geteuid() == 0 else []),  # as root on purpose: says so
             "",
             "[rpcinterface:supervisor]",
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.paths import ProjectPaths
 from pipeline.settings import Ports
-from stack import airflow_celery, airflow_local
+from serving import proxy
+from stack import airflow_celery, airflow_local, serving_local
 from tests.conftest import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -33,7 +35,8 @@ def bind_mounts(service: dict) -> list[tuple[str, str]]:
 def test_the_whole_stack_is_there():
     assert {
         "pushgateway", "prometheus", "alertmanager", "alert-webhook", "node-exporter", "grafana",
-        "airflow-init", *AIRFLOW_PARTS, "serving", *SCALE_OUT,
+        "airflow-init", *AIRFLOW_PARTS, "serving", "serving-proxy",
+        "serving-proxy-metrics", *SCALE_OUT,
     } <= set(SERVICES)
 
 
@@ -47,8 +50,8 @@ def test_host_network_and_loopback_only(name):
     assert "0.0.0.0" not in text
     for address in re.findall(
             r"(?:listen-address=|listen_addresses=|--bind[ ,\n-]*|--host[ ,\n-]*)(\S+)", text):
-        if address:
-            assert address.startswith("127.0.0.1"), (name, address)
+        if address:  # or a unix socket in the project (gunicorn behind nginx)
+            assert address.startswith(("127.0.0.1", "unix:/opt/aq/.stack/")), (name, address)
 
 
 def test_mounted_config_files_are_the_repositorys_own():
@@ -76,7 +79,7 @@ def test_configs_point_at_the_compose_services():
         assert PORTS.address(port_name) in targets, port_name
         assert f"listen-address={PORTS.address(port_name)}" in flags, port_name
     assert PORTS.address("serving") in targets
-    assert f"--bind 127.0.0.1:{PORTS.serving}" in flags
+    assert SERVICES["serving-proxy"]["environment"]["AQ_SERVING_PORT"] == str(PORTS.serving)
     assert SERVICES["grafana"]["environment"]["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
     datasource = yaml.safe_load(
         (REPO / "grafana/provisioning/datasources/prometheus.yml").read_text())
@@ -103,6 +106,32 @@ def test_airflow_parts_run_the_local_commands_on_one_prepared_config():
     assert SERVICES["airflow-init"]["restart"] == "no"
     pushgateway = SERVICES["airflow-scheduler"]["environment"]["AQ_PUSHGATEWAY_URL"]
     assert pushgateway == PORTS.url("pushgateway")
+
+
+def test_serving_is_gunicorn_on_its_socket_behind_the_local_nginx_command():
+    """The same command lines as stack/serving_local.py for a project at /opt/aq."""
+    paths = ProjectPaths(Path("/opt/aq"))
+    proxy_cmd = SERVICES["serving-proxy"]["command"]
+    assert proxy_cmd[0] == "python"
+    assert proxy_cmd[1:] == serving_local.proxy_command(paths)[1:]
+    local = serving_local.command(paths)
+    compose = SERVICES["serving"]["command"]
+    assert Path(compose[0]).name == Path(local[0]).name == "gunicorn"
+    assert compose[compose.index("-c") + 1] == "serving/gunicorn_conf.py"
+    assert Path(local[local.index("-c") + 1]).relative_to(REPO).as_posix() == (
+        "serving/gunicorn_conf.py")
+    assert compose[compose.index("--bind") + 1] == local[local.index("--bind") + 1] == (
+        "unix:/opt/aq/.stack/serving/app.sock")
+    assert compose[-1] == local[-1] == "serving.wsgi:app"
+    assert SERVICES["serving-proxy"]["depends_on"] == ["serving"]
+    config = serving_local.proxy_config(paths, PORTS)
+    mtail = SERVICES["serving-proxy-metrics"]["command"]
+    local_mtail = proxy.metrics_command(config, PORTS.host, PORTS.serving_proxy_metrics)
+    assert mtail[0] == Path(local_mtail[0]).name == "mtail"
+    assert mtail[mtail.index("--progs") + 1] == "serving/mtail"
+    assert Path(local_mtail[local_mtail.index("--progs") + 1]) == REPO / "serving" / "mtail"
+    local_mtail[local_mtail.index("--progs") + 1] = "serving/mtail"  # relative to /opt/aq
+    assert mtail[1:] == local_mtail[1:]
 
 
 def test_prepare_is_a_cli_command():

@@ -119,12 +119,13 @@ def test_rendered_configs_differ_only_in_addresses(tmp_path):
     """The runtime copies the local stack writes for other ports pass the same checks."""
     committed = yaml.safe_load((PROM / "prometheus.yml").read_text())
     ports = Ports(prometheus=19090, pushgateway=19091, alertmanager=19093, webhook=19095,
-                  node_exporter=19100, serving=18000, airflow=18080)
+                  node_exporter=19100, serving=18000, serving_proxy_metrics=13903,
+                  airflow=18080)
     rendered = monitoring.render_prometheus(committed, ports)
     targets = [t for job in rendered["scrape_configs"] for s in job["static_configs"]
                for t in s["targets"]]
     assert sorted(targets) == sorted(
-        f"127.0.0.1:{p}" for p in (19090, 19091, 19093, 19100, 18000, 18080))
+        f"127.0.0.1:{p}" for p in (19090, 19091, 19093, 19100, 18000, 13903, 18080))
 
     def strip(cfg):
         for job in cfg["scrape_configs"]:

@@ -91,11 +91,17 @@ class Server:
 
 
 def serving_ports() -> Ports:
-    return Ports(serving=free_port())
+    """Free ports for nginx and its mtail (the rest are not started here)."""
+    serving = free_port()
+    metrics = free_port()
+    while metrics == serving:
+        metrics = free_port()
+    return Ports(serving=serving, serving_proxy_metrics=metrics)
 
 
 def start_server(project: ServedProject, env: dict[str, str] | None = None) -> Server:
-    """gunicorn through stack/serving_local.py on a free port; ready when it returns."""
+    """nginx + gunicorn (+ mtail) through stack/serving_local.py, as `make run` starts them,
+    on free ports; ready when it returns."""
     ports = serving_ports()
     paths = project.paths
     saved = dict(os.environ)

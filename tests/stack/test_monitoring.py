@@ -72,6 +72,7 @@ def test_stack_binds_loopback_only_answers_and_stops_cleanly(tmp_path):
             up = {r["metric"]["job"]: r["value"][1] for r in prom_query(st.prometheus, "up")}
             expected = {"pushgateway": "1", "prometheus": "1", "alertmanager": "1", "node": "1",
                         "serving": "0",  # no serving app in this test: reported down, not hidden
+                        "serving_proxy": "0",  # nor its front door's mtail
                         "airflow": "0"}  # nor Airflow (tests/dags/ scrape it)
             return up if up == expected else None
 
@@ -188,12 +189,17 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
         assert f"export AQ_PROMETHEUS_PORT={ports.prometheus}\n" in env_file
         assert ports.url("serving") in first.stdout
         pids = {n: supervisor.pid(n) for n in supervisor.names()}
-        assert set(pids) == STACK_SERVICES | {"serving"}
-        # serving binds loopback only, like the rest (gunicorn's workers share the socket)
+        assert set(pids) == STACK_SERVICES | {"serving", "serving_proxy", "serving_proxy_metrics"}
+        # serving binds loopback only, like the rest: nginx on the port, gunicorn on a unix
+        # socket in a directory only this user enters
+        socket_dir = project / ".stack" / "serving"
+        assert (socket_dir / "app.sock").is_socket()
+        assert socket_dir.stat().st_mode & 0o777 == 0o700
         every = service_pids(daemon_record(supervisor))
         assert {local for _, local, _ in listening_sockets(every)} == {
             f"127.0.0.1:{getattr(ports, p)}" for p in
-            ("pushgateway", "prometheus", "alertmanager", "webhook", "node_exporter", "serving")}
+            ("pushgateway", "prometheus", "alertmanager", "webhook", "node_exporter", "serving",
+             "serving_proxy_metrics")}
 
         again = run_ops(["start", "--no-airflow"], project, env)
         assert again.returncode == 0, again.stderr
@@ -202,7 +208,7 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
 
         status = run_ops(["status"], project, env)  # = make status: supervisorctl status
         assert status.returncode == 0, status.stdout + status.stderr
-        assert status.stdout.count("RUNNING") == len(STACK_SERVICES) + 1
+        assert status.stdout.count("RUNNING") == len(STACK_SERVICES) + 3
         daemon = supervisor.daemon_pid()
 
         # an unrelated process with a pid file not written by us is never touched
