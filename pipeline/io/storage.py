@@ -490,6 +490,7 @@ def write_raw(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteReport:
 
 def _write_raw_locked(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteReport:
     report = WriteReport()
+    writes = []
     frame = conform(frame).drop_duplicates(subset=list(KEYS), keep="last")
     for (location_id, month), part in frame.groupby([frame["location_id"],
                                                      month_keys(frame["time"])], sort=True):
@@ -503,8 +504,11 @@ def _write_raw_locked(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteR
                 log.warning("%s; moved it to %s and storing the new rows in a fresh partition: "
                             "re-ingest month %s of %s to restore the rest", exc, kept, month,
                             location_id)
-        merged = _merge(existing, part)
-        _store_partition(path, merged, count_new(existing, part, KEYS), len(part), report)
+        writes.append((path, _merge(existing, part), count_new(existing, part, KEYS), len(part)))
+        if len(writes) >= WRITE_BATCH:
+            _store_partitions(writes, report)
+            writes = []
+    _store_partitions(writes, report)
     return report
 
 
@@ -518,17 +522,41 @@ def count_new(existing: pd.DataFrame | None, incoming: pd.DataFrame,
     return int((~pd.MultiIndex.from_frame(incoming[list(keys)]).isin(known)).sum())
 
 
-def _store_partition(path: Path, merged: pd.DataFrame, rows_new: int, rows_in: int,
-                     report: WriteReport) -> None:
-    """Write a merged partition unless its bytes are already stored; count what changed."""
+WRITE_THREADS = 8  # partition writes in flight at once: their fsyncs wait on the disk together
+WRITE_BATCH = 64  # merged partitions held before they are written (memory stays bounded)
+
+
+def _store_partition(path: Path, merged: pd.DataFrame) -> bool:
+    """Write a merged partition unless its bytes are already stored; True if written."""
     payload = parquet_bytes(merged)
     if path.exists() and path.read_bytes() == payload:
-        report.unchanged.append(path)
-        return
+        return False
     atomic_write_bytes(path, payload)
-    report.written.append(path)
-    report.rows_new += rows_new
-    report.rows_updated += rows_in - rows_new
+    return True
+
+
+def _store_partitions(writes: list[tuple[Path, pd.DataFrame, int, int]],
+                      report: WriteReport) -> None:
+    """Store (path, merged rows, new rows, incoming rows) partitions and count what changed.
+
+    Each file is written atomically and fsynced before its rename, as one at a time; a few
+    threads let the fsyncs (milliseconds each on a busy disk, ~24,000 partitions in a 500 x 2
+    ingest) wait together instead of one after the other.
+    """
+    if len(writes) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(WRITE_THREADS, len(writes))) as pool:
+            written = list(pool.map(lambda w: _store_partition(w[0], w[1]), writes))
+    else:
+        written = [_store_partition(path, merged) for path, merged, _, _ in writes]
+    for (path, _, rows_new, rows_in), changed in zip(writes, written, strict=True):
+        if not changed:
+            report.unchanged.append(path)
+            continue
+        report.written.append(path)
+        report.rows_new += rows_new
+        report.rows_updated += rows_in - rows_new
 
 
 def read_partition(path: Path) -> pd.DataFrame:
@@ -689,6 +717,7 @@ def write_forecasts(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteRep
     if frame.empty:
         return WriteReport()
     report = WriteReport()
+    writes = []
     frame = conform_forecasts(frame).drop_duplicates(subset=list(FORECAST_KEYS), keep="last")
     with raw_write_lock(raw_dir):
         for (location_id, month), part in frame.groupby(
@@ -707,9 +736,12 @@ def write_forecasts(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteRep
                     os.replace(path, kept)
                     log.warning("forecast partition %s is damaged (%s); moved to %s and storing "
                                 "the new rows in a fresh one", path, exc, kept)
-            merged = _merge_forecasts(existing, part)
-            _store_partition(path, merged, count_new(existing, part, FORECAST_KEYS), len(part),
-                             report)
+            writes.append((path, _merge_forecasts(existing, part),
+                           count_new(existing, part, FORECAST_KEYS), len(part)))
+            if len(writes) >= WRITE_BATCH:
+                _store_partitions(writes, report)
+                writes = []
+        _store_partitions(writes, report)
     return report
 
 
