@@ -81,11 +81,13 @@ def ssha(password: str) -> str:
     return "{SSHA}" + base64.b64encode(digest + salt).decode()
 
 
-def render(paths: ProjectPaths, ports: Ports, hosts: HostsSettings, password: str) -> Path:
-    """``.stack/gateway/nginx.conf`` and its password file; the config's path."""
-    if not hosts.addresses():
+def render(paths: ProjectPaths, ports: Ports, addresses: list[str], networks: list[str],
+           password: str) -> Path:
+    """``.stack/gateway/nginx.conf`` (listening on ``addresses``, answering ``networks``) and
+    its password file; the config's path."""
+    if not addresses:
         raise ServiceError("gateway: AQ_BIND_ADDRESSES names no address for other hosts")
-    if not hosts.networks():
+    if not networks:
         raise ServiceError("gateway: AQ_PEER_NETWORKS names no network the other hosts use")
     home = state_dir(paths)
     for sub in ("temp/body", "temp/proxy", "temp/fastcgi", "temp/uwsgi", "temp/scgi"):
@@ -99,8 +101,8 @@ def render(paths: ProjectPaths, ports: Ports, hosts: HostsSettings, password: st
     # the launcher runs as root: nginx's workers write the project as its owner, not nobody
     user_line = f"user {user};" if user else ""
     listens = "\n".join(f"        listen {a if ':' not in a else f'[{a}]'}:{ports.gateway};"
-                        for a in hosts.addresses())
-    allows = "\n".join(f"        allow {n};" for n in hosts.networks())
+                        for a in addresses)
+    allows = "\n".join(f"        allow {n};" for n in networks)
     shared = "\n".join(f"        location /{top}/ {{ }}" for top in SHARED_DIRS)
     files = "\n".join(f"        location = /{name} {{ }}" for name in SHARED_FILES)
     read_only = "\n".join(
@@ -164,11 +166,12 @@ http {{
     return path
 
 
-def program(paths: ProjectPaths, ports: Ports, hosts: HostsSettings) -> Program:
+def program(paths: ProjectPaths, ports: Ports, addresses: list[str],
+            networks: list[str]) -> Program:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         raise ServiceError("gateway: nginx not found: run `make setup`")
-    config = render(paths, ports, hosts, state_password(paths))
+    config = render(paths, ports, addresses, networks, state_password(paths))
     return Program(NAME, [nginx, "-c", str(config), "-p", str(state_dir(paths)),
                           "-e", "stderr"], directory=paths.root, priority=PRIORITY,
                    stopsignal="QUIT", stopwaitsecs=20)
@@ -180,7 +183,7 @@ def start(paths: ProjectPaths, ports: Ports, hosts: HostsSettings,
     import requests
 
     supervisor = Supervisor(paths.stack_dir)
-    supervisor.start(program(paths, ports, hosts))
+    supervisor.start(program(paths, ports, hosts.addresses(), hosts.networks()))
     address = hosts.addresses()[0]
     url = f"http://{address if ':' not in address else f'[{address}]'}:{ports.gateway}"
 
