@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.intervals import LOWER, UPPER, add_uncertainty
+from pipeline.core.keys import ModelKey, nest
 from pipeline.core.scoring import ExactSum, ScoreSums
 
 PLOT_POINTS = 500  # the predicted-vs-observed plot keeps about this many rows per model
@@ -50,7 +51,7 @@ class HoldoutSummary:
 
     def __init__(self, models: Sequence[tuple[str, int]], uncertainty: Mapping | None = None,
                  sizes: Mapping[tuple[str, int], int] | None = None) -> None:
-        self.models = [(t, int(h)) for t, h in models]
+        self.models = [ModelKey.of(t, h) for t, h in models]
         self.uncertainty = uncertainty or None
         self.scores_of = {key: ScoreSums(key[0]) for key in self.models}
         self.inside = dict.fromkeys(self.models, 0)
@@ -81,7 +82,7 @@ class HoldoutSummary:
             hour=(predictions["issue_time"]
                   + pd.to_timedelta(predictions["horizon"], unit="h")).dt.hour)
         for (target, horizon), part in predictions.groupby(["target", "horizon"], sort=False):
-            key = (target, int(horizon))
+            key = ModelKey.of(target, horizon)
             if key in self.scores_of:
                 self.scores_of[key].add(part["observed"], part["predicted"],
                                         part["persistence"], part["seasonal"])
@@ -111,23 +112,23 @@ class HoldoutSummary:
                   & (with_interval["observed"] <= with_interval[UPPER]))[has]
         known = with_interval[has]
         for (target, horizon), part in inside.groupby([known["target"], known["horizon"]]):
-            key = (target, int(horizon))
+            key = ModelKey.of(target, horizon)
             self.inside[key] = self.inside.get(key, 0) + int(part.sum())
             self.with_interval[key] = self.with_interval.get(key, 0) + len(part)
 
     def scores(self) -> dict[str, dict[str, dict[str, float]]]:
-        """Scores per target and horizon (``{target: {"6": {...}}}``), with ``coverage``
-        where the model has an interval; a model without holdout rows is an error."""
-        out: dict[str, dict[str, dict[str, float]]] = {}
+        """Scores per model, serialised by key (:func:`nest`: ``{target: {"6": {...}}}``),
+        with ``coverage`` where the model has an interval; a model without holdout rows is
+        an error."""
+        out: dict[ModelKey, dict[str, float]] = {}
         for key in self.models:
             sums = self.scores_of[key]
             if sums.n == 0:
-                raise ValueError(f"no holdout rows for {key[0]} h={key[1]}")
-            out.setdefault(key[0], {})[str(key[1])] = sums.result()
-        for (target, horizon), n in self.with_interval.items():
-            if n and target in out and str(horizon) in out[target]:
-                out[target][str(horizon)]["coverage"] = self.inside[(target, horizon)] / n
-        return out
+                raise ValueError(f"no holdout rows for {key}")
+            out[key] = sums.result()
+            if self.with_interval.get(key):
+                out[key]["coverage"] = self.inside[key] / self.with_interval[key]
+        return nest(out)
 
     def plots(self) -> dict[str, pd.DataFrame]:
         """DVC plot data: predicted vs observed (a sample), error by horizon, by hour of day."""

@@ -69,8 +69,8 @@ def run(ctx: Context) -> dict:
         atomic_write_json(ctx.paths.evaluation_report, report)
         atomic_write_json(ctx.paths.metrics_json, {
             "holdout": holdout,
-            **{target: {f"h{h}": {k: round(v, 4) for k, v in s.items()}
-                        for h, s in by_h.items()} for target, by_h in scores.items()},
+            **{target: {hours: {k: round(v, 4) for k, v in s.items()}
+                        for hours, s in by_h.items()} for target, by_h in scores.items()},
         })
         write_plots(ctx, summary.plots())
         push_scores(metrics, scores)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.context import Context
+from pipeline.core.keys import ModelKey, nest
 from pipeline.core.scoring import ExactSum, skill
 from pipeline.core.validation import validate
 from pipeline.io.feature_store import location_batches
@@ -56,32 +57,32 @@ class RealisedSums:
     (exact sums: the same figures whatever the batches)."""
 
     def __init__(self) -> None:
-        self.groups: dict[tuple[str, int], list] = {}
+        self.groups: dict[ModelKey, list] = {}
 
     def add(self, history: pd.DataFrame) -> None:
         for (target, horizon), part in history.groupby(["target", "horizon"], sort=False):
+            key = ModelKey.of(target, horizon)
             n, model, persistence, known = self.groups.setdefault(
-                (target, int(horizon)), [0, ExactSum(), ExactSum(), 0])
+                key, [0, ExactSum(), ExactSum(), 0])
             observed = part["observed"].to_numpy(np.float64)
             model.add(np.abs(observed - part["value"].to_numpy(np.float64)))
             baseline = part["persistence"].to_numpy(np.float64)
             has = ~np.isnan(baseline)
             persistence.add(np.abs(observed[has] - baseline[has]))
-            self.groups[(target, int(horizon))] = [n + len(part), model, persistence,
-                                                   known + int(has.sum())]
+            self.groups[key] = [n + len(part), model, persistence, known + int(has.sum())]
 
     def summary(self) -> dict:
-        out: dict[str, dict[str, dict]] = {}
-        for (target, horizon), (n, model, persistence, known) in sorted(self.groups.items()):
+        out: dict[ModelKey, dict] = {}
+        for key, (n, model, persistence, known) in sorted(self.groups.items()):
             model_mae = model.mean(n)
             p_mae = persistence.mean(known)
-            out.setdefault(target, {})[str(horizon)] = {
+            out[key] = {
                 "n": int(n),
                 "mae": model_mae,
                 "persistence_mae": p_mae,
                 "skill": skill(model_mae, p_mae) if np.isfinite(p_mae) else float("nan"),
             }
-        return out
+        return nest(out)
 
 
 def score_batch(ctx: Context, locations: list[str], history_path: Path
