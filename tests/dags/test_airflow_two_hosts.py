@@ -45,7 +45,8 @@ from tests.conftest import REPO, free_port, make_project
 from tests.dags.airflow_harness import AirflowApi, failure_report, listening_addresses
 from tests.dags.conftest import make_dvc_project, run, seed_history
 
-pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.stack]
+pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.stack, pytest.mark.service,
+              pytest.mark.process, pytest.mark.train]
 
 # RFC 2544's benchmarking range: a link between our own two namespaces, never a real network
 NET = "198.18.23"

@@ -22,7 +22,7 @@ from stack import gateway
 from stack.supervisor import Program, Supervisor
 from tests.conftest import free_port, make_project
 
-pytestmark = pytest.mark.stack  # starts nginx under supervisord
+pytestmark = [pytest.mark.stack, pytest.mark.service]  # nginx under supervisord
 
 PASSWORD = "a-password-of-the-gateway-1234"
 
