@@ -90,9 +90,37 @@ def relay_warnings(context: Mapping[str, Any] | None = None) -> None:
     relay_warnings_once()
 
 
+# ---- a worker on another host (docs/airflow.md, "Workers on other hosts"): each task runs
+# in a workspace of its own, the home project mirrored into it before, what the task wrote
+# sent back after it succeeded (or ended skipped); on the home host both hooks do nothing
+_MIRROR: dict[str, Any] = {}
+
+
+def mirror_in(context: Mapping[str, Any]) -> None:
+    """Before a task on a worker host: claim a workspace, mirror the home project into it."""
+    from pipeline.settings import CelerySettings, HostsSettings
+
+    hosts = HostsSettings.from_env()
+    if not hosts.worker_host:
+        return
+    from pipeline.io.mirror import Mirror, Workspace
+
+    workspace = Workspace.claim(project_dir(), CelerySettings.from_env().concurrency)
+    os.environ["AQ_PROJECT_DIR"] = str(workspace.root)  # this task's process and its children
+    mirror = Mirror(hosts.home_url, hosts.state_password.get_secret_value(), workspace.root)
+    _MIRROR.update(mirror=mirror, before=mirror.pull(), workspace=workspace)
+
+
+def mirror_out(context: Mapping[str, Any], result: Any = None) -> None:
+    """After a task on a worker host succeeded or skipped: send back what it wrote."""
+    mirror = _MIRROR.pop("mirror", None)
+    if mirror is not None:
+        mirror.push(_MIRROR.pop("before"))
+
+
 def default_args(**overrides: Any) -> dict[str, Any]:
     """Owner, retries with exponential backoff, a timeout, the failure callback, and the
-    warnings relay before each task."""
+    warnings relay before each task, the mirror hooks of a worker on another host."""
     knobs = settings()
     args: dict[str, Any] = {
         "owner": OWNER,
@@ -103,6 +131,9 @@ def default_args(**overrides: Any) -> dict[str, Any]:
         "execution_timeout": timedelta(minutes=30),
         "on_failure_callback": push_task_failure,
         "on_execute_callback": relay_warnings,
+        "pre_execute": mirror_in,
+        "post_execute": mirror_out,
+        "on_skipped_callback": mirror_out,
     }
     args.update(overrides)
     return args

@@ -14,7 +14,10 @@ command (``tail -f serving``, ``restart prometheus``).
 
 Airflow helpers: ``prepare`` (airflow.cfg, database, pool: docker-compose's airflow-init),
 ``unpause`` / ``pause`` (the DAGs, once ``make run`` has built the first model),
-``ready`` (wait for the forecast API, print a ``curl``), ``password postgres|redis``.
+``ready`` (wait for the forecast API, print a ``curl``), ``password postgres|redis|state``.
+
+On another host, ``worker start|stop`` runs one Celery worker for the home host's deployment
+(:mod:`stack.worker_host`, docs/airflow.md "Workers on other hosts").
 """
 
 from __future__ import annotations
@@ -212,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     ready = commands.add_parser("ready", help="wait for the forecast API, print a curl")
     ready.add_argument("--timeout", type=float, default=90.0)
     secret = commands.add_parser("password", help="print a generated password (psql, redis)")
-    secret.add_argument("service", choices=[airflow_celery.POSTGRES, airflow_celery.REDIS])
+    secret.add_argument("service", choices=[airflow_celery.POSTGRES, airflow_celery.REDIS,
+                                            "state"])
+    remote = commands.add_parser("worker", help="a Celery worker on another host")
+    remote.add_argument("action", choices=["start", "stop"])
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -237,9 +243,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.command}d: {', '.join(dag_ids)}")
         elif args.command == "ready":
             return serving_local.main(["ready", "--timeout", str(args.timeout)])
+        elif args.command == "password" and args.service == "state":
+            from stack import gateway
+
+            print(gateway.state_password(paths))
         elif args.command == "password":
             print(airflow_celery.password(airflow_celery.Layout(paths.stack_dir),
                                           args.service))
+        elif args.command == "worker":
+            from stack import worker_host
+
+            if args.action == "start":
+                print("\n".join(f"{k}: {v}" for k, v in worker_host.start(paths).items()))
+            else:
+                stopped = worker_host.stop(paths)
+                print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     except (airflow_local.AirflowError, ServiceError, monitoring.StackError,
             SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

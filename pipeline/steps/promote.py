@@ -10,10 +10,10 @@ import pandas as pd
 
 from pipeline.context import Context
 from pipeline.core.keys import ModelKey, unnest
-from pipeline.core.models import Split, score_predictions
+from pipeline.core.models import Split
 from pipeline.errors import PipelineError
 from pipeline.io.feature_store import FeatureStore
-from pipeline.io.holdout import holdout_predictions_of
+from pipeline.io.holdout import summarise_holdout
 from pipeline.io.registry import ModelBundle, Registry, push_champion
 from pipeline.io.storage import atomic_write_json, read_state_json, require_keys
 from pipeline.steps.common import require
@@ -32,9 +32,8 @@ def champion_scores(champion: ModelBundle, store: FeatureStore, split: Split,
     models = {key: m for key, m in champion.models.items() if key in wanted}
     if set(models) != wanted:
         return None, "champion does not cover every target x horizon of the candidate"
-    predictions = holdout_predictions_of(store, models, split)
     try:
-        return score_predictions(list(models), predictions), None
+        return summarise_holdout(store, models, split).scores(), None
     except ValueError as exc:
         return None, f"champion cannot be scored on the candidate's holdout: {exc}"
 
