@@ -8,51 +8,27 @@ thread. Handlers read each snapshot once. Every error is an RFC 9457 problem
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from flask import Flask, Response, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from pipeline.context import Context
-from pipeline.core.aqi import CATEGORIES, CATEGORY_UPPER_AQI, aqi
-from pipeline.core.features import (
-    HourlyGrid,
-    features_present,
-    hours_since_observed,
-    latest_features,
-    window,
-)
-from pipeline.core.quality import input_problems
 from pipeline.ops.ports import Ports
-from pipeline.schema import POLLUTANTS, VALUE_COLUMNS
 from pipeline.settings import ServingSettings
-from serving import metrics
+from serving import metrics, ondemand
 from serving.docs import render_docs
+from serving.ondemand import ApiError, MetricChildren
 from serving.schemas import PROBLEM_JSON, ForecastRequest, openapi
 from serving.state import ServingState
 
 log = logging.getLogger(__name__)
-CATEGORY_NAMES = (*CATEGORIES, "unknown")
 JSON = "application/json"
-
-
-class ApiError(Exception):
-    """An answer that is not 2xx, as a problem document."""
-
-    def __init__(self, status: int, title: str, detail: str, reason: str | None = None,
-                 errors: list[dict[str, str]] | None = None, slug: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.title, self.detail = status, title, detail
-        self.reason, self.errors, self.slug, self.headers = reason, errors, slug, headers
 
 
 def _dumps(body: Any) -> str:
@@ -124,10 +100,6 @@ def validation_problem(exc: ValidationError) -> ApiError:
                     _reason(errors[0]), items, slug="invalid-request")
 
 
-def _iso_hour(hour: int) -> str:
-    return dt.datetime.fromtimestamp(hour * 3600, dt.UTC).isoformat()
-
-
 def create_app(ctx: Context | None = None, settings: ServingSettings | None = None,
                start: bool = True) -> Flask:
     ctx = ctx or Context.load()
@@ -138,8 +110,7 @@ def create_app(ctx: Context | None = None, settings: ServingSettings | None = No
     app.extensions["aq_serving"] = state
     metrics.instrument(app)
     forecast_cfg = ctx.params.forecast
-    aqi_children: dict[tuple[str, int], Any] = {}
-    hours_children: dict[str, Any] = {}
+    children = MetricChildren()
     docs_cache: dict[str, Any] = {}
 
     def route(rule: str, endpoint: str, methods: tuple[str, ...] = ("GET",)):
@@ -264,54 +235,7 @@ def create_app(ctx: Context | None = None, settings: ServingSettings | None = No
             req = ForecastRequest.model_validate_json(body)
         except ValidationError as exc:
             raise validation_problem(exc) from None
-        _known_location(req.location_id)
-        model = state.model
-        if model is None:
-            raise ApiError(503, "Not ready", state.not_ready, slug="not-ready",
-                           headers={"Retry-After": "5"})
-        grid = _merged(state, req)
-        features = latest_features(grid, model.spec, state.timezones[req.location_id],
-                                   _code(model.metadata, req.location_id))
-        row = np.fromiter((features[n] for n in model.features), np.float64,
-                          len(model.features))
-        issue = int(grid.hours[-1])
-        present = float(features_present(row)[0])
-        metrics.FEATURES_PRESENT.observe(present)
-        since: dict[str, int | None] = {}
-        last = np.array([len(grid) - 1])
-        for target in model.targets:
-            hours = hours_since_observed(grid.series[target], last)[0]
-            since[target] = None if math.isnan(hours) else int(hours)
-            if since[target] is not None:
-                child = hours_children.get(target)
-                if child is None:
-                    child = hours_children[target] = metrics.HOURS_SINCE_OBSERVATION.labels(
-                        target=target)
-                child.observe(since[target])
-        if req.observations:
-            metrics.OBSERVATIONS.inc(len(req.observations))
-        # the batch pipeline's rule (forecast.* in params.yaml): no forecast from too little
-        problems = input_problems(
-            present, {t: math.inf if h is None else float(h) for t, h in since.items()},
-            _iso_hour(issue), forecast_cfg.min_input_completeness,
-            forecast_cfg.max_hours_since_observation)
-        if problems:
-            raise ApiError(422, "Insufficient inputs",
-                           f"no honest forecast for {req.location_id!r} at {_iso_hour(issue)}: "
-                           + "; ".join(problems) + ". Send the newest observations.",
-                           "insufficient_inputs",
-                           [{"path": "observations", "message": p, "type": "insufficient_inputs"}
-                            for p in problems], slug="insufficient-inputs")
-        predictions = model.predict(row)
-        return _json({
-            "location_id": req.location_id,
-            "issue_time": _iso_hour(issue),
-            "model_version": model.version,
-            "observations_used": len(req.observations),
-            "completeness": {"features_present": round(present, 6),
-                             "hours_since_observation": since},
-            "forecasts": _items(predictions, issue, aqi_children),
-        })
+        return _json(ondemand.on_demand(state, req, forecast_cfg, children))
 
     def _known_location(location_id: str) -> None:
         if location_id not in state.locations:
@@ -332,89 +256,3 @@ def _no_query(*allowed: str) -> None:
                        [{"path": f"query.{name[:40]}", "message": "unknown query parameter",
                          "type": "extra_forbidden"} for name in extra[:20]],
                        slug="invalid-request")
-
-
-def _code(metadata: dict, location_id: str) -> float:
-    code = metadata.get("location_codes", {}).get(location_id)
-    return float("nan") if code is None else float(code)
-
-
-def _merged(state: ServingState, req: ForecastRequest):
-    """The location's window ending at the newest hour known, with the request's values."""
-    stored = state.history.get(req.location_id)
-    warmup = state.history_hours
-    hours = [int(o.time.timestamp()) // 3600 for o in req.observations]
-    seen: dict[int, int] = {}
-    errors = []
-    for i, hour in enumerate(hours):
-        if hour in seen:
-            errors.append({"path": f"observations[{i}].time",
-                           "message": f"duplicate hour: observations[{seen[hour]}] has the "
-                                      "same hour", "type": "duplicate_hour"})
-        seen.setdefault(hour, i)
-    newest = max([int(stored.hours[-1])] if stored is not None and len(stored) else [],
-                 default=None)
-    if hours:
-        newest = max(hours) if newest is None else max(newest, max(hours))
-    if newest is None:
-        raise ApiError(422, "Invalid request", f"no stored history for {req.location_id!r} and "
-                       "no observations: send at least one observation", "missing_field",
-                       [{"path": "observations", "message": "required: the location has no "
-                         "stored history", "type": "missing"}], slug="invalid-request")
-    start = newest - warmup + 1
-    for i, hour in enumerate(hours):
-        if hour < start:
-            errors.append({"path": f"observations[{i}].time",
-                           "message": f"older than the {warmup}-hour feature window ending at "
-                                      f"{_iso_hour(newest)}", "type": "outside_window"})
-    if errors:
-        raise ApiError(422, "Invalid request", f"{len(errors)} problem(s): " + "; ".join(
-            f"{e['path']}: {e['message']}" for e in errors[:5]), errors[0]["type"], errors,
-            slug="invalid-request")
-    if not hours and stored is not None:
-        return stored
-    if stored is not None:
-        grid = window(stored, start, newest)
-    else:
-        grid = HourlyGrid.from_rows(req.location_id, np.array([newest]), {}, start, newest)
-    for observation, hour in zip(req.observations, hours, strict=True):
-        index = hour - start
-        for name in VALUE_COLUMNS:
-            value = getattr(observation, name)
-            if value is not None:
-                grid.series[name][index] = value
-    return grid
-
-
-def _category(index: float) -> int:
-    """pipeline.core.aqi.category_index of an AQI value (0 good .. 5 hazardous)."""
-    for i, high in enumerate(CATEGORY_UPPER_AQI):
-        if index <= high:
-            return i
-    return len(CATEGORY_UPPER_AQI) - 1
-
-
-def _items(predictions: dict, issue: int, children: dict) -> list[dict[str, Any]]:
-    by_target: dict[str, list[tuple[int, float]]] = {}
-    for (target, horizon), values in predictions.items():
-        by_target.setdefault(target, []).append((horizon, max(float(values[0]), 0.0)))
-    items = []
-    for target in sorted(by_target):
-        pairs = sorted(by_target[target])
-        values = np.array([v for _, v in pairs])
-        indices = aqi(target, values) if target in POLLUTANTS else np.full(len(values), np.nan)
-        for (horizon, value), index in zip(pairs, indices, strict=True):
-            known = not math.isnan(index)
-            items.append({
-                "target": target, "horizon": horizon,
-                "target_time": _iso_hour(issue + horizon),
-                "value": value, "aqi": float(index) if known else None,
-                "aqi_category": CATEGORY_NAMES[_category(index)] if known else "unknown",
-            })
-            if known:
-                child = children.get((target, horizon))
-                if child is None:
-                    child = children[(target, horizon)] = metrics.PREDICTION_AQI.labels(
-                        target=target, horizon=str(horizon))
-                child.observe(index)
-    return items
