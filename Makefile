@@ -44,7 +44,7 @@ test: $(STAMP) ## set up and run the whole test suite (no network)
 	$(PY) -m pytest -m "not network" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## pure logic and single steps, no services, no training (a minute or so)
-	$(PY) -m pytest -m "not network and not slow and not stack and not airflow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not network and not slow and not stack and not airflow and not mlops" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .

@@ -65,6 +65,72 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
     return value
 
 
+def _count(env: Mapping[str, str], key: str, default: int) -> int:
+    """A whole number >= 0 (a retry count: 0 is allowed)."""
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {key}={raw!r} is not a whole number") from exc
+    if not 0 <= value <= 20:
+        raise ValueError(f"environment variable {key}={raw!r} must be within 0..20")
+    return value
+
+
+TRACKING_OFF = ("", "off")
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """Where the steps log their MLflow runs (docs/mlops.md): ``AQ_MLFLOW_*`` and MLflow's own
+    ``MLFLOW_HTTP_REQUEST_*`` and credential variables. No URI: tracking is off."""
+
+    uri: str | None = None
+    experiment: str = "aq-forecast"
+    model_name: str = "aq-forecast"
+    # MLflow's own variables, with shorter defaults than its client's (120 s, 7 retries): a
+    # step waits for a tracking server at most ~ timeout x (retries + 1), then queues the run
+    timeout_s: float = 5.0
+    max_retries: int = 1
+    token: Secret = field(default_factory=lambda: Secret(""))
+    username: str = ""
+    password: Secret = field(default_factory=lambda: Secret(""))
+
+    @property
+    def enabled(self) -> bool:
+        return self.uri is not None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TrackingSettings:
+        from pipeline.redaction import register_secret
+
+        env = os.environ if env is None else env
+        d = cls()
+        raw = (env.get("AQ_MLFLOW_TRACKING_URI") or "").strip()
+        uri = None if raw.lower() in TRACKING_OFF else raw.rstrip("/")
+        if uri is not None:
+            parts = urlsplit(uri)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(
+                    f"environment variable AQ_MLFLOW_TRACKING_URI={raw!r} is not an http(s) URL "
+                    "of an MLflow tracking server (or 'off')")
+        settings = cls(
+            uri=uri,
+            experiment=env.get("AQ_MLFLOW_EXPERIMENT") or d.experiment,
+            model_name=env.get("AQ_MLFLOW_MODEL_NAME") or d.model_name,
+            timeout_s=_float(env, "MLFLOW_HTTP_REQUEST_TIMEOUT", d.timeout_s),
+            max_retries=_count(env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES", d.max_retries),
+            token=Secret(env.get("MLFLOW_TRACKING_TOKEN", "")),
+            username=env.get("MLFLOW_TRACKING_USERNAME", ""),
+            password=Secret(env.get("MLFLOW_TRACKING_PASSWORD", "")),
+        )
+        register_secret(settings.token)
+        register_secret(settings.password)
+        return settings
+
+
 @dataclass(frozen=True)
 class Settings:
     pushgateway_url: str | None = None

@@ -25,6 +25,10 @@ class Ports:
     serving: int = 8000  # the forecast serving app
     postgres: int = 5432  # Airflow's metadata database in the scale-out profile (airflow_celery)
     redis: int = 6379  # Celery broker and shared rate limits in the scale-out profile
+    mlflow: int = 5000  # the MLflow tracking server (pipeline/ops/mlflow_local.py)
+    mlserver: int = 8090  # MLServer's V2 REST API (pipeline/ops/mlserver_local.py)
+    mlserver_grpc: int = 8091  # its V2 gRPC API (MLServer always starts it)
+    mlserver_metrics: int = 8092  # its Prometheus /metrics
     host: str = HOST
 
     @staticmethod

@@ -1,0 +1,75 @@
+"""The MLflow tracking server of ``make run``: ``mlflow server`` on 127.0.0.1 from ``.venv-mlflow``.
+
+The server keeps its runs and model registry in SQLite and the runs' artifacts in a folder,
+both under ``.stack/mlflow/`` (``make clean`` removes them with the rest of the local state),
+and serves the artifacts itself (``--serve-artifacts``, MLflow's default: the steps upload
+through the server, pipeline/io/tracking.py). One uvicorn worker: the steps log a few runs a
+day. MLflow 3's job runner (seven huey consumers, ~350 MB, for GenAI evaluation jobs) is
+switched off: nothing here uses it. ``start`` exports ``AQ_MLFLOW_TRACKING_URI`` (``.stack/env``)
+for the steps ``make run`` runs next; its UI is the same address.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline.ops.ports import Ports
+from pipeline.ops.services import ServiceError, ServiceManager
+from pipeline.paths import PACKAGE_ROOT, ProjectPaths
+
+NAME = "mlflow"
+VENV = PACKAGE_ROOT / ".venv-mlflow"  # scripts/setup.sh makes it from requirements-mlflow.lock
+
+
+def state_dir(paths: ProjectPaths) -> Path:
+    return paths.stack_dir / "mlflow"
+
+
+def mlflow_bin() -> str:
+    candidate = VENV / "bin" / "mlflow"
+    if not candidate.exists():
+        raise ServiceError(f"{candidate} not found: run `make setup` (it makes .venv-mlflow "
+                           "from requirements-mlflow.lock)")
+    return str(candidate)
+
+
+def command(paths: ProjectPaths, ports: Ports) -> list[str]:
+    state = state_dir(paths)
+    return [mlflow_bin(), "server", "--host", ports.host, "--port", str(ports.mlflow),
+            "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
+            "--artifacts-destination", str(state / "artifacts")]
+
+
+def service_env() -> dict[str, str]:
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def urls(ports: Ports) -> dict[str, str]:
+    base = ports.url("mlflow")
+    return {"AQ_MLFLOW_TRACKING_URI": base, "mlflow UI": base}
+
+
+def start(paths: ProjectPaths, ports: Ports, timeout: float = 120.0) -> dict[str, str]:
+    """Start the server unless it runs; wait until ``/health`` answers (the first start
+    creates the database: ~10-30 s)."""
+    from pipeline.ops.stack import port_in_use
+
+    manager = ServiceManager(paths.stack_dir)
+    if not manager.is_running(NAME):
+        if port_in_use(ports.host, ports.mlflow):
+            raise ServiceError(f"mlflow: port {ports.address('mlflow')} is taken by another "
+                               f"process; choose another with {Ports.env_var('mlflow')}=...")
+        state_dir(paths).mkdir(parents=True, exist_ok=True)
+        manager.start(NAME, command(paths, ports), env=service_env(), cwd=state_dir(paths))
+    try:
+        manager.wait_for_http(f"{ports.url('mlflow')}/health", timeout=timeout, name=NAME)
+    except Exception:
+        manager.stop(NAME)
+        raise
+    return urls(ports)
+
+
+def stop(paths: ProjectPaths) -> bool:
+    return ServiceManager(paths.stack_dir).stop(NAME, timeout=20.0)
