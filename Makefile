@@ -10,7 +10,7 @@ export PYTHONDONTWRITEBYTECODE :=
 .PHONY: help setup run run-celery test test-fast lint stop clean lock lock-side loadtest
 # the one command that writes requirements.lock (every pinned version, with hashes)
 LOCK_CMD := $(PY) -m uv pip compile pyproject.toml --extra dev --extra serving --extra airflow \
-	--generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	--extra stack --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 	--custom-compile-command "make lock" --quiet -o requirements.lock
 # the side venvs' locks (scripts/setup.sh): MLflow's server, MLServer (what decides a forecast
 # constrained to requirements.lock's versions), the KServe SDK wheel the manifest checks read

@@ -23,10 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import pandas as pd  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
 
 from pipeline.context import Context  # noqa: E402
 from pipeline.io.storage import read_raw  # noqa: E402
-from pipeline.settings import Secret, Settings  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
 from pipeline.steps import ingest  # noqa: E402
 from tests.conftest import make_project  # noqa: E402
 from tests.replay_server import (  # noqa: E402
@@ -86,7 +87,7 @@ def run_case(name: str, kind: str, n_locations: int, days: int, latency_s: float
             open_meteo_archive_url=server.url(ARCHIVE),
             open_meteo_previous_runs_url=server.url(PREVIOUS),
             openweathermap_url=server.url(OWM),
-            openweathermap_api_key=Secret(KEY),
+            openweathermap_api_key=SecretStr(KEY),
             http_timeout_s=30.0,
         )
         ctx = Context.load(root, settings=settings)

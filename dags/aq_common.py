@@ -1,18 +1,21 @@
 """What the three DAGs share: task defaults, the raw-data Asset, the DVC runner, callbacks.
 
-Imported by the DAG files at parse time, so only the standard library and
-``airflow.sdk`` are imported at module level; the project's code (pandas,
-scikit-learn, DVC) is imported inside the functions tasks call. Environment
-knobs are read here once per parse, cheaply:
+Imported by the DAG files at parse time, so only the standard library, ``airflow.sdk``
+and the project's settings are imported at module level; the project's code (pandas,
+scikit-learn, DVC) is imported inside the functions tasks call. Environment knobs come from
+:class:`pipeline.settings.DagSettings` (read once per parse, a bad value refused naming the
+variable):
 
 - ``AQ_PROJECT_DIR``: the project the tasks work on (``pipeline.paths``);
 - ``AQ_RETRAIN_SCHEDULE``: cron of the nightly retraining (default ``0 2 * * *``);
 - ``AQ_INGEST_BATCH_SIZE``: locations per mapped ingestion task (default 2);
 - ``AQ_BATCH_LOCATIONS``: locations per mapped preprocess / predict task, and per batch a
-  step holds in memory (default 25, ``pipeline.settings``);
+  step holds in memory (default 25, :class:`pipeline.settings.Settings`);
 - ``AQ_TASK_RETRIES`` / ``AQ_TASK_RETRY_DELAY_S``: retries of every task (default 2, 60 s,
   doubled each retry up to 30 min);
-- ``AQ_DVC_REMOTE``: the DVC remote new data is pushed to (default ``local``).
+- ``AQ_DVC_REMOTE``: the DVC remote new data is pushed to (default ``local``);
+- ``AQ_MAX_SILENT_HOURS`` / ``AQ_MAX_QUARANTINE_SHARE``: ``ingest_quality``'s bounds
+  (default 6 h, 0.5).
 """
 
 from __future__ import annotations
@@ -30,36 +33,32 @@ from typing import Any
 
 from airflow.sdk import Asset, get_current_context, task
 
+from pipeline.settings import DagSettings
+
 log = logging.getLogger(__name__)
 
 OWNER = "aq-forecast"
 DVC_POOL = "dvc"  # one slot: DVC takes a repository-wide lock, two DVC commands at once fail
 START_DATE = datetime(2025, 1, 1, tzinfo=UTC)
 RAW_DATA = Asset(name="aq_raw_data", uri="aq://project/data", group="aq")
-DEFAULT_RETRAIN_SCHEDULE = "0 2 * * *"
+DEFAULT_RETRAIN_SCHEDULE = DagSettings().retrain_schedule
 
 
-def _env_int(name: str, default: int, minimum: int = 0) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        value = int(raw) if raw.strip() else default
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from exc
-    if value < minimum:
-        raise ValueError(f"environment variable {name}={raw!r} must be >= {minimum}")
-    return value
+def settings() -> DagSettings:
+    """The DAG knobs from the environment (``AQ_*``); a bad value names its variable."""
+    return DagSettings.from_env()
 
 
 def retrain_schedule() -> str:
-    return os.environ.get("AQ_RETRAIN_SCHEDULE", "").strip() or DEFAULT_RETRAIN_SCHEDULE
+    return settings().retrain_schedule.strip() or DEFAULT_RETRAIN_SCHEDULE
 
 
 def ingest_batch_size() -> int:
-    return _env_int("AQ_INGEST_BATCH_SIZE", 2, minimum=1)
+    return settings().ingest_batch_size
 
 
 def dvc_remote() -> str:
-    return os.environ.get("AQ_DVC_REMOTE", "").strip() or "local"
+    return settings().dvc_remote.strip() or "local"
 
 
 def project_dir() -> Path:
@@ -86,10 +85,11 @@ def push_task_failure(context: Mapping[str, Any]) -> None:
 
 def default_args(**overrides: Any) -> dict[str, Any]:
     """Owner, retries with exponential backoff, a timeout and the failure callback."""
+    knobs = settings()
     args: dict[str, Any] = {
         "owner": OWNER,
-        "retries": _env_int("AQ_TASK_RETRIES", 2),
-        "retry_delay": timedelta(seconds=_env_int("AQ_TASK_RETRY_DELAY_S", 60, minimum=1)),
+        "retries": knobs.task_retries,
+        "retry_delay": timedelta(seconds=knobs.task_retry_delay_s),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(minutes=30),

@@ -81,7 +81,7 @@ def aq_ingest():
 
     @task(execution_timeout=timedelta(minutes=10))
     def ingest_quality(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-        import os
+        from aq_common import settings
 
         from pipeline.context import Context
         from pipeline.io.ingestion import check_run
@@ -91,8 +91,8 @@ def aq_ingest():
         with ctx.reporter.step("ingest_quality"):
             return check_run(
                 ctx, list(summaries), start, end,
-                max_silent_hours=int(os.environ.get("AQ_MAX_SILENT_HOURS") or 6),
-                max_quarantine_share=float(os.environ.get("AQ_MAX_QUARANTINE_SHARE") or 0.5),
+                max_silent_hours=settings().max_silent_hours,
+                max_quarantine_share=settings().max_quarantine_share,
             )
 
     @task(pool=DVC_POOL, outlets=[RAW_DATA], execution_timeout=timedelta(minutes=20))

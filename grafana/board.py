@@ -89,6 +89,8 @@ class Board:
     links: list[Json] = field(default_factory=list)
     panels: list[Json] = field(default_factory=list)
     meta: list[PanelMeta] = field(default_factory=list)
+    refresh: str = "1m"
+    time_from: str = "now-24h"  # the time picker's default range, up to now
     _x: int = 0
     _y: int = 0
     _line_height: int = 0
@@ -167,8 +169,8 @@ class Board:
             "graphTooltip": 1,  # shared crosshair: the same moment on every panel
             "schemaVersion": 39,
             "version": 1,
-            "refresh": "1m",
-            "time": {"from": "now-24h", "to": "now"},
+            "refresh": self.refresh,
+            "time": {"from": self.time_from, "to": "now"},
             "templating": {"list": self.variables},
             "annotations": {"list": self.annotations},
             "links": self.links,

@@ -7,7 +7,6 @@ set it), else the nearest parent of the working directory holding
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +14,11 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def find_project_dir(start: Path | None = None) -> Path:
-    env = os.environ.get("AQ_PROJECT_DIR")
-    if env:
-        return Path(env).resolve()
+    from pipeline.settings import ProjectSettings
+
+    configured = ProjectSettings.from_env().project_dir
+    if configured is not None:
+        return configured.resolve()
     here = (start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
         if (candidate / "params.yaml").is_file():

@@ -2,8 +2,8 @@
 
 Why one place: a key can reach output through many doors (a provider echoing
 the request in a 200 body, a truncated snippet, urllib3's DEBUG request line,
-a traceback). Secrets are registered once (``Settings.from_env`` registers
-every :class:`~pipeline.settings.Secret` it reads; the HTTP client the keys it
+a traceback). Secrets are registered once (every settings object registers each
+``SecretStr`` it holds, :mod:`pipeline.settings`; the HTTP client the keys it
 sends); from then on
 
 * every :class:`~pipeline.errors.PipelineError` message is redacted when built,
@@ -31,8 +31,8 @@ CHATTY_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "requests")
 
 
 def register_secret(secret: object) -> None:
-    """Redact ``secret`` (a str or anything with ``reveal()``) from now on, and filter logs."""
-    value = secret.reveal() if hasattr(secret, "reveal") else secret
+    """Redact ``secret`` (a str or a pydantic ``SecretStr``) from now on, and filter logs."""
+    value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
     if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
         return
     with _LOCK:

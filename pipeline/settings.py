@@ -1,202 +1,231 @@
 """Environment settings and secrets: the only place that reads ``os.environ``.
 
-ML settings live in ``params.yaml`` (see :mod:`pipeline.config`); this object
-holds what differs between machines: endpoints, credentials, timeouts.
+ML settings live in ``params.yaml`` (see :mod:`pipeline.config`); these objects hold what
+differs between machines: endpoints, credentials, ports, timeouts. One pydantic-settings
+class per concern, each with its ``env_prefix``:
+
+- :class:`Settings` (``AQ_*``): every pipeline step (metrics push, HTTP, sources, batches);
+- :class:`ProjectSettings` (``AQ_PROJECT_DIR``): which project (:mod:`pipeline.paths`);
+- :class:`ServingSettings` (``AQ_SERVING_*``): the online endpoint;
+- :class:`Ports` (``AQ_<NAME>_PORT``): the local services, serving, the committed configs;
+- :class:`CelerySettings` (``AQ_CELERY_*``): the Airflow scale-out profile;
+- :class:`DagSettings` (``AQ_*``): the DAG files, at parse time and in their tasks;
+- :class:`StackSettings` (``AQ_*``): the local stack's launcher (``stack/``).
+
+The environment is read in one door, ``<class>.from_env(env=None)``: constructing a class
+directly (``Settings()``, ``Ports(serving=18000)``) gives its defaults and the values passed,
+never the environment's, so tests and the committed configs' defaults stay what they say.
+A bad value is refused naming the variable (:class:`SettingsError`); every ``SecretStr``
+is registered with :mod:`pipeline.redaction` as soon as a settings object holds it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-class Secret:
-    """A string that never shows itself in ``repr``, ``str`` or logs."""
+HOST = "127.0.0.1"  # every local service binds loopback only
 
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('********')" if self._value else "Secret('')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
+# the mapping ``from_env`` reads while it builds one object (None: no environment at all)
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("aq_environ", default=None)
 
 
-def _float(env: Mapping[str, str], key: str, default: float) -> float:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {key}={raw!r} is not a number") from exc
-    if value <= 0:
-        raise ValueError(f"environment variable {key}={raw!r} must be positive")
-    return value
+class SettingsError(ValueError):
+    """An environment variable holds a value the project refuses; the message names it."""
 
 
-def _int(env: Mapping[str, str], key: str, default: int) -> int:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {key}={raw!r} is not a whole number") from exc
-    if value <= 0:
-        raise ValueError(f"environment variable {key}={raw!r} must be positive")
-    return value
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (``os.environ`` or a test's)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        from pydantic_settings.sources.utils import parse_env_vars
+
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty,
+                              self.env_parse_none_str)
 
 
-def _count(env: Mapping[str, str], key: str, default: int) -> int:
-    """A whole number >= 0 (a retry count: 0 is allowed)."""
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {key}={raw!r} is not a whole number") from exc
-    if not 0 <= value <= 20:
-        raise ValueError(f"environment variable {key}={raw!r} must be within 0..20")
-    return value
+def _register_secrets(value: SecretStr) -> None:
+    from pipeline.redaction import register_secret
+
+    secret = value.get_secret_value()
+    register_secret(secret)
+    try:  # a URL's password alone may show up in a driver's message
+        register_secret(urlsplit(secret).password)
+    except ValueError:
+        pass
 
 
-TRACKING_OFF = ("", "off")
+class EnvSettings(BaseSettings):
+    """Base of every settings class: frozen, strict about what it accepts, one door to the
+    environment (:meth:`from_env`)."""
 
-
-@dataclass(frozen=True)
-class TrackingSettings:
-    """Where the steps log their MLflow runs (docs/mlops.md): ``AQ_MLFLOW_*`` and MLflow's own
-    ``MLFLOW_HTTP_REQUEST_*`` and credential variables. No URI: tracking is off."""
-
-    uri: str | None = None
-    experiment: str = "aq-forecast"
-    model_name: str = "aq-forecast"
-    # MLflow's own variables, with shorter defaults than its client's (120 s, 7 retries): a
-    # step waits for a tracking server at most ~ timeout x (retries + 1), then queues the run
-    timeout_s: float = 5.0
-    max_retries: int = 1
-    token: Secret = field(default_factory=lambda: Secret(""))
-    username: str = ""
-    password: Secret = field(default_factory=lambda: Secret(""))
-
-    @property
-    def enabled(self) -> bool:
-        return self.uri is not None
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_ignore_empty=True,
+                                      allow_inf_nan=False, validate_default=True,
+                                      populate_by_name=True)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> TrackingSettings:
-        from pipeline.redaction import register_secret
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):
+        environ = _ENVIRON.get()
+        if environ is None:
+            return (init_settings,)
+        return (init_settings, _MappingEnvSource(settings_cls, environ))
 
-        env = os.environ if env is None else env
-        d = cls()
-        raw = (env.get("AQ_MLFLOW_TRACKING_URI") or "").strip()
-        uri = None if raw.lower() in TRACKING_OFF else raw.rstrip("/")
-        if uri is not None:
-            parts = urlsplit(uri)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(
-                    f"environment variable AQ_MLFLOW_TRACKING_URI={raw!r} is not an http(s) URL "
-                    "of an MLflow tracking server (or 'off')")
-        settings = cls(
-            uri=uri,
-            experiment=env.get("AQ_MLFLOW_EXPERIMENT") or d.experiment,
-            model_name=env.get("AQ_MLFLOW_MODEL_NAME") or d.model_name,
-            timeout_s=_float(env, "MLFLOW_HTTP_REQUEST_TIMEOUT", d.timeout_s),
-            max_retries=_count(env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES", d.max_retries),
-            token=Secret(env.get("MLFLOW_TRACKING_TOKEN", "")),
-            username=env.get("MLFLOW_TRACKING_USERNAME", ""),
-            password=Secret(env.get("MLFLOW_TRACKING_PASSWORD", "")),
-        )
-        register_secret(settings.token)
-        register_secret(settings.password)
-        return settings
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **values: Any):
+        """This class from ``env`` (default: ``os.environ``); ``values`` win over it."""
+        environ = os.environ if env is None else env
+        token = _ENVIRON.set(environ)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SettingsError(cls._explain(exc, environ)) from None
+        finally:
+            _ENVIRON.reset(token)
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable of ``field``."""
+        info = cls.model_fields[field]
+        if isinstance(info.validation_alias, str):
+            return info.validation_alias
+        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+    @classmethod
+    def _explain(cls, exc: ValidationError, environ: Mapping[str, str]) -> str:
+        problems = []
+        aliases = {cls.env_name(name).lower(): name for name in cls.model_fields}
+        for error in exc.errors():
+            loc = str(error["loc"][0]) if error["loc"] else ""
+            field = aliases.get(loc.lower(), loc)
+            if field in cls.model_fields:
+                name = cls.env_name(field)
+                annotation = cls.model_fields[field].annotation
+                problem = _problem(error, annotation)
+                if annotation is SecretStr:  # a refused secret is still a secret: no value
+                    problems.append(f"environment variable {name} {problem}")
+                    continue
+                raw = next((v for k, v in environ.items() if k.upper() == name), error["input"])
+                problems.append(f"environment variable {name}={raw!r} {problem}")
+            else:
+                problems.append(f"{cls.__name__}: {error['msg']}")
+        return "; ".join(problems)
+
+    def model_post_init(self, context: Any) -> None:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                _register_secrets(value)
 
 
-@dataclass(frozen=True)
-class Settings:
+def _problem(error: Mapping[str, Any], annotation: Any) -> str:
+    """A pydantic error as the end of a sentence about one variable."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in ("int_parsing", "int_from_float", "int_type"):
+        return "is not a whole number"
+    if kind in ("float_parsing", "float_type"):
+        return "is not a number"
+    if kind == "finite_number":
+        return "is not a finite number"
+    if kind == "greater_than":
+        return "must be positive" if ctx.get("gt") == 0 else f"must be > {ctx.get('gt')}"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx.get('ge')}"
+    if kind == "less_than":
+        return f"must be below {ctx.get('lt')}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx.get('le')}"
+    if kind == "literal_error":
+        choices = [a for a in get_args(annotation) if isinstance(a, str)]
+        return f"is not one of {', '.join(choices)}"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+class Settings(EnvSettings):
+    """What a pipeline step needs from the machine: the Pushgateway, HTTP bounds, the
+    providers' endpoints and key, how much it holds and runs at once (``AQ_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="AQ_")
+
     pushgateway_url: str | None = None
     metrics_job: str = "aq_pipeline"
-    push_timeout_s: float = 2.0
-    http_timeout_s: float = 20.0  # wall clock of one attempt: connect, headers, whole body
-    http_total_s: float = 120.0  # every attempt and backoff wait of one request
-    http_max_bytes: int = 64 * 1024 * 1024  # largest response body read
-    openweathermap_api_key: Secret = field(default_factory=lambda: Secret(""))
+    push_timeout_s: float = Field(2.0, gt=0)
+    http_timeout_s: float = Field(20.0, gt=0)  # one attempt: connect, headers, whole body
+    http_total_s: float = Field(120.0, gt=0)  # every attempt and backoff wait of one request
+    http_max_bytes: int = Field(64 * 1024 * 1024, gt=0)  # largest response body read
+    openweathermap_api_key: SecretStr = Field(SecretStr(""),
+                                              validation_alias="OPENWEATHERMAP_API_KEY")
     open_meteo_air_quality_url: str = "https://air-quality-api.open-meteo.com/v1/air-quality"
     open_meteo_forecast_url: str = "https://api.open-meteo.com/v1/forecast"
     open_meteo_archive_url: str = "https://archive-api.open-meteo.com/v1/archive"
     open_meteo_previous_runs_url: str = "https://previous-runs-api.open-meteo.com/v1/forecast"
     openweathermap_url: str = "https://api.openweathermap.org/data/2.5/air_pollution"
     # "plain": no timestamp on log lines (a task log that stamps each line itself)
-    log_format: str = "timestamped"
+    log_format: Literal["timestamped", "plain"] = "timestamped"
     # one rate limit per provider for every process sharing this Redis (Celery workers);
-    # unset: per process. The Airflow scale-out profile sets it (pipeline/ops/airflow_celery.py)
-    rate_limit_redis_url: Secret = field(default_factory=lambda: Secret(""))
+    # unset: per process. The Airflow scale-out profile sets it (stack/airflow_celery.py)
+    rate_limit_redis_url: SecretStr = SecretStr("")
     # locations a step holds in memory at once (preprocess, evaluate, promote, predict):
     # memory per step grows with it, not with the number of locations; outputs do not change
-    batch_locations: int = 25
+    batch_locations: int = Field(25, gt=0)
     # worker processes a step may use for CPU-bound work: ingestion from a local source
     # (synthetic; a live provider always uses one, its rate limit being per process unless
     # shared in Redis) and preprocess's location batches; 1: everything in the step's process
-    processes: int = field(default_factory=lambda: min(os.cpu_count() or 1, 8))
-    # the Airflow scale-out profile (pipeline/ops/airflow_celery.py): Celery workers started on
-    # this host, and task processes per worker
-    celery_workers: int = 2
-    celery_concurrency: int = 2
+    processes: int = Field(default_factory=lambda: min(os.cpu_count() or 1, 8), gt=0)
 
+
+class TrackingSettings(EnvSettings):
+    """Where the steps log their MLflow runs (pipeline/io/tracking.py, docs/mlops.md):
+    ``AQ_MLFLOW_*``, and MLflow's own request bounds and credential variables. No URI (unset,
+    empty or ``off``): tracking is off."""
+
+    model_config = SettingsConfigDict(env_prefix="AQ_MLFLOW_")
+
+    uri: str | None = Field(None, validation_alias="AQ_MLFLOW_TRACKING_URI")
+    experiment: str = "aq-forecast"
+    model_name: str = "aq-forecast"
+    # MLflow's own variables, with shorter defaults than its client's (120 s, 7 retries): a
+    # step waits for a tracking server at most ~ timeout x (retries + 1), then queues the run
+    timeout_s: float = Field(5.0, gt=0, validation_alias="MLFLOW_HTTP_REQUEST_TIMEOUT")
+    max_retries: int = Field(1, ge=0, le=20, validation_alias="MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    token: SecretStr = Field(SecretStr(""), validation_alias="MLFLOW_TRACKING_TOKEN")
+    username: str = Field("", validation_alias="MLFLOW_TRACKING_USERNAME")
+    password: SecretStr = Field(SecretStr(""), validation_alias="MLFLOW_TRACKING_PASSWORD")
+
+    @field_validator("uri", mode="before")
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Settings from the environment; every secret read is registered for redaction."""
-        from pipeline.redaction import register_secret
+    def _server_url(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.lower() in ("", "off"):
+            return None
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("is not an http(s) URL of an MLflow tracking server (or 'off')")
+        return text.rstrip("/")
 
-        env = os.environ if env is None else env
-        defaults = cls()
-        settings = cls(
-            pushgateway_url=env.get("AQ_PUSHGATEWAY_URL") or None,
-            metrics_job=env.get("AQ_METRICS_JOB") or defaults.metrics_job,
-            push_timeout_s=_float(env, "AQ_PUSH_TIMEOUT_S", defaults.push_timeout_s),
-            http_timeout_s=_float(env, "AQ_HTTP_TIMEOUT_S", defaults.http_timeout_s),
-            http_total_s=_float(env, "AQ_HTTP_TOTAL_S", defaults.http_total_s),
-            http_max_bytes=_int(env, "AQ_HTTP_MAX_BYTES", defaults.http_max_bytes),
-            openweathermap_api_key=Secret(env.get("OPENWEATHERMAP_API_KEY", "")),
-            open_meteo_air_quality_url=env.get("AQ_OPEN_METEO_AIR_QUALITY_URL")
-            or defaults.open_meteo_air_quality_url,
-            open_meteo_forecast_url=env.get("AQ_OPEN_METEO_FORECAST_URL")
-            or defaults.open_meteo_forecast_url,
-            open_meteo_archive_url=env.get("AQ_OPEN_METEO_ARCHIVE_URL")
-            or defaults.open_meteo_archive_url,
-            open_meteo_previous_runs_url=env.get("AQ_OPEN_METEO_PREVIOUS_RUNS_URL")
-            or defaults.open_meteo_previous_runs_url,
-            openweathermap_url=env.get("AQ_OPENWEATHERMAP_URL") or defaults.openweathermap_url,
-            log_format="plain" if env.get("AQ_LOG_FORMAT") == "plain" else defaults.log_format,
-            rate_limit_redis_url=Secret(env.get("AQ_RATE_LIMIT_REDIS_URL", "")),
-            batch_locations=_int(env, "AQ_BATCH_LOCATIONS", defaults.batch_locations),
-            processes=_int(env, "AQ_PROCESSES", defaults.processes),
-            celery_workers=_int(env, "AQ_CELERY_WORKERS", defaults.celery_workers),
-            celery_concurrency=_int(env, "AQ_CELERY_CONCURRENCY", defaults.celery_concurrency),
-        )
-        register_secret(settings.openweathermap_api_key)
-        register_secret(settings.rate_limit_redis_url)
-        register_secret(urlsplit(settings.rate_limit_redis_url.reveal()).password)
-        return settings
+    @property
+    def enabled(self) -> bool:
+        return self.uri is not None
 
 
 def fault_point(name: str) -> None:
@@ -209,36 +238,147 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-@dataclass(frozen=True)
-class ServingSettings:
+class ProjectSettings(EnvSettings):
+    """Which project a process works on: ``AQ_PROJECT_DIR`` (Airflow tasks, the stack's
+    services and tests set it; :mod:`pipeline.paths` falls back to the working directory)."""
+
+    model_config = SettingsConfigDict(env_prefix="AQ_")
+
+    project_dir: Path | None = None
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+class ServingSettings(EnvSettings):
     """The online endpoint's machine settings (``AQ_SERVING_*``); see docs/serving.md."""
 
-    workers: int = 2
-    max_body_bytes: int = 64 * 1024  # larger request bodies get 413
-    stale_after_s: float = 3 * 3600.0  # batch forecasts older than this are flagged stale
-    reload_interval_s: float = 2.0  # how often each worker checks the champion and the data
-    slo_latency_s: float = 0.1  # latency SLO: 99% of /v1 requests faster than this
-    slo_latency_target: float = 0.99
-    slo_error_ratio: float = 0.001  # availability SLO: at most this share of /v1 answers 5xx
-    timeout_s: float = 60.0  # gunicorn: a worker silent for longer (booting included) restarts
+    model_config = SettingsConfigDict(env_prefix="AQ_SERVING_")
 
+    workers: int = Field(2, gt=0)
+    max_body_bytes: int = Field(64 * 1024, gt=0)  # larger request bodies get 413
+    stale_after_s: float = Field(3 * 3600.0, gt=0)  # older batch forecasts are flagged stale
+    reload_interval_s: float = Field(2.0, gt=0)  # how often each worker checks for news
+    slo_latency_s: float = Field(0.1, gt=0)  # latency SLO: 99% of /v1 requests faster
+    slo_latency_target: float = Field(0.99, gt=0, lt=1)
+    slo_error_ratio: float = Field(0.001, gt=0, lt=1)  # availability SLO: share of 5xx
+    timeout_s: float = Field(60.0, gt=0)  # gunicorn: a silent worker (booting too) restarts
+    # prometheus_client's multiprocess directory (set under gunicorn): metrics across workers
+    prometheus_multiproc_dir: str = Field("", validation_alias="PROMETHEUS_MULTIPROC_DIR")
+
+
+# ----------------------------------------------------------------------------- ports
+
+
+def _port(default: int, name: str):
+    return Field(default, gt=0, lt=65536, validation_alias=f"AQ_{name.upper()}_PORT")
+
+
+class Ports(EnvSettings):
+    """The one config of local service ports: upstream defaults, ``AQ_<NAME>_PORT`` overrides.
+
+    Every local service binds ``127.0.0.1`` only. The defaults are the upstream ones, so the
+    committed Prometheus/Alertmanager configs (and docker-compose with ``network_mode:
+    host``) work unchanged; tests pass free ports instead.
+    """
+
+    prometheus: int = _port(9090, "prometheus")
+    pushgateway: int = _port(9091, "pushgateway")
+    alertmanager: int = _port(9093, "alertmanager")
+    webhook: int = _port(9095, "webhook")  # the local Alertmanager receiver (stack/webhook.py)
+    node_exporter: int = _port(9100, "node_exporter")
+    airflow: int = _port(8080, "airflow")  # Airflow api-server
+    serving: int = _port(8000, "serving")  # the forecast API
+    postgres: int = _port(5432, "postgres")  # Airflow's database, scale-out profile
+    redis: int = _port(6379, "redis")  # Celery broker and shared rate limits, scale-out
+    mlflow: int = _port(5000, "mlflow")  # the MLflow tracking server (docs/mlops.md)
+    mlserver: int = _port(8090, "mlserver")  # MLServer's V2 REST API (the champion)
+    mlserver_grpc: int = _port(8091, "mlserver_grpc")  # its V2 gRPC API (always started)
+    mlserver_metrics: int = _port(8092, "mlserver_metrics")  # its Prometheus /metrics
+    host: str = HOST
+
+    RUNBOOK_PATH: ClassVar[str] = "/runbook"
+
+    @staticmethod
+    def env_var(name: str) -> str:
+        return f"AQ_{name.upper()}_PORT"
+
+    def names(self) -> list[str]:
+        return [name for name in type(self).model_fields if name != "host"]
+
+    def address(self, name: str) -> str:
+        return f"{self.host}:{getattr(self, name)}"
+
+    def url(self, name: str) -> str:
+        return f"http://{self.address(name)}"
+
+    def runbook_base(self) -> str:
+        """Where the committed rules' runbook links point: the page the webhook serves."""
+        return self.url("webhook") + self.RUNBOOK_PATH
+
+    def env(self) -> dict[str, str]:
+        """``AQ_<NAME>_PORT`` for every port: what a child process needs to see the same ports."""
+        return {self.env_var(n): str(getattr(self, n)) for n in self.names()}
+
+    def replace(self, **ports: int) -> Ports:
+        return self.model_copy(update=ports)
+
+
+# ----------------------------------------------------------------------------- Airflow
+
+
+class CelerySettings(EnvSettings):
+    """The Airflow scale-out profile (``AQ_CELERY_*``): Celery workers started on this host,
+    task processes per worker, and (in a worker) its own name."""
+
+    model_config = SettingsConfigDict(env_prefix="AQ_CELERY_")
+
+    workers: int = Field(2, gt=0)
+    concurrency: int = Field(2, gt=0)
+    worker: str = ""  # set by the launcher in each worker's environment: task hostnames
+
+
+class DagSettings(EnvSettings):
+    """What the DAG files read at parse time and their tasks at run time (``AQ_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="AQ_")
+
+    retrain_schedule: str = "0 2 * * *"  # cron of the nightly retraining
+    ingest_batch_size: int = Field(2, ge=1)  # locations per mapped ingestion task
+    task_retries: int = Field(2, ge=0)  # retries of every task (delay doubled each time)
+    task_retry_delay_s: int = Field(60, ge=1)
+    dvc_remote: str = "local"  # the DVC remote new data is pushed to
+    max_silent_hours: int = Field(6, ge=1)  # ingest_quality: a location silent for longer
+    max_quarantine_share: float = Field(0.5, gt=0, le=1)  # ingest_quality: refused share
+
+
+# ----------------------------------------------------------------------------- the stack
+
+_PASSWORD = re.compile(r"[A-Za-z0-9_\-.~]{16,}")
+
+
+class StackSettings(EnvSettings):
+    """The local stack's launcher (``stack/``, docker-compose's ``airflow-init``): the
+    Airflow profile, passwords given instead of generated, where alerts' runbook links
+    point."""
+
+    model_config = SettingsConfigDict(env_prefix="AQ_")
+
+    airflow_profile: Literal["local", "celery"] = "local"
+    postgres_password: SecretStr = SecretStr("")
+    redis_password: SecretStr = SecretStr("")
+    runbook_base_url: str = ""
+
+    @field_validator("airflow_profile", mode="before")
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingSettings:
-        env = os.environ if env is None else env
-        d = cls()
-        target = _float(env, "AQ_SERVING_SLO_LATENCY_TARGET", d.slo_latency_target)
-        error_ratio = _float(env, "AQ_SERVING_SLO_ERROR_RATIO", d.slo_error_ratio)
-        for key, value in (("AQ_SERVING_SLO_LATENCY_TARGET", target),
-                           ("AQ_SERVING_SLO_ERROR_RATIO", error_ratio)):
-            if value >= 1:
-                raise ValueError(f"environment variable {key}={value!r} must be below 1")
-        return cls(
-            workers=_int(env, "AQ_SERVING_WORKERS", d.workers),
-            max_body_bytes=_int(env, "AQ_SERVING_MAX_BODY_BYTES", d.max_body_bytes),
-            stale_after_s=_float(env, "AQ_SERVING_STALE_AFTER_S", d.stale_after_s),
-            reload_interval_s=_float(env, "AQ_SERVING_RELOAD_INTERVAL_S", d.reload_interval_s),
-            slo_latency_s=_float(env, "AQ_SERVING_SLO_LATENCY_S", d.slo_latency_s),
-            slo_latency_target=target,
-            slo_error_ratio=error_ratio,
-            timeout_s=_float(env, "AQ_SERVING_TIMEOUT_S", d.timeout_s),
-        )
+    def _stripped(cls, value: object) -> object:
+        return (value.strip() or "local") if isinstance(value, str) else value
+
+    @field_validator("postgres_password", "redis_password")
+    @classmethod
+    def _url_safe(cls, value: SecretStr) -> SecretStr:
+        given = value.get_secret_value()
+        if given and not _PASSWORD.fullmatch(given):
+            raise ValueError("must be at least 16 characters of A-Z a-z 0-9 _ - . ~ "
+                             "(it goes into URLs)")
+        return value

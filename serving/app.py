@@ -19,8 +19,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from pipeline.context import Context
-from pipeline.ops.ports import Ports
-from pipeline.settings import ServingSettings
+from pipeline.settings import Ports, ServingSettings
 from serving import metrics, ondemand
 from serving.docs import render_docs
 from serving.ondemand import ApiError, MetricChildren

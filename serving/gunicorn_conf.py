@@ -17,8 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from pipeline.ops.ports import Ports
-from pipeline.settings import ServingSettings
+from pipeline.settings import Ports, ServingSettings
 
 _settings = ServingSettings.from_env()
 _ports = Ports.from_env()
@@ -33,13 +32,13 @@ control_socket_disable = True
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+if not _settings.prometheus_multiproc_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="aq-serving-metrics-")
 
 
 def on_starting(server) -> None:
     """A fresh metrics directory for every start (stale files would add old counts)."""
-    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    directory = Path(ServingSettings.from_env().prometheus_multiproc_dir)
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):
         stale.unlink()

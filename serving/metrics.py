@@ -133,7 +133,9 @@ def set_served(version: str, previous: str | None, engines: Iterable[tuple[str, 
 
 
 def multiprocess() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    from pipeline.settings import ServingSettings
+
+    return bool(ServingSettings.from_env().prometheus_multiproc_dir)
 
 
 class _Forward:

@@ -10,7 +10,7 @@ from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO
 
-EXTRAS = ("dev", "serving", "airflow")
+EXTRAS = ("dev", "serving", "airflow", "stack")
 
 
 def locked() -> dict[str, str]:

@@ -25,6 +25,7 @@ nothing is logged (docs/mlops.md).
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import math
@@ -204,10 +205,17 @@ def git_commit(root: Path) -> str | None:
     return commit if proc.returncode == 0 and len(commit) == 40 else None
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "aq-forecast"
+
+
 def standard_tags(root: Path, step: str, version: str | None) -> dict[str, str]:
     """The tags MLflow's UI shows (commit, source, user) and the project's version."""
     tags = {"mlflow.source.type": "JOB", "mlflow.source.name": f"python -m pipeline {step}",
-            "mlflow.user": os.environ.get("USER") or "aq-forecast", "aq.step": step}
+            "mlflow.user": _user(), "aq.step": step}
     commit = git_commit(root)
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -228,10 +236,11 @@ class MlflowRest:
         self.timeout = settings.timeout_s
         self.retries = settings.max_retries
         self.session = requests.Session()
-        if settings.token:
-            self.session.headers["Authorization"] = f"Bearer {settings.token.reveal()}"
+        token = settings.token.get_secret_value()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
         elif settings.username:
-            self.session.auth = (settings.username, settings.password.reveal())
+            self.session.auth = (settings.username, settings.password.get_secret_value())
 
     def call(self, method: str, path: str, *, body: dict | None = None,
              params: dict | None = None, upload: Path | bytes | None = None,

@@ -21,7 +21,6 @@ import logging
 import re
 import shlex
 import sys
-from dataclasses import asdict
 from types import ModuleType
 
 from pipeline.ops.ports import Ports
@@ -89,7 +88,7 @@ def start(paths: ProjectPaths, with_airflow: bool = True, with_serving: bool = T
 
     paths.stack_dir.mkdir(parents=True, exist_ok=True)
     ports = resolve_ports(paths)
-    ports_file(paths).write_text(json.dumps(asdict(ports)))
+    ports_file(paths).write_text(ports.model_dump_json())
     info: dict[str, str] = dict(ports.env())
     info.update(stack.start(paths, ports))
     if with_serving:

@@ -49,7 +49,7 @@ from pipeline.ops import airflow_local
 from pipeline.ops.ports import Ports
 from pipeline.ops.services import ServiceError, ServiceManager
 from pipeline.paths import ProjectPaths
-from pipeline.settings import Settings
+from pipeline.settings import CelerySettings, SettingsError, StackSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,7 @@ class ScaleOutError(airflow_local.AirflowError):
 
 def profile(env: Mapping[str, str] | None = None) -> str:
     """``AQ_AIRFLOW_PROFILE``: ``local`` (default) or ``celery``."""
-    raw = (os.environ if env is None else env).get(PROFILE_ENV, "")
-    value = raw.strip() or "local"
-    if value not in PROFILES:
-        raise ValueError(f"environment variable {PROFILE_ENV}={raw!r} is not one of "
-                         f"{', '.join(PROFILES)}")
-    return value
+    return StackSettings.from_env(env).airflow_profile
 
 
 @dataclass(frozen=True)
@@ -96,8 +91,8 @@ class Scale:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Scale:
         """``AQ_CELERY_WORKERS`` x ``AQ_CELERY_CONCURRENCY`` (read by pipeline/settings.py)."""
-        settings = Settings.from_env(env)
-        return cls(settings.celery_workers, settings.celery_concurrency)
+        settings = CelerySettings.from_env(env)
+        return cls(settings.workers, settings.concurrency)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -124,7 +119,7 @@ def worker_hostname() -> str:
     task instances' ``hostname`` (UI, REST API).
     """
     host = socket.getfqdn()
-    worker = os.environ.get(WORKER_ENV, "").strip()
+    worker = CelerySettings.from_env().worker.strip()
     return f"{worker}@{host}" if worker else host
 
 
@@ -173,12 +168,12 @@ def _write_private(path: Path, text: str) -> None:
 
 def password(layout: Layout, service: str, env: Mapping[str, str] | None = None) -> str:
     """The service's password: ``AQ_<SERVICE>_PASSWORD``, else the generated file (made once)."""
-    env = os.environ if env is None else env
-    given = env.get(PASSWORD_ENV[service], "")
+    try:
+        settings = StackSettings.from_env(env)
+    except SettingsError as exc:
+        raise ScaleOutError(str(exc)) from None
+    given = getattr(settings, f"{service}_password").get_secret_value()
     if given:
-        if not re.fullmatch(r"[A-Za-z0-9_\-.~]{16,}", given):
-            raise ScaleOutError(f"environment variable {PASSWORD_ENV[service]} must be at least "
-                                "16 characters of A-Z a-z 0-9 _ - . ~ (it goes into URLs)")
         return given
     path = layout.secret_file(service)
     if path.is_file():

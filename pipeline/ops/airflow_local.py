@@ -30,6 +30,7 @@ from pathlib import Path
 from pipeline.ops.ports import Ports
 from pipeline.ops.services import ServiceError, ServiceManager
 from pipeline.paths import PACKAGE_ROOT, ProjectPaths
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def service_env(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = F
     env.update({
         "AIRFLOW_HOME": str(paths.airflow_home),
         "AQ_PROJECT_DIR": str(paths.root),
-        "AQ_PUSHGATEWAY_URL": os.environ.get("AQ_PUSHGATEWAY_URL") or ports.url("pushgateway"),
+        "AQ_PUSHGATEWAY_URL": Settings.from_env().pushgateway_url or ports.url("pushgateway"),
         "DVC_NO_ANALYTICS": "1",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         **ports.env(),

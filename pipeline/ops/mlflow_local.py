@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.ops.ports import Ports
 from pipeline.ops.services import ServiceError, ServiceManager
 from pipeline.paths import PACKAGE_ROOT, ProjectPaths
+from pipeline.settings import Ports
 
 NAME = "mlflow"
 VENV = PACKAGE_ROOT / ".venv-mlflow"  # scripts/setup.sh makes it from requirements-mlflow.lock

@@ -14,8 +14,9 @@ import re
 from pathlib import Path
 
 from pipeline.paths import PACKAGE_ROOT
+from pipeline.settings import Ports
 
-DEFAULT_BASE = "http://127.0.0.1:9095/runbook"  # the base the committed rules carry
+DEFAULT_BASE = Ports().runbook_base()  # the base the committed rules carry
 RUNBOOK = PACKAGE_ROOT / "docs" / "runbook.md"
 
 

@@ -26,6 +26,7 @@ from pipeline.ops import runbook
 from pipeline.ops.ports import Ports
 from pipeline.ops.services import ServiceManager
 from pipeline.paths import PACKAGE_ROOT, ProjectPaths
+from pipeline.settings import StackSettings
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,8 @@ def write_configs(paths: ProjectPaths, ports: Ports, fast: bool = False,
 def runbook_base(ports: Ports) -> str:
     """Where alerts' runbook links point: ``AQ_RUNBOOK_BASE_URL``, else the runbook page the
     local webhook receiver serves."""
-    return os.environ.get("AQ_RUNBOOK_BASE_URL", "").strip().rstrip("/") or (
-        ports.url("webhook") + "/runbook")
+    configured = StackSettings.from_env().runbook_base_url
+    return configured.strip().rstrip("/") or ports.runbook_base()
 
 
 def render_rules(source: Path, target: Path, base: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from grafana import generate
+from grafana import generate, parts
 from pipeline.ops import airflow_local
 from pipeline.ops.ports import Ports
 from pipeline.paths import ProjectPaths
@@ -226,7 +226,7 @@ def test_airflow_dashboard_links_open_real_dags_and_tasks(airflow_prometheus, ap
         assert api.call("GET", f"/dags/{dag_id}/tasks/{task_id}")["task_id"] == task_id
     dashboard = generate.build()[0]["airflow.json"]
     ui = variables(dashboard)["airflow_url"]["query"]
-    assert ui == generate.PORTS.url("airflow")  # the same default port the local stack uses
+    assert ui == parts.PORTS.url("airflow")  # the same default port the local stack uses
     for page in ("", f"/dags/{sorted(dags)[0]}", "/dag_runs"):  # the UI serves its routes
         assert requests.get(f"{api.base}{page}", timeout=10).ok, page
 

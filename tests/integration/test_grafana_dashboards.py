@@ -2,8 +2,9 @@
 by tests/grafana_doc.py: variables expanded to each value, queries as the panels run them).
 
 The observed run (tests/integration/conftest.py) ingests, trains, promotes, trains again,
-rolls back and rolls forward, forecasts, scores and measures drift: every panel of pipeline
-health, model quality, forecasts and drift must show data, or declare why not. The Airflow
+rolls back and rolls forward, forecasts, scores and measures drift, then serves its champion
+under gunicorn with a short load test: every panel of pipeline health, model quality,
+forecasts, drift and serving must show data, or declare why not. The Airflow
 dashboard is checked against a real Airflow in tests/dags/test_airflow_scheduler.py.
 """
 
@@ -17,13 +18,11 @@ import pandas as pd
 import pytest
 
 from grafana import generate
-from grafana.board import PanelMeta, Query
 from pipeline.io.storage import read_raw
 from tests.grafana_doc import (
     Prometheus,
     check_annotation,
     check_panel,
-    dashboards,
     panels,
     variable_values,
     variables,
@@ -33,6 +32,7 @@ from tests.monitoring import wait_until
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 PIPELINE_DASHBOARDS = ("aq-pipeline-health", "aq-model-quality", "aq-forecasts", "aq-drift")
+CHECKED_HERE = (*PIPELINE_DASHBOARDS, "aq-serving")  # the run serves its champion too
 STEPS = {"ingest", "preprocess", "train", "evaluate", "promote", "predict", "score", "drift",
          "rollback"}
 
@@ -44,7 +44,7 @@ def generated() -> tuple[dict[str, dict], list]:
 
 
 def panel_metas():
-    return [m for m in generated()[1] if m.dashboard in PIPELINE_DASHBOARDS]
+    return [m for m in generated()[1] if m.dashboard in CHECKED_HERE]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def present(prom) -> set[str]:
 def test_every_pipeline_dashboard_is_checked_here():
     """The generated dashboards with queries are checked live, here or with Airflow."""
     with_queries = {m.dashboard for m in generated()[1]}
-    assert with_queries == {*PIPELINE_DASHBOARDS, "aq-airflow"}
+    assert with_queries == {*CHECKED_HERE, "aq-airflow"}
 
 
 @pytest.mark.parametrize("meta", panel_metas(),
@@ -68,30 +68,6 @@ def test_every_pipeline_dashboard_is_checked_here():
                               for m in panel_metas()])
 def test_panel_queries_return_data_for_every_variable_value(meta, prom, present):
     dashboard = generated()[0][meta.dashboard]
-    assert check_panel(meta, dashboard, prom, present) == []
-
-
-def written_by_hand() -> list[PanelMeta]:
-    """Panels of dashboards no generator writes (serving.json, issue 14), read from their JSON:
-    checked here too when the observed run feeds them."""
-    metas = []
-    for path, dash in dashboards():
-        if path.name in generate.FILES.values():
-            continue
-        for panel in panels(dash):
-            targets = panel.get("targets", [])
-            if targets:
-                metas.append(PanelMeta(dash["uid"], panel["id"], panel["title"], {
-                    t["refId"]: Query(t["expr"], instant=bool(t.get("instant"))
-                                      and not t.get("range")) for t in targets},
-                    None, None))
-    return metas
-
-
-@pytest.mark.parametrize("meta", written_by_hand(),
-                         ids=[f"{m.dashboard}:{m.title}" for m in written_by_hand()])
-def test_hand_written_dashboard_queries_return_data(meta, prom, present):
-    dashboard = next(d for _, d in dashboards() if d["uid"] == meta.dashboard)
     assert check_panel(meta, dashboard, prom, present) == []
 
 

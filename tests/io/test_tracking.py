@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.io import tracking
 from pipeline.io.tracking import ModelRef, RunRecord, Tracker
-from pipeline.settings import TrackingSettings
+from pipeline.settings import SettingsError, TrackingSettings
 from tests.conftest import free_port
 
 
@@ -23,7 +23,7 @@ def test_tracking_is_off_unless_a_server_is_named(raw):
 @pytest.mark.parametrize("raw", ["sqlite:///mlflow.db", "file:/tmp/mlruns", "127.0.0.1:5000",
                                  "databricks"])
 def test_a_tracking_uri_the_rest_client_cannot_use_is_refused_naming_the_variable(raw):
-    with pytest.raises(ValueError, match="AQ_MLFLOW_TRACKING_URI"):
+    with pytest.raises(SettingsError, match="AQ_MLFLOW_TRACKING_URI"):
         TrackingSettings.from_env({"AQ_MLFLOW_TRACKING_URI": raw})
 
 
@@ -35,7 +35,7 @@ def test_mlflows_own_bounds_and_credentials_are_read_and_the_token_never_shows()
     assert settings.uri == "https://mlflow.example.org"
     assert (settings.timeout_s, settings.max_retries) == (3.0, 0)
     assert "tok-1234567890" not in repr(settings)
-    with pytest.raises(ValueError, match="MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+    with pytest.raises(SettingsError, match="MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
         TrackingSettings.from_env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "-1"})
 
 

@@ -21,8 +21,8 @@ import pytest
 import requests
 
 from pipeline.ops import mlflow_local
-from pipeline.ops.ports import Ports
 from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports
 from tests.conftest import REPO, free_port, make_project
 
 # a small model that may lose to persistence: promoted anyway (tracked, not judged)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grafana import generate
+from grafana import generate, layout, parts, sources, typed
+from grafana.boards import serving as serving_board
 from pipeline.core.aqi import category_thresholds
 from pipeline.io.metrics import CATALOGUE
 from pipeline.ops import runbook
@@ -30,15 +31,17 @@ from tests.metrics_doc import documented_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 PROVISIONING = REPO / "grafana" / "provisioning"
-GENERATED = set(generate.FILES.values())
 QUESTIONS = {"pipeline-health.json", "model-quality.json", "forecasts.json", "drift.json",
-             "airflow.json"}
+             "airflow.json", "serving.json"}
 PROMETHEUS_PAGES = {"/classic/alerts"}  # opened for real in the integration test
 
 
 @cache
 def built() -> tuple[dict, list]:
     return generate.build()
+
+
+GENERATED = set(built()[0])
 
 
 def committed() -> dict[str, dict]:
@@ -68,7 +71,7 @@ def test_datasource_points_at_the_default_prometheus_address():
     prom_target = next(j for j in prom["scrape_configs"] if j["job_name"] == "prometheus")
     assert [d["url"] for d in cfg["datasources"]] == [
         f"http://{prom_target['static_configs'][0]['targets'][0]}"]
-    assert datasource_uids() == {generate.PROVISIONED_DATASOURCE}
+    assert datasource_uids() == {parts.PROVISIONED_DATASOURCE}
 
 
 def test_dashboard_provider_loads_the_dashboards_directory():
@@ -77,25 +80,25 @@ def test_dashboard_provider_loads_the_dashboards_directory():
 
 
 def test_one_dashboard_per_question_is_provisioned():
-    """Every JSON in grafana/dashboards/ is provisioned (docker-compose mounts the directory)."""
+    """Every JSON in grafana/dashboards/ is provisioned (docker-compose mounts the directory)
+    and generated: none is kept by hand."""
     found = set(committed())
-    assert QUESTIONS <= found
-    assert found - GENERATED <= {generate.SERVING_FILE}, "a dashboard no generator writes"
+    assert found == QUESTIONS == GENERATED, "a dashboard no module of grafana/boards/ builds"
     for name, dash in committed().items():
-        assert generate.TAG in dash["tags"], f"{name} is missing from the navigation"
+        assert parts.TAG in dash["tags"], f"{name} is missing from the navigation"
 
 
 # ---------------------------------------------------------------- generated and typed
 
 
 def test_committed_dashboards_and_layout_pictures_are_the_generated_ones():
-    """Edit grafana/generate.py (or the rules, params.yaml, docs/runbook.md it reads), then
+    """Edit grafana/boards/ (or the rules, params.yaml, docs/runbook.md they read), then
     run `.venv/bin/python -m grafana.generate`."""
     dashes, _ = built()
     for name, dash in dashes.items():
         assert committed()[name] == dash, f"{name} is stale: run python -m grafana.generate"
     doc = generate.MONITORING_DOC.read_text()
-    assert generate.with_layouts(doc, dashes) == doc, "docs/monitoring.md layouts are stale"
+    assert layout.with_layouts(doc, dashes) == doc, "docs/monitoring.md layouts are stale"
     pictured = set(re.findall(r"<!-- layout: ([\w.-]+) -->", doc))
     assert pictured == set(dashes), "every generated dashboard has its picture"
     assert generate.main(["--check"]) == 0
@@ -105,16 +108,15 @@ def test_committed_dashboards_and_layout_pictures_are_the_generated_ones():
 def test_dashboard_goes_through_the_typed_models_without_loss(name):
     """grafana-foundation-sdk's Dashboard.from_json / to_json keep every key and value."""
     dash = committed()[name]
-    typed = generate.typed_round_trip(dash)
-    assert generate.lost_in(dash, typed) == []
-    if name in GENERATED:
-        assert typed == dash  # written as the typed models write it: a fixed point
+    round_trip = typed.typed_round_trip(dash)
+    assert typed.lost_in(dash, round_trip) == []
+    assert round_trip == dash  # written as the typed models write it: a fixed point
 
 
 def test_the_loss_check_catches_a_key_the_models_do_not_know():
     dash = committed()["drift.json"]
     broken = {**dash, "panels": [{**dash["panels"][1], "thresholdz": {}}, *dash["panels"][2:]]}
-    assert generate.lost_in(broken, generate.typed_round_trip(broken)) == ["/panels[0]/thresholdz"]
+    assert typed.lost_in(broken, typed.typed_round_trip(broken)) == ["/panels[0]/thresholdz"]
 
 
 # ---------------------------------------------------------------- structure
@@ -207,14 +209,21 @@ RATIO = {"aq_model_skill", "aq:model_skill:min_by_target", "aq_realised_skill",
          "aq:realised_skill:min_by_target", "aq_drift_share", "aq_ingest_null_fraction",
          "aq_model_interval_coverage", "aq_realised_interval_coverage",
          "aq_model_aqi_category_accuracy", "aq:step_quarantine_ratio",
-         "aq_forecast_input_completeness"}
+         "aq_forecast_input_completeness", "aq:serving_errors:ratio_rate5m"}
 DURATIONS = ("s", "dtdurations")
+
+
+BURN_RATE = re.compile(r":ratio_rate\w+ / [\d.]+$")  # a ratio over its SLO budget: a multiple
 
 
 def expected_unit(expr: str) -> tuple[str, ...] | None:
     names = metric_names(expr)
     if "_timestamp_seconds" in expr and "* 1000" in expr:
         return ("dateTimeAsIso",)
+    if BURN_RATE.search(expr):
+        return ("none",)
+    if expr.startswith("rate(") and all(n.endswith("_seconds") for n in names):
+        return ("percentunit",)  # seconds per second: CPU cores used
     if "time() -" in expr or any(n.endswith("_seconds") and "timestamp" not in n
                                  for n in names):
         return ("percentunit",) if " / " in expr else DURATIONS
@@ -264,7 +273,7 @@ def steps(panel: dict) -> list[float]:
 
 def rule_constants(alert: str) -> list[tuple[str, float]]:
     """Comparisons with a constant in the alert's expression, read here independently."""
-    expr = generate.alert_rules()[alert]["expr"]
+    expr = sources.alert_rules()[alert]["expr"]
     found = re.findall(r"(>=|<=|==|>|<)\s*(?:bool\s+)?([\d.]+(?:\s*\*\s*[\d.]+)*)", expr)
     return [(op, eval_product(text)) for op, text in found]
 
@@ -300,6 +309,20 @@ def test_thresholds_are_where_the_alerts_fire():
             "RealisedAccuracyDegraded", "ChampionNotRefreshed", "DiskFilling", "MemoryPressure",
             "ForecastAQIUnhealthy", "PipelineStepFailing", "PipelineStepStale", "TargetDown",
             "DriftDetected", "ForecastWithheld"} <= checked
+
+
+def test_serving_slos_are_the_settings_the_rules_and_the_load_test_use():
+    """The serving dashboard's SLO lines and stale threshold are the serving settings' defaults
+    (tests/prometheus/test_serving_rules.py ties the rules to the same defaults)."""
+    from pipeline.settings import ServingSettings
+
+    settings = ServingSettings()
+    assert serving_board.SLO_LATENCY_S == settings.slo_latency_s
+    assert serving_board.SLOW_BUDGET == pytest.approx(1 - settings.slo_latency_target)
+    assert serving_board.ERROR_BUDGET == settings.slo_error_ratio
+    assert serving_board.STALE_AFTER_S == settings.stale_after_s
+    burn = {p["title"]: p for p in panels(committed()["serving.json"])}["Budget burn rates (1 h)"]
+    assert steps(burn) == [6, 14.4]  # the ticket's and the page's burn rates in the rules
 
 
 def test_drift_and_forecast_input_thresholds_are_params_yaml():
@@ -421,7 +444,7 @@ def test_panels_tied_to_an_alert_link_to_the_alerts_own_runbook_url():
     linked = set()
     for meta, panel in metas_with_panels():
         if meta.alert:
-            rule_url = generate.alert_rules()[meta.alert]["annotations"]["runbook_url"]
+            rule_url = sources.alert_rules()[meta.alert]["annotations"]["runbook_url"]
             base, _, fragment = rule_url.partition("#")
             assert base == runbook.DEFAULT_BASE
             assert fragment in runbook_anchors(), meta.alert

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import SecretStr
 
 from pipeline.__main__ import main
 from pipeline.context import Context
@@ -20,7 +21,7 @@ from pipeline.io.ingestion import push_quality
 from pipeline.io.metrics import StepRun
 from pipeline.io.storage import raw_files, read_forecasts, read_raw
 from pipeline.schema import VALUE_COLUMNS
-from pipeline.settings import Secret, Settings
+from pipeline.settings import Settings
 from pipeline.steps import ingest
 from tests.conftest import make_project
 from tests.replay_server import (
@@ -66,7 +67,7 @@ def settings_for(srv: ReplayServer, key: str = KEY, timeout: float = 2.0) -> Set
         open_meteo_archive_url=srv.url(ARCHIVE),
         open_meteo_previous_runs_url=srv.url(PREVIOUS),
         openweathermap_url=srv.url(OWM),
-        openweathermap_api_key=Secret(key),
+        openweathermap_api_key=SecretStr(key),
         http_timeout_s=timeout,
     )
 

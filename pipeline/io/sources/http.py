@@ -39,13 +39,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from pipeline.io.sources.base import SourceError, SourceStats
 from pipeline.redaction import REDACTED, redact, register_secret
-from pipeline.settings import Secret
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class SharedRateLimiter:
     :class:`RateLimitUnavailable` and no request is sent.
     """
 
-    def __init__(self, url: Secret | str, provider: str, rate: float, *,
+    def __init__(self, url: SecretStr | str, provider: str, rate: float, *,
                  max_wait_s: float = DEFAULT_TOTAL_S, timeout_s: float = 5.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         if rate <= 0:
@@ -181,7 +181,7 @@ class SharedRateLimiter:
             raise RateLimitUnavailable(
                 "AQ_RATE_LIMIT_REDIS_URL is set but the redis package is missing: install the "
                 "airflow extra (`make setup` does)", provider=provider) from None
-        value = url.reveal() if isinstance(url, Secret) else url
+        value = url.get_secret_value() if isinstance(url, SecretStr) else url
         self.provider = provider
         self.key = f"aq:rate:{provider}"
         self.interval_us = max(1, round(1_000_000 / rate))
@@ -225,12 +225,13 @@ _LIMITERS: dict[tuple[str, float, str, float], RateLimiter | SharedRateLimiter] 
 _LIMITERS_LOCK = threading.Lock()
 
 
-def limiter_for(provider: str, rate: float, shared_url: Secret | str | None = None,
+def limiter_for(provider: str, rate: float, shared_url: SecretStr | str | None = None,
                 max_wait_s: float = DEFAULT_TOTAL_S) -> RateLimiter | SharedRateLimiter:
     """The limiter of a provider, made once per process so separate source objects share
     one budget: in Redis when ``shared_url`` is given (every worker shares it; a slot more
     than ``max_wait_s`` away is refused), else local."""
-    url = shared_url.reveal() if isinstance(shared_url, Secret) else (shared_url or "")
+    url = (shared_url.get_secret_value() if isinstance(shared_url, SecretStr)
+           else (shared_url or ""))
     with _LIMITERS_LOCK:
         key = (provider, float(rate), url, float(max_wait_s) if url else 0.0)
         if key not in _LIMITERS:
@@ -418,7 +419,7 @@ class HttpClient:
         timeout_s: float,
         retry: RetryPolicy,
         requests_per_second: float,
-        secrets: Iterable[Secret | str] = (),
+        secrets: Iterable[SecretStr | str] = (),
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -426,7 +427,7 @@ class HttpClient:
         limiter_key: str | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         total_s: float = DEFAULT_TOTAL_S,
-        shared_limit_url: Secret | str | None = None,
+        shared_limit_url: SecretStr | str | None = None,
     ) -> None:
         self.provider = provider
         self.timeout_s = float(timeout_s)
@@ -446,7 +447,7 @@ class HttpClient:
         self._secrets = []
         for secret in secrets:
             register_secret(secret)
-            value = secret.reveal() if isinstance(secret, Secret) else secret
+            value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
             if value:
                 self._secrets.append(value)
 

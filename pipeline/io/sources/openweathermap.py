@@ -175,7 +175,8 @@ class OpenWeatherMapSource:
     def _pollution(self, loc: Location, start, end, stats: SourceStats) -> pd.DataFrame:
         parts = []
         for url, params, (part_start, part_end) in self._requests(loc, start, end):
-            payload = self.client.get_json(url, {**params, "appid": self._key.reveal()}, stats)
+            query = {**params, "appid": self._key.get_secret_value()}
+            payload = self.client.get_json(url, query, stats)
             frame = guarded(PROVIDER, f"location {loc.id}", parse_air_pollution, payload, loc.id)
             parts.append(trim(frame, part_start, part_end))
         if not parts:

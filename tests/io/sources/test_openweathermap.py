@@ -7,13 +7,14 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import SecretStr
 
 from pipeline.config import Location
 from pipeline.config import OpenMeteoSource as OpenMeteoConfig
 from pipeline.config import OpenWeatherMapSource as OwmConfig
 from pipeline.io.sources.base import SourceError
 from pipeline.io.sources.openweathermap import OpenWeatherMapSource, parse_air_pollution
-from pipeline.settings import Secret, Settings
+from pipeline.settings import Settings
 from tests.replay_server import (
     OWM_COMPONENTS,
     ReplayServer,
@@ -51,7 +52,7 @@ def server():
 def make_source(srv, key=KEY, timeout=2.0, **config) -> OpenWeatherMapSource:
     settings = Settings(
         openweathermap_url=srv.url(OWM),
-        openweathermap_api_key=Secret(key),
+        openweathermap_api_key=SecretStr(key),
         open_meteo_air_quality_url=srv.url(AQ),
         open_meteo_forecast_url=srv.url(FORECAST),
         open_meteo_archive_url=srv.url(ARCHIVE),
