@@ -132,3 +132,63 @@ def tracked(tmp_path_factory, mlflow) -> Tracked:
                    timeout=60)
     logs.update({name: run_step(root, name, uri=mlflow.url).stderr for name in PIPELINE[1:]})
     return Tracked(root, logs)
+
+
+# ---------------------------------------------------------------- MLServer beside the Flask app
+
+from tests.serving.conftest import (  # noqa: E402  (the served project: real steps, 2 versions)
+    ServedProject,
+    copy_project,
+    served_project,  # noqa: F401  (a fixture, used by name)
+    start_server,
+)
+
+
+@dataclass
+class V2Server:
+    url: str
+    project: ServedProject
+    ports: Ports
+
+    def infer(self, location: str, observations: list | None = None) -> requests.Response:
+        inputs = [{"name": "location_id", "shape": [1], "datatype": "BYTES", "data": [location]}]
+        if observations is not None:
+            inputs.append({"name": "observations", "shape": [1], "datatype": "BYTES",
+                           "data": [json.dumps(observations)]})
+        return requests.post(f"{self.url}/v2/models/aq-forecast/infer",
+                             json={"inputs": inputs}, timeout=30)
+
+    def ready(self) -> int:
+        return requests.get(f"{self.url}/v2/models/aq-forecast/ready", timeout=10).status_code
+
+
+def start_mlserver(project: ServedProject, timeout: float = 240) -> V2Server:
+    from pipeline.ops import mlserver_local
+
+    ports = Ports(mlserver=free_port(), mlserver_grpc=free_port(), mlserver_metrics=free_port())
+    saved = dict(os.environ)
+    os.environ["AQ_SERVING_RELOAD_INTERVAL_S"] = "0.5"
+    try:
+        mlserver_local.start(project.paths, ports, timeout=timeout)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    mlserver_local.wait_ready(ports.url("mlserver"), timeout=timeout)
+    return V2Server(ports.url("mlserver"), project, ports)
+
+
+@pytest.fixture(scope="session")
+def both(served_project, tmp_path_factory):  # noqa: F811
+    """The Flask app (gunicorn) and MLServer serving one copy of the served project."""
+    from pipeline.ops import mlserver_local, serving_local
+
+    project = copy_project(served_project, tmp_path_factory.mktemp("v2") / "project")
+    flask = start_server(project)
+    try:
+        v2 = start_mlserver(project)
+        try:
+            yield flask, v2
+        finally:
+            mlserver_local.stop(project.paths)
+    finally:
+        serving_local.stop(project.paths)
