@@ -11,7 +11,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 if [ "${AQ_NO_SERVICES:-0}" != "1" ]; then
   step "starting the local services (monitoring stack, serving app, Airflow: ${AQ_AIRFLOW_PROFILE:-local} profile) on 127.0.0.1"
-  python -m pipeline.ops start
+  python -m pipeline.ops start $([ "${AQ_NO_MLSERVER:-0}" = "1" ] && echo --no-mlserver)
   # shellcheck disable=SC1091
   [ -f .stack/env ] && source .stack/env
 fi
@@ -43,6 +43,9 @@ if [ "${AQ_NO_SERVICES:-0}" != "1" ]; then
   python -m pipeline.ops status || true
   # the serving app reloads the new champion and forecasts by itself; wait for it (bounded)
   python -m pipeline.ops.serving_local ready --timeout 120
+  if [ "${AQ_NO_MLSERVER:-0}" != "1" ]; then
+    python -m pipeline.ops.mlserver_local ready --timeout 120
+  fi
   echo "Grafana is not installed here: the dashboards in grafana/dashboards/ run on any Grafana"
   echo "10.4+ pointed at this Prometheus (docker compose up -d grafana; docs/monitoring.md)."
   echo "Stop the services with: make stop"

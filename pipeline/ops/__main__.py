@@ -83,16 +83,21 @@ def write_env(paths: ProjectPaths, info: dict[str, str]) -> None:
 
 
 def start(paths: ProjectPaths, with_airflow: bool = True, with_serving: bool = True,
+          with_mlflow: bool = True, with_mlserver: bool = True,
           ) -> dict[str, str]:
-    from pipeline.ops import serving_local, stack
+    from pipeline.ops import mlflow_local, mlserver_local, serving_local, stack
 
     paths.stack_dir.mkdir(parents=True, exist_ok=True)
     ports = resolve_ports(paths)
     ports_file(paths).write_text(ports.model_dump_json())
     info: dict[str, str] = dict(ports.env())
     info.update(stack.start(paths, ports))
+    if with_mlflow:  # before Airflow: its tasks log to it (airflow_local.tracking_uri)
+        info.update(mlflow_local.start(paths, ports))
     if with_serving:
         info.update(serving_local.start(paths, ports))
+    if with_mlserver:
+        info.update(mlserver_local.start(paths, ports))
     airflow = _airflow(paths) if with_airflow else None
     if airflow is not None:
         info.update({str(k): str(v) for k, v in (airflow.start(paths, ports) or {}).items()})
@@ -101,17 +106,18 @@ def start(paths: ProjectPaths, with_airflow: bool = True, with_serving: bool = T
 
 
 def stop(paths: ProjectPaths) -> list[str]:
-    from pipeline.ops import serving_local
+    from pipeline.ops import mlserver_local, serving_local
 
     # the scale-out profile's stop covers both profiles' parts
     airflow = _ops_module("airflow_celery") or _ops_module("airflow_local")
     failure: Exception | None = None
     stopped: list[str] = []
-    try:
-        serving_local.stop(paths)  # first: it reads the data the others write
-    except Exception as exc:
-        log.error("stopping the serving app failed: %s", exc)
-        failure = exc
+    for name, module in (("the serving app", serving_local), ("MLServer", mlserver_local)):
+        try:
+            module.stop(paths)  # first: they read the data the others write
+        except Exception as exc:
+            log.error("stopping %s failed: %s", name, exc)
+            failure = failure or exc
     if airflow is not None:
         try:
             stopped += airflow.stop(paths)
@@ -145,6 +151,10 @@ def describe(info: dict[str, str], paths: ProjectPaths) -> list[str]:
         lines.append(f"  Pushgateway                  {info['AQ_PUSHGATEWAY_URL']}")
     if info.get("AQ_SERVING_URL"):
         lines.append(f"  forecast API                 {info['AQ_SERVING_URL']}/docs")
+    if info.get("V2 inference"):
+        lines.append(f"  V2 inference (MLServer)      {info['V2 inference']}")
+    if info.get("mlflow UI"):
+        lines.append(f"  MLflow (runs, models)        {info['mlflow UI']}")
     if info.get("airflow UI"):
         lines.append(f"  Airflow UI                   {info['airflow UI']}")
         password_file = info.get("airflow password file", "the Airflow password file")
@@ -167,13 +177,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="start: without Airflow")
     parser.add_argument("--no-serving", action="store_true",
                         help="start: without the serving app")
+    parser.add_argument("--no-mlflow", action="store_true",
+                        help="start: without the MLflow tracking server")
+    parser.add_argument("--no-mlserver", action="store_true",
+                        help="start: without MLServer (the V2 inference endpoint)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = ProjectPaths.discover()
     if args.command == "start":
-        info = start(paths, with_airflow=not args.no_airflow, with_serving=not args.no_serving)
+        info = start(paths, with_airflow=not args.no_airflow, with_serving=not args.no_serving,
+                     with_mlflow=not args.no_mlflow, with_mlserver=not args.no_mlserver)
         print("\n".join(describe(info, paths)))
     elif args.command == "stop":
         stopped = stop(paths)

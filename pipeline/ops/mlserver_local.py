@@ -11,7 +11,10 @@ before the first champion and becomes ready (``/v2/models/aq-forecast/ready``) o
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -105,3 +108,36 @@ def wait_ready(base_url: str, timeout: float) -> None:
             raise ServiceError(f"MLServer at {base_url}: model {MODEL} not ready after "
                                f"{timeout:.0f}s ({last}); is there a champion?")
         time.sleep(0.5)
+
+
+def curl_example(base_url: str, location_id: str) -> str:
+    body = json.dumps({"inputs": [{"name": "location_id", "shape": [1], "datatype": "BYTES",
+                                   "data": [location_id]}]})
+    return (f"curl -s -X POST {base_url}/v2/models/{MODEL}/infer "
+            f"-H 'Content-Type: application/json' -d '{body}'")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.ops.mlserver_local ready [--timeout S]``: wait, print a curl."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.ops.mlserver_local",
+                                     description=main.__doc__)
+    parser.add_argument("command", choices=["ready"])
+    parser.add_argument("--timeout", type=float, default=90.0)
+    args = parser.parse_args(argv)
+    from pipeline.config import load_params
+    from pipeline.ops.__main__ import resolve_ports
+
+    paths = ProjectPaths.discover()
+    base = resolve_ports(paths).url("mlserver")
+    try:
+        wait_ready(base, args.timeout)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"V2 inference (MLServer): {base}/v2/models/{MODEL}  (same forecasts as /v1)")
+    print(f"  {curl_example(base, load_params(paths.params).location_ids[0])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
