@@ -54,6 +54,8 @@ MODEL_DIR = "model"  # the run's artifact folder holding the skops file and its 
 VERSION_TAG = "aq.version"  # the project's model version, on runs and model versions
 SHA256_TAG = "aq.sha256"
 CHAMPION, CANDIDATE = "champion", "candidate"
+# MLflow 3's UI opens an experiment of this kind on its runs (model training), not on GenAI traces
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 # MLflow's limits (mlflow/utils/validation.py): a log-batch call, a param value, a key
 MAX_PARAMS_TAGS_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH = 100, 1000, 1000
 MAX_PARAM_LENGTH, MAX_TAG_LENGTH, MAX_KEY_LENGTH = 6000, 8000, 250
@@ -287,14 +289,18 @@ class MlflowRest:
     def experiment_id(self, name: str) -> str:
         try:
             found = self.call("GET", f"{API}/experiments/get-by-name",
-                              params={"experiment_name": name})
-            return str(found["experiment"]["experiment_id"])
+                              params={"experiment_name": name})["experiment"]
+            tags = {t["key"]: t["value"] for t in found.get("tags", [])}
+            if tags.get(KIND_TAG) != KIND:  # an experiment made by hand: say what it holds
+                self.call("POST", f"{API}/experiments/set-experiment-tag", body={
+                    "experiment_id": found["experiment_id"], "key": KIND_TAG, "value": KIND})
+            return str(found["experiment_id"])
         except TrackingRefused as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
         try:
-            return str(self.call("POST", f"{API}/experiments/create",
-                                 body={"name": name})["experiment_id"])
+            return str(self.call("POST", f"{API}/experiments/create", body={
+                "name": name, "tags": [{"key": KIND_TAG, "value": KIND}]})["experiment_id"])
         except TrackingRefused as exc:  # created by another step meanwhile
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

@@ -154,7 +154,10 @@ def describe(info: dict[str, str], paths: ProjectPaths) -> list[str]:
     if info.get("V2 inference"):
         lines.append(f"  V2 inference (MLServer)      {info['V2 inference']}")
     if info.get("mlflow UI"):
-        lines.append(f"  MLflow (runs, models)        {info['mlflow UI']}")
+        lines.append(f"  MLflow runs                  {info['mlflow UI']} (experiment "
+                     "aq-forecast, 'Model training')")
+        lines.append(f"  MLflow model registry        {info['mlflow UI']}/#/models/aq-forecast "
+                     "(aliases champion, candidate)")
     if info.get("airflow UI"):
         lines.append(f"  Airflow UI                   {info['airflow UI']}")
         password_file = info.get("airflow password file", "the Airflow password file")
