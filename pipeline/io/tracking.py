@@ -595,7 +595,7 @@ def log_run(ctx, record: RunRecord) -> str:
     the server's sake. Returns ``logged``, ``queued``, ``off`` or ``not logged``."""
     started = time.monotonic()
     outcome = tracker(ctx.tracking, ctx.paths.tracking_queue).log(record)
-    if outcome != "off":
+    if outcome != "off":  # what tracking adds to the step (bench/bench_tracking.py reads it)
         log.debug("mlflow: %s run %s in %.3f s", record.step, outcome,
                   time.monotonic() - started)
     return outcome

@@ -162,7 +162,9 @@ class V2Server:
         return requests.get(f"{self.url}/v2/models/aq-forecast/ready", timeout=10).status_code
 
 
-def start_mlserver(project: ServedProject, timeout: float = 240) -> V2Server:
+def start_mlserver(project: ServedProject, timeout: float = 240, ready: bool = True) -> V2Server:
+    """MLServer through pipeline/ops/mlserver_local.py on free ports; live when it returns
+    (and serving a verified champion, unless ``ready=False``)."""
     from pipeline.ops import mlserver_local
 
     ports = Ports(mlserver=free_port(), mlserver_grpc=free_port(), mlserver_metrics=free_port())
@@ -173,7 +175,8 @@ def start_mlserver(project: ServedProject, timeout: float = 240) -> V2Server:
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    mlserver_local.wait_ready(ports.url("mlserver"), timeout=timeout)
+    if ready:
+        mlserver_local.wait_ready(ports.url("mlserver"), timeout=timeout)
     return V2Server(ports.url("mlserver"), project, ports)
 
 

@@ -121,3 +121,28 @@ def test_malformed_v2_requests_get_a_4xx_naming_the_problem(both, body, status, 
                          headers={"Content-Type": "application/json"},
                          timeout=30).status_code == 422
     assert v2.ready() == 200  # and it keeps serving
+
+
+def test_not_ready_before_the_first_champion_then_ready_without_a_restart(served_project,
+                                                                          tmp_path):
+    from pipeline.ops import mlserver_local
+    from tests.mlops.conftest import start_mlserver
+    from tests.serving.conftest import copy_project
+
+    project = copy_project(served_project, tmp_path / "project")
+    (project.root / "models" / "champion.json").unlink()
+    (project.root / "models" / "champion_history.jsonl").unlink(missing_ok=True)
+    try:
+        v2 = start_mlserver(project, ready=False)
+        assert requests.get(f"{v2.url}/v2/health/live", timeout=10).status_code == 200
+        assert v2.ready() == 400
+        refused = v2.infer("berlin")
+        assert refused.status_code == 400
+        assert "not ready" in refused.text
+        Registry(project.paths).promote(project.champion, reason="first champion")
+        mlserver_local.wait_ready(v2.url, timeout=120)
+        meta = requests.get(f"{v2.url}/v2/models/aq-forecast", timeout=10).json()
+        assert meta["versions"] == [project.champion]
+        assert v2.infer("berlin").status_code == 200
+    finally:
+        mlserver_local.stop(project.paths)
