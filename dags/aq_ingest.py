@@ -25,7 +25,7 @@ Every hour this DAG brings every location in `params.yaml` up to the end of the
 first run after `make run` (or after an outage) fills the whole gap, oldest first, at
 most `source.max_catchup_days` per run, in provider-sized chunks with one log line per
 chunk. Rows are validated and merged into the monthly raw partitions under `data/raw/`
-(`pipeline.io.ingestion`, the same code as `python -m pipeline ingest` and `backfill`).
+(`pipeline.ingestion`, the same code as `python -m pipeline ingest` and `backfill`).
 
 1. **plan_batches** splits the locations into batches of `AQ_INGEST_BATCH_SIZE`.
 2. **ingest** (mapped, one task per batch) catches the batch up. Writes are idempotent:
@@ -70,7 +70,7 @@ def aq_ingest():
     @task(map_index_template="{{ batch }}", execution_timeout=timedelta(minutes=20))
     def ingest(locations: list[str]) -> dict[str, Any]:
         from pipeline.context import Context
-        from pipeline.io.ingestion import Ingestion
+        from pipeline.ingestion import Ingestion
 
         context = get_current_context()
         context["batch"] = ",".join(locations)  # type: ignore[typeddict-unknown-key]
@@ -84,7 +84,7 @@ def aq_ingest():
         from aq_common import settings
 
         from pipeline.context import Context
-        from pipeline.io.ingestion import check_run
+        from pipeline.ingestion import check_run
 
         ctx = Context.load(project_dir())
         start, end = run_interval(get_current_context())

@@ -21,6 +21,7 @@ STEPS = {
     "rollback": "restore the previous champion (or --to VERSION) and re-issue the forecasts",
     "summary": "print the run summary table",
     "backtest": "rolling-origin backtest of a model over a window of target hours",
+    "locations": "check (or --write) params.yaml's locations against a CSV file's stations",
 }
 
 
@@ -59,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "backfill":
             cmd.add_argument("--chunk-days", type=_positive_int, default=None,
                              help="days per request chunk")
+        if name == "locations":
+            cmd.add_argument("--write", action="store_true", default=None,
+                             help="write the file's stations into params.yaml's locations")
+            cmd.add_argument("--timezone", help="IANA time zone of new locations (default: "
+                             "source.csv.time_zone when it names one, else UTC)")
         if name == "rollback":
             cmd.add_argument("--to", metavar="VERSION",
                              help="make this registered version champion (earlier or later)")
@@ -103,12 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     install_log_redaction()
 
     try:
-        ctx = Context.load()
         module = importlib.import_module(f"pipeline.steps.{args.step}")
         options = {
             k: v for k, v in vars(args).items() if k not in {"step", "verbose"} and v is not None
         }
-        module.run(ctx, **options)
+        if getattr(module, "NEEDS_CONTEXT", True):
+            module.run(Context.load(), **options)
+        else:  # a step that repairs params.yaml cannot need a valid one
+            from pipeline.paths import ProjectPaths
+
+            module.run(ProjectPaths.discover(), **options)
     except (ConfigError, PipelineError) as exc:
         print(redact(f"error: {args.step}: {exc}"), file=sys.stderr)
         return 1

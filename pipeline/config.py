@@ -11,6 +11,7 @@ into 1). Dates may be written quoted or not.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -117,6 +118,22 @@ class OpenWeatherMapSource(_Strict):
     weather_from_open_meteo: bool = True
 
 
+_FIXED_OFFSET = re.compile(r"^(?:UTC|GMT)?([+-])(\d{2}):?(\d{2})$")
+
+
+def fixed_offset(text: str) -> dt.timezone | None:
+    """``+08:00`` (also ``UTC+08:00``, ``+0800``) as a fixed zone without daylight saving;
+    None when ``text`` is not such an offset (an IANA name, say)."""
+    match = _FIXED_OFFSET.match(str(text).strip())
+    if match is None:
+        return None
+    sign, hours, minutes = match.groups()
+    delta = dt.timedelta(hours=int(hours), minutes=int(minutes))
+    if delta > dt.timedelta(hours=14) or int(minutes) >= 60 or int(minutes) % 15:
+        return None
+    return dt.timezone(-delta if sign == "-" else delta)
+
+
 def _check_variables(names, where: str) -> None:
     unknown = sorted(set(names) - set(VALUE_COLUMNS))
     if unknown:
@@ -137,6 +154,43 @@ def _check_covariate_names(names, where: str) -> None:
                              "mapping.columns (or mapping.parameters)")
 
 
+class TimeParts(_Strict):
+    """A time written over several columns (``year, month, day, hour``), each a whole number;
+    hour 24 is 00:00 of the next day."""
+
+    year: str
+    month: str
+    day: str
+    hour: str
+
+
+class WindMap(_Strict):
+    """Wind given as a compass category and a speed (wide layout), e.g. Beijing's ``cbwd``
+    (NE, NW, SE, cv) and ``Iws``: stored as ``wind_direction_10m`` (degrees the wind blows
+    from, the centre of the category's sector; a category mapped to null, such as calm or
+    variable, has no direction) and ``wind_speed_10m``."""
+
+    direction: str  # column of compass categories
+    directions: Annotated[dict[str, Annotated[float, Field(ge=0, le=360)] | None],
+                          Field(min_length=1)]
+    speed: str | None = None  # column of wind speeds
+    speed_unit: str = "m/s"
+    # the speed column sums the hourly speeds since the direction category last changed
+    # (Beijing's Iws): the hourly speed is the difference to the previous hour, or the value
+    # itself at a change; where neither can be told (a gap, the first row) it is missing
+    speed_cumulated: bool = False
+
+    @model_validator(mode="after")
+    def _unit(self) -> WindMap:
+        try:
+            check_unit("wind_speed_10m", self.speed_unit)
+        except UnitError as exc:
+            raise ValueError(f"mapping.wind.speed_unit: {exc}") from None
+        if self.speed_cumulated and self.speed is None:
+            raise ValueError("mapping.wind.speed_cumulated needs mapping.wind.speed")
+        return self
+
+
 class CsvColumnMap(_Strict):
     """How a file's columns map to the canonical schema.
 
@@ -145,19 +199,29 @@ class CsvColumnMap(_Strict):
     and optionally a per-row ``unit`` column).
     """
 
-    time: str = "time"
+    time: str | TimeParts = "time"  # a column, or {year, month, day, hour} columns
     location: str | None = None  # column naming the station; else CsvSource.location_id
-    location_values: dict[str, str] = {}  # station value in the file -> location id
+    # station value in the file -> location id; values not listed become ids as they are,
+    # lower-cased with every other character than a-z and 0-9 as "_" ("Windsor West" ->
+    # "windsor_west")
+    location_values: dict[str, str] = {}
+    # columns describing each station, for `python -m pipeline locations` (writes or checks
+    # params.yaml's locations from the file)
+    latitude: str | None = None
+    longitude: str | None = None
+    location_name: str | None = None
     columns: dict[str, str] = {}  # canonical variable -> file column (wide layout)
     units: dict[str, str] = {}  # canonical variable -> unit of the file's values
     parameter: str | None = None  # long layout: column naming the variable
     value: str | None = None  # long layout: column holding the value
     unit: str | None = None  # long layout: column holding each row's unit
+    unit_values: dict[str, str] = {}  # a unit spelling the file uses -> a known unit
     parameters: dict[str, str] = {}  # long layout: file parameter name -> canonical variable
     # extra numeric inputs under names of your choosing: name -> file column (wide layout) or
     # parameter name (long layout); stored as cov_<name>, used like co-pollutants (value and
     # lags), values as in the file (no unit conversion)
     covariates: dict[str, str] = {}
+    wind: WindMap | None = None  # wind as a compass category (and a speed), wide layout
 
     @model_validator(mode="after")
     def _consistent(self) -> CsvColumnMap:
@@ -175,6 +239,15 @@ class CsvColumnMap(_Strict):
         if self.parameter is not None and self.columns:
             raise ValueError("mapping.columns (wide layout) and mapping.parameter (long layout) "
                              "exclude each other")
+        if self.wind is not None:
+            if self.parameter is not None:
+                raise ValueError("mapping.wind is for the wide layout (long layout: map the "
+                                 "wind parameters in mapping.parameters)")
+            twice = sorted({"wind_direction_10m", "wind_speed_10m"} & set(self.columns))
+            if twice:
+                raise ValueError(f"mapping.wind and mapping.columns both name {twice}: keep one")
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("mapping.latitude and mapping.longitude go together")
         return self
 
 
@@ -190,11 +263,20 @@ class CsvSource(_Strict):
     # decimal mark of the values; null = "." and a column written with "," is refused
     decimal: Literal[".", ","] | None = None
     location_id: str | None = None  # for single-location files without a location column
+    # true: a row's time is the END of the hour it measures (hour-ending, as OpenAQ labels
+    # hourly values): it is stored at the hour before, the canonical start of the hour
+    hour_ending: bool = False
+    # locations (python -m pipeline locations): the largest distance in metres between a
+    # station's coordinates in the file, and between the file and params.yaml
+    coordinate_tolerance_m: Annotated[float, Field(gt=0, le=100_000)] = 200.0
     mapping: CsvColumnMap = CsvColumnMap()
 
     @field_validator("time_zone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
+        """An IANA zone, or a fixed offset from UTC without daylight saving (``+08:00``)."""
+        if fixed_offset(value) is not None:
+            return value
         return Location._known_timezone(value)
 
 
@@ -501,6 +583,41 @@ def load_yaml(path: Path | str) -> object:
 
 def load_params(path: Path | str) -> Params:
     return parse_params(load_yaml(path), str(path))
+
+
+def _top_level_key(line: str) -> bool:
+    return bool(line) and not line[0].isspace() and line[0] not in "#-"
+
+
+def replace_locations(text: str, locations: list[Location]) -> str:
+    """``text`` (a params.yaml) with its top-level ``locations`` list replaced by
+    ``locations``, one flow mapping per line; every other line, comments included, is kept.
+    The result is checked to parse back to exactly these locations."""
+    entries = [
+        "  - " + yaml.safe_dump(loc.model_dump(), default_flow_style=True, sort_keys=False,
+                                width=1 << 16, allow_unicode=True).strip()
+        for loc in locations]
+    block = ["locations:", *entries]
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines)
+                  if line.startswith("locations:") and _top_level_key(line)), None)
+    if start is None:  # after the leading comments
+        start = next((i for i, line in enumerate(lines) if line.strip()
+                      and not line.startswith("#")), len(lines))
+        lines[start:start] = [*block, ""]
+    else:
+        stop = start + 1
+        while stop < len(lines) and not _top_level_key(lines[stop]) and not (
+                lines[stop].startswith("#")):
+            stop += 1
+        while stop > start + 1 and not lines[stop - 1].strip():  # keep the blank lines
+            stop -= 1
+        lines[start:stop] = block
+    result = "\n".join(lines) + "\n"
+    written = yaml.load(result, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    if [Location.model_validate(x) for x in written.get("locations") or []] != list(locations):
+        raise ConfigError("params.yaml: the locations could not be written back faithfully")
+    return result
 
 
 # the pollutant list is re-exported so callers need only this module for params

@@ -28,3 +28,7 @@ class MissingInputError(PipelineError):
 
 class TrainingError(PipelineError):
     """The models cannot be fitted on this data with these settings (the message says why)."""
+
+
+class LocationsMismatch(PipelineError):
+    """params.yaml's locations disagree with the stations of the CSV source's files."""

@@ -190,6 +190,9 @@ class Settings(EnvSettings):
     # (synthetic; a live provider always uses one, its rate limit being per process unless
     # shared in Redis) and preprocess's location batches; 1: everything in the step's process
     processes: int = Field(default_factory=lambda: min(os.cpu_count() or 1, 8), gt=0)
+    # the directory a relative source.csv.path resolves against (where exports live differs
+    # per machine); unset: the project directory
+    csv_dir: str | None = None
 
 
 class TrackingSettings(EnvSettings):

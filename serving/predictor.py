@@ -85,25 +85,44 @@ class Predictor:
         return np.clip(level + raw, 0, None)
 
 
+# Treelite minor versions whose private C entry points (``treelite.core._LIB``'s
+# TreeliteGTILGetOutputShape / TreeliteGTILPredict, ``_check_call``, ``GTILConfig``) the fast
+# call was written and verified against: tests/test_private_apis.py fails on any other
+# installed version; a run then uses the public ``treelite.gtil.predict``.
+TREELITE_FAST_CALL_VERSIONS = ("4.8",)
+
+
+def treelite_fast_call_verified(version: str) -> bool:
+    return ".".join(version.split(".")[:2]) in TREELITE_FAST_CALL_VERSIONS
+
+
 class Gtil:
     """Treelite's GTIL predict for float64 rows, one thread, without per-call set-up.
 
     ``treelite.gtil.predict`` parses a JSON config and checks its arguments on every call
     (~20 us of a ~30 us one-row call); this keeps the config and calls the same C function
-    (``TreeliteGTILPredict``). Whatever fails here falls back to ``treelite.gtil.predict``.
+    (``TreeliteGTILPredict``) through Treelite's private ctypes handle, on the Treelite versions
+    it was verified against only. Anything else, or whatever fails here, uses the public
+    ``treelite.gtil.predict``.
     """
 
     def __init__(self, model: Any) -> None:
         import ctypes
 
+        import treelite
         import treelite.gtil
-        from treelite.core import _LIB, _check_call
-        from treelite.gtil.gtil import GTILConfig
 
         self._model = model
         self._slow = treelite.gtil.predict
         self._fast = False
+        self.reason = ""
         try:
+            if not treelite_fast_call_verified(treelite.__version__):
+                raise RuntimeError(f"treelite {treelite.__version__} is not a version the fast "
+                                   f"call was verified on {TREELITE_FAST_CALL_VERSIONS}")
+            from treelite.core import _LIB, _check_call
+            from treelite.gtil.gtil import GTILConfig
+
             if (model.input_type, model.output_type) != ("float64", "float64"):
                 raise TypeError(f"{model.input_type} inputs, {model.output_type} outputs")
             self._config = GTILConfig(predict_type="default", nthread=1)
@@ -120,6 +139,7 @@ class Gtil:
             self._handles = (model.handle, self._config.handle)
             self._fast = True
         except Exception as exc:
+            self.reason = str(exc)
             log.info("treelite fast call unavailable (%s): using treelite.gtil.predict", exc)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:

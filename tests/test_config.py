@@ -124,3 +124,40 @@ def test_a_file_that_is_not_utf8_is_named_with_the_byte(tmp_path):
         load_params(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_params(tmp_path)  # a directory
+
+
+def csv_params(csv: dict) -> dict:
+    return {"locations": [{"id": "x", "name": "x", "latitude": 0, "longitude": 0}],
+            "source": {"kind": "csv", "csv": {"path": "a.csv", "location_id": "x", **csv}}}
+
+
+@pytest.mark.parametrize("zone", ["+08:00", "UTC+08:00", "+0800", "GMT-05:00", "Etc/GMT-8",
+                                  "Asia/Shanghai"])
+def test_csv_time_zone_is_a_named_zone_or_a_fixed_offset(zone):
+    assert parse_params(csv_params({"time_zone": zone})).source.csv.time_zone == zone
+
+
+@pytest.mark.parametrize("zone", ["+08:70", "+15:00", "+08:10", "China"])
+def test_impossible_csv_offsets_are_refused(zone):
+    with pytest.raises(ConfigError, match="source.csv.time_zone"):
+        parse_params(csv_params({"time_zone": zone}))
+
+
+@pytest.mark.parametrize(("mapping", "message"), [
+    ({"time": {"year": "y", "month": "m", "day": "d"}}, "source.csv.mapping.time"),
+    ({"wind": {"direction": "cbwd", "directions": {"NE": 400}}}, "less than or equal to 360"),
+    ({"wind": {"direction": "cbwd", "directions": {}}}, "at least 1 item"),
+    ({"wind": {"direction": "cbwd", "directions": {"NE": 45}, "speed_cumulated": True}},
+     "speed_cumulated needs mapping.wind.speed"),
+    ({"wind": {"direction": "cbwd", "directions": {"NE": 45}, "speed": "Iws",
+               "speed_unit": "furlongs"}}, "wind_speed_10m: unknown unit 'furlongs'"),
+    ({"wind": {"direction": "d", "directions": {"N": 0}}, "columns": {"wind_speed_10m": "ws"}},
+     "mapping.wind and mapping.columns both name ['wind_speed_10m']"),
+    ({"wind": {"direction": "d", "directions": {"N": 0}}, "parameter": "p", "value": "v"},
+     "mapping.wind is for the wide layout"),
+    ({"latitude": "lat"}, "mapping.latitude and mapping.longitude go together"),
+])
+def test_csv_mapping_mistakes_name_the_key(mapping, message):
+    with pytest.raises(ConfigError, match="source.csv.mapping") as err:
+        parse_params(csv_params({"mapping": mapping}))
+    assert message in str(err.value)

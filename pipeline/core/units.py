@@ -9,6 +9,7 @@ numbers on the wrong scale.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from pipeline.schema import MOLECULAR_WEIGHT, POLLUTANTS, VARIABLES, ppb_to_ugm3
 
@@ -133,3 +134,78 @@ def to_canonical(variable: str, values, unit: str) -> np.ndarray:
     convert = _converter(variable, unit)
     array = np.asarray(values, dtype="float64")
     return np.asarray(convert(array, variable), dtype="float64")
+
+
+# ---------------------------------------------------------------- wind given as categories
+
+
+def hourly_from_cumulated(cumulated, category, hour, group, previous=None
+                          ) -> tuple[np.ndarray, dict]:
+    """Hourly values of a quantity cumulated since its category last changed.
+
+    Beijing's ``Iws`` sums the hourly wind speeds since the wind direction category
+    (``cbwd``) last changed: the hourly speed is the difference to the previous hour when the
+    category stayed, and the value itself when it changed (the sum restarts). Where neither
+    can be told, the hourly value is NaN, never guessed: the first row of a group, a row after
+    a missing hour, a missing category or value, a sum that decreased without a change.
+
+    Arrays are in file order, one row per (group, hour); ``hour`` is in whole hours (int64,
+    any origin). ``previous`` maps a group to its last (hour, category, cumulated) of an
+    earlier part of the same file. Returns the hourly values and the updated ``previous``.
+    Raises ValueError naming the first group whose hours do not increase.
+    """
+    values = np.asarray(cumulated, dtype="float64")
+    hours = np.asarray(hour, dtype="int64")
+    cats = np.asarray(pd.Series(category, dtype="object").where(pd.notna(category), None))
+    groups = pd.Series(np.asarray(group, dtype="object"))
+    previous = dict(previous or {})
+    n = len(values)
+    prev_hour = np.full(n, np.iinfo("int64").min, dtype="int64")
+    prev_cat = np.full(n, None, dtype="object")
+    prev_value = np.full(n, np.nan)
+    first_of_group = ~groups.duplicated(keep="first").to_numpy() if n else np.zeros(0, bool)
+    order = groups.groupby(groups, sort=False).cumcount().to_numpy() if n else np.zeros(0, int)
+    # the previous row of the same group in this part (file order)
+    shifted = pd.DataFrame({"g": groups, "h": hours, "c": cats, "v": values})
+    lagged = shifted.groupby("g", sort=False)[["h", "c", "v"]].shift(1)
+    inside = order > 0
+    prev_hour[inside] = lagged["h"].to_numpy()[inside].astype("int64")
+    prev_cat[inside] = lagged["c"].to_numpy()[inside]
+    prev_value[inside] = lagged["v"].to_numpy(dtype="float64")[inside]
+    for i in np.flatnonzero(first_of_group):  # the previous row from an earlier part
+        last = previous.get(groups.iat[i])
+        if last is not None:
+            prev_hour[i], prev_cat[i], prev_value[i] = last
+    known = prev_hour != np.iinfo("int64").min
+    backwards = known & (hours <= prev_hour)
+    if backwards.any():
+        i = int(np.flatnonzero(backwards)[0])
+        raise ValueError(f"rows of {groups.iat[i]!r} are not in time order ({int(backwards.sum())}"
+                         f" row(s) at or before the row above them)")
+    follows = known & (hours == prev_hour + 1)
+    have = ~np.isnan(values) & (values >= 0) & pd.notna(cats)
+    both = follows & have & pd.notna(prev_cat) & ~np.isnan(prev_value)
+    same = both & (cats == prev_cat)
+    changed = both & (cats != prev_cat)
+    hourly = np.full(n, np.nan)
+    hourly[changed] = values[changed]
+    step = values - prev_value
+    ok = same & (step >= 0)
+    hourly[ok] = step[ok]
+    for i in np.flatnonzero(~groups.duplicated(keep="last").to_numpy()) if n else ():
+        previous[groups.iat[i]] = (int(hours[i]), cats[i], float(values[i]))
+    return hourly, previous
+
+
+def compass_degrees(categories, directions: dict[str, float | None]) -> tuple[np.ndarray, list]:
+    """Degrees (where the wind blows from) of compass categories; NaN for a category mapped to
+    None (calm, variable) and for a missing one. Also returns the categories not in
+    ``directions`` (the caller refuses them)."""
+    text = pd.Series(categories, dtype="object")
+    present = text.notna()
+    stripped = text[present].astype(str).str.strip()
+    unknown = sorted(set(stripped) - set(directions))
+    table = {k: (np.nan if v is None else float(v)) for k, v in directions.items()}
+    degrees = np.full(len(text), np.nan)
+    degrees[present.to_numpy()] = stripped.map(table).to_numpy(dtype="float64")
+    return degrees, unknown

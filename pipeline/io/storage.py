@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import io
 import json
 import logging
@@ -270,6 +271,41 @@ def dvc_read_lock(raw_dir: Path, timeout_s: float = RAW_LOCK_TIMEOUT_S):
         yield
 
 
+# DVC's read/write lock is internal (``dvc.rwlock.rwlock``, what a stage takes on its
+# dependencies; no public API takes it). It is called by keyword, and only when the installed
+# DVC has the parameters and version it was written and tested against:
+# tests/test_private_apis.py fails on any other, a run carries on without it (saying so).
+DVC_RWLOCK_PARAMETERS = ("tmp_dir", "fs", "cmd", "read", "write", "hardlink")
+DVC_RWLOCK_MAJOR = "3"
+
+
+@functools.cache
+def dvc_rwlock_api() -> tuple[Any, type[Exception], Any] | None:
+    """(rwlock, LockError, localfs) of the installed DVC, or None when its lock is not the one
+    this code was written against (another major version, other parameters, moved names)."""
+    import inspect
+
+    try:
+        import dvc
+        from dvc.fs import localfs
+        from dvc.lock import LockError
+        from dvc.rwlock import rwlock
+
+        version = dvc.__version__
+        parameters = tuple(inspect.signature(rwlock).parameters)
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        log.warning("DVC's lock unavailable (%s): raw data writes are not held against DVC "
+                    "stages, only against other writers", exc)
+        return None
+    if version.split(".")[0] != DVC_RWLOCK_MAJOR or parameters != DVC_RWLOCK_PARAMETERS:
+        log.warning("dvc %s: dvc.rwlock.rwlock%s is not the rwlock%s of DVC %s.x this code was "
+                    "written against: raw data writes are not held against DVC stages, only "
+                    "against other writers (see tests/test_private_apis.py)", version,
+                    parameters, DVC_RWLOCK_PARAMETERS, DVC_RWLOCK_MAJOR)
+        return None
+    return rwlock, LockError, localfs
+
+
 @contextlib.contextmanager
 def _dvc_rwlock(raw_dir: Path, timeout_s: float, write: bool):
     """DVC's own read/write lock on ``data/raw``, taken as a writer (or a reader).
@@ -281,12 +317,11 @@ def _dvc_rwlock(raw_dir: Path, timeout_s: float, write: bool):
     No-op outside a DVC repository.
     """
     root = Path(raw_dir).resolve().parent.parent
-    if not (root / ".dvc").is_dir():
+    api = dvc_rwlock_api() if (root / ".dvc").is_dir() else None
+    if api is None:
         yield
         return
-    from dvc.fs import localfs
-    from dvc.lock import LockError
-    from dvc.rwlock import rwlock
+    rwlock, lock_error, localfs = api
 
     tmp_dir = ensure_dir(root / ".dvc" / "tmp")
     deadline = time.monotonic() + timeout_s
@@ -296,11 +331,12 @@ def _dvc_rwlock(raw_dir: Path, timeout_s: float, write: bool):
     delay = 0.1
     while True:
         try:
-            lock = rwlock(str(tmp_dir), localfs, cmd, [] if write else paths,
-                          paths if write else [], False)
+            lock = rwlock(tmp_dir=str(tmp_dir), fs=localfs, cmd=cmd,
+                          read=[] if write else paths, write=paths if write else [],
+                          hardlink=False)
             lock.__enter__()
             break
-        except LockError as exc:
+        except lock_error as exc:
             if time.monotonic() > deadline:
                 raise PipelineError(
                     f"raw data {raw_dir} still in use by DVC after {timeout_s:g} s: "

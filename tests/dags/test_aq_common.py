@@ -85,4 +85,4 @@ def test_steps_log_without_their_own_timestamp_under_a_task(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert lines
-    assert lines[0].startswith("INFO pipeline.io.ingestion: ingest synthetic: ")
+    assert lines[0].startswith("INFO pipeline.ingestion: ingest synthetic: ")

@@ -10,7 +10,7 @@ import pytest
 from pipeline.__main__ import main
 from pipeline.context import Context
 from pipeline.errors import IngestError, PipelineError
-from pipeline.io.ingestion import Ingestion
+from pipeline.ingestion import Ingestion
 from pipeline.io.storage import raw_files, read_raw
 from pipeline.settings import Settings
 from pipeline.steps import backfill

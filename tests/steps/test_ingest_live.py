@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from pipeline.__main__ import main
 from pipeline.context import Context
 from pipeline.errors import IngestError
-from pipeline.io.ingestion import push_quality
+from pipeline.ingestion import push_quality
 from pipeline.io.metrics import StepRun
 from pipeline.io.storage import raw_files, read_forecasts, read_raw
 from pipeline.schema import VALUE_COLUMNS

@@ -36,7 +36,7 @@ def make_source(params: Params, settings: Settings, root: Path | None = None) ->
     if kind == "csv":
         from pipeline.io.sources.csv_import import CsvSource
 
-        return CsvSource(params.source.csv, base_dir=root)
+        return CsvSource(params.source.csv, base_dir=root, data_dir=settings.csv_dir)
     raise SourceError(f"unknown source kind {kind!r}")
 
 

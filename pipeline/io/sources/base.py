@@ -65,6 +65,11 @@ class FetchResult:
     # row position in ``frame`` -> why that row has no time (a CSV's local time that does not
     # exist or cannot be told apart at a daylight-saving change): its quarantine reason
     time_notes: dict[int, str] = field(default_factory=dict)
+    # readings the source itself refused (canonical rows with a ``reason``: a CSV's negative
+    # reading or repeated key, which must not cost the other values of its hour), and their
+    # count per reason category; kept in the quarantine like validation's
+    quarantine: pd.DataFrame | None = None
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class Source(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import re
 import textwrap
@@ -222,14 +223,20 @@ def test_glob_of_parquet_and_csv_files_where_one_lacks_a_column(tmp_path):
     np.testing.assert_allclose(result.frame["temperature_2m"], [20.0, 25.0, np.nan])
 
 
-def test_window_and_locations_select_rows_and_a_location_without_rows_fails(tmp_path):
+def test_window_and_locations_select_rows_and_a_location_the_file_lacks_fails(tmp_path):
+    """A station whose rows all lie outside the window (a monitor that started later, as
+    Detroit's do) has nothing to store there; one the file never names fails."""
     write(tmp_path, "two.csv", "time,loc,pm2_5\n2024-01-01 00:00,berlin,1\n"
                                "2024-01-02 00:00,berlin,2\n2024-01-01 00:00,delhi,3\n")
     config = {"path": "two.csv", "mapping": {"location": "loc"}}
     result = source(tmp_path, config).fetch([BERLIN, DELHI], ts("2024-01-02"), ts("2024-01-03"))
     assert result.frame["pm2_5"].tolist() == [2]
-    assert set(result.failures) == {"delhi"}
-    assert "no rows for delhi" in result.failures["delhi"]
+    assert result.failures == {}
+    london = Location(id="london", name="London", latitude=51.5, longitude=-0.12)
+    result = source(tmp_path, config).fetch([BERLIN, london], ts("2024-01-02"), ts("2024-01-03"))
+    assert set(result.failures) == {"london"}
+    assert ("no rows for london in two.csv: column 'loc' never names it (it names ['berlin', "
+            "'delhi']") in result.failures["london"]
 
 
 @pytest.mark.parametrize(("text", "config", "message"), [
@@ -400,3 +407,80 @@ def test_a_large_file_is_read_in_bounded_memory(tmp_path):
     rows, max_rss_mb = (int(x) for x in proc.stdout.split())
     assert rows == 48
     assert max_rss_mb < 450, max_rss_mb  # reading it whole took ~900 MB
+
+
+# ---------------------------------------------------------- time in parts, fixed offsets
+
+
+def test_a_fixed_offset_has_no_daylight_saving(tmp_path):
+    """US Eastern Standard Time all year (-05:00): the spring-forward night of 2024-03-10 has
+    every hour, none repeated, none missing (America/New_York would quarantine 02:00)."""
+    hours = pd.date_range("2024-03-10 00:00", periods=6, freq="h")
+    write(tmp_path, "est.csv", "time,pm2_5\n" + "".join(f"{t:%Y-%m-%d %H:%M},{i}\n"
+                                                       for i, t in enumerate(hours)))
+    config = {"path": "est.csv", "location_id": "berlin", "time_zone": "-05:00"}
+    result = source(tmp_path, config).fetch([BERLIN], ts("2024-03-10"), ts("2024-03-11"))
+    assert list(result.frame["time"]) == list(pd.date_range("2024-03-10 05:00", periods=6,
+                                                            freq="h", tz="UTC"))
+    assert result.time_notes == {}
+
+
+def test_time_in_four_columns_with_hour_24_and_impossible_dates_quarantined(tmp_path):
+    write(tmp_path, "parts.csv", textwrap.dedent("""\
+        yr,mo,dy,hr,pm2_5
+        2024,1,1,23,1
+        2024,1,1,24,2
+        2024,2,30,5,3
+        2024,1,2,25,4
+        2024,1,2,1.5,5
+        2024,1,2,,6
+        """))
+    root = make_project(tmp_path / "project", {
+        "source": {"kind": "csv", "start": "2024-01-01", "end": "2024-03-01",
+                   "csv": {"path": str(tmp_path / "parts.csv"), "location_id": "berlin",
+                           "mapping": {"time": {"year": "yr", "month": "mo", "day": "dy",
+                                                "hour": "hr"}}}}})
+    ctx = Context.load(root, settings=Settings())
+    report = ingest.run(ctx, locations="berlin")
+    stored = read_raw(ctx.paths.raw_dir, "csv")
+    assert list(stored["time"]) == [ts("2024-01-01T23:00"), ts("2024-01-02T00:00")]
+    quarantine = pd.read_parquet(ctx.paths.ingest_quarantine_dir / "source=csv")
+    assert sorted(quarantine["reason"]) == sorted([
+        "time '2024-2-30-5' cannot be read (source.csv.mapping.time: whole numbers, hour 0-24)",
+        "time '2024-1-2-25' cannot be read (source.csv.mapping.time: whole numbers, hour 0-24)",
+        "time '2024-1-2-1.5' cannot be read (source.csv.mapping.time: whole numbers, hour 0-24)",
+        "time '2024-1-2-' cannot be read (source.csv.mapping.time: whole numbers, hour 0-24)"])
+    assert report.quality.quarantine_reasons == {"time_unknown": 4}
+
+
+def test_a_missing_time_part_column_is_refused_naming_it(tmp_path):
+    write(tmp_path, "parts.csv", "year,month,day,pm2_5\n2024,1,1,1\n")
+    config = {"path": "parts.csv", "location_id": "berlin",
+              "mapping": {"time": {"year": "year", "month": "month", "day": "day",
+                                   "hour": "hour"}}}
+    with pytest.raises(CsvImportError, match=r"parts.csv: no time column 'hour' \(columns: "
+                                             r"\['year', 'month', 'day', 'pm2_5'\]\); set "
+                                             r"source.csv.mapping.time"):
+        source(tmp_path, config).fetch([BERLIN], ts("2024-01-01"), ts("2024-01-02"))
+
+
+def test_a_file_is_parsed_once_per_source_and_again_when_it_changes(tmp_path, caplog):
+    """A backfill's windows read the file's parsed pieces, not the file; a changed file (size
+    or modification time) is parsed again, and the pieces go with the source."""
+    caplog.set_level("INFO")
+    path = write(tmp_path, "two.csv", "time,loc,pm2_5\n2023-12-31 23:00,berlin,1\n"
+                                      "2024-01-01 00:00,berlin,2\n2024-06-01 00:00,berlin,3\n")
+    src = source(tmp_path, {"path": "two.csv", "mapping": {"location": "loc"}})
+    windows = [(ts("2023-12-01"), ts("2024-01-01")), (ts("2024-01-01"), ts("2024-02-01")),
+               (ts("2024-02-01"), ts("2025-01-01"))]
+    values = [src.fetch([BERLIN], a, b).frame["pm2_5"].tolist() for a, b in windows]
+    assert values == [[1], [2], [3]]
+    assert caplog.text.count("row(s) read in") == 1
+    path.write_text(path.read_text() + "2024-06-01 01:00,berlin,4\n")
+    assert src.fetch([BERLIN], *windows[2]).frame["pm2_5"].tolist() == [3, 4]
+    assert caplog.text.count("row(s) read in") == 2
+    spools = src._spool_root
+    assert spools.is_dir()
+    del src
+    gc.collect()
+    assert not spools.exists()

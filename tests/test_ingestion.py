@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.context import Context
 from pipeline.errors import IngestError, PipelineError
-from pipeline.io.ingestion import Ingestion
+from pipeline.ingestion import Ingestion
 from pipeline.io.storage import newest_observation, read_raw
 from pipeline.settings import Settings
 from tests.conftest import make_project
@@ -134,7 +134,7 @@ def test_a_backfill_of_a_past_hour_fetches_that_hour_only(history):
 
 def test_a_run_still_catching_up_is_behind_not_silent(history):
     """The quality gate fails a silent location, not one the bounded catch-up has yet to reach."""
-    from pipeline.io.ingestion import check_run
+    from pipeline.ingestion import check_run
 
     end = ts("2025-01-08T00:00")
     report = Ingestion(history).catch_up(end, max_days=2)
@@ -195,7 +195,7 @@ def test_worker_processes_store_exactly_what_one_process_stores(tmp_path, caplog
         root = make_project(tmp_path / f"p{processes}", params)
         ctx = Context.load(root, settings=Settings(processes=processes))
         caplog.clear()
-        with caplog.at_level("INFO", logger="pipeline.io.ingestion"):
+        with caplog.at_level("INFO", logger="pipeline.ingestion"):
             reports[processes] = Ingestion(ctx).window()
         used = "2 worker processes" in caplog.text
         assert used == (processes == 2)
@@ -225,7 +225,7 @@ def test_a_live_provider_is_never_spread_over_processes(tmp_path, caplog):
                             open_meteo_archive_url=server.url(ARCHIVE),
                             open_meteo_previous_runs_url=server.url(PREVIOUS))
         ctx = Context.load(make_project(tmp_path / "p", params), settings=settings)
-        with caplog.at_level("INFO", logger="pipeline.io.ingestion"):
+        with caplog.at_level("INFO", logger="pipeline.ingestion"):
             report = Ingestion(ctx).window()
     assert "worker processes" not in caplog.text
     # and its window is not cut at the month start: every request counts against its quota

@@ -14,6 +14,9 @@ Every way data enters the store goes through :class:`Ingestion`:
 All of them cut their window into chunks no longer than the provider accepts, log one line per
 chunk (and show a bar on a terminal), never overwrite stored data with a failed or empty answer,
 and fail at the end naming every location that failed; the others are stored.
+
+A service one floor above ``io/``: it takes the run's :class:`~pipeline.context.Context` (which
+``io/`` never imports) and composes sources, storage and metrics; steps and DAGs call it.
 """
 
 from __future__ import annotations
@@ -210,6 +213,11 @@ def store_chunk(source: Source, raw_dir: Path, known_locations: Sequence[str],
         reasons=dict(checked.reasons),
         quarantine=[checked.quarantine],
     )
+    if result.quarantine is not None and len(result.quarantine):
+        outcome.quarantine.append(result.quarantine)
+        outcome.rows_quarantined += len(result.quarantine)
+        for reason, n in result.quarantine_reasons.items():
+            outcome.reasons[reason] = outcome.reasons.get(reason, 0) + n
     if has_forecasts(source):
         forecasts = source.fetch_forecasts(locs, start, end)
         checked = validate_forecasts(forecasts.frame, known_locations=known_locations)
