@@ -248,6 +248,7 @@ class MlflowRest:
              params: dict | None = None, upload: Path | bytes | None = None,
              ) -> dict[str, Any]:
         last: str = ""
+        started = time.monotonic()
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(BACKOFF_S * 2 ** (attempt - 1))
@@ -275,6 +276,8 @@ class MlflowRest:
                 answer = json.loads(raw) if raw.strip() else {}
             except ValueError:
                 answer = {"message": raw[:200].decode(errors="replace")}
+            log.debug("mlflow: %s %s -> %d in %.3f s", method, path.split("/artifacts/")[0],
+                      resp.status_code, time.monotonic() - started)
             if resp.status_code >= 400:
                 code = str(answer.get("error_code", ""))
                 raise TrackingRefused(f"{method} {path}: HTTP {resp.status_code} {code}: "
@@ -306,12 +309,14 @@ class MlflowRest:
                 raise
             return self.experiment_id(name)
 
-    def create_run(self, experiment_id: str, record: RunRecord) -> str:
+    def create_run(self, experiment_id: str, record: RunRecord) -> tuple[str, str]:
+        """(run id, artifact URI) of a new run."""
         answer = self.call("POST", f"{API}/runs/create", body={
             "experiment_id": experiment_id, "run_name": record.name,
             "start_time": record.start_ms,
             "tags": [{"key": "mlflow.runName", "value": record.name}]})
-        return str(answer["run"]["info"]["run_id"])
+        info = answer["run"]["info"]
+        return str(info["run_id"]), str(info["artifact_uri"])
 
     def artifact_uri(self, run_id: str) -> str:
         answer = self.call("GET", f"{API}/runs/get", params={"run_id": run_id})
@@ -479,8 +484,9 @@ class Tracker:
 
     def _send(self, record: RunRecord, on_created=None) -> None:
         client, name = self.client, self.settings.model_name
+        uri = ""
         if record.run_id is None:
-            record.run_id = client.create_run(self._experiment_id(), record)
+            record.run_id, uri = client.create_run(self._experiment_id(), record)
             if on_created is not None:
                 on_created(record)
         run_id = record.run_id
@@ -488,18 +494,24 @@ class Tracker:
         files = dict(record.artifacts)
         model_version = None
         if record.model is not None:
-            client.ensure_registered_model(name)
             model_version = client.model_version(name, record.model.version)
             if record.model.upload or model_version is None:
                 files.update({k: v for k, v in record.files().items() if k not in files})
-        uri = client.artifact_uri(run_id) if files or record.documents else ""
+        if not uri and (files or record.documents):  # a replay of a run created before
+            uri = client.artifact_uri(run_id)
         for artifact_path, local in files.items():
             client.upload(uri, artifact_path, local)
         for artifact_path, value in record.documents.items():
             client.upload(uri, artifact_path, json.dumps(value, indent=1, sort_keys=True,
                                                          default=str).encode())
         if record.model is not None and model_version is None:
-            model_version = client.create_model_version(name, run_id, record.model)
+            try:
+                model_version = client.create_model_version(name, run_id, record.model)
+            except TrackingRefused as exc:  # the first model version: the model first
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                client.ensure_registered_model(name)
+                model_version = client.create_model_version(name, run_id, record.model)
         for alias, version in record.aliases.items():
             found = model_version if record.model and version == record.model.version \
                 else client.model_version(name, version)

@@ -11,13 +11,17 @@ for the steps ``make run`` runs next; its UI is the same address.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import urllib.request
 from pathlib import Path
 
 from pipeline.ops.services import ServiceError, ServiceManager
 from pipeline.paths import PACKAGE_ROOT, ProjectPaths
 from pipeline.settings import Ports
 
+log = logging.getLogger(__name__)
 NAME = "mlflow"
 VENV = PACKAGE_ROOT / ".venv-mlflow"  # scripts/setup.sh makes it from requirements-mlflow.lock
 
@@ -68,7 +72,22 @@ def start(paths: ProjectPaths, ports: Ports, timeout: float = 120.0) -> dict[str
     except Exception:
         manager.stop(NAME)
         raise
+    warm_up(ports.url("mlflow"))
     return urls(ports)
+
+
+def warm_up(base_url: str, timeout: float = 30.0) -> None:
+    """One run search (of the Default experiment, read-only): the server's first query pays
+    ~1 s of lazy loading, which would otherwise fall on the first step that logs a run."""
+    request = urllib.request.Request(
+        f"{base_url}/api/2.0/mlflow/runs/search", method="POST",
+        data=json.dumps({"experiment_ids": ["0"], "max_results": 1}).encode(),
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (local)
+            resp.read()
+    except OSError as exc:  # not fatal: the steps only pay the first query's cost
+        log.warning("mlflow: warm-up query failed: %s", exc)
 
 
 def stop(paths: ProjectPaths) -> bool:
