@@ -23,8 +23,8 @@ CRDS = {("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceServ
         ("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
         ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "V1alpha1ClusterServingRuntime"}
 # measured RSS of one pod (docs/benchmarks.md#kubernetes-sizing): requests must cover it
-MEASURED_MIB = {"aq-forecast-serving": 675, "aq-forecast-mlserver": 352,
-                "kserve-container": 352}
+MEASURED_MIB = {"aq-forecast-serving": 717, "aq-forecast-mlserver": 378,
+                "kserve-container": 378}
 MODEL = json.loads((REPO / "deploy/mlserver/aq-forecast/model-settings.json").read_text())
 
 
