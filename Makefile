@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE :=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run run-celery test test-fast lint stop clean lock lock-side loadtest
+.PHONY: help setup run run-celery test test-fast lint stop status clean lock lock-side loadtest
 # the one command that writes requirements.lock (every pinned version, with hashes)
 LOCK_CMD := $(PY) -m uv pip compile pyproject.toml --extra dev --extra serving --extra airflow \
 	--extra stack --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
@@ -50,10 +50,13 @@ lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .
 
 loadtest: $(STAMP) ## Locust load test of the running serving app, with the SLO gate
-	$(PY) -m serving.loadtest $(LOADTEST_ARGS)
+	@if [ -f .stack/env ]; then source .stack/env; fi; $(PY) -m serving.loadtest $(LOADTEST_ARGS)
 
-stop: ## stop the local services `make run` (or run-celery) started
-	@if [ -x $(PY) ]; then $(PY) -m pipeline.ops stop; fi
+stop: ## stop the local services `make run` (or run-celery) started (supervisord and all it runs)
+	@if [ -x $(PY) ]; then $(PY) -m stack stop; fi
+
+status: ## the local services and their state (supervisorctl status)
+	@if [ -x $(PY) ]; then $(PY) -m stack status; else echo "not set up: make run"; fi
 
 lock: ## re-resolve requirements.lock from pyproject.toml (after changing dependencies), then install it
 	@[ -x $(PY) ] || ./scripts/setup.sh

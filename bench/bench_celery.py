@@ -1,7 +1,7 @@
 """Celery scale-out benchmark: the same ``aq_retrain`` run on W workers x C task processes each.
 
 For each configuration of ``--configs`` (``WxC``: workers x concurrency, default
-``1x2,2x2``) it starts the scale-out profile (``pipeline/ops/airflow_celery.py``:
+``1x2,2x2``) it starts the scale-out profile (``stack/airflow_celery.py``:
 PostgreSQL, Redis, the Airflow parts and W Celery workers, every one on a free
 127.0.0.1 port, plus a Pushgateway for the steps' metrics), triggers ``aq_retrain``
 through Airflow's REST API, waits for it, checks that every task succeeded, and
@@ -52,13 +52,14 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_pipeline, run as a script
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the checkout's stack/ launcher
 
 from bench_pipeline import machine, make_bench_project, step_env  # noqa: E402
 
-from pipeline.ops import airflow_celery, airflow_local  # noqa: E402
-from pipeline.ops.ports import Ports  # noqa: E402
-from pipeline.ops.services import ServiceManager  # noqa: E402
 from pipeline.paths import ProjectPaths  # noqa: E402
+from pipeline.settings import Ports  # noqa: E402
+from stack import airflow_celery, airflow_local  # noqa: E402
+from stack.supervisor import Program, Supervisor  # noqa: E402
 
 DAG_ID = "aq_retrain"
 MAPPED_TASK = "preprocess_batch"  # the only mapped (parallel) tasks of aq_retrain
@@ -691,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir.chmod(0o711)  # PostgreSQL (as `postgres` under root) must enter the project
     info = machine()
     load_start = os.getloadavg()
-    # what every Airflow part and task inherits (pipeline/ops/airflow_local.service_env)
+    # what every Airflow part and task inherits (stack/airflow_local.service_env)
     os.environ.update({
         "AQ_TASK_RETRIES": "0",  # a failed task fails the benchmark instead of a retry's delay
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # only the triggered runs
@@ -699,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     })
     if args.batch_locations is not None:
         os.environ["AQ_BATCH_LOCATIONS"] = str(args.batch_locations)
-    pushgateway = ServiceManager(workdir / "pushgateway")
+    pushgateway = Supervisor(workdir / "pushgateway")
     runs: list[dict] = []
     try:
         reachable_by_postgres(workdir)
@@ -719,9 +720,9 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError("prometheus-pushgateway not installed: run `make setup`")
         ports = Ports(airflow=_free_port(), pushgateway=_free_port(), postgres=_free_port(),
                       redis=_free_port())
-        pushgateway.start("pushgateway", [binary,
-                                          f"--web.listen-address=127.0.0.1:{ports.pushgateway}",
-                                          "--persistence.file="])
+        pushgateway.start(Program("pushgateway", [
+            binary, f"--web.listen-address=127.0.0.1:{ports.pushgateway}",
+            "--persistence.file="]))
         pushgateway.wait_for_http(f"{ports.url('pushgateway')}/-/ready", timeout=30,
                                   name="pushgateway")
         os.environ["AQ_PUSHGATEWAY_URL"] = ports.url("pushgateway")

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = Server("ours", [gunicorn, "-c", str(REPO / "serving" / "gunicorn_conf.py"),
                            "serving.wsgi:app"], ours_env, project, port, "/readyz")
     v2 = None
-    if args.v2:  # MLServer from its own venv, as `make run` starts it (pipeline/ops/mlserver_local)
+    if args.v2:  # MLServer from its own venv, as `make run` starts it (stack/mlserver_local.py)
         v2_port = free_port()
         (work / "mlserver").mkdir()
         v2 = Server("mlserver", [str(REPO / ".venv-mlserver" / "bin" / "mlserver"), "start",

@@ -1,6 +1,6 @@
 """MLflow tracking cost per step: what logging a run adds to ``make run``'s steps.
 
-It starts a real ``mlflow server`` from ``.venv-mlflow`` (pipeline/ops/mlflow_local.py, as
+It starts a real ``mlflow server`` from ``.venv-mlflow`` (stack/mlflow_local.py, as
 ``make run`` does) on a free port, builds a temporary project with the repo's default
 params.yaml (5 cities, one synthetic year: the model ``make run`` trains) and runs ingest,
 preprocess, then train, evaluate, backtest and promote with ``AQ_MLFLOW_TRACKING_URI`` set and
@@ -30,9 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.ops import mlflow_local  # noqa: E402
 from pipeline.paths import ProjectPaths  # noqa: E402
 from pipeline.settings import Ports  # noqa: E402
+from stack import mlflow_local  # noqa: E402
 
 TRACKED = ("train", "evaluate", "backtest", "promote")
 LINE = re.compile(r"mlflow: (\w+) run (logged|queued|off|not logged) in ([0-9.]+) s")
@@ -110,14 +110,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def mlflow_rss(paths: ProjectPaths) -> dict[int, float]:
-    from pipeline.ops.services import ServiceManager, _group_members
+    """RSS (MiB) of the server's processes: supervisord's program and its children."""
+    from stack.supervisor import Supervisor
 
-    record = ServiceManager(paths.stack_dir).record(mlflow_local.NAME)
-    out = {}
-    for pid in _group_members(record.pgid, record.start_ticks):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS"):
-                out[pid] = round(int(line.split()[1]) / 1024, 1)
+    leader = Supervisor(paths.stack_dir).pid(mlflow_local.NAME)
+    family, out = {leader}, {}
+    for entry in sorted(Path("/proc").iterdir(), key=lambda p: p.name):
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) in family:
+                family.add(int(entry.name))
+    for pid in family:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS"):
+                    out[pid] = round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            continue
     return out
 
 

@@ -266,6 +266,8 @@ class ServingSettings(EnvSettings):
     slo_latency_target: float = Field(0.99, gt=0, lt=1)
     slo_error_ratio: float = Field(0.001, gt=0, lt=1)  # availability SLO: share of 5xx
     timeout_s: float = Field(60.0, gt=0)  # gunicorn: a silent worker (booting too) restarts
+    client_timeout_s: float = Field(5.0, gt=0)  # nginx: headers within, at most between reads
+    conn_per_client: int = Field(32, gt=0)  # nginx: requests in progress per client address
     # prometheus_client's multiprocess directory (set under gunicorn): metrics across workers
     prometheus_multiproc_dir: str = Field("", validation_alias="PROMETHEUS_MULTIPROC_DIR")
 
@@ -291,7 +293,9 @@ class Ports(EnvSettings):
     webhook: int = _port(9095, "webhook")  # the local Alertmanager receiver (stack/webhook.py)
     node_exporter: int = _port(9100, "node_exporter")
     airflow: int = _port(8080, "airflow")  # Airflow api-server
-    serving: int = _port(8000, "serving")  # the forecast API
+    serving: int = _port(8000, "serving")  # the forecast API (nginx in front of gunicorn)
+    # mtail: nginx's answers as metrics (mtail's default port)
+    serving_proxy_metrics: int = _port(3903, "serving_proxy_metrics")
     postgres: int = _port(5432, "postgres")  # Airflow's database, scale-out profile
     redis: int = _port(6379, "redis")  # Celery broker and shared rate limits, scale-out
     mlflow: int = _port(5000, "mlflow")  # the MLflow tracking server (docs/mlops.md)

@@ -10,8 +10,8 @@ export DVC_NO_ANALYTICS=1
 step() { printf '\n==> %s\n' "$*"; }
 
 if [ "${AQ_NO_SERVICES:-0}" != "1" ]; then
-  step "starting the local services (monitoring stack, serving app, Airflow: ${AQ_AIRFLOW_PROFILE:-local} profile) on 127.0.0.1"
-  python -m pipeline.ops start $([ "${AQ_NO_MLSERVER:-0}" = "1" ] && echo --no-mlserver)
+  step "starting the local services under supervisord (monitoring stack, MLflow, serving app, MLServer, Airflow: ${AQ_AIRFLOW_PROFILE:-local} profile) on 127.0.0.1"
+  python -m stack start $([ "${AQ_NO_MLSERVER:-0}" = "1" ] && echo --no-mlserver)
   # shellcheck disable=SC1091
   [ -f .stack/env ] && source .stack/env
 fi
@@ -35,18 +35,15 @@ if [ "${AQ_NO_SERVICES:-0}" != "1" ]; then
     # over: the first hourly aq_ingest catches every location up from the last stored hour to
     # now (source.max_catchup_days per run), and aq_predict then forecasts real upcoming hours.
     step "handing over to the Airflow schedule (AQ_NO_SCHEDULE=1 keeps the DAGs paused)"
-    python -m pipeline.ops.airflow_local unpause
+    python -m stack unpause
   else
     echo "The Airflow DAGs stay paused (AQ_NO_SCHEDULE=1). Hand over to the schedule with:"
-    echo "  .venv/bin/python -m pipeline.ops.airflow_local unpause"
+    echo "  .venv/bin/python -m stack unpause"
   fi
-  python -m pipeline.ops status || true
+  python -m stack status || true
   # the serving app reloads the new champion and forecasts by itself; wait for it (bounded)
-  python -m pipeline.ops.serving_local ready --timeout 120
-  if [ "${AQ_NO_MLSERVER:-0}" != "1" ]; then
-    python -m pipeline.ops.mlserver_local ready --timeout 120
-  fi
+  python -m stack ready --timeout 120
   echo "Grafana is not installed here: the dashboards in grafana/dashboards/ run on any Grafana"
   echo "10.4+ pointed at this Prometheus (docker compose up -d grafana; docs/monitoring.md)."
-  echo "Stop the services with: make stop"
+  echo "See them with: make status (logs: .stack/logs/); stop them with: make stop"
 fi

@@ -39,6 +39,20 @@ for svc in prometheus prometheus-pushgateway prometheus-alertmanager prometheus-
     systemctl stop "$svc" || true
   fi
 done
+# nginx: the serving app's front door (a buffering reverse proxy before gunicorn, docs/serving.md),
+# and mtail, which turns nginx's access log into Prometheus counters. The project runs its own
+# nginx under .stack/ on 127.0.0.1 as the invoking user; the system instance Debian's package
+# may start (port 80 on every address) is stopped again.
+command -v mtail >/dev/null || apt_install mtail
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  apt_install nginx
+  if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then
+    systemctl stop nginx || true
+    systemctl disable nginx 2>/dev/null || true
+  elif [ -f /run/nginx.pid ] && command -v service >/dev/null; then
+    service nginx stop || true
+  fi
+fi
 # PostgreSQL and Redis for the Airflow scale-out profile (AQ_AIRFLOW_PROFILE=celery, docs/airflow.md);
 # Debian keeps PostgreSQL's binaries in /usr/lib/postgresql/<version>/bin, off PATH. The project
 # runs its own instances under .stack/ on 127.0.0.1: a system instance this installation started

@@ -1,7 +1,9 @@
 """gunicorn settings of the serving app: ``gunicorn -c serving/gunicorn_conf.py serving.wsgi:app``.
 
-- binds 127.0.0.1 on ``AQ_SERVING_PORT`` (default 8000, ``pipeline/ops/ports.py``);
-  ``-b`` on the command line overrides it;
+- binds 127.0.0.1 on ``AQ_SERVING_PORT`` (default 8000, ``pipeline.settings.Ports``) when run
+  by hand; ``make run`` and docker-compose pass ``--bind unix:.stack/serving/app.sock``: nginx
+  (``serving/proxy.py``) holds the public port, and a unix socket's directory is created
+  mode 0700 so nothing else reaches the workers;
 - ``AQ_SERVING_WORKERS`` sync workers (default 2), each loading the champion itself;
 - ``OMP_NUM_THREADS=1``: a worker serves one request at a time, and scikit-learn's OpenMP
   threads (the fallback path) would otherwise spin against the other workers;
@@ -37,11 +39,17 @@ if not _settings.prometheus_multiproc_dir:
 
 
 def on_starting(server) -> None:
-    """A fresh metrics directory for every start (stale files would add old counts)."""
+    """A fresh metrics directory for every start (stale files would add old counts); the
+    directory of a unix socket, private to this user, before gunicorn binds it."""
     directory = Path(ServingSettings.from_env().prometheus_multiproc_dir)
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):
         stale.unlink()
+    for address in server.cfg.bind:
+        if address.startswith("unix:"):
+            folder = Path(address[len("unix:"):]).parent
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o700)
 
 
 def child_exit(server, worker) -> None:

@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.ops import stack
-from pipeline.ops.ports import Ports
-from pipeline.ops.services import ServiceManager
 from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports
+from stack import monitoring
+from stack.supervisor import REPO, Program, Supervisor
 from tests.conftest import free_port
 
 T = TypeVar("T")
@@ -80,21 +80,21 @@ def gateway_value(pushgateway_url: str, name: str, **labels: str) -> float | Non
 
 
 @contextmanager
-def running_pushgateway(state_dir: Path) -> Iterator[tuple[ServiceManager, str]]:
-    """Only the Pushgateway binary, on a free port; stopped afterwards."""
-    manager = ServiceManager(state_dir)
+def running_pushgateway(state_dir: Path) -> Iterator[tuple[Supervisor, str]]:
+    """Only the Pushgateway binary, on a free port, supervised; stopped afterwards."""
+    supervisor = Supervisor(state_dir)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # no persistence: Debian's build otherwise loads and saves /var/lib/prometheus/
     # pushgateway.data, shared by every gateway on the machine (tests would see each other's)
-    manager.start("pushgateway", [stack.binary("pushgateway"),
-                                  f"--web.listen-address=127.0.0.1:{port}",
-                                  "--persistence.file="])
     try:
-        manager.wait_for_http(f"{url}/-/ready", timeout=30, name="pushgateway")
-        yield manager, url
+        supervisor.start(Program("pushgateway", [monitoring.binary("pushgateway"),
+                                                 f"--web.listen-address=127.0.0.1:{port}",
+                                                 "--persistence.file="]))
+        supervisor.wait_for_http(f"{url}/-/ready", timeout=30, name="pushgateway")
+        yield supervisor, url
     finally:
-        manager.stop_all()
+        supervisor.stop_all()
 
 
 @dataclass
@@ -102,7 +102,7 @@ class RunningStack:
     paths: ProjectPaths
     ports: Ports
     info: dict[str, str]
-    manager: ServiceManager
+    supervisor: Supervisor
 
     @property
     def prometheus(self) -> str:
@@ -122,9 +122,9 @@ def running_stack(root: Path, fast: bool = True) -> Iterator[RunningStack]:
     """The whole local monitoring stack on free ports under ``root/.stack``; stopped after."""
     paths = ProjectPaths(root)
     ports = free_ports()
-    manager = ServiceManager(paths.stack_dir)
+    supervisor = Supervisor(paths.stack_dir)
     try:
-        info = stack.start(paths, ports, fast=fast, configs=stack.PACKAGE_ROOT / "prometheus")
-        yield RunningStack(paths, ports, info, manager)
+        info = monitoring.start(paths, ports, fast=fast, configs=REPO / "prometheus")
+        yield RunningStack(paths, ports, info, supervisor)
     finally:
-        manager.stop_all()
+        supervisor.stop_all()

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.ops import airflow_celery, airflow_local
-from pipeline.ops.ports import Ports
+from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports
+from serving import proxy
+from stack import airflow_celery, airflow_local, serving_local
 from tests.conftest import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -33,7 +35,8 @@ def bind_mounts(service: dict) -> list[tuple[str, str]]:
 def test_the_whole_stack_is_there():
     assert {
         "pushgateway", "prometheus", "alertmanager", "alert-webhook", "node-exporter", "grafana",
-        "airflow-init", *AIRFLOW_PARTS, "serving", *SCALE_OUT,
+        "airflow-init", *AIRFLOW_PARTS, "serving", "serving-proxy",
+        "serving-proxy-metrics", *SCALE_OUT,
     } <= set(SERVICES)
 
 
@@ -47,8 +50,8 @@ def test_host_network_and_loopback_only(name):
     assert "0.0.0.0" not in text
     for address in re.findall(
             r"(?:listen-address=|listen_addresses=|--bind[ ,\n-]*|--host[ ,\n-]*)(\S+)", text):
-        if address:
-            assert address.startswith("127.0.0.1"), (name, address)
+        if address:  # or a unix socket in the project (gunicorn behind nginx)
+            assert address.startswith(("127.0.0.1", "unix:/opt/aq/.stack/")), (name, address)
 
 
 def test_mounted_config_files_are_the_repositorys_own():
@@ -76,7 +79,7 @@ def test_configs_point_at_the_compose_services():
         assert PORTS.address(port_name) in targets, port_name
         assert f"listen-address={PORTS.address(port_name)}" in flags, port_name
     assert PORTS.address("serving") in targets
-    assert f"--bind 127.0.0.1:{PORTS.serving}" in flags
+    assert SERVICES["serving-proxy"]["environment"]["AQ_SERVING_PORT"] == str(PORTS.serving)
     assert SERVICES["grafana"]["environment"]["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
     datasource = yaml.safe_load(
         (REPO / "grafana/provisioning/datasources/prometheus.yml").read_text())
@@ -89,7 +92,7 @@ def test_configs_point_at_the_compose_services():
 
 
 def test_airflow_parts_run_the_local_commands_on_one_prepared_config():
-    """Same command lines as pipeline/ops/airflow_local.py, after its `prepare` succeeded."""
+    """Same command lines as stack/airflow_local.py, after its `prepare` succeeded."""
     local = airflow_local.commands(PORTS)
     for part in AIRFLOW_PARTS:
         command = SERVICES[part]["command"]
@@ -99,16 +102,43 @@ def test_airflow_parts_run_the_local_commands_on_one_prepared_config():
             "service_completed_successfully")
         assert SERVICES[part]["environment"]["AIRFLOW_HOME"] == "/opt/aq/.airflow"
         assert SERVICES[part]["environment"]["AQ_PROJECT_DIR"] == "/opt/aq"
-    assert SERVICES["airflow-init"]["command"] == [
-        "python", "-m", "pipeline.ops.airflow_local", "prepare"]
+    assert SERVICES["airflow-init"]["command"] == ["python", "-m", "stack", "prepare"]
     assert SERVICES["airflow-init"]["restart"] == "no"
     pushgateway = SERVICES["airflow-scheduler"]["environment"]["AQ_PUSHGATEWAY_URL"]
     assert pushgateway == PORTS.url("pushgateway")
 
 
+def test_serving_is_gunicorn_on_its_socket_behind_the_local_nginx_command():
+    """The same command lines as stack/serving_local.py for a project at /opt/aq."""
+    paths = ProjectPaths(Path("/opt/aq"))
+    proxy_cmd = SERVICES["serving-proxy"]["command"]
+    assert proxy_cmd[0] == "python"
+    assert proxy_cmd[1:] == serving_local.proxy_command(paths)[1:]
+    local = serving_local.command(paths)
+    compose = SERVICES["serving"]["command"]
+    assert Path(compose[0]).name == Path(local[0]).name == "gunicorn"
+    assert compose[compose.index("-c") + 1] == "serving/gunicorn_conf.py"
+    assert Path(local[local.index("-c") + 1]).relative_to(REPO).as_posix() == (
+        "serving/gunicorn_conf.py")
+    assert compose[compose.index("--bind") + 1] == local[local.index("--bind") + 1] == (
+        "unix:/opt/aq/.stack/serving/app.sock")
+    assert compose[-1] == local[-1] == "serving.wsgi:app"
+    assert SERVICES["serving-proxy"]["depends_on"] == ["serving"]
+    config = serving_local.proxy_config(paths, PORTS)
+    mtail = SERVICES["serving-proxy-metrics"]["command"]
+    local_mtail = proxy.metrics_command(config, PORTS.host, PORTS.serving_proxy_metrics)
+    assert mtail[0] == Path(local_mtail[0]).name == "mtail"
+    assert mtail[mtail.index("--progs") + 1] == "serving/mtail"
+    assert Path(local_mtail[local_mtail.index("--progs") + 1]) == REPO / "serving" / "mtail"
+    local_mtail[local_mtail.index("--progs") + 1] = "serving/mtail"  # relative to /opt/aq
+    assert mtail[1:] == local_mtail[1:]
+
+
 def test_prepare_is_a_cli_command():
+    from stack.__main__ import main
+
     with pytest.raises(SystemExit) as exit_info:
-        airflow_local.main(["--help"])
+        main(["prepare", "--help"])
     assert exit_info.value.code == 0
 
 
@@ -139,7 +169,7 @@ def test_secrets_are_never_in_the_file():
 
 
 def test_the_celery_profile_is_the_local_scale_out_profile():
-    """`--profile celery`: PostgreSQL, Redis and two workers as pipeline/ops/airflow_celery.py."""
+    """`--profile celery`: PostgreSQL, Redis and two workers as stack/airflow_celery.py."""
     for name in SCALE_OUT:
         assert SERVICES[name]["profiles"] == ["celery"], name
     local = airflow_celery.worker_commands(PORTS)

@@ -98,6 +98,18 @@ def build() -> Board:
           description="The version each live worker serves (1) and the champion the pipeline "
                       "pushed; they differ: ServingModelOutdated.")
 
+    b.row("Front door (nginx)")
+    b.add("timeseries", "Answers of the front door by origin and status",
+          [Query('sum by (origin, status) (rate(aq_serving_proxy_responses_total'
+                 '{job="serving_proxy",api="v1"}[5m]))', "{{origin}} {{status}}")], w=24,
+          unit=units.RequestsPerSecond, custom=series_style(), options=series_options(),
+          links=alert_links("ServingErrorBudgetBurn"),
+          description="Every /v1 answer nginx gave (job serving_proxy, mtail over its access "
+                      "log): origin app = the app's answer passed on; origin proxy = nginx "
+                      "alone: 408 (a client too slow or lying about its length), 413 (body too "
+                      "large), 429 (too many requests at once from one address), 502/504 (no "
+                      "worker answered: counted against the error budget).")
+
     b.row("Model")
     b.add("timeseries", "Model reloads",
           [Query(f"sum by (result) (increase(aq_serving_model_reloads_total{{{JOB}}}[1h]))",

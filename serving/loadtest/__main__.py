@@ -1,6 +1,8 @@
 """``python -m serving.loadtest``: a bounded headless Locust run against the serving app.
 
-It runs ``locustfile.py`` (loopback only), reads Locust's CSV summary, applies the SLO gate
+It targets the front door users call (``AQ_SERVING_PORT``: nginx before gunicorn, as `make run`
+starts them), runs ``locustfile.py`` (loopback only, at most ``AQ_SERVING_CONN_PER_CLIENT``
+users: one address gets no more requests at once), reads Locust's CSV summary, applies the SLO gate
 (p99 within ``AQ_SERVING_SLO_LATENCY_S``, failures at most ``AQ_SERVING_SLO_ERROR_RATIO``),
 pushes the result to the Pushgateway (``AQ_PUSHGATEWAY_URL``, else the local stack's when it
 runs; job ``aq_loadtest``, step ``loadtest``, so Prometheus keeps it), prints it, and exits 1
@@ -91,22 +93,11 @@ def push(result: Result, pushgateway_url: str, timeout: float) -> None:
 
 
 def default_url() -> str:
-    from pipeline.ops.__main__ import resolve_ports
-    from pipeline.paths import ProjectPaths
+    """The local serving app: ``AQ_SERVING_PORT`` (``make loadtest`` sources ``.stack/env``,
+    which ``make run`` writes with the running stack's ports)."""
+    from pipeline.settings import Ports
 
-    return resolve_ports(ProjectPaths.discover()).url("serving")
-
-
-def local_pushgateway() -> str | None:
-    """The Pushgateway of the local stack (`make run`) when it runs."""
-    from pipeline.ops.__main__ import resolve_ports
-    from pipeline.ops.services import ServiceManager
-    from pipeline.paths import ProjectPaths
-
-    paths = ProjectPaths.discover()
-    if ServiceManager(paths.stack_dir).is_running("pushgateway"):
-        return resolve_ports(paths).url("pushgateway")
-    return None
+    return Ports.from_env().url("serving")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,10 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"error: the load test targets loopback only, not {host}", file=sys.stderr)
         return 2
-    if not 1 <= args.users <= 64 or not 1 <= args.run_time <= 3600:
-        print("error: --users 1..64 and --run-time 1..3600 seconds", file=sys.stderr)
-        return 2
     settings, env_settings = ServingSettings.from_env(), Settings.from_env()
+    # every user is one connection from 127.0.0.1: nginx serves at most conn_per_client of them
+    # at once (the rest would get 429), so more users would measure the limit, not the API
+    most = min(64, settings.conn_per_client)
+    if not 1 <= args.users <= most or not 1 <= args.run_time <= 3600:
+        print(f"error: --users 1..{most} (at most AQ_SERVING_CONN_PER_CLIENT requests at once "
+              "from one address) and --run-time 1..3600 seconds", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="aq-loadtest-") as tmp:
         prefix = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
@@ -144,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  requests {result.requests}, failures {result.failures} "
           f"(ratio {result.error_ratio:.4f}), {result.requests_per_second:.0f} req/s, "
           f"p50 {result.p50_s * 1000:.0f} ms, p99 {result.p99_s * 1000:.0f} ms")
-    pushgateway = env_settings.pushgateway_url or local_pushgateway()
+    pushgateway = env_settings.pushgateway_url  # .stack/env sets it while the stack runs
     if pushgateway:
         try:
             push(result, pushgateway, env_settings.push_timeout_s)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 import requests
 
-from pipeline.ops import airflow_local
 from pipeline.paths import ProjectPaths
+from stack import airflow_local
 from tests.dags.conftest import run, wait_until
 
 RUN_TIMEOUT_S = 420

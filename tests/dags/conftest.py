@@ -86,19 +86,19 @@ class Pushgateway:
     """A real prometheus-pushgateway on a free loopback port."""
 
     def __init__(self, state_dir: Path) -> None:
-        from pipeline.ops.services import ServiceManager
+        from stack.supervisor import Program, Supervisor
 
         binary = shutil.which("prometheus-pushgateway")
         if not binary:
             pytest.fail("prometheus-pushgateway not installed: run `make setup`")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.manager = ServiceManager(state_dir)
+        self.supervisor = Supervisor(state_dir)
         # no persistence: Debian's build otherwise shares /var/lib/prometheus/pushgateway.data
         # with every gateway on the machine, and a test would see another's metrics
-        self.manager.start("pushgateway", [binary, f"--web.listen-address=127.0.0.1:{self.port}",
-                                           "--persistence.file="])
-        self.manager.wait_for_http(f"{self.url}/-/ready", timeout=30, name="pushgateway")
+        self.supervisor.start(Program("pushgateway", [
+            binary, f"--web.listen-address=127.0.0.1:{self.port}", "--persistence.file="]))
+        self.supervisor.wait_for_http(f"{self.url}/-/ready", timeout=30, name="pushgateway")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
@@ -121,7 +121,7 @@ class Pushgateway:
         urllib.request.urlopen(req, timeout=5).close()
 
     def stop(self) -> None:
-        self.manager.stop("pushgateway")
+        self.supervisor.stop_all()
 
 
 @pytest.fixture(scope="module")

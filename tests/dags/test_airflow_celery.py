@@ -1,7 +1,7 @@
 """The scale-out profile for real: PostgreSQL + CeleryExecutor + Redis, two workers, on loopback.
 
 One deployment for the module (starting it is the slow part), from
-:mod:`pipeline.ops.airflow_celery` on free ports: a PostgreSQL cluster made by
+:mod:`stack.airflow_celery` on free ports: a PostgreSQL cluster made by
 ``initdb`` (as the ``postgres`` user when the tests run as root), Redis, the four
 Airflow parts and two Celery workers, with a real Pushgateway and a temporary
 project with history. The scheduler scenario of the SQLite profile runs here
@@ -26,10 +26,10 @@ import pytest
 import redis
 import yaml
 
-from pipeline.ops import airflow_celery, airflow_local
-from pipeline.ops.ports import Ports
-from pipeline.ops.services import ServiceManager
 from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports
+from stack import airflow_celery, airflow_local
+from stack.supervisor import Supervisor
 from tests.conftest import free_port
 from tests.dags.airflow_harness import (
     AirflowApi,
@@ -84,9 +84,11 @@ def celery_airflow(pushgateway, monkeypatch_module, replay):
     try:
         info = airflow_celery.start(paths, ports)
         startup_s = time.monotonic() - started
-        manager = ServiceManager(paths.stack_dir)
+        supervisor = Supervisor(paths.stack_dir)
+        assert all(supervisor.is_running(n) for n in all_services(paths))
+        # supervisord leads the session every program (and every task) lives in
         yield {"paths": paths, "ports": ports, "info": info, "startup_s": startup_s,
-               "leaders": [manager.record(n).pid for n in all_services(paths)]}
+               "leaders": [supervisor.daemon_pid()]}
     finally:
         airflow_celery.stop(paths)
         shutil.rmtree(top, ignore_errors=True)  # the project and its DVC remote
@@ -115,7 +117,8 @@ def test_everything_binds_loopback_and_secrets_stay_off_command_lines(celery_air
     db_password = layout.secret_file("postgres").read_text().strip()
     redis_password = layout.secret_file("redis").read_text().strip()
     for private in (layout.secret_file("postgres"), layout.secret_file("redis"),
-                    layout.redis_config, paths.airflow_home / "airflow.cfg"):
+                    layout.redis_config, paths.airflow_home / "airflow.cfg",
+                    *paths.stack_dir.glob("supervisor/programs/*.conf")):  # workers' Redis URL
         assert private.stat().st_mode & 0o077 == 0, private
     assert layout.secrets_dir.stat().st_mode & 0o077 == 0
     for pid in pids:
@@ -271,7 +274,7 @@ def test_stop_leaves_nothing_behind_even_mid_run(celery_airflow, api):
     for port in (ports.airflow, ports.postgres, ports.redis):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), 2).close()
-    assert "database system is shut down" in ServiceManager(paths.stack_dir).log_tail(
+    assert "database system is shut down" in Supervisor(paths.stack_dir).log_tail(
         airflow_celery.POSTGRES)
     assert airflow_celery.stop(paths) == []  # idempotent
     assert os.listdir(paths.stack_dir / "postgres" / "data")  # the cluster is kept

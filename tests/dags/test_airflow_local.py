@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from pipeline.ops import airflow_local
-from pipeline.ops.ports import Ports
 from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports
+from stack import airflow_local
 from tests.conftest import REPO, make_project
 
 pytestmark = pytest.mark.airflow
@@ -64,7 +64,7 @@ def test_prepare_cli_migrates_the_containers_database_and_creates_the_pool(tmp_p
     other_db = tmp_path / "elsewhere.db"
     env = {**os.environ, "AQ_PROJECT_DIR": str(root),
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{other_db}"}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.ops.airflow_local", "prepare"],
+    proc = subprocess.run([sys.executable, "-m", "stack", "prepare"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "prepared" in proc.stdout
@@ -77,7 +77,9 @@ def test_prepare_cli_migrates_the_containers_database_and_creates_the_pool(tmp_p
 
 def test_unpause_without_a_running_airflow_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AQ_PROJECT_DIR", str(tmp_path))
-    assert airflow_local.main(["unpause"]) == 1
+    from stack.__main__ import main
+
+    assert main(["unpause"]) == 1
     assert "start the local Airflow first" in capsys.readouterr().err
 
 

@@ -1,7 +1,7 @@
 """The real thing: the local Airflow of ``make run`` on loopback, driven through its REST API.
 
 One Airflow for the module (starting it is the slow part): API server,
-scheduler, DAG processor and triggerer from :mod:`pipeline.ops.airflow_local`
+scheduler, DAG processor and triggerer from :mod:`stack.airflow_local`
 on free ports, a real Pushgateway, a temporary project with history. The
 nightly retraining, two hourly ingestions and a backfill start at the same time;
 the one-slot ``dvc`` pool must keep every DVC command apart, and nothing may
@@ -22,9 +22,10 @@ import pytest
 import requests
 
 from grafana import generate, parts
-from pipeline.ops import airflow_local
-from pipeline.ops.ports import Ports
 from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports
+from stack import airflow_local
+from stack.supervisor import Program, Supervisor
 from tests.conftest import REPO, free_port
 from tests.dags.airflow_harness import (
     AirflowApi,
@@ -51,9 +52,11 @@ def local_airflow(tmp_path_factory, pushgateway, monkeypatch_module):
     info = airflow_local.start(paths, ports)
     startup_s = time.monotonic() - started
     try:
+        supervisor = Supervisor(paths.stack_dir)
+        # supervisord leads the session every part (and every task it runs) lives in
         yield {"paths": paths, "ports": ports, "info": info, "startup_s": startup_s,
-               "leaders": [airflow_local.ServiceManager(paths.stack_dir).record(n).pid
-                           for n in airflow_local.SERVICES]}
+               "leaders": [supervisor.daemon_pid()],
+               "programs": [supervisor.pid(n) for n in airflow_local.SERVICES]}
     finally:
         airflow_local.stop(paths)
 
@@ -148,21 +151,21 @@ def documented_airflow_metrics() -> dict[str, set[str]]:
 def airflow_prometheus(local_airflow, tmp_path_factory) -> Iterator[Prometheus]:
     """A real Prometheus on the committed prometheus.yml, scraping Airflow and the Pushgateway
     once the DAG runs above are done."""
-    from pipeline.ops import stack
-    from pipeline.ops.services import ServiceManager
+    from stack import monitoring
 
     paths = local_airflow["paths"]
     ports = Ports(prometheus=free_port(), alertmanager=free_port(), webhook=free_port(),
                   node_exporter=free_port(), serving=free_port(),
                   airflow=local_airflow["ports"].airflow,
                   pushgateway=local_airflow["ports"].pushgateway)
-    layout = stack.write_configs(paths, ports, fast=True)
-    manager = ServiceManager(tmp_path_factory.mktemp("prometheus-state"))
+    layout = monitoring.write_configs(paths, ports, fast=True)
+    supervisor = Supervisor(tmp_path_factory.mktemp("prometheus-state"))
     started = time.time()
-    manager.start("prometheus", stack.commands(layout, ports, fast=True)["prometheus"])
+    supervisor.start(Program("prometheus",
+                             monitoring.commands(layout, ports, fast=True)["prometheus"]))
     try:
         prom = Prometheus(ports.url("prometheus"), started)
-        manager.wait_for_http(f"{prom.url}/-/ready", timeout=60, name="prometheus")
+        supervisor.wait_for_http(f"{prom.url}/-/ready", timeout=60, name="prometheus")
 
         def both_scraped():
             airflow = prom.instant('airflow_dag_status{job="airflow",dag_id="aq_retrain",'
@@ -173,7 +176,7 @@ def airflow_prometheus(local_airflow, tmp_path_factory) -> Iterator[Prometheus]:
         wait_until(both_scraped, 60, what="Airflow and pipeline metrics")
         yield prom
     finally:
-        manager.stop("prometheus")
+        supervisor.stop_all()
 
 
 def test_airflow_metrics_sit_beside_the_pipelines_in_prometheus(airflow_prometheus):
@@ -241,7 +244,8 @@ def test_stop_leaves_nothing_behind_even_mid_run(local_airflow, api):
 
     wait_until(running_task, 120, interval=0.5, what="a running retraining task")
     pids = session_pids(local_airflow["leaders"])
-    task_groups = {g for p in pids if (g := _pgid(p)) is not None} - set(local_airflow["leaders"])
+    task_groups = ({g for p in pids if (g := _pgid(p)) is not None}
+                   - set(local_airflow["leaders"]) - set(local_airflow["programs"]))
     assert task_groups, "the running task has its own process group"
 
     stopped = airflow_local.stop(paths)

@@ -6,9 +6,9 @@ import re
 
 import yaml
 
-from pipeline.ops import mlflow_local, mlserver_local
 from pipeline.paths import ProjectPaths
 from pipeline.settings import Ports
+from stack import mlflow_local, mlserver_local
 from tests.conftest import REPO
 
 SERVICES = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ops import serving_local
 from pipeline.paths import ProjectPaths
+from stack import serving_local
 from tests.conftest import REPO, make_project
 from tests.monitoring import RunningStack, prom_query, running_stack, wait_until
 from tests.replay_server import ReplayServer, open_meteo_handler

@@ -12,8 +12,9 @@ import time
 import pytest
 
 from pipeline.io.metrics import CATALOGUE
-from pipeline.ops import stack
-from pipeline.ops.webhook import iter_alerts
+from stack import monitoring
+from stack.webhook import iter_alerts
+from tests.conftest import REPO
 from tests.integration.conftest import JOB
 from tests.metrics_doc import PIPELINE_SECTION, documented_metrics
 from tests.monitoring import gateway_samples, wait_until
@@ -192,7 +193,7 @@ def test_unhealthy_forecasts_and_only_those_reach_the_air_quality_receiver(obser
 
 def test_pipeline_succeeds_with_the_pushgateway_stopped(observed_run):
     st = observed_run.stack
-    st.manager.stop("pushgateway")
+    st.supervisor.stop("pushgateway")
     try:
         started = time.monotonic()
         proc = observed_run.step("predict")
@@ -202,7 +203,7 @@ def test_pipeline_succeeds_with_the_pushgateway_stopped(observed_run):
         assert elapsed < 60
         observed_run.wait_for('up{job="pushgateway"} == 0')
     finally:
-        stack.start(st.paths, st.ports, fast=True, configs=stack.PACKAGE_ROOT / "prometheus")
+        monitoring.start(st.paths, st.ports, fast=True, configs=REPO / "prometheus")
     observed_run.wait_for('up{job="pushgateway"} == 1')
 
 

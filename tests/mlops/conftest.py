@@ -1,7 +1,7 @@
 """Real MLflow tracking server and MLServer processes, and a small project that logs to them.
 
 ``mlflow`` starts ``mlflow server`` from ``.venv-mlflow`` through the ops code ``make run``
-uses (pipeline/ops/mlflow_local.py) on a free port, with its state in a temporary directory.
+uses (stack/mlflow_local.py) on a free port, with its state in a temporary directory.
 ``tracked`` runs the pipeline's steps with the CLI, as DVC does, logging to that server.
 ``mlflow_client`` runs MLflow's own Python client (in its venv) against the server.
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipeline.ops import mlflow_local
 from pipeline.paths import ProjectPaths
 from pipeline.settings import Ports
+from stack import mlflow_local
 from tests.conftest import REPO, free_port, make_project
 
 # a small model that may lose to persistence: promoted anyway (tracked, not judged)
@@ -163,9 +163,9 @@ class V2Server:
 
 
 def start_mlserver(project: ServedProject, timeout: float = 240, ready: bool = True) -> V2Server:
-    """MLServer through pipeline/ops/mlserver_local.py on free ports; live when it returns
+    """MLServer through stack/mlserver_local.py on free ports; live when it returns
     (and serving a verified champion, unless ``ready=False``)."""
-    from pipeline.ops import mlserver_local
+    from stack import mlserver_local
 
     ports = Ports(mlserver=free_port(), mlserver_grpc=free_port(), mlserver_metrics=free_port())
     saved = dict(os.environ)
@@ -183,7 +183,7 @@ def start_mlserver(project: ServedProject, timeout: float = 240, ready: bool = T
 @pytest.fixture(scope="session")
 def both(served_project, tmp_path_factory):  # noqa: F811
     """The Flask app (gunicorn) and MLServer serving one copy of the served project."""
-    from pipeline.ops import mlserver_local, serving_local
+    from stack import mlserver_local, serving_local
 
     project = copy_project(served_project, tmp_path_factory.mktemp("v2") / "project")
     flask = start_server(project)

@@ -125,7 +125,7 @@ def test_malformed_v2_requests_get_a_4xx_naming_the_problem(both, body, status, 
 
 def test_not_ready_before_the_first_champion_then_ready_without_a_restart(served_project,
                                                                           tmp_path):
-    from pipeline.ops import mlserver_local
+    from stack import mlserver_local
     from tests.mlops.conftest import start_mlserver
     from tests.serving.conftest import copy_project
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.ops import runbook, stack
-from pipeline.ops.ports import Ports
+from pipeline.settings import Ports
+from stack import monitoring, runbook
 
 REPO = Path(__file__).resolve().parents[2]
 PROM = REPO / "prometheus"
@@ -119,12 +119,13 @@ def test_rendered_configs_differ_only_in_addresses(tmp_path):
     """The runtime copies the local stack writes for other ports pass the same checks."""
     committed = yaml.safe_load((PROM / "prometheus.yml").read_text())
     ports = Ports(prometheus=19090, pushgateway=19091, alertmanager=19093, webhook=19095,
-                  node_exporter=19100, serving=18000, airflow=18080)
-    rendered = stack.render_prometheus(committed, ports)
+                  node_exporter=19100, serving=18000, serving_proxy_metrics=13903,
+                  airflow=18080)
+    rendered = monitoring.render_prometheus(committed, ports)
     targets = [t for job in rendered["scrape_configs"] for s in job["static_configs"]
                for t in s["targets"]]
     assert sorted(targets) == sorted(
-        f"127.0.0.1:{p}" for p in (19090, 19091, 19093, 19100, 18000, 18080))
+        f"127.0.0.1:{p}" for p in (19090, 19091, 19093, 19100, 18000, 13903, 18080))
 
     def strip(cfg):
         for job in cfg["scrape_configs"]:
@@ -133,22 +134,23 @@ def test_rendered_configs_differ_only_in_addresses(tmp_path):
         return cfg
 
     assert strip(rendered) == strip(yaml.safe_load((PROM / "prometheus.yml").read_text()))
-    am = stack.render_alertmanager(yaml.safe_load((PROM / "alertmanager.yml").read_text()), ports)
+    am = monitoring.render_alertmanager(
+        yaml.safe_load((PROM / "alertmanager.yml").read_text()), ports)
     urls = [h["url"] for r in am["receivers"] for h in r["webhook_configs"]]
     assert urls
     assert all(u.startswith("http://127.0.0.1:19095/") for u in urls)
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(
-        stack.render_prometheus(committed, ports, fast=True)))
+        monitoring.render_prometheus(committed, ports, fast=True)))
     (tmp_path / "rules").symlink_to(PROM / "rules")
     (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(
-        stack.render_alertmanager(yaml.safe_load((PROM / "alertmanager.yml").read_text()),
-                                  ports, fast=True)))
+        monitoring.render_alertmanager(
+            yaml.safe_load((PROM / "alertmanager.yml").read_text()), ports, fast=True)))
     run([tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")])
     run([tool("amtool"), "check-config", str(tmp_path / "alertmanager.yml")])
 
 
 def test_default_ports_render_the_committed_addresses():
     committed = yaml.safe_load((PROM / "prometheus.yml").read_text())
-    assert stack.render_prometheus(committed, Ports()) == committed
+    assert monitoring.render_prometheus(committed, Ports()) == committed
     am = yaml.safe_load((PROM / "alertmanager.yml").read_text())
-    assert stack.render_alertmanager(am, Ports()) == am
+    assert monitoring.render_alertmanager(am, Ports()) == am

@@ -15,8 +15,8 @@ from grafana import generate, layout, parts, sources, typed
 from grafana.boards import serving as serving_board
 from pipeline.core.aqi import category_thresholds
 from pipeline.io.metrics import CATALOGUE
-from pipeline.ops import runbook
-from pipeline.ops.ports import Ports
+from pipeline.settings import Ports
+from stack import runbook
 from tests.grafana_doc import (
     BUILT_IN,
     PENDING,
@@ -426,7 +426,7 @@ def test_every_link_resolves():
 
 
 def runbook_anchors() -> set[str]:
-    """The ids of the runbook page the local stack serves (pipeline/ops/runbook.py)."""
+    """The ids of the runbook page the local stack serves (stack/runbook.py)."""
     return set(re.findall(r' id="([^"]+)"', runbook.page().decode()))
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.ops import serving_local
-from pipeline.ops.ports import Ports
-from pipeline.ops.services import ServiceManager
 from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports
+from stack import serving_local
+from stack.supervisor import Supervisor
 from tests.conftest import REPO, free_port, make_project
 
 STEPS = ("ingest", "preprocess", "train", "evaluate", "promote", "predict")
@@ -80,10 +80,10 @@ class Server:
     url: str
     project: ServedProject
     ports: Ports
-    manager: ServiceManager
+    supervisor: Supervisor
 
     def log(self) -> str:
-        return self.manager.log_file(serving_local.NAME).read_text(errors="replace")
+        return self.supervisor.log_file(serving_local.NAME).read_text(errors="replace")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:  # noqa: S310
@@ -91,11 +91,17 @@ class Server:
 
 
 def serving_ports() -> Ports:
-    return Ports(serving=free_port())
+    """Free ports for nginx and its mtail (the rest are not started here)."""
+    serving = free_port()
+    metrics = free_port()
+    while metrics == serving:
+        metrics = free_port()
+    return Ports(serving=serving, serving_proxy_metrics=metrics)
 
 
 def start_server(project: ServedProject, env: dict[str, str] | None = None) -> Server:
-    """gunicorn through pipeline/ops/serving_local.py on a free port; ready when it returns."""
+    """nginx + gunicorn (+ mtail) through stack/serving_local.py, as `make run` starts them,
+    on free ports; ready when it returns."""
     ports = serving_ports()
     paths = project.paths
     saved = dict(os.environ)
@@ -105,7 +111,7 @@ def start_server(project: ServedProject, env: dict[str, str] | None = None) -> S
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    server = Server(ports.url("serving"), project, ports, ServiceManager(paths.stack_dir))
+    server = Server(ports.url("serving"), project, ports, Supervisor(paths.stack_dir))
     serving_local.wait_ready(server.url, timeout=120)
     return server
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from pipeline.io.registry import ARTIFACT, Registry
-from pipeline.ops import serving_local
+from stack import serving_local
 from tests.monitoring import wait_until
 from tests.serving.conftest import copy_project, start_server
 

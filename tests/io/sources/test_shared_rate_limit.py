@@ -22,10 +22,9 @@ from pipeline.io.sources.http import (
     RetryPolicy,
     SharedRateLimiter,
 )
-from pipeline.ops import airflow_celery
-from pipeline.ops.ports import Ports
-from pipeline.ops.services import ServiceManager
-from pipeline.settings import Settings
+from pipeline.settings import Ports, Settings
+from stack import airflow_celery
+from stack.supervisor import Supervisor
 from tests.conftest import REPO, free_port
 from tests.replay_server import ReplayServer, Reply, refusing_url
 
@@ -37,11 +36,11 @@ def redis_url(tmp_path_factory):
     if not shutil.which("redis-server"):
         pytest.fail("redis-server not installed: run `make setup`")
     state = tmp_path_factory.mktemp("redis-state")
-    manager = ServiceManager(state)
+    supervisor = Supervisor(state)
     ports = Ports(redis=free_port())
-    airflow_celery.start_redis(manager, airflow_celery.Layout(state), ports, PASSWORD, 30)
+    airflow_celery.start_redis(supervisor, airflow_celery.Layout(state), ports, PASSWORD, 30)
     yield f"redis://:{PASSWORD}@127.0.0.1:{ports.redis}/1"
-    manager.stop(airflow_celery.REDIS)
+    supervisor.stop_all()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The MLflow tracking server of ``make run``: ``mlflow server`` on 127.0.0.1 from ``.venv-mlflow``.
+"""The MLflow tracking server of ``make run``: ``mlflow server`` on 127.0.0.1 from
+``.venv-mlflow``, a supervisord program.
 
 The server keeps its runs and model registry in SQLite and the runs' artifacts in a folder,
 both under ``.stack/mlflow/`` (``make clean`` removes them with the rest of the local state),
@@ -6,24 +7,25 @@ and serves the artifacts itself (``--serve-artifacts``, MLflow's default: the st
 through the server, pipeline/io/tracking.py). One uvicorn worker: the steps log a few runs a
 day. MLflow 3's job runner (seven huey consumers, ~350 MB, for GenAI evaluation jobs) is
 switched off: nothing here uses it. ``start`` exports ``AQ_MLFLOW_TRACKING_URI`` (``.stack/env``)
-for the steps ``make run`` runs next; its UI is the same address.
+for the steps ``make run`` runs next and the Airflow tasks; its UI is the same address.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import urllib.request
 from pathlib import Path
 
-from pipeline.ops.services import ServiceError, ServiceManager
-from pipeline.paths import PACKAGE_ROOT, ProjectPaths
+from pipeline.paths import ProjectPaths
 from pipeline.settings import Ports
+from stack.supervisor import REPO, Program, ServiceError, Supervisor
 
 log = logging.getLogger(__name__)
 NAME = "mlflow"
-VENV = PACKAGE_ROOT / ".venv-mlflow"  # scripts/setup.sh makes it from requirements-mlflow.lock
+# started before Airflow (its tasks log to it), stopped after it and after serving
+PRIORITY = 150
+VENV = REPO / ".venv-mlflow"  # scripts/setup.sh makes it from requirements-mlflow.lock
 
 
 def state_dir(paths: ProjectPaths) -> Path:
@@ -46,8 +48,10 @@ def command(paths: ProjectPaths, ports: Ports) -> list[str]:
             "--artifacts-destination", str(state / "artifacts")]
 
 
-def service_env() -> dict[str, str]:
-    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+def program(paths: ProjectPaths, ports: Ports) -> Program:
+    return Program(NAME, command(paths, ports),
+                   env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                   directory=state_dir(paths), priority=PRIORITY, stopwaitsecs=20)
 
 
 def urls(ports: Ports) -> dict[str, str]:
@@ -57,20 +61,20 @@ def urls(ports: Ports) -> dict[str, str]:
 
 def start(paths: ProjectPaths, ports: Ports, timeout: float = 120.0) -> dict[str, str]:
     """Start the server unless it runs; wait until ``/health`` answers (the first start
-    creates the database: ~10-30 s)."""
-    from pipeline.ops.stack import port_in_use
+    creates the database: ~10-30 s), then warm it up."""
+    from stack.monitoring import port_in_use
 
-    manager = ServiceManager(paths.stack_dir)
-    if not manager.is_running(NAME):
-        if port_in_use(ports.host, ports.mlflow):
-            raise ServiceError(f"mlflow: port {ports.address('mlflow')} is taken by another "
-                               f"process; choose another with {Ports.env_var('mlflow')}=...")
-        state_dir(paths).mkdir(parents=True, exist_ok=True)
-        manager.start(NAME, command(paths, ports), env=service_env(), cwd=state_dir(paths))
+    supervisor = Supervisor(paths.stack_dir)
+    if not supervisor.is_running(NAME) and port_in_use(ports.host, ports.mlflow):
+        raise ServiceError(f"mlflow: port {ports.address('mlflow')} is taken by another "
+                           f"process; choose another with {Ports.env_var('mlflow')}=...")
+    state_dir(paths).mkdir(parents=True, exist_ok=True)
+    started = supervisor.start(program(paths, ports))
     try:
-        manager.wait_for_http(f"{ports.url('mlflow')}/health", timeout=timeout, name=NAME)
+        supervisor.wait_for_http(f"{ports.url('mlflow')}/health", timeout=timeout, name=NAME)
     except Exception:
-        manager.stop(NAME)
+        if started:
+            supervisor.stop(NAME)
         raise
     warm_up(ports.url("mlflow"))
     return urls(ports)
@@ -91,4 +95,4 @@ def warm_up(base_url: str, timeout: float = 30.0) -> None:
 
 
 def stop(paths: ProjectPaths) -> bool:
-    return ServiceManager(paths.stack_dir).stop(NAME, timeout=20.0)
+    return Supervisor(paths.stack_dir).stop(NAME)

@@ -1,4 +1,5 @@
-"""MLServer for ``make run``: the champion over the V2 inference protocol, from ``.venv-mlserver``.
+"""MLServer for ``make run``: the champion over the V2 inference protocol, from
+``.venv-mlserver``, a supervisord program.
 
 ``mlserver start deploy/mlserver`` loads ``serving.v2.ChampionRuntime`` (the project is
 installed in that venv, without Airflow), on 127.0.0.1: REST on ``AQ_MLSERVER_PORT`` (8090),
@@ -11,23 +12,22 @@ before the first champion and becomes ready (``/v2/models/aq-forecast/ready``) o
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pipeline.ops.services import ServiceError, ServiceManager
-from pipeline.paths import PACKAGE_ROOT, ProjectPaths
+from pipeline.paths import ProjectPaths
 from pipeline.settings import Ports
+from stack.supervisor import REPO, Program, ServiceError, Supervisor
 
 NAME = "mlserver"
-MODEL = "aq-forecast"  # deploy/mlserver/model-settings.json
-VENV = PACKAGE_ROOT / ".venv-mlserver"  # scripts/setup.sh makes it from requirements-mlserver.lock
-CONFIG = PACKAGE_ROOT / "deploy" / "mlserver"
+MODEL = "aq-forecast"  # deploy/mlserver/aq-forecast/model-settings.json
+PRIORITY = 420  # like serving: stopped before what writes the data it reads
+VENV = REPO / ".venv-mlserver"  # scripts/setup.sh makes it from requirements-mlserver.lock
+CONFIG = REPO / "deploy" / "mlserver"
+PORTS = ("mlserver", "mlserver_grpc", "mlserver_metrics")
 
 
 def state_dir(paths: ProjectPaths) -> Path:
@@ -47,8 +47,8 @@ def command() -> list[str]:
 
 
 def service_env(paths: ProjectPaths, ports: Ports) -> dict[str, str]:
+    """What MLServer gets on top of what every program inherits."""
     return {
-        **os.environ,
         **ports.env(),
         "AQ_PROJECT_DIR": str(paths.root),
         "MLSERVER_HOST": ports.host,
@@ -60,6 +60,11 @@ def service_env(paths: ProjectPaths, ports: Ports) -> dict[str, str]:
     }
 
 
+def program(paths: ProjectPaths, ports: Ports) -> Program:
+    return Program(NAME, command(), env=service_env(paths, ports), directory=state_dir(paths),
+                   priority=PRIORITY, stopwaitsecs=20)
+
+
 def urls(ports: Ports) -> dict[str, str]:
     base = ports.url("mlserver")
     return {"AQ_MLSERVER_URL": base, "V2 inference": f"{base}/v2/models/{MODEL}/infer"}
@@ -67,27 +72,28 @@ def urls(ports: Ports) -> dict[str, str]:
 
 def start(paths: ProjectPaths, ports: Ports, timeout: float = 120.0) -> dict[str, str]:
     """Start MLServer unless it runs; wait until it is live (ready needs a champion)."""
-    from pipeline.ops.stack import port_in_use
+    from stack.monitoring import port_in_use
 
-    manager = ServiceManager(paths.stack_dir)
-    if not manager.is_running(NAME):
-        for name in ("mlserver", "mlserver_grpc", "mlserver_metrics"):
+    supervisor = Supervisor(paths.stack_dir)
+    if not supervisor.is_running(NAME):
+        for name in PORTS:
             if port_in_use(ports.host, getattr(ports, name)):
                 raise ServiceError(f"mlserver: port {ports.address(name)} is taken by another "
                                    f"process; choose another with {Ports.env_var(name)}=...")
-        (state_dir(paths) / "metrics").mkdir(parents=True, exist_ok=True)
-        manager.start(NAME, command(), env=service_env(paths, ports), cwd=state_dir(paths))
+    (state_dir(paths) / "metrics").mkdir(parents=True, exist_ok=True)
+    started = supervisor.start(program(paths, ports))
     try:
-        manager.wait_for_http(f"{ports.url('mlserver')}/v2/health/live", timeout=timeout,
-                              name=NAME)
+        supervisor.wait_for_http(f"{ports.url('mlserver')}/v2/health/live", timeout=timeout,
+                                 name=NAME)
     except Exception:
-        manager.stop(NAME)
+        if started:
+            supervisor.stop(NAME)
         raise
     return urls(ports)
 
 
 def stop(paths: ProjectPaths) -> bool:
-    return ServiceManager(paths.stack_dir).stop(NAME, timeout=20.0)
+    return Supervisor(paths.stack_dir).stop(NAME)
 
 
 def wait_ready(base_url: str, timeout: float) -> None:
@@ -115,29 +121,3 @@ def curl_example(base_url: str, location_id: str) -> str:
                                    "data": [location_id]}]})
     return (f"curl -s -X POST {base_url}/v2/models/{MODEL}/infer "
             f"-H 'Content-Type: application/json' -d '{body}'")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.ops.mlserver_local ready [--timeout S]``: wait, print a curl."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.ops.mlserver_local",
-                                     description=main.__doc__)
-    parser.add_argument("command", choices=["ready"])
-    parser.add_argument("--timeout", type=float, default=90.0)
-    args = parser.parse_args(argv)
-    from pipeline.config import load_params
-    from pipeline.ops.__main__ import resolve_ports
-
-    paths = ProjectPaths.discover()
-    base = resolve_ports(paths).url("mlserver")
-    try:
-        wait_ready(base, args.timeout)
-    except ServiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"V2 inference (MLServer): {base}/v2/models/{MODEL}  (same forecasts as /v1)")
-    print(f"  {curl_example(base, load_params(paths.params).location_ids[0])}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

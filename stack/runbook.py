@@ -3,7 +3,7 @@
 Every alert's ``runbook_url`` is ``<base>#<alertname in lower case>``; the local stack serves
 this page at ``http://127.0.0.1:<webhook port>/runbook`` (the committed base, see
 :data:`DEFAULT_BASE`). Set ``AQ_RUNBOOK_BASE_URL`` to point alerts at a runbook hosted elsewhere
-(e.g. the rendered docs of your fork); :mod:`pipeline.ops.stack` writes it into the rules it
+(e.g. the rendered docs of your fork); :mod:`stack.monitoring` writes it into the rules it
 renders.
 """
 
@@ -13,11 +13,11 @@ import html
 import re
 from pathlib import Path
 
-from pipeline.paths import PACKAGE_ROOT
 from pipeline.settings import Ports
+from stack.supervisor import REPO
 
 DEFAULT_BASE = Ports().runbook_base()  # the base the committed rules carry
-RUNBOOK = PACKAGE_ROOT / "docs" / "runbook.md"
+RUNBOOK = REPO / "docs" / "runbook.md"
 
 
 def anchor(title: str) -> str:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ops import airflow_celery, airflow_local
-from pipeline.ops.ports import Ports
-from pipeline.ops.services import ServiceError, ServiceManager
 from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports
+from stack import airflow_celery, airflow_local
+from stack.__main__ import main as stack_cli
+from stack.supervisor import Program, ServiceError, Supervisor
 
 pytestmark = pytest.mark.airflow
 
@@ -59,7 +60,7 @@ def test_the_config_moves_airflow_to_postgres_and_celery_keeping_secrets_private
     assert cfg.get("celery", "broker_url") == "redis://:rpass-0123456789@127.0.0.1:16379/0"
     assert cfg.get("celery", "result_backend") == (
         "db+postgresql+psycopg2://airflow:dbpass-0123456789@127.0.0.1:15432/airflow")
-    assert cfg.get("core", "hostname_callable") == "pipeline.ops.airflow_celery.worker_hostname"
+    assert cfg.get("core", "hostname_callable") == "stack.airflow_celery.worker_hostname"
     assert cfg.get("core", "dags_are_paused_at_creation") == "True"  # the rest as locally
     assert airflow_celery.task_env(ports, "rpass-0123456789") == {
         "AQ_RATE_LIMIT_REDIS_URL": "redis://:rpass-0123456789@127.0.0.1:16379/1"}
@@ -134,58 +135,59 @@ def test_a_bad_scale_is_named(name, value, problem):
 def test_stop_ends_every_worker_whatever_scale_started_them(tmp_path):
     """Started with three workers, stopped with the default setting: the third goes too."""
     paths = ProjectPaths(tmp_path)
-    manager = ServiceManager(paths.stack_dir)
+    supervisor = Supervisor(paths.stack_dir)
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
     for name in ("worker1", "worker2", "worker3"):
-        manager.start(airflow_celery.service_name(name), sleeper)
+        supervisor.start(Program(airflow_celery.service_name(name), sleeper))
     try:
         stopped = airflow_celery.stop(paths)
     finally:
-        manager.stop_all()
+        supervisor.stop_all()
     assert sorted(stopped) == ["airflow-celery-worker1", "airflow-celery-worker2",
                                "airflow-celery-worker3"]
-    assert manager.names() == []
+    assert supervisor.names() == []
+    assert not supervisor.running()
 
 
 def test_workers_of_another_scale_are_not_started_over(tmp_path):
     """A worker running with another --concurrency (or beyond the count): stop first."""
     paths = ProjectPaths(tmp_path)
-    manager = ServiceManager(paths.stack_dir)
+    supervisor = Supervisor(paths.stack_dir)
     cmd, _ = airflow_celery.worker_commands(Ports(), airflow_celery.Scale(2, 2))[
         "airflow-celery-worker2"]
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)", *cmd[1:]]
-    manager.start("airflow-celery-worker2", sleeper)
+    supervisor.start(Program("airflow-celery-worker2", sleeper))
     try:
         for scale in (airflow_celery.Scale(1, 2), airflow_celery.Scale(2, 1)):
             with pytest.raises(airflow_celery.ScaleOutError,
                                match="airflow-celery-worker2 is running with another scale.*"
                                      "make stop"):
                 airflow_celery.start(paths, Ports(), scale=scale)
-        assert manager.names() == ["airflow-celery-worker2"]  # nothing else was started
+        assert supervisor.names() == ["airflow-celery-worker2"]  # nothing else was started
     finally:
-        manager.stop_all()
+        supervisor.stop_all()
 
 
 def test_a_restarted_worker_is_not_ready_on_its_previous_starts_word(tmp_path):
     """The log is appended to: "ready." of an earlier start must not count (stop, then start
     again with another scale: tasks would be sent before the new workers consume)."""
-    manager = ServiceManager(tmp_path)
+    supervisor = Supervisor(tmp_path)
     name = airflow_celery.service_name("worker1")
-    manager.logs_dir.mkdir(parents=True)
-    manager.log_file(name).write_text(
-        "--- 2026-11-30T10:00:00 start: ['airflow', 'celery', 'worker']\n"
-        "--- ***** ----- \n"  # Celery's banner has lines like the start marker
+    supervisor.logs_dir.mkdir(parents=True)
+    supervisor.log_file(name).write_text(
+        "--- ***** ----- \n"  # an earlier start's banner and word
         "[2026-11-30 10:00:09,000: INFO/MainProcess] worker1@host ready.\n")
-    manager.start(name, [sys.executable, "-c", "import time; time.sleep(60)"])
+    supervisor.start(Program(name, [sys.executable, "-c", "import time; time.sleep(60)"]))
     try:
-        with pytest.raises(ServiceError, match="airflow-celery-worker1 not ready within 1s"):
-            airflow_celery.wait_for_workers(manager, [name], timeout=1)
-        with manager.log_file(name).open("a") as log:
+        with pytest.raises(ServiceError,
+                           match="airflow-celery-worker1: no Celery's 'ready.' within 1s"):
+            airflow_celery.wait_for_workers(supervisor, [name], timeout=1)
+        with supervisor.log_file(name).open("a") as log:
             log.write("--- ***** ----- \n[2026-11-30 11:00:05,000: INFO/MainProcess] "
                       "worker1@host ready.\n")
-        airflow_celery.wait_for_workers(manager, [name], timeout=5)
+        airflow_celery.wait_for_workers(supervisor, [name], timeout=5)
     finally:
-        manager.stop(name)
+        supervisor.stop(name)
 
 
 def test_a_task_instance_names_its_worker(monkeypatch):
@@ -211,9 +213,13 @@ def _check_postgres_command(layout):
     assert "port=15432" in cmd
     assert f"unix_socket_directories={layout.postgres_data}" in cmd
     assert not any("password" in part.lower() for part in cmd)
-    if os.geteuid() == 0:  # PostgreSQL refuses root: it runs as the postgres user
-        assert cmd[0].endswith("setpriv")
-        assert "--reuid=postgres" in cmd
+    program = airflow_celery.postgres_program(layout, Ports(postgres=15432))
+    assert program.stopsignal == "INT"  # PostgreSQL's fast shutdown
+    if os.geteuid() == 0:  # PostgreSQL refuses root: supervisord runs it as the postgres user
+        assert program.user == "postgres"
+        assert "user=postgres" in program.section(layout.state / "logs" / "postgres.log")
+    else:
+        assert program.user is None
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root hands PostgreSQL to another user")
@@ -231,24 +237,26 @@ def test_a_project_the_postgres_user_cannot_enter_is_a_clear_error():
 
 
 def test_a_taken_port_is_named(tmp_path):
-    manager = ServiceManager(tmp_path / "state")
+    supervisor = Supervisor(tmp_path / "state")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         ports = Ports(redis=sock.getsockname()[1])
         with pytest.raises(airflow_celery.ScaleOutError,
                            match=f"redis: port 127.0.0.1:{ports.redis} is taken.*AQ_REDIS_PORT"):
-            airflow_celery.start_redis(manager, airflow_celery.Layout(tmp_path / "state"),
+            airflow_celery.start_redis(supervisor, airflow_celery.Layout(tmp_path / "state"),
                                        ports, "x" * 20, 5)
-    assert manager.names() == []
+    assert supervisor.names() == []
+    assert not supervisor.running()
 
 
 def test_one_profile_is_not_started_over_the_other(tmp_path):
     """Parts running with the local profile's airflow.cfg: the celery profile refuses to start."""
     paths = ProjectPaths(tmp_path)
     airflow_local.write_config(paths, Ports())  # LocalExecutor
-    manager = ServiceManager(paths.stack_dir)
-    manager.start("airflow-scheduler", [sys.executable, "-c", "import time; time.sleep(60)"])
+    supervisor = Supervisor(paths.stack_dir)
+    supervisor.start(Program("airflow-scheduler",
+                             [sys.executable, "-c", "import time; time.sleep(60)"]))
     try:
         assert airflow_celery.running_profile(paths) == "local"
         airflow_celery.check_profile(paths, "local")
@@ -256,7 +264,7 @@ def test_one_profile_is_not_started_over_the_other(tmp_path):
                            match="running with the 'local' profile; stop it first"):
             airflow_celery.start(paths, Ports())
     finally:
-        manager.stop("airflow-scheduler")
+        supervisor.stop("airflow-scheduler")
     assert airflow_celery.running_profile(paths) is None
 
 
@@ -265,8 +273,8 @@ def test_prepare_cli_follows_the_profile_switch(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AQ_PROJECT_DIR", str(tmp_path))
     monkeypatch.setenv("AQ_AIRFLOW_PROFILE", "celery")
     monkeypatch.setenv("AQ_POSTGRES_PASSWORD", "short")
-    assert airflow_local.main(["prepare"]) == 1
+    assert stack_cli(["prepare"]) == 1
     assert "AQ_POSTGRES_PASSWORD must be at least 16 characters" in capsys.readouterr().err
     monkeypatch.setenv("AQ_AIRFLOW_PROFILE", "kubernetes")
-    assert airflow_local.main(["prepare"]) == 1
+    assert stack_cli(["prepare"]) == 1
     assert "AQ_AIRFLOW_PROFILE='kubernetes' is not one of" in capsys.readouterr().err

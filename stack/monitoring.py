@@ -1,18 +1,16 @@
 """The local monitoring stack without Docker: Debian binaries on 127.0.0.1.
 
-Pushgateway, Prometheus, Alertmanager, node exporter and the alert webhook
-receiver, each a service of :class:`~pipeline.ops.services.ServiceManager`
-with its state under ``.stack/``. The committed configs in ``prometheus/`` are
-rendered into ``.stack/`` with the addresses of :class:`~pipeline.ops.ports.Ports`
-(equal to the committed ones on the default ports); ``fast=True`` (tests) also
-shortens scrape, evaluation and notification intervals.
+Pushgateway, Prometheus, Alertmanager, node exporter and the alert webhook receiver, each a
+supervisord program (:mod:`stack.supervisor`) with its state under ``.stack/``. The
+committed configs in ``prometheus/`` are rendered into ``.stack/`` with the addresses of
+:class:`~pipeline.settings.Ports` (equal to the committed ones on the default ports);
+``fast=True`` (tests) also shortens scrape, evaluation and notification intervals.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 import shutil
 import socket
 import sys
@@ -22,11 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from pipeline.ops import runbook
-from pipeline.ops.ports import Ports
-from pipeline.ops.services import ServiceManager
-from pipeline.paths import PACKAGE_ROOT, ProjectPaths
-from pipeline.settings import StackSettings
+from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports, StackSettings
+from stack import runbook
+from stack.supervisor import REPO, Program, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +34,16 @@ SCRAPE_JOBS = {
     "alertmanager": "alertmanager",
     "node": "node_exporter",
     "serving": "serving",
-    "airflow": "airflow",  # airflow-exporter on the Airflow API server (pipeline/ops/airflow_local)
+    "serving_proxy": "serving_proxy_metrics",  # mtail over nginx's access log (serving_local)
+    "airflow": "airflow",  # airflow-exporter on the Airflow API server (stack/airflow_local)
 }
-# service name -> (Ports field, readiness path)
+# program name -> (Ports field, readiness path, priority: start order, reverse stop order)
 SERVICES = {
-    "webhook": ("webhook", "/healthz"),
-    "alertmanager": ("alertmanager", "/-/ready"),
-    "pushgateway": ("pushgateway", "/-/ready"),
-    "node_exporter": ("node_exporter", "/metrics"),
-    "prometheus": ("prometheus", "/-/ready"),
+    "webhook": ("webhook", "/healthz", 100),
+    "alertmanager": ("alertmanager", "/-/ready", 110),
+    "pushgateway": ("pushgateway", "/-/ready", 120),
+    "node_exporter": ("node_exporter", "/metrics", 130),
+    "prometheus": ("prometheus", "/-/ready", 140),
 }
 BINARIES = {
     "prometheus": "prometheus",
@@ -63,10 +61,10 @@ class StackError(RuntimeError):
 
 def config_dir(paths: ProjectPaths) -> Path:
     """``prometheus/`` of the project, else of the checkout this code lives in."""
-    for candidate in (paths.root / "prometheus", PACKAGE_ROOT / "prometheus"):
+    for candidate in (paths.root / "prometheus", REPO / "prometheus"):
         if (candidate / "prometheus.yml").is_file():
             return candidate
-    raise StackError(f"no prometheus/prometheus.yml in {paths.root} or {PACKAGE_ROOT}")
+    raise StackError(f"no prometheus/prometheus.yml in {paths.root} or {REPO}")
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ def render_prometheus(source: dict, ports: Ports, fast: bool = False) -> dict:
     for job in cfg.get("scrape_configs", []):
         name = job["job_name"]
         if name not in SCRAPE_JOBS:
-            raise StackError(f"scrape job {name!r} has no port in pipeline/ops/stack.py")
+            raise StackError(f"scrape job {name!r} has no port in stack/monitoring.py")
         for static in job.get("static_configs", []):
             static["targets"] = [ports.address(SCRAPE_JOBS[name]) for _ in static["targets"]]
         if fast:
@@ -172,7 +170,7 @@ def runbook_base(ports: Ports) -> str:
 
 def render_rules(source: Path, target: Path, base: str) -> None:
     """Copy the rule files with every runbook link on ``base`` (the committed files carry
-    :data:`pipeline.ops.runbook.DEFAULT_BASE`, right for the default ports)."""
+    :data:`stack.runbook.DEFAULT_BASE`, right for the default ports)."""
     if target.is_symlink() or target.is_file():
         target.unlink()
     elif target.exists():
@@ -185,7 +183,7 @@ def render_rules(source: Path, target: Path, base: str) -> None:
 
 def _write_yaml(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    header = "# rendered by pipeline/ops/stack.py from prometheus/; edit those, not this copy\n"
+    header = "# rendered by stack/monitoring.py from prometheus/; edit those, not this copy\n"
     tmp.write_text(header + yaml.safe_dump(data, sort_keys=False))
     tmp.replace(path)
 
@@ -204,7 +202,7 @@ def binary(name: str) -> str:
 def commands(layout: StackLayout, ports: Ports, fast: bool = False) -> dict[str, list[str]]:
     """The command line of every service, bound to 127.0.0.1."""
     return {
-        "webhook": [sys.executable, "-m", "pipeline.ops.webhook", "--port", str(ports.webhook),
+        "webhook": [sys.executable, "-m", "stack.webhook", "--port", str(ports.webhook),
                     "--out", str(layout.alerts_log), "--runbook", str(runbook.RUNBOOK)],
         "alertmanager": [
             binary("alertmanager"),
@@ -252,41 +250,36 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def programs(layout: StackLayout, ports: Ports, fast: bool = False) -> list[Program]:
+    """Every monitoring service as a supervised program (restarted when it dies)."""
+    return [Program(name, cmd, directory=layout.state, priority=SERVICES[name][2])
+            for name, cmd in commands(layout, ports, fast).items()]
+
+
 def start(paths: ProjectPaths, ports: Ports, *, fast: bool = False,
           configs: Path | None = None, timeout: float = 60.0) -> dict[str, str]:
-    """Start every stack service that is not already running; wait until each answers."""
+    """Start every monitoring service that is not already running; wait until each answers."""
     layout = write_configs(paths, ports, fast=fast, configs=configs)
-    manager = ServiceManager(paths.stack_dir)
-    env = {**os.environ, "PYTHONPATH": _pythonpath()}
+    supervisor = Supervisor(paths.stack_dir)
     started = []
     try:
-        for name, cmd in commands(layout, ports, fast).items():
-            port_name, ready_path = SERVICES[name]
-            if not manager.is_running(name):
+        for program in programs(layout, ports, fast):
+            port_name, ready_path, _priority = SERVICES[program.name]
+            if not supervisor.is_running(program.name):
                 port = getattr(ports, port_name)
                 if port_in_use(ports.host, port):  # else we would wait on someone else's server
                     raise StackError(
-                        f"{name}: port {ports.host}:{port} is taken by another process; "
+                        f"{program.name}: port {ports.host}:{port} is taken by another process; "
                         f"stop it or choose another port with {Ports.env_var(port_name)}=..."
                     )
-                manager.start(name, cmd, env=env, cwd=paths.stack_dir)
-                started.append(name)
-            manager.wait_for_http(ports.url(port_name) + ready_path, timeout=timeout, name=name)
+                supervisor.start(program)
+                started.append(program.name)
+            supervisor.wait_for_http(ports.url(port_name) + ready_path, timeout=timeout,
+                                     name=program.name)
     except Exception:
         for name in reversed(started):  # leave nothing half-started behind
-            manager.stop(name)
+            supervisor.stop(name)
         raise
     info = urls(ports)
     info["AQ_ALERTS_LOG"] = str(layout.alerts_log)
     return info
-
-
-def stop(paths: ProjectPaths) -> list[str]:
-    manager = ServiceManager(paths.stack_dir)
-    return [name for name in reversed(list(SERVICES)) if manager.stop(name)]
-
-
-def _pythonpath() -> str:
-    """Make ``python -m pipeline.ops.webhook`` import this very package."""
-    current = os.environ.get("PYTHONPATH", "")
-    return os.pathsep.join(p for p in (str(PACKAGE_ROOT), current) if p)

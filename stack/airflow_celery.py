@@ -1,19 +1,20 @@
 """The scale-out profile: Airflow on PostgreSQL + CeleryExecutor, Celery workers, on 127.0.0.1.
 
-``AQ_AIRFLOW_PROFILE=celery make run`` (or ``python -m pipeline.ops start`` with
-that variable) starts, next to the monitoring stack and under the same service
-manager (pid files and logs in ``.stack/``):
+``AQ_AIRFLOW_PROFILE=celery make run`` (or ``python -m stack start`` with
+that variable) starts, next to the monitoring stack and under the same supervisord
+(:mod:`stack.supervisor`, logs in ``.stack/logs/``):
 
 - PostgreSQL (Debian's binaries) with its cluster in ``.stack/postgres/data``,
   listening on ``127.0.0.1:$AQ_POSTGRES_PORT``; its unix socket sits in the data
   directory (mode 0700), the only place the superuser may log in without a
-  password. PostgreSQL refuses to run as root: then it runs as the ``postgres``
-  user (the Debian package creates it), which must be able to enter the project.
+  password. PostgreSQL refuses to run as root: then supervisord runs it as the
+  ``postgres`` user (the Debian package creates it), which must be able to enter the
+  project.
   Airflow logs in over TCP as ``airflow`` with a SCRAM password;
 - Redis on ``127.0.0.1:$AQ_REDIS_PORT`` with a password (config ``.stack/redis/
   redis.conf``, 0600): database 0 is Celery's broker, database 1 holds the
   providers' shared rate limits (:class:`pipeline.io.sources.http.SharedRateLimiter`);
-- the four Airflow parts of :mod:`pipeline.ops.airflow_local`, with the
+- the four Airflow parts of :mod:`stack.airflow_local`, with the
   CeleryExecutor, and the Celery workers ``worker1`` .. ``workerN`` (no log
   server: the API server reads the task logs from the shared ``.airflow/logs``).
   A task instance's ``hostname`` names its worker (``worker1@<host>``). How many
@@ -35,21 +36,17 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
 import socket
 import stat
 import subprocess
-import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.ops import airflow_local
-from pipeline.ops.ports import Ports
-from pipeline.ops.services import ServiceError, ServiceManager
 from pipeline.paths import ProjectPaths
-from pipeline.settings import CelerySettings, SettingsError, StackSettings
+from pipeline.settings import CelerySettings, Ports, SettingsError, StackSettings
+from stack import airflow_local
+from stack.supervisor import Program, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +58,9 @@ LOCAL_PARALLELISM = 4  # the local profile's [core] parallelism (airflow_local.s
 DB_NAME = DB_USER = "airflow"
 SUPERUSER = "postgres"
 BROKER_DB, RATE_LIMIT_DB = 0, 1  # Redis databases
-POSTGRES, REDIS = "postgres", "redis"  # service names
+POSTGRES, REDIS = "postgres", "redis"  # program names
+# supervisord priorities: start order, reverse stop order (the Airflow parts are 300-330)
+PRIORITY = {POSTGRES: 200, REDIS: 210, "workers": 340}
 PASSWORD_ENV = {POSTGRES: "AQ_POSTGRES_PASSWORD", REDIS: "AQ_REDIS_PASSWORD"}
 RATE_LIMIT_ENV = "AQ_RATE_LIMIT_REDIS_URL"  # read by pipeline/settings.py
 MAX_SOCKET_PATH = 107  # sun_path
@@ -319,12 +318,21 @@ def postgres_command(layout: Layout, ports: Ports) -> list[str]:
     if len(socket_dir) + len(f"/.s.PGSQL.{ports.postgres}") > MAX_SOCKET_PATH:
         raise ScaleOutError(f"the project path is too long for PostgreSQL's socket in "
                             f"{socket_dir} (at most {MAX_SOCKET_PATH} characters)")
-    return _as_user(db_os_user(), [
+    return [
         postgres_bin("postgres"), "-D", str(layout.postgres_data),
         "-c", f"listen_addresses={ports.host}", "-c", f"port={ports.postgres}",
         "-c", f"unix_socket_directories={socket_dir}", "-c", "unix_socket_permissions=0700",
         "-c", "max_connections=100",
-    ])
+    ]
+
+
+def postgres_program(layout: Layout, ports: Ports) -> Program:
+    """PostgreSQL as a program: SIGINT is its fast shutdown (end sessions, checkpoint);
+    supervisord runs it as the ``postgres`` user when we are root (it refuses root)."""
+    user = db_os_user()
+    return Program(POSTGRES, postgres_command(layout, ports), directory=layout.postgres_dir,
+                   priority=PRIORITY[POSTGRES], stopsignal="INT", stopwaitsecs=30,
+                   user=None if user.pw_uid == os.geteuid() else user.pw_name)
 
 
 def _superuser_connection(layout: Layout, ports: Ports, timeout: float = 5.0):
@@ -334,24 +342,14 @@ def _superuser_connection(layout: Layout, ports: Ports, timeout: float = 5.0):
                             dbname="postgres", connect_timeout=max(1, int(timeout)))
 
 
-def wait_for_postgres(manager: ServiceManager, layout: Layout, ports: Ports,
-                      timeout: float) -> None:
+def postgres_answers(layout: Layout, ports: Ports) -> bool:
     import psycopg2
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _superuser_connection(layout, ports, timeout=2).close()
-            return
-        except psycopg2.OperationalError as exc:
-            last = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not manager.is_running(POSTGRES):
-            raise ServiceError(f"postgres exited at start; log {manager.log_file(POSTGRES)}:\n"
-                               f"{manager.log_tail(POSTGRES)}")
-        if time.monotonic() > deadline:
-            raise ServiceError(f"PostgreSQL did not accept connections within {timeout:.0f}s "
-                               f"({last}); log:\n{manager.log_tail(POSTGRES)}")
-        time.sleep(0.3)
+    try:
+        _superuser_connection(layout, ports, timeout=2).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
 
 
 def bootstrap_database(layout: Layout, ports: Ports, db_password: str) -> None:
@@ -377,41 +375,23 @@ def bootstrap_database(layout: Layout, ports: Ports, db_password: str) -> None:
         conn.close()
 
 
-def start_postgres(manager: ServiceManager, layout: Layout, ports: Ports, db_password: str,
+def start_postgres(supervisor: Supervisor, layout: Layout, ports: Ports, db_password: str,
                    timeout: float) -> bool:
     """Cluster, server and the Airflow database; True if the server was started now."""
     started = False
-    if not manager.is_running(POSTGRES):
+    if not supervisor.is_running(POSTGRES):
         _refuse_taken_port(ports, "postgres")
         init_postgres(layout)
-        manager.start(POSTGRES, postgres_command(layout, ports), cwd=layout.postgres_dir)
-        started = True
+        started = supervisor.start(postgres_program(layout, ports))
     try:
-        wait_for_postgres(manager, layout, ports, timeout)
+        supervisor.wait_until(POSTGRES, lambda: postgres_answers(layout, ports), timeout,
+                              "PostgreSQL accepted connections")
         bootstrap_database(layout, ports, db_password)
     except Exception:
         if started:
-            stop_postgres(manager)
+            supervisor.stop(POSTGRES)
         raise
     return started
-
-
-def stop_postgres(manager: ServiceManager, timeout: float = 30.0) -> bool:
-    """Fast shutdown (SIGINT: end sessions, checkpoint), then the service manager's stop
-    for anything left; True if it was running."""
-    record = manager.record(POSTGRES)
-    running = record is not None and manager.is_running(POSTGRES)
-    if running:
-        try:
-            os.kill(record.pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while manager.is_running(POSTGRES) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not manager.is_running(POSTGRES):
-            log.info("stopped postgres (fast shutdown)")
-    return manager.stop(POSTGRES) or running
 
 
 # ------------------------------------------------------------------ Redis
@@ -429,7 +409,7 @@ def write_redis_config(layout: Layout, ports: Ports, redis_password: str) -> Pat
     """``.stack/redis/redis.conf`` (0600: it holds the password)."""
     layout.redis_dir.mkdir(parents=True, exist_ok=True)
     lines = [
-        "# written by pipeline/ops/airflow_celery.py on every start; edit that",
+        "# written by stack/airflow_celery.py on every start; edit that",
         f"bind {ports.host}",
         f"port {ports.redis}",
         "protected-mode yes",
@@ -452,36 +432,39 @@ def redis_client(ports: Ports, redis_password: str, db: int = BROKER_DB):
                        socket_timeout=5, socket_connect_timeout=2)
 
 
-def start_redis(manager: ServiceManager, layout: Layout, ports: Ports, redis_password: str,
+def redis_program(layout: Layout, ports: Ports, redis_password: str) -> Program:
+    config = write_redis_config(layout, ports, redis_password)  # the password stays in it
+    return Program(REDIS, [redis_bin(), str(config)], directory=layout.redis_dir,
+                   priority=PRIORITY[REDIS])
+
+
+def start_redis(supervisor: Supervisor, layout: Layout, ports: Ports, redis_password: str,
                 timeout: float) -> bool:
     import redis
 
     started = False
-    if not manager.is_running(REDIS):
+    if not supervisor.is_running(REDIS):
         _refuse_taken_port(ports, "redis")
-        config = write_redis_config(layout, ports, redis_password)
-        manager.start(REDIS, [redis_bin(), str(config)], cwd=layout.redis_dir)
-        started = True
-    deadline = time.monotonic() + timeout
+        started = supervisor.start(redis_program(layout, ports, redis_password))
     client = redis_client(ports, redis_password)
-    while True:
+
+    def answers() -> bool:
         try:
-            client.ping()
-            return started
-        except redis.RedisError as exc:
-            last = type(exc).__name__
-        if not manager.is_running(REDIS):
-            raise ServiceError(f"redis exited at start; log {manager.log_file(REDIS)}:\n"
-                               f"{manager.log_tail(REDIS)}")
-        if time.monotonic() > deadline:
-            if started:
-                manager.stop(REDIS)
-            raise ServiceError(f"Redis did not answer within {timeout:.0f}s ({last})")
-        time.sleep(0.2)
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        supervisor.wait_until(REDIS, answers, timeout, "Redis answered")
+    except Exception:
+        if started:
+            supervisor.stop(REDIS)
+        raise
+    return started
 
 
 def _refuse_taken_port(ports: Ports, name: str) -> None:
-    from pipeline.ops.stack import port_in_use
+    from stack.monitoring import port_in_use
 
     port = getattr(ports, name)
     if port_in_use(ports.host, port):
@@ -494,7 +477,7 @@ def _refuse_taken_port(ports: Ports, name: str) -> None:
 
 def worker_commands(ports: Ports, scale: Scale | None = None
                     ) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Service name -> (command, own environment) of each Celery worker.
+    """Program name -> (command, own environment) of each Celery worker.
 
     ``scale``: how many workers and task processes each (default: the environment's,
     :meth:`Scale.from_env`).
@@ -513,58 +496,52 @@ def worker_commands(ports: Ports, scale: Scale | None = None
     }
 
 
-def worker_services(manager: ServiceManager) -> list[str]:
-    """Every Celery worker service recorded in ``.stack/``, whatever scale started it."""
-    return [name for name in manager.names() if name.startswith(WORKER_SERVICE_PREFIX)]
+def worker_programs(paths: ProjectPaths, ports: Ports, scale: Scale,
+                    extra_env: Mapping[str, str]) -> list[Program]:
+    """The workers as programs: a warm shutdown (TERM) lets running tasks end for 20 s."""
+    base = airflow_local.part_env(paths, ports, extra_env)
+    return [Program(name, cmd, env={**base, **own}, directory=paths.root,
+                    priority=PRIORITY["workers"] + i, stopwaitsecs=airflow_local.STOP_WAIT_S)
+            for i, (name, (cmd, own)) in enumerate(worker_commands(ports, scale).items())]
 
 
-def check_workers(manager: ServiceManager,
-                  workers: Mapping[str, tuple[list[str], Mapping[str, str]]]) -> None:
+def worker_services(supervisor: Supervisor) -> list[str]:
+    """Every Celery worker program of the stack, whatever scale started them."""
+    return [name for name in supervisor.names() if name.startswith(WORKER_SERVICE_PREFIX)]
+
+
+def check_workers(supervisor: Supervisor, workers: list[Program]) -> None:
     """Refuse to start over running workers of another scale (count or concurrency)."""
-    for name in worker_services(manager):
-        record = manager.record(name)
-        if record is None or not manager.is_running(name):
+    wanted = {p.name: p for p in workers}
+    for name in worker_services(supervisor):
+        if not supervisor.is_running(name):
             continue
-        wanted = workers.get(name)
-        if wanted is None or list(record.cmd) != wanted[0]:
+        running = _command_line(supervisor.definition(name) or "")
+        program = wanted.get(name)
+        if program is None or running != _command_line(
+                program.section(supervisor.log_file(name))):
             raise ScaleOutError(
-                f"{name} is running with another scale ({' '.join(record.cmd[1:])}); stop "
-                f"the profile first (`make stop`), then start it with the new "
-                f"AQ_CELERY_WORKERS / AQ_CELERY_CONCURRENCY")
+                f"{name} is running with another scale; stop the profile first (`make stop`), "
+                f"then start it with the new AQ_CELERY_WORKERS / AQ_CELERY_CONCURRENCY")
 
 
-# the line ServiceManager.start writes before each start of a service into its (appended) log
-_START_MARKER = re.compile(r"^--- \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d start: ", re.MULTILINE)
+def _command_line(section: str) -> str:
+    return next((line for line in section.splitlines() if line.startswith("command=")), "")
 
 
-def _since_last_start(log_text: str) -> str:
-    """The part of a service log written since its latest start."""
-    starts = list(_START_MARKER.finditer(log_text))
-    return log_text[starts[-1].end():] if starts else log_text
-
-
-def wait_for_workers(manager: ServiceManager, names: list[str], timeout: float) -> None:
-    """Until each worker's log says, since its latest start, that it is ready (connected to
-    the broker, consuming): a restarted worker's earlier "ready." does not count."""
-    deadline = time.monotonic() + timeout
-    pending = list(names)
-    while pending:
-        for name in list(pending):
-            if not manager.is_running(name):
-                raise ServiceError(f"{name} exited at start; log {manager.log_file(name)}:\n"
-                                   f"{manager.log_tail(name)}")
-            if re.search(r"@\S+ ready\.", _since_last_start(manager.log_tail(name, lines=400))):
-                pending.remove(name)
-        if pending and time.monotonic() > deadline:
-            raise ServiceError(f"{', '.join(pending)} not ready within {timeout:.0f}s; log:\n"
-                               f"{manager.log_tail(pending[0])}")
-        time.sleep(0.5)
+def wait_for_workers(supervisor: Supervisor, names: list[str], timeout: float) -> None:
+    """Until each worker's log says, since this start, that it is ready (connected to the
+    broker, consuming): a restarted worker's earlier "ready." does not count."""
+    for name in names:
+        supervisor.wait_until(
+            name, lambda n=name: re.search(r"@\S+ ready\.", supervisor.log_since_start(n)),
+            timeout, "Celery's 'ready.'")
 
 
 def running_profile(paths: ProjectPaths) -> str | None:
     """The profile the running Airflow parts were started with (their airflow.cfg), or None."""
-    manager = ServiceManager(paths.stack_dir)
-    if not any(manager.is_running(n) for n in airflow_local.SERVICES):
+    supervisor = Supervisor(paths.stack_dir)
+    if not any(supervisor.is_running(n) for n in airflow_local.SERVICES):
         return None
     try:
         executor = airflow_local._config(paths).get("core", "executor", fallback="")
@@ -602,30 +579,29 @@ def start(paths: ProjectPaths, ports: Ports, timeout: float = 180.0,
     scale = scale or Scale.from_env()
     check_profile(paths, "celery")
     layout = Layout(paths.stack_dir)
-    manager = ServiceManager(paths.stack_dir)
-    workers = worker_commands(ports, scale)
-    check_workers(manager, workers)
+    supervisor = Supervisor(paths.stack_dir)
     db_password, redis_password = password(layout, POSTGRES), password(layout, REDIS)
+    extra_env = task_env(ports, redis_password)
+    workers = worker_programs(paths, ports, scale, extra_env)
+    check_workers(supervisor, workers)
     started: list[str] = []
     try:
-        if start_postgres(manager, layout, ports, db_password, timeout):
+        if start_postgres(supervisor, layout, ports, db_password, timeout):
             started.append(POSTGRES)
-        if start_redis(manager, layout, ports, redis_password, timeout):
+        if start_redis(supervisor, layout, ports, redis_password, timeout):
             started.append(REDIS)
         info = airflow_local.start(
             paths, ports, timeout,
             overrides=airflow_overrides(ports, db_password, redis_password, scale),
-            extra_env=task_env(ports, redis_password), extra_parts=workers)
-        wait_for_workers(manager, list(workers), timeout)
+            extra_env=extra_env, extra_programs=workers)
+        wait_for_workers(supervisor, [w.name for w in workers], timeout)
     except Exception:
-        for name in reversed(worker_services(manager)):
-            manager.stop(name)
+        for name in reversed(worker_services(supervisor)):
+            supervisor.stop(name)
         if started:
             airflow_local.stop(paths)
-            if REDIS in started:
-                manager.stop(REDIS)
-            if POSTGRES in started:
-                stop_postgres(manager)
+            for name in reversed(started):
+                supervisor.stop(name)
         raise
     return {
         **info,
@@ -641,52 +617,10 @@ def start(paths: ProjectPaths, ports: Ports, timeout: float = 180.0,
 
 def stop(paths: ProjectPaths) -> list[str]:
     """Stop whichever profile runs: every worker (whatever scale started them), the Airflow
-    parts, then Redis and PostgreSQL."""
-    manager = ServiceManager(paths.stack_dir)
-    stopped = [name for name in reversed(worker_services(manager))
-               if manager.stop(name, timeout=20.0)]
+    parts, then Redis and PostgreSQL (fast shutdown: its stop signal is SIGINT)."""
+    supervisor = Supervisor(paths.stack_dir)
+    stopped = [name for name in reversed(worker_services(supervisor))
+               if supervisor.stop(name)]
     stopped += airflow_local.stop(paths)
-    if manager.stop(REDIS):
-        stopped.append(REDIS)
-    if stop_postgres(manager):
-        stopped.append(POSTGRES)
+    stopped += [name for name in (REDIS, POSTGRES) if supervisor.stop(name)]
     return stopped
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.ops.airflow_celery start|stop|password NAME``.
-
-    ``start``/``stop``: the profile alone (``python -m pipeline.ops start`` with
-    ``AQ_AIRFLOW_PROFILE=celery`` also starts the monitoring stack);
-    ``password postgres|redis`` prints the generated password (for ``psql`` or
-    ``redis-cli``, e.g. ``REDISCLI_AUTH=$(...)``).
-    """
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m pipeline.ops.airflow_celery",
-                                     description=main.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["start", "stop", "password"])
-    parser.add_argument("service", nargs="?", choices=[POSTGRES, REDIS])
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    paths = ProjectPaths.discover()
-    try:
-        if args.command == "password":
-            if args.service is None:
-                parser.error("password needs postgres or redis")
-            print(password(Layout(paths.stack_dir), args.service))
-        elif args.command == "start":
-            for key, value in start(paths, Ports.from_env()).items():
-                print(f"  {key:<20} {value}")
-        else:
-            stopped = stop(paths)
-            print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-    except (airflow_local.AirflowError, ServiceError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,9 @@
-"""The local monitoring stack: real binaries on free ports, 127.0.0.1 only, stopped cleanly."""
+"""The local monitoring stack under supervisord: real binaries on free ports, 127.0.0.1 only,
+stopped cleanly; ``python -m stack start|status|stop`` as ``make run|status|stop`` call it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ops.services import ServiceManager, _group_members
-from pipeline.ops.webhook import iter_alerts
 from pipeline.paths import ProjectPaths
+from stack import monitoring
+from stack.supervisor import Supervisor, proc_stat, session_members
+from stack.webhook import iter_alerts
 from tests.monitoring import free_ports, http_json, prom_query, running_stack, wait_until
 
 pytestmark = pytest.mark.stack
@@ -39,20 +42,23 @@ def listening_sockets(pids: set[int]) -> list[tuple[str, str, int]]:
     return found
 
 
-def service_pids(manager: ServiceManager) -> set[int]:
-    pids: set[int] = set()
-    for name in manager.names():
-        rec = manager.record(name)
-        if rec is not None:
-            pids.update(_group_members(rec.pgid, rec.start_ticks))
-    return pids
+def daemon_record(supervisor: Supervisor) -> dict:
+    """supervisord's pid and start time, as the launcher recorded them when it started it."""
+    return json.loads(supervisor.record_file.read_text())
+
+
+def service_pids(record: dict) -> set[int]:
+    """Every process of the stack: supervisord's session (its programs and their children)."""
+    return set(session_members(record["pid"], record["start_ticks"]))
 
 
 def test_stack_binds_loopback_only_answers_and_stops_cleanly(tmp_path):
     with running_stack(tmp_path) as st:
-        assert set(st.manager.names()) == STACK_SERVICES
-        assert all(s["running"] for s in st.manager.status().values())
-        pids = service_pids(st.manager)
+        assert set(st.supervisor.names()) == STACK_SERVICES
+        assert all(s["running"] for s in st.supervisor.status().values())
+        record = daemon_record(st.supervisor)
+        pids = service_pids(record)
+        assert len(pids) > len(STACK_SERVICES)  # the programs and supervisord itself
         sockets = listening_sockets(pids)
         # every service listens, and only on 127.0.0.1 (no gossip port, no 0.0.0.0 / [::])
         assert {port for _, local, _ in sockets for port in [int(local.rsplit(":", 1)[1])]} \
@@ -66,6 +72,7 @@ def test_stack_binds_loopback_only_answers_and_stops_cleanly(tmp_path):
             up = {r["metric"]["job"]: r["value"][1] for r in prom_query(st.prometheus, "up")}
             expected = {"pushgateway": "1", "prometheus": "1", "alertmanager": "1", "node": "1",
                         "serving": "0",  # no serving app in this test: reported down, not hidden
+                        "serving_proxy": "0",  # nor its front door's mtail
                         "airflow": "0"}  # nor Airflow (tests/dags/ scrape it)
             return up if up == expected else None
 
@@ -75,9 +82,9 @@ def test_stack_binds_loopback_only_answers_and_stops_cleanly(tmp_path):
                                                "aq_infra_alerts"}
         ams = http_json(f"{st.prometheus}/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
         assert [a["url"].split("/api")[0] for a in ams] == [st.ports.url("alertmanager")]
-    assert service_pids(st.manager) == set()
+    assert service_pids(record) == set()
     assert listening_sockets(pids) == []
-    assert st.manager.names() == []
+    assert st.supervisor.names() == []
 
 
 def test_an_alert_posted_to_alertmanager_reaches_the_webhook_receiver(tmp_path):
@@ -160,7 +167,7 @@ def test_a_cause_inhibits_the_alerts_it_causes(tmp_path, cause, effect, elsewher
 def run_ops(args: list[str], project: Path, ports_env: dict[str, str]):
     env = {**os.environ, **ports_env, "AQ_PROJECT_DIR": str(project),
            "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "pipeline.ops", *args], cwd=project, env=env,
+    return subprocess.run([sys.executable, "-m", "stack", *args], cwd=project, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -172,7 +179,7 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
     write_params(project)  # the serving app reads the project's locations
     ports = free_ports()
     env = ports.env()
-    manager = ServiceManager(project / ".stack")
+    supervisor = Supervisor(project / ".stack")
     try:
         first = run_ops(["start", "--no-airflow", "--no-mlflow", "--no-mlserver"], project, env)
         assert first.returncode == 0, first.stderr
@@ -181,20 +188,28 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
         assert f"export AQ_PUSHGATEWAY_URL={ports.url('pushgateway')}\n" in env_file
         assert f"export AQ_PROMETHEUS_PORT={ports.prometheus}\n" in env_file
         assert ports.url("serving") in first.stdout
-        pids = {n: manager.record(n).pid for n in manager.names()}
-        assert set(pids) == STACK_SERVICES | {"serving"}
-        # serving binds loopback only, like the rest (gunicorn's workers share the socket)
-        assert {local for _, local, _ in listening_sockets(service_pids(manager))} == {
+        pids = {n: supervisor.pid(n) for n in supervisor.names()}
+        assert set(pids) == STACK_SERVICES | {"serving", "serving_proxy", "serving_proxy_metrics"}
+        # serving binds loopback only, like the rest: nginx on the port, gunicorn on a unix
+        # socket in a directory only this user enters
+        socket_dir = project / ".stack" / "serving"
+        assert (socket_dir / "app.sock").is_socket()
+        assert socket_dir.stat().st_mode & 0o777 == 0o700
+        every = service_pids(daemon_record(supervisor))
+        assert {local for _, local, _ in listening_sockets(every)} == {
             f"127.0.0.1:{getattr(ports, p)}" for p in
-            ("pushgateway", "prometheus", "alertmanager", "webhook", "node_exporter", "serving")}
+            ("pushgateway", "prometheus", "alertmanager", "webhook", "node_exporter", "serving",
+             "serving_proxy_metrics")}
 
         again = run_ops(["start", "--no-airflow", "--no-mlflow", "--no-mlserver"], project, env)
         assert again.returncode == 0, again.stderr
-        assert {n: manager.record(n).pid for n in manager.names()} == pids  # left alone
+        assert {n: supervisor.pid(n) for n in supervisor.names()} == pids  # left alone
         assert ports.url("pushgateway") in again.stdout
 
-        status = run_ops(["status"], project, env)
-        assert status.stdout.count("running") == len(STACK_SERVICES) + 1
+        status = run_ops(["status"], project, env)  # = make status: supervisorctl status
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert status.stdout.count("RUNNING") == len(STACK_SERVICES) + 3
+        daemon = supervisor.daemon_pid()
 
         # an unrelated process with a pid file not written by us is never touched
         bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
@@ -205,38 +220,42 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
         assert bystander.poll() is None
         bystander.kill()
         bystander.wait()
-        assert manager.names() == []
+        assert supervisor.names() == []
         assert not (project / ".stack" / "env").exists()
+        assert proc_stat(daemon) is None or proc_stat(daemon)[0] == "Z"  # supervisord too
+        assert session_members(daemon, 0) == []
         for pid in pids.values():  # gone, or a zombie (names like "gunicorn: master" have spaces)
             assert not Path(f"/proc/{pid}").exists() or \
                 Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
         nothing = run_ops(["stop"], project, env)
         assert "nothing was running" in nothing.stdout
+        down = run_ops(["status"], project, env)
+        assert down.returncode == 3
+        assert "not running" in down.stdout
     finally:
-        manager.stop_all()
+        supervisor.stop_all()
 
 
 def test_a_port_taken_by_someone_else_is_a_clear_error_and_nothing_is_left(tmp_path):
     import socket
-
-    from pipeline.ops import stack
-    from pipeline.paths import ProjectPaths
 
     ports = free_ports()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ports.prometheus))
         squatter.listen(1)
         paths = ProjectPaths(tmp_path)
-        with pytest.raises(stack.StackError, match=f"AQ_PROMETHEUS_PORT.*|{ports.prometheus}"):
-            stack.start(paths, ports, fast=True, configs=REPO / "prometheus")
-    manager = ServiceManager(paths.stack_dir)
-    assert manager.names() == []  # what it had started before the error is stopped again
+        with pytest.raises(monitoring.StackError,
+                           match=f"AQ_PROMETHEUS_PORT.*|{ports.prometheus}"):
+            monitoring.start(paths, ports, fast=True, configs=REPO / "prometheus")
+    supervisor = Supervisor(paths.stack_dir)
+    assert supervisor.names() == []  # what it had started before the error is stopped again
+    assert not supervisor.running()
 
 
 def test_what_make_run_prints_exists_in_the_debian_builds_and_shows_no_secret(tmp_path):
     """Debian's Prometheus has only /classic/* pages and its Alertmanager no web UI at all;
     the Airflow password stays in its 0600 file, off the screen (and CI logs)."""
-    from pipeline.ops.__main__ import describe
+    from stack.__main__ import describe
 
     info = {"AQ_PROMETHEUS_URL": "http://127.0.0.1:9090",
             "AQ_ALERTMANAGER_URL": "http://127.0.0.1:9093",

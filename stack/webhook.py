@@ -3,10 +3,10 @@
 The local stack routes all receivers here (one URL path per receiver, e.g.
 ``/critical``), so ``make run`` shows where alerts would go and tests can assert
 that an alert travelled Prometheus -> Alertmanager -> receiver. It also serves
-the runbook at ``/runbook`` (:mod:`pipeline.ops.runbook`), where every alert's
+the runbook at ``/runbook`` (:mod:`stack.runbook`), where every alert's
 ``runbook_url`` points.
 
-``python -m pipeline.ops.webhook --port 9095 --out .stack/alerts.jsonl``
+``python -m stack.webhook --port 9095 --out .stack/alerts.jsonl``
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from pipeline.ops.ports import HOST
+from pipeline.settings import HOST
 
 MAX_BODY = 5 * 1024 * 1024  # Alertmanager batches are small; refuse anything absurd
 
@@ -58,7 +58,7 @@ def make_server(port: int, out: Path, host: str = HOST,
 
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
             if self.path.split("?")[0] in ("/runbook", "/runbook/"):
-                from pipeline.ops.runbook import RUNBOOK, page
+                from stack.runbook import RUNBOOK, page
 
                 data = page(runbook or RUNBOOK)
                 self.send_response(200)
@@ -96,7 +96,7 @@ def make_server(port: int, out: Path, host: str = HOST,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.ops.webhook", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m stack.webhook", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file to append to")

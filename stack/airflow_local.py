@@ -1,7 +1,7 @@
 """A local Airflow for ``make run``: SQLite + LocalExecutor, every part on 127.0.0.1.
 
 ``airflow standalone`` would bind its log servers on 0.0.0.0, so the parts are
-started one by one under :class:`~pipeline.ops.services.ServiceManager`: the API
+started one by one as supervisord programs (:mod:`stack.supervisor`): the API
 server (UI + REST API + the execution API tasks talk to) on ``127.0.0.1``, the
 scheduler and triggerer with ``--skip-serve-logs`` (task logs are local files
 the API server reads), and the DAG processor. Their configuration is one file,
@@ -27,10 +27,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipeline.ops.ports import Ports
-from pipeline.ops.services import ServiceError, ServiceManager
-from pipeline.paths import PACKAGE_ROOT, ProjectPaths
-from pipeline.settings import Settings
+from pipeline.paths import ProjectPaths
+from pipeline.settings import Ports, Settings
+from stack.supervisor import AIRFLOW_PINNED, REPO, Program, Supervisor, launch_environment
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +37,13 @@ ADMIN_USER = "admin"
 # aq_backtest has no schedule: unpaused, it runs only when triggered (a paused DAG queues the run)
 DAG_IDS = ("aq_ingest", "aq_retrain", "aq_predict", "aq_backtest")
 DVC_POOL = ("dvc", 1, "DVC takes a repository-wide lock: one DVC task at a time")
-# start order; stop goes in reverse
+# start order; stop goes in reverse (their supervisord priorities)
 SERVICES = ("airflow-api-server", "airflow-dag-processor", "airflow-scheduler",
             "airflow-triggerer")
+PRIORITY = 300  # + 10 per part: after PostgreSQL and Redis, before the workers and serving
+STOP_WAIT_S = 20  # a part's graceful stop (the scheduler ends its tasks), then KILL
 # settings that make the instance this project's; inherited AIRFLOW__* values are dropped
-PINNED = {
-    ("core", "dags_folder"), ("core", "fernet_key"), ("core", "executor"),
-    ("database", "sql_alchemy_conn"), ("api", "host"), ("api", "port"), ("api", "base_url"),
-    ("api_auth", "jwt_secret"), ("core", "simple_auth_manager_passwords_file"),
-    ("core", "execution_api_server_url"), ("logging", "base_log_folder"),
-    # the scale-out profile's (pipeline/ops/airflow_celery.py)
-    ("celery", "broker_url"), ("celery", "result_backend"), ("core", "hostname_callable"),
-}
+PINNED = AIRFLOW_PINNED
 Overrides = Mapping[str, Mapping[str, str]]  # section -> key -> value, on top of settings()
 
 
@@ -69,7 +63,7 @@ def airflow_bin() -> str:
 def dags_folder(paths: ProjectPaths) -> Path:
     """``dags/`` of the project, else of the checkout this code lives in."""
     own = paths.root / "dags"
-    return own if own.is_dir() else PACKAGE_ROOT / "dags"
+    return own if own.is_dir() else REPO / "dags"
 
 
 def password_file(paths: ProjectPaths) -> Path:
@@ -167,7 +161,7 @@ def write_config(paths: ProjectPaths, ports: Ports, overrides: Overrides | None 
     tmp = target.with_suffix(".cfg.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write("# written by pipeline/ops/airflow_local.py on every start; edit that\n")
+        handle.write("# written by stack/airflow_local.py on every start; edit that\n")
         parser.write(handle)
     os.replace(tmp, target)
     return target
@@ -176,32 +170,21 @@ def write_config(paths: ProjectPaths, ports: Ports, overrides: Overrides | None 
 def tracking_uri(paths: ProjectPaths, ports: Ports) -> str:
     """Where the tasks' steps log MLflow runs: the configured server, else the local one when
     ``make run`` started it, else off (pipeline/io/tracking.py)."""
-    from pipeline.ops import mlflow_local
     from pipeline.settings import TrackingSettings
+    from stack import mlflow_local
 
     configured = TrackingSettings.from_env().uri
     if configured:
         return configured
-    if ServiceManager(paths.stack_dir).is_running(mlflow_local.NAME):
+    if Supervisor(paths.stack_dir).is_running(mlflow_local.NAME):
         return ports.url("mlflow")
     return "off"
 
 
-def service_env(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = False,
-                extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment of every Airflow part and of the tasks it runs.
-
-    Inherited ``AIRFLOW__*`` values for the pinned settings are dropped (a shell
-    or test may point them at another instance) unless ``keep_airflow_env``:
-    docker-compose sets them on purpose, e.g. to move to PostgreSQL.
-    """
-    env = {
-        k: v for k, v in os.environ.items()
-        if keep_airflow_env
-        or not (k.startswith("AIRFLOW__") and tuple(k.lower().split("__")[1:3]) in PINNED)
-    }
-    env.pop("AIRFLOW_CONFIG", None)
-    env.update({
+def part_env(paths: ProjectPaths, ports: Ports,
+             extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What every Airflow part (and the tasks it runs) gets on top of what it inherits."""
+    return {
         "AIRFLOW_HOME": str(paths.airflow_home),
         "AQ_PROJECT_DIR": str(paths.root),
         "AQ_PUSHGATEWAY_URL": Settings.from_env().pushgateway_url or ports.url("pushgateway"),
@@ -210,7 +193,21 @@ def service_env(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = F
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         **ports.env(),
         **(extra or {}),
-    })
+    }
+
+
+def service_env(paths: ProjectPaths, ports: Ports, *, keep_airflow_env: bool = False,
+                extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of an Airflow command run for the instance (``db migrate``),
+    as a supervised part sees it.
+
+    Inherited ``AIRFLOW__*`` values for the pinned settings are dropped (a shell
+    or test may point them at another instance) unless ``keep_airflow_env``:
+    docker-compose sets them on purpose, e.g. to move to PostgreSQL.
+    """
+    env = dict(os.environ) if keep_airflow_env else launch_environment()
+    env.pop("AIRFLOW_CONFIG", None)
+    env.update(part_env(paths, ports, extra))
     return env
 
 
@@ -259,38 +256,41 @@ def admin_password(paths: ProjectPaths, timeout: float = 30.0) -> str:
             time.sleep(0.2)
 
 
+def programs(paths: ProjectPaths, ports: Ports, extra_env: Mapping[str, str] | None = None,
+             ) -> list[Program]:
+    """The four parts as supervised programs, restarted when they die."""
+    env = part_env(paths, ports, extra_env)
+    return [Program(name, cmd, env=env, directory=paths.root, priority=PRIORITY + 10 * i,
+                    stopwaitsecs=STOP_WAIT_S)
+            for i, (name, cmd) in enumerate(commands(ports).items())]
+
+
 def start(paths: ProjectPaths, ports: Ports, timeout: float = 120.0, *,
           overrides: Overrides | None = None, extra_env: Mapping[str, str] | None = None,
-          extra_parts: Mapping[str, tuple[list[str], Mapping[str, str]]] | None = None,
-          ) -> dict[str, str]:
+          extra_programs: list[Program] | None = None) -> dict[str, str]:
     """Start the parts that are not running; return what to print (URL, admin login).
 
-    The scale-out profile (:mod:`pipeline.ops.airflow_celery`) passes its
-    config ``overrides``, environment for every part and its ``extra_parts``
-    (name -> command and own environment: the Celery workers), started last.
+    The scale-out profile (:mod:`stack.airflow_celery`) passes its config
+    ``overrides``, environment for every part and its ``extra_programs`` (the
+    Celery workers), started last.
     """
-    manager = ServiceManager(paths.stack_dir)
-    env = prepare(paths, ports, overrides=overrides, extra_env=extra_env)
-    parts = {name: (cmd, env) for name, cmd in commands(ports).items()}
-    parts.update({name: (cmd, {**env, **own}) for name, (cmd, own) in (extra_parts or {}).items()})
+    supervisor = Supervisor(paths.stack_dir)
+    prepare(paths, ports, overrides=overrides, extra_env=extra_env)
     started: list[str] = []
+    parts = [*programs(paths, ports, extra_env), *(extra_programs or [])]
     try:
-        for name, (cmd, part_env) in parts.items():
-            if not manager.is_running(name):
-                manager.start(name, cmd, env=part_env, cwd=paths.root)
-                started.append(name)
-            if name == "airflow-api-server":
-                manager.wait_for_http(f"{ports.url('airflow')}/api/v2/monitor/health",
-                                      timeout=timeout, name=name)
-        for name in parts:  # the others have no port: make sure they did not die at once
-            time.sleep(0.5 if name in started else 0)
-            if not manager.is_running(name):
-                raise ServiceError(f"{name} exited at start; log {manager.log_file(name)}:\n"
-                                   f"{manager.log_tail(name)}")
+        for program in parts:
+            if supervisor.start(program):
+                started.append(program.name)
+            if program.name == "airflow-api-server":
+                supervisor.wait_for_http(f"{ports.url('airflow')}/api/v2/monitor/health",
+                                         timeout=timeout, name=program.name)
+        for program in parts:  # the others have no port: up for supervisord's startsecs
+            supervisor.wait_running(program.name, timeout=timeout)
         password = admin_password(paths)
     except Exception:
         for name in reversed(started):
-            manager.stop(name)
+            supervisor.stop(name)
         raise
     return {
         "airflow UI": ports.url("airflow"),
@@ -346,52 +346,9 @@ def set_paused(paths: ProjectPaths, paused: bool, dag_ids=DAG_IDS,
 def stop(paths: ProjectPaths) -> list[str]:
     """Stop every Airflow part this project started, and the tasks they were running.
 
-    Airflow runs each task in its own process group inside the scheduler's
-    session; the service manager stops the whole session, so a running task
-    (and the DVC command it started) goes too.
+    Each part is stopped with its process group (supervisord's ``stopasgroup``); a task
+    runner in a group of its own goes when the last program leaves and the daemon's
+    session is swept (:meth:`stack.supervisor.Supervisor.stop_all`).
     """
-    manager = ServiceManager(paths.stack_dir)
-    return [name for name in reversed(SERVICES) if manager.stop(name, timeout=20.0)]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.ops.airflow_local prepare|unpause|pause``.
-
-    ``prepare`` writes airflow.cfg, migrates the database and creates the ``dvc``
-    pool (docker-compose's airflow-init runs it); ``unpause`` hands the DAGs to
-    the schedule once ``make run`` has built the first model; ``pause`` stops
-    new runs.
-    """
-    import argparse
-
-    from pipeline.ops.ports import Ports
-
-    parser = argparse.ArgumentParser(prog="python -m pipeline.ops.airflow_local",
-                                     description=main.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["prepare", "unpause", "pause"])
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    paths = ProjectPaths.discover()
-    try:
-        if args.command == "prepare":
-            from pipeline.ops import airflow_celery
-
-            # the containers' AIRFLOW__* settings win; AQ_AIRFLOW_PROFILE=celery writes the
-            # scale-out profile's (PostgreSQL, CeleryExecutor, Redis broker)
-            celery = airflow_celery.profile() == "celery"
-            (airflow_celery.prepare if celery else prepare)(paths, Ports.from_env(),
-                                                           keep_airflow_env=True)
-            print(f"prepared {paths.airflow_home} (config, database, pool {DVC_POOL[0]!r}"
-                  f"{', CeleryExecutor' if celery else ''})")
-            return 0
-        dag_ids = set_paused(paths, paused=args.command == "pause")
-    except (AirflowError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.command}d: {', '.join(dag_ids)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    supervisor = Supervisor(paths.stack_dir)
+    return [name for name in reversed(SERVICES) if supervisor.stop(name)]
