@@ -108,10 +108,20 @@ def env(container: dict) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", [])}
 
 
-def container_ports(container: dict) -> dict:
-    ports = {p["containerPort"]: p for p in container.get("ports", [])}
-    ports.update({p["name"]: p for p in container.get("ports", []) if "name" in p})
+def container_ports(*containers: dict) -> dict:
+    """Ports by number and by name, of one container or of a pod's containers."""
+    ports = {}
+    for container in containers:
+        ports.update({p["containerPort"]: p for p in container.get("ports", [])})
+        ports.update({p["name"]: p for p in container.get("ports", []) if "name" in p})
     return ports
+
+
+def probed(spec: dict) -> dict:
+    """The container of a pod that carries the probes (the front door)."""
+    found = [c for c in spec["containers"] if "readinessProbe" in c]
+    assert len(found) == 1, [c["name"] for c in spec["containers"]]
+    return found[0]
 
 
 def test_services_select_their_pods_and_name_real_ports():
@@ -123,7 +133,7 @@ def test_services_select_their_pods_and_name_real_ports():
         deployment = selected[0]
         assert deployment["spec"]["selector"]["matchLabels"].items() \
             <= deployment["spec"]["template"]["metadata"]["labels"].items()
-        ports = container_ports(deployment["spec"]["template"]["spec"]["containers"][0])
+        ports = container_ports(*deployment["spec"]["template"]["spec"]["containers"])
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in ports, (service["metadata"]["name"], port)
 
@@ -137,7 +147,7 @@ def test_probes_hit_the_health_and_readiness_endpoints_the_servers_have():
     routes = set(re.findall(r'@route\("([^"]+)"', (REPO / "serving/app.py").read_text()))
     v2_ready = f"/v2/models/{MODEL['name']}/ready"
     for name, (_, spec) in pods().items():
-        container = spec["containers"][0]
+        container = probed(spec)
         paths = probe_paths(container)
         if "mlserver" in container["image"]:
             assert paths["readinessProbe"] == v2_ready, name
@@ -153,6 +163,15 @@ def test_probes_hit_the_health_and_readiness_endpoints_the_servers_have():
             assert paths == {"startupProbe": "/healthz", "livenessProbe": "/healthz",
                              "readinessProbe": "/readyz"}
             assert {"/healthz", "/readyz"} <= routes
+            # gunicorn's sync workers sit behind nginx: the probed port is nginx's, and the app
+            # listens on a unix socket the proxy reads from
+            assert container["command"][:3] == ["python", "-m", "serving.proxy"]
+            app = next(c for c in spec["containers"] if c["command"][0] == "gunicorn")
+            socket = app["command"][app["command"].index("--bind") + 1]
+            assert socket.startswith("unix:")
+            assert socket.removeprefix("unix:") == container["command"][
+                container["command"].index("--socket") + 1]
+            assert "ports" not in app
 
 
 def test_prometheus_scrapes_a_port_the_pod_serves_metrics_on():
@@ -160,13 +179,13 @@ def test_prometheus_scrapes_a_port_the_pod_serves_metrics_on():
         annotations = metadata["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/path"] == "/metrics"
-        container = spec["containers"][0]
+        container = probed(spec)
         port = int(annotations["prometheus.io/port"])
         metrics = env(container).get("MLSERVER_METRICS_PORT")
         if metrics is not None:  # MLServer serves /metrics on a port of its own
             assert int(metrics) == port, name
         else:
-            assert port in container_ports(container), name
+            assert port in container_ports(*spec["containers"]), name
 
 
 def mebibytes(quantity: str) -> float:
@@ -178,23 +197,26 @@ def mebibytes(quantity: str) -> float:
 
 def test_memory_requests_cover_the_measured_rss_and_limits_leave_room():
     for name, (_, spec) in pods().items():
-        container = spec["containers"][0]
-        key = container["name"] if container["name"] in MEASURED_MIB else name
-        requests, limits = container["resources"]["requests"], container["resources"]["limits"]
-        assert mebibytes(requests["memory"]) >= 1.1 * MEASURED_MIB[key], name
-        assert mebibytes(limits["memory"]) >= 1.5 * MEASURED_MIB[key], name
-        assert "cpu" in requests
+        containers = spec["containers"]
+        key = containers[0]["name"] if containers[0]["name"] in MEASURED_MIB else name
+        requested = sum(mebibytes(c["resources"]["requests"]["memory"]) for c in containers)
+        limited = sum(mebibytes(c["resources"]["limits"]["memory"]) for c in containers)
+        assert requested >= 1.1 * MEASURED_MIB[key], name
+        assert limited >= 1.5 * MEASURED_MIB[key], name
+        assert all("cpu" in c["resources"]["requests"] for c in containers)
 
 
 def test_images_and_the_kserve_wiring():
     dockerfiles = {"aq-forecast": REPO / "Dockerfile",
                    "aq-forecast-mlserver": REPO / "deploy/mlserver/Dockerfile"}
     for name, (_, spec) in pods().items():
-        image = spec["containers"][0]["image"].split(":")[0]
-        assert dockerfiles[image].is_file(), name
-        security = spec.get("securityContext", {}) | spec["containers"][0]["securityContext"]
-        assert security["runAsNonRoot"] is True
-        assert security["allowPrivilegeEscalation"] is False
+        for container in spec["containers"]:
+            image = container["image"].split(":")[0]
+            assert dockerfiles[image].is_file(), name
+            security = spec.get("securityContext", {}) | container["securityContext"]
+            assert security["runAsNonRoot"] is True
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["readOnlyRootFilesystem"] is True
     runtime = next(d for _, d in DOCS if d["kind"] == "ServingRuntime")
     service = next(d for _, d in DOCS if d["kind"] == "InferenceService")
     model = service["spec"]["predictor"]["model"]
@@ -210,3 +232,23 @@ def test_images_and_the_kserve_wiring():
     assert model["storageUri"].removeprefix("pvc://").split("/")[0] in claims
     assert env(container)["AQ_PROJECT_DIR"] == "/mnt/models"  # where KServe mounts it
     assert service["metadata"]["name"] == MODEL["name"]
+
+
+def test_the_pods_proxy_renders_with_the_manifests_arguments(tmp_path, capsys):
+    """The proxy container's command line, run here with `render`: nginx on the pod's address
+    (loopback stays the default of `make run`)."""
+    from serving import proxy
+
+    _, spec = pods()["aq-forecast-serving"]
+    args = probed(spec)["command"][3:]  # after `python -m serving.proxy`
+    assert args[0] == "run"
+    args = ["render", *args[1:]]
+    args[args.index("--prefix") + 1] = str(tmp_path / "proxy")
+    args[args.index("--socket") + 1] = str(tmp_path / "app.sock")
+    assert proxy.main(args) == 0
+    config = (tmp_path / "proxy" / "nginx.conf").read_text()
+    assert "listen 0.0.0.0:8000;" in config
+    assert f"unix:{tmp_path / 'app.sock'}" in config
+    loopback = [a for a in args if a not in ("--host", "0.0.0.0")]
+    assert proxy.main(loopback) == 0
+    assert "listen 127.0.0.1:8000;" in (tmp_path / "proxy" / "nginx.conf").read_text()
