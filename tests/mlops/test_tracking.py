@@ -189,3 +189,26 @@ def test_a_server_that_hangs_costs_a_bounded_wait(tmp_path):
         for conn in held:
             conn.close()
         listener.close()
+
+
+def test_a_version_trained_while_tracking_was_off_gets_its_model_version_at_promotion(
+        tracked, mlflow):
+    params = (tracked.root / "params.yaml").read_text()
+    (tracked.root / "params.yaml").write_text(params.replace("max_iter: 40", "max_iter: 33")
+                                              .replace("max_iter: 25", "max_iter: 33"))
+    for name in ("train", "evaluate"):
+        run_step(tracked.root, name)  # tracking off
+    before = {r["info"]["run_id"] for r in mlflow.runs()}
+    run_step(tracked.root, "promote", uri=mlflow.url)
+    version = tracked.champion()
+    champion = mlflow.alias("champion")
+    assert {"key": "aq.version", "value": version} in champion["tags"]
+    promote = [r for r in mlflow.runs() if r["info"]["run_id"] not in before]
+    assert len(promote) == 1
+    # the promote run carries the model's files: the model version points at them
+    assert champion["run_id"] == promote[0]["info"]["run_id"]
+    listing = mlflow_client(mlflow.url, f"""
+        print(json.dumps(sorted(f.path for f in client.list_artifacts(
+            {champion['run_id']!r}, "model"))))
+    """)
+    assert listing == ["model/metadata.json", "model/model.skops"]
