@@ -43,11 +43,16 @@ TEST_WORKERS ?= 2
 test: $(STAMP) ## set up and run the whole test suite (no network)
 	$(PY) -m pytest -m "not network" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## pure logic and single steps, no services, no training (a minute or so)
-	$(PY) -m pytest -m "not network and not slow and not stack and not airflow and not mlops" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+# the fast tier: tests that start no process (no service, no browser, no CLI) and fit no model;
+# tests/tiers.py fails a test outside these markers that starts or fits one anyway
+FAST_TIER := not network and not slow and not stack and not airflow and not process and not service and not browser and not train
 
-lint: $(STAMP) ## ruff
+test-fast: $(STAMP) ## pure logic and single steps in-process: no process, no training (under a minute)
+	$(PY) -m pytest -m "$(FAST_TIER)" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff, and the layering contracts of pyproject.toml (import-linter)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-logo
 
 loadtest: $(STAMP) ## Locust load test of the running serving app, with the SLO gate
 	@if [ -f .stack/env ]; then source .stack/env; fi; $(PY) -m serving.loadtest $(LOADTEST_ARGS)

@@ -171,10 +171,12 @@ def quality(root: Path, variants: list[str], days: int,
             feature_sets: list[str] = ("all",)) -> list[dict]:
     from pipeline.config import load_params
     from pipeline.core.backtest import Window, forecast, refit_origins, score_tables
-    from pipeline.core.features import feature_columns
+    from pipeline.core.features import feature_columns, location_codes
     from pipeline.core.intervals import COVERAGE
     from pipeline.core.models import Split, empty_features
     from pipeline.core.selection import SearchSpace, fit_horizon, validation_window
+    from pipeline.forecaster import Champion, Inputs
+    from pipeline.forecaster import forecast as forecast_rows
 
     params = load_params(root / "params.yaml")
     from pipeline.io.feature_store import FeatureStore
@@ -221,10 +223,15 @@ def quality(root: Path, variants: list[str], days: int,
                 models[(target, horizon)] = model
                 calibrations.setdefault(target, {})[str(horizon)] = calibration
         fit_cpu, fit_wall = time.process_time() - started, time.perf_counter() - wall
-        predictions = forecast(frame, window, targets, horizons,
-                               lambda t, h, _, fitted=models: fitted[(t, h)],
-                               refit_origins(window, horizons, None),
-                               {"coverage": COVERAGE, "by_model": calibrations})
+        champion = Champion.from_parts(models, {
+            "version": name, "targets": targets, "horizons": horizons, "features": features,
+            "params": {"features": params.features.model_dump()},
+            "location_codes": location_codes(params.location_ids),
+            "intervals": {"coverage": COVERAGE, "by_model": calibrations}})
+        predictions = forecast(frame, window, horizons,
+                               lambda part, _, model=champion: forecast_rows(
+                                   model, Inputs.from_frame(model, part)).frame(),
+                               refit_origins(window, horizons, None))
         table = score_tables(predictions)["horizon"]
         for record in table.to_dict("records"):
             results.append({"features": features_name, "variant": name, **record,

@@ -1,15 +1,23 @@
-"""``/docs``: the OpenAPI document as one self-contained HTML page (no scripts, no CDN).
+"""``/docs`` and ``/openapi.json``: the API document, and the same as one self-contained HTML
+page (no scripts, no CDN).
 
-Rendered on the server from the same document ``/openapi.json`` serves, so it reads offline
-and cannot drift from the API.
+The page is rendered on the server from the document ``/openapi.json`` serves, so it reads
+offline and cannot drift from the API. Its example request is built from the served state:
+the newest stored hour of a location, so pasting it works as long as the data is current
+(``tests/serving/test_examples.py``), and the URLs are the ones the reader used.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import json
-from collections.abc import Sequence
 from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from serving.problems import json_response
+from serving.schemas import openapi
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
@@ -25,7 +33,7 @@ background:#e6eefc}
 """
 
 PROBLEMS = [
-    ("malformed-json", "400", "The body is not valid JSON (or not UTF-8)."),
+    ("malformed-json", "400", "The body is empty, not valid JSON, or not UTF-8."),
     ("unknown-location", "404", "The location id is not in the configuration: see "
                                 "GET /v1/locations."),
     ("no-batch-forecast", "404", "The latest batch forecast has no row for the location."),
@@ -118,21 +126,47 @@ def _operation(path: str, method: str, op: dict) -> str:
             + responses + "</table></section>")
 
 
-def render_docs(document: dict, location_ids: Sequence[str],
-                base_url: str = "http://127.0.0.1:8000") -> str:
+EXAMPLE = "newest_hour"  # the name of the request example in the document
+MAX_CACHED_PAGES = 8  # rendered pages kept, one per URL readers used (nginx passes the Host)
+
+
+def example_request(state: Any) -> dict[str, Any]:
+    """The documented on-demand request: a location's newest stored hour, with new values of
+    a few variables (they replace the stored ones). Before any history is stored, the hour
+    before now."""
+    ids = list(state.ctx.params.location_ids)
+    stored = [loc for loc in ids if loc in state.history and len(state.history[loc])]
+    location = stored[0] if stored else (ids[0] if ids else "berlin")
+    if stored:
+        hour = int(state.history[location].hours[-1])
+    else:
+        hour = int(dt.datetime.now(dt.UTC).timestamp()) // 3600 - 1
+    time = dt.datetime.fromtimestamp(hour * 3600, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"location_id": location, "observations": [
+        {"time": time, "pm2_5": 12.5, "temperature_2m": 3.1, "relative_humidity_2m": 81.0}]}
+
+
+def document_example(document: dict) -> dict[str, Any]:
+    post = document["paths"]["/v1/forecasts"]["post"]
+    return post["requestBody"]["content"]["application/json"]["examples"][EXAMPLE]["value"]
+
+
+def render_docs(document: dict, base_url: str = "http://127.0.0.1:8000") -> str:
     info = document["info"]
-    example_id = location_ids[0] if location_ids else "berlin"
-    body = json.dumps({"location_id": example_id, "observations": [
-        {"time": "2025-12-31T23:00:00Z", "pm2_5": 12.5, "temperature_2m": 3.1,
-         "relative_humidity_2m": 81}]}, indent=2)
+    base_url = base_url.rstrip("/")
+    example = document_example(document)
+    example_id = example["location_id"]
+    body = json.dumps(example, indent=2)
     examples = (
         "<h2 id=\"examples\">Examples</h2><pre>"
         f"curl -s {_esc(base_url)}/v1/locations\n"
         f"curl -s '{_esc(base_url)}/v1/forecasts/{_esc(example_id)}?target=pm2_5'\n"
         f"curl -s -X POST {_esc(base_url)}/v1/forecasts \\\n"
         "     -H 'Content-Type: application/json' \\\n"
-        f"     -d '{_esc(json.dumps(json.loads(body)))}'</pre>"
-        f"<p>Request body of the last one:</p><pre>{_esc(body)}</pre>")
+        f"     -d '{_esc(json.dumps(example))}'</pre>"
+        "<p>Request body of the last one (the newest hour this server stores for "
+        f"<code>{_esc(example_id)}</code>: the values sent replace the stored ones):</p>"
+        f"<pre>{_esc(body)}</pre>")
     problems = ("<h2 id=\"errors\">Errors</h2><p>Every error is an RFC 9457 problem "
                 "(<code>application/problem+json</code>): <code>type</code>, <code>title</code>,"
                 " <code>status</code>, <code>detail</code>, <code>instance</code> and, for "
@@ -156,3 +190,34 @@ def render_docs(document: dict, location_ids: Sequence[str],
             f"(OpenAPI {_esc(document['openapi'])}).</p>"
             + examples + problems + operations
             + "<h2 id=\"schemas\">Schemas</h2>" + schemas + "</body></html>")
+
+
+blueprint = Blueprint("docs", __name__)
+
+
+def _document() -> dict:
+    """The document with the current example (rebuilt when the newest stored hour moves)."""
+    state = current_app.extensions["aq_serving"]
+    example = example_request(state)
+    cache = current_app.extensions.setdefault("aq_docs", {})
+    if cache.get("example") != example:
+        cache.clear()
+        cache["example"] = example
+        cache["openapi"] = openapi(state.settings.max_body_bytes, example)
+    return cache["openapi"]
+
+
+@blueprint.get("/openapi.json", endpoint="openapi", provide_automatic_options=False)
+def openapi_json() -> Response:
+    return json_response(_document())
+
+
+@blueprint.get("/docs", endpoint="docs", provide_automatic_options=False)
+def docs() -> Response:
+    document = _document()
+    pages = current_app.extensions["aq_docs"].setdefault("html", {})
+    if request.host_url not in pages:
+        if len(pages) >= MAX_CACHED_PAGES:  # the Host header is the client's: bounded
+            pages.clear()
+        pages[request.host_url] = render_docs(document, request.host_url)
+    return Response(pages[request.host_url], mimetype="text/html")

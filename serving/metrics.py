@@ -7,7 +7,7 @@ worker answers the scrape. Gauges say how they merge: ``livemax`` (any live work
 ``liveall`` (one series per live worker, label ``pid``).
 
 HTTP request counts and latencies come from prometheus-flask-exporter
-(``flask_http_request_duration_seconds`` by method, Flask endpoint and status;
+(``flask_http_request_duration_seconds`` by method, endpoint (:func:`endpoint`) and status;
 ``flask_http_request_total`` by method and status).
 """
 
@@ -17,9 +17,11 @@ import os
 import resource
 from collections.abc import Iterable
 
+from flask import Blueprint, Flask
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.core.aqi import CATEGORY_UPPER_AQI
+from pipeline.core.keys import ModelKey
 
 # latency buckets (s): fine below 50 ms where the service lives, and the latency SLO bound 0.1
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -128,7 +130,7 @@ def set_served(version: str, previous: str | None, engines: Iterable[tuple[str, 
         MODEL_INFO.labels(version=previous).set(0)
     MODEL_INFO.labels(version=version).set(1)
     for target, horizon, fallback in engines:
-        MODEL_SKLEARN_FALLBACK.labels(target=target, horizon=str(horizon)).set(int(fallback))
+        MODEL_SKLEARN_FALLBACK.labels(**ModelKey.of(target, horizon).labels()).set(int(fallback))
     MODEL_LOADED_TIMESTAMP.set(loaded_at)
 
 
@@ -148,15 +150,27 @@ class _Forward:
         return self._registry.collect()
 
 
-def instrument(app) -> object:
-    """HTTP metrics on ``app`` and ``/metrics`` serving them with this module's metrics."""
-    options = {"group_by": "endpoint", "buckets": LATENCY_BUCKETS}
+def endpoint(request) -> str:
+    """The ``endpoint`` label of the HTTP metrics: the view's name without its blueprint
+    (``v1_forecasts_post``, ``healthz``), the values the rules and dashboards select."""
+    return str(request.endpoint).rpartition(".")[2]
+
+
+def blueprint(app: Flask) -> Blueprint:
+    """HTTP metrics on ``app``, and a blueprint serving ``/metrics`` with this module's
+    metrics (all workers' under gunicorn)."""
+    options = {"group_by": endpoint, "buckets": LATENCY_BUCKETS, "path": None}
     if multiprocess():
         from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
-        return GunicornInternalPrometheusMetrics(app, **options)
-    from prometheus_flask_exporter import PrometheusMetrics
+        exporter = GunicornInternalPrometheusMetrics(app=None, **options)
+    else:
+        from prometheus_flask_exporter import PrometheusMetrics
 
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(_Forward(REGISTRY))
-    return PrometheusMetrics(app, registry=registry, **options)
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(_Forward(REGISTRY))
+        exporter = PrometheusMetrics(app=None, registry=registry, **options)
+    exporter.init_app(app)
+    metrics = Blueprint("metrics", __name__)
+    exporter.register_endpoint("/metrics", metrics)
+    return metrics

@@ -27,6 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.core.keys import ModelKey, nest
+from pipeline.core.models import inverse_target
+from pipeline.forecaster import Champion
+
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-9  # served prediction vs Pipeline.predict, in the target's unit (ug/m3)
@@ -55,7 +59,7 @@ class Predictor:
     _anchor: int = -1
     _fallback: float = float("nan")
     _gtil: Any = None
-    _form: str = "log_residual"  # LogResidualRegressor, else TargetFormRegressor.form
+    _form: str = "log_change"  # the wrapper's target form (pipeline.core.models.FORMS)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         if self.engine == TREELITE:
@@ -71,18 +75,9 @@ class Predictor:
         return self._finish(rows, self._gtil(rows))
 
     def _finish(self, rows: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """The wrapper's ``predict`` after its trees, term for term."""
-        if self._form == "log_residual":  # LogResidualRegressor
-            level = rows[:, self._anchor]
-            level = np.where(np.isnan(level), self._fallback, level)
-            return np.clip(np.expm1(level + raw), 0, None)
-        if self._form == "log_level":  # TargetFormRegressor.from_model_space
-            return np.clip(np.expm1(raw), 0, None)
-        if self._form == "level":
-            return np.clip(raw, 0, None)
-        level = np.expm1(rows[:, self._anchor])  # "change": from the level at the origin
-        level = np.where(np.isnan(level), self._fallback, level)
-        return np.clip(level + raw, 0, None)
+        """The wrapper's ``predict`` after its trees: the one inverse transform."""
+        return inverse_target(self._form, raw, rows[:, self._anchor] if self._anchor >= 0
+                              else None, self._fallback)
 
 
 # Treelite minor versions whose private C entry points (``treelite.core._LIB``'s
@@ -173,9 +168,8 @@ def _structure(pipeline: Any) -> tuple[list[str], Any, Any, str]:
             or not all(isinstance(c, str) for c in parts[0][2])):
         raise NotCompilable("ColumnTransformer does more than select columns by name")
     columns = list(parts[0][2])
-    if type(model) is LogResidualRegressor:
-        form = "log_residual"
-    elif type(model) is TargetFormRegressor and model.form in ("log_level", "level", "change"):
+    if type(model) is LogResidualRegressor or (
+            type(model) is TargetFormRegressor and model.form in ("log_level", "level", "change")):
         form = model.form
     else:
         raise NotCompilable(f"final step is {type(model).__name__}, not a known wrapper")
@@ -187,7 +181,7 @@ def _structure(pipeline: Any) -> tuple[list[str], Any, Any, str]:
         raise NotCompilable(f"loss {tree.loss!r} has a {link} link, not identity")
     if list(getattr(tree, "feature_names_in_", [])) != columns:
         raise NotCompilable("the trees' feature names differ from the selected columns")
-    if form in ("log_residual", "change") and model.anchor not in columns:
+    if form in ("log_change", "change") and model.anchor not in columns:
         raise NotCompilable(f"anchor column {model.anchor!r} is not an input")
     return columns, model, tree, form
 
@@ -248,40 +242,55 @@ def _fallback(target: str, horizon: int, pipeline: Any, columns: list[str], reas
 
 @dataclass
 class ServedModel:
-    """A verified champion, ready to predict from rows in ``features`` order."""
+    """A verified champion and its compiled predictors: the forecaster's engine in serving."""
 
-    version: str
-    metadata: dict[str, Any]
-    features: list[str]
-    predictors: dict[tuple[str, int], Predictor]
-    spec: Any = None  # the FeatureSpec the model was trained with (its metadata's)
-    _index: dict[tuple[str, int], np.ndarray | None] = field(default_factory=dict)
+    champion: Champion
+    predictors: dict[ModelKey, Predictor]
+    _index: dict[ModelKey, np.ndarray | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         position = {name: i for i, name in enumerate(self.features)}
         for key, predictor in self.predictors.items():
             missing = [c for c in predictor.columns if c not in position]
             if missing:
-                raise ValueError(f"model {key[0]} h={key[1]} needs inputs the features do not "
-                                 f"include: {missing[:5]}")
+                raise ValueError(f"model {key} needs inputs the features do not include: "
+                                 f"{missing[:5]}")
             index = np.array([position[c] for c in predictor.columns], dtype=np.intp)
             same = len(index) == len(self.features) and np.array_equal(
                 index, np.arange(len(self.features)))
             self._index[key] = None if same else index
 
     @property
+    def version(self) -> str:
+        return self.champion.version
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        return self.champion.metadata
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.champion.features
+
+    @property
+    def spec(self) -> Any:
+        return self.champion.spec
+
+    @property
     def targets(self) -> list[str]:
-        return list(dict.fromkeys(t for t, _ in self.predictors))
+        return self.champion.targets
 
     @property
     def horizons(self) -> list[int]:
-        return sorted({h for _, h in self.predictors})
+        return self.champion.horizons
 
     @property
-    def engines(self) -> dict[str, str]:
-        return {f"{t}/h{h}": p.engine for (t, h), p in self.predictors.items()}
+    def engines(self) -> dict[str, dict[str, str]]:
+        """Per target and horizon (the keys' serialised form): treelite or sklearn."""
+        return nest({key: p.engine for key, p in self.predictors.items()})
 
-    def predict(self, rows: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
+    def predict(self, rows: np.ndarray) -> dict[ModelKey, np.ndarray]:
+        """Every model's forecasts of rows in the champion's feature order (the engine)."""
         rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
         out = {}
         for key, predictor in self.predictors.items():

@@ -16,6 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, 
 from pydantic.json_schema import models_json_schema
 
 from pipeline.core.aqi import CATEGORIES
+from pipeline.core.intervals import PROBABILITY_COLUMNS, PROBABILITY_PREFIX
 from pipeline.schema import POLLUTANTS, VALUE_COLUMNS, VARIABLES, WEATHER
 
 MAX_OBSERVATIONS = 500
@@ -51,7 +52,7 @@ def _variable_field(name: str) -> Any:
 class _ObservationBase(_Request):
     time: Annotated[AwareDatetime, Field(
         description="start of the observed UTC hour, ISO 8601 with an offset "
-                    "(e.g. 2025-12-31T23:00:00Z); on the hour, not in the future")]
+                    "(YYYY-MM-DDTHH:00:00Z); on the hour, not in the future")]
 
     @field_validator("time")
     @classmethod
@@ -101,16 +102,31 @@ class LocationsResponse(BaseModel):
     model_version: str | None = Field(description="the champion served; null before the first")
 
 
-class ForecastItem(BaseModel):
+class _ForecastItem(BaseModel):
     target: str
     horizon: int = Field(description="hours ahead of the issue time")
     target_time: dt.datetime = Field(description="the UTC hour forecast")
     value: float = Field(description="forecast concentration [ug/m3]")
+    lower: float | None = Field(description="80 % prediction interval, lower end [ug/m3] "
+                                            "(null: the model has no calibration)")
+    upper: float | None = Field(description="80 % prediction interval, upper end [ug/m3]")
     aqi: float | None = Field(description="US EPA AQI of the value")
     aqi_category: AqiCategory  # type: ignore[valid-type]
     hours_since_observation: float | None = Field(
-        default=None, description="batch: hours from the target's newest observation to the "
-                                  "issue time (null: unknown)")
+        description="hours from the target's newest observation to the issue time "
+                    "(null: not observed in the data looked at)")
+
+
+ForecastItem = create_model(
+    "ForecastItem",
+    __base__=_ForecastItem,
+    __doc__="One target x horizon: the fields of a batch forecast row "
+            "(predictions/*.parquet), online and batch alike.",
+    **{column: (float | None, Field(
+        description=f"probability that the value reaches {column.removeprefix(PROBABILITY_PREFIX)}"
+                    " (at or above the category's lower breakpoint), from the calibration"))
+       for column in PROBABILITY_COLUMNS},
+)
 
 
 class BatchForecastResponse(BaseModel):
@@ -125,7 +141,7 @@ class BatchForecastResponse(BaseModel):
     model_version: str
     input_completeness: float | None = Field(
         default=None, description="share of the model's features present in the batch row")
-    forecasts: list[ForecastItem]
+    forecasts: list[ForecastItem]  # type: ignore[valid-type]
 
 
 class Completeness(BaseModel):
@@ -145,7 +161,7 @@ class OnDemandForecastResponse(BaseModel):
     model_version: str
     observations_used: int = Field(description="observations of the request used")
     completeness: Completeness
-    forecasts: list[ForecastItem]
+    forecasts: list[ForecastItem]  # type: ignore[valid-type]
 
 
 class ProblemError(BaseModel):
@@ -173,7 +189,8 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready"]
     model_version: str
-    engines: dict[str, str] = Field(description="per target/horizon: treelite or sklearn")
+    engines: dict[str, dict[str, str]] = Field(
+        description="per target and horizon (hours): treelite or sklearn")
 
 
 # --- OpenAPI -------------------------------------------------------------------------------
@@ -187,8 +204,9 @@ def _problem(description: str) -> dict:
     return {"description": description, "content": {PROBLEM_JSON: {"schema": _ref("Problem")}}}
 
 
-def openapi(max_body_bytes: int) -> dict:
-    """The OpenAPI 3.1 document of the API (JSON Schema 2020-12 from the pydantic models)."""
+def openapi(max_body_bytes: int, example: dict[str, Any] | None = None) -> dict:
+    """The OpenAPI 3.1 document of the API (JSON Schema 2020-12 from the pydantic models);
+    ``example``: the on-demand request it shows (serving builds it from its newest hour)."""
     models = [ForecastRequest, LocationsResponse, BatchForecastResponse,
               OnDemandForecastResponse, Problem, Health, Ready]
     _, schemas = models_json_schema([(m, "validation" if m is ForecastRequest else "serialization")
@@ -245,7 +263,12 @@ def openapi(max_body_bytes: int) -> dict:
                 "requestBody": {
                     "required": True,
                     "description": f"at most {max_body_bytes} bytes",
-                    "content": {"application/json": {"schema": _ref("ForecastRequest")}},
+                    "content": {"application/json": {
+                        "schema": _ref("ForecastRequest"),
+                        **({"examples": {"newest_hour": {
+                            "summary": "new values for the newest hour the server stores",
+                            "value": example}}} if example else {}),
+                    }},
                 },
                 "responses": {
                     "200": {"description": "every target x horizon of the champion",

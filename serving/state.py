@@ -27,23 +27,17 @@ from pipeline.core.features import (
     FeatureSpec,
     HourlyGrid,
     build_features,
-    feature_names,
     hour_times,
     hourly_grids,
     window,
 )
 from pipeline.errors import ArtifactIntegrityError, RegistryError
+from pipeline.forecaster import ROW_COLUMNS, Champion, InputLimits, items
+from pipeline.inputs import feature_spec, load_forecasts, load_validated_raw, recent_window_start
 from pipeline.io.registry import Registry
 from pipeline.io.storage import forecast_files, raw_files
 from pipeline.schema import MAX_FORECAST_LEAD_H
 from pipeline.settings import ServingSettings
-from pipeline.steps.common import (
-    feature_spec,
-    feature_spec_of,
-    load_forecasts,
-    load_validated_raw,
-    recent_window_start,
-)
 from serving import metrics
 from serving.predictor import SKLEARN, ServedModel, build_predictor, verification_rows
 
@@ -53,8 +47,10 @@ log = logging.getLogger(__name__)
 # issue hour, so any champion's features (built with its own spec) can be computed
 HISTORY_HOURS = 24 * 14 + 1
 RETRY_FAILED_CHAMPION_S = 60.0  # a champion that failed to load is tried again after this
-FORECAST_COLUMNS = ("location_id", "issue_time", "target_time", "target", "horizon", "value",
-                    "aqi", "aqi_category", "model_version")
+# what a predictions file must hold to be served (older files may lack the interval columns)
+FORECAST_COLUMNS = tuple(c for c in ROW_COLUMNS if c not in (
+    "lower", "upper", "hours_since_observation", "persistence", "input_completeness")
+    and not c.startswith("p_reach_"))
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,7 @@ class BatchForecast:
     issue_time: pd.Timestamp
     issue_epoch: float
     model_version: str
-    items: list[dict[str, Any]]  # sorted by target, horizon
+    items: list[dict[str, Any]]  # pipeline.forecaster.items: sorted by target, horizon
     input_completeness: float | None = None  # share of the model's features present
 
 
@@ -92,6 +88,7 @@ class ServingState:
     settings: ServingSettings
     spec: FeatureSpec = field(init=False)  # params.yaml's; a champion brings its own
     history_hours: int = field(init=False)
+    limits: InputLimits = field(init=False)  # the batch rule for honest forecasts
     timezones: dict[str, str] = field(init=False)
     model: ServedModel | None = None
     not_ready: str = "starting: no champion loaded yet"
@@ -107,6 +104,7 @@ class ServingState:
     def __post_init__(self) -> None:
         self.spec = feature_spec(self.ctx)
         self.history_hours = max(HISTORY_HOURS, self.spec.warmup_hours)
+        self.limits = InputLimits.of(self.ctx.params.forecast)
         self.timezones = {loc.id: loc.timezone for loc in self.ctx.params.locations}
         self.locations = {loc.id: loc for loc in self.ctx.params.locations}
 
@@ -176,10 +174,10 @@ class ServingState:
         metrics.MODEL_RELOAD_FAILING.set(0)
         metrics.MODEL_OUTDATED.set(0)
         metrics.set_served(model.version, served,
-                           [(t, h, p.engine == SKLEARN) for (t, h), p in model.predictors.items()],
+                           [(*key, p.engine == SKLEARN) for key, p in model.predictors.items()],
                            time.time())
         log.info("serving model %s (was %s): %s", model.version, served,
-                 ", ".join(f"{k} {v}" for k, v in model.engines.items()))
+                 ", ".join(f"{key} {p.engine}" for key, p in model.predictors.items()))
 
     def _reload_failed(self, version: str | None, reason: str, message: str) -> None:
         self._failed = (str(version), time.monotonic())
@@ -198,24 +196,17 @@ class ServingState:
         The features are the champion's own (its metadata's spec, as the batch predict step
         builds them), whatever params.yaml says now.
         """
-        spec = feature_spec_of(dict(metadata))
+        champion = Champion.from_parts(models, metadata)
+        spec = champion.spec
         if spec.warmup_hours > self.history_hours:
             raise ValueError(f"champion needs {spec.warmup_hours} hours of history, more than "
                              f"the {self.history_hours} kept")
-        features = list(metadata["features"])
-        built = feature_names(spec)
-        missing = [f for f in features if f not in built]
-        if missing:
-            raise ValueError(f"champion needs features its own spec does not build: "
-                             f"{missing[:5]}")
-        codes = {str(k): int(v) for k, v in metadata.get("location_codes", {}).items()}
+        features = list(champion.features)
+        codes = dict(champion.location_codes)
         rows = verification_rows(features, self._history_rows(spec, features, codes), codes)
-        predictors = {
-            (str(t), int(h)): build_predictor(str(t), int(h), pipeline, features, rows)
-            for (t, h), pipeline in models.items()
-        }
-        return ServedModel(str(metadata["version"]), dict(metadata), features, predictors,
-                           spec)
+        predictors = {key: build_predictor(key.target, key.horizon, pipeline, features, rows)
+                      for key, pipeline in champion.models.items()}
+        return ServedModel(champion, predictors)
 
     def _history_rows(self, spec: FeatureSpec, features: list[str], codes: dict[str, int],
                       ) -> np.ndarray | None:
@@ -302,25 +293,12 @@ def read_batch_forecasts(path: Path) -> dict[str, BatchForecast]:
         raise ValueError(f"{path}: missing column(s) {missing}")
     out = {}
     for location_id, part in frame.groupby("location_id", sort=True):
-        part = part.sort_values(["target", "horizon"])
         issue = pd.Timestamp(part["issue_time"].max()).tz_convert("UTC")
-        items = []
-        for row in part.to_dict("records"):
-            aqi = _finite(row["aqi"])
-            item = {
-                "target": str(row["target"]), "horizon": int(row["horizon"]),
-                "target_time": pd.Timestamp(row["target_time"]).tz_convert("UTC").isoformat(),
-                "value": float(row["value"]), "aqi": aqi,
-                "aqi_category": str(row["aqi_category"]) if aqi is not None else "unknown",
-            }
-            if "hours_since_observation" in row:
-                item["hours_since_observation"] = _finite(row["hours_since_observation"])
-            items.append(item)
         versions = part["model_version"].astype(str).unique()
         completeness = (_finite(part["input_completeness"].min())
                         if "input_completeness" in part else None)
         out[str(location_id)] = BatchForecast(issue, issue.timestamp(), ", ".join(versions),
-                                              items, completeness)
+                                              items(part), completeness)
     return out
 
 

@@ -8,8 +8,9 @@ MLServer (KServe's and Seldon's model server) runs this class from ``.venv-mlser
   sha256, trusted types, Treelite compiled and verified against scikit-learn), never from
   MLflow or a pickle, and is hot-swapped when ``models/champion.json`` changes (the state's
   reload thread; a request reads the model once);
-* a request is answered by :func:`serving.ondemand.on_demand`, the function behind
-  ``POST /v1/forecasts``: the same inputs give the same forecasts.
+* a request is answered by :func:`serving.ondemand.answer`, the function behind
+  ``POST /v1/forecasts`` (the forecast path of ``pipeline/forecaster.py`` with the compiled
+  trees): the same inputs give the same forecasts.
 
 Request (``POST /v2/models/aq-forecast/infer``)::
 
@@ -18,10 +19,12 @@ Request (``POST /v2/models/aq-forecast/infer``)::
                  "data": ["[{\\"time\\": \\"2025-12-31T23:00:00Z\\", \\"pm2_5\\": 12.5}]"]}]}
 
 ``observations`` (optional) is the JSON array ``POST /v1/forecasts`` takes. The answer has one
-row per target x horizon as columns (``target``, ``horizon``, ``target_time``, ``value``,
-``aqi``, ``aqi_category``), ``model_version`` the champion's version, and ``parameters`` the
-location, issue time, observations used and input completeness. Refusals are MLServer errors
-with the status the Flask endpoint gives (400, 404, 422, 503) and its detail.
+row per target x horizon as columns, the items of ``/v1`` (``pipeline.forecaster.ITEM_COLUMNS``:
+target, horizon, target_time, value, the 80 % interval, AQI and category, the probabilities of
+reaching each category, hours since observation; a number that is null in ``/v1`` is NaN
+here), ``model_version`` the champion's version, and ``parameters`` the location, issue time,
+observations used and input completeness. Refusals are MLServer errors with the status the
+Flask endpoint gives (400, 404, 422, 503) and its detail.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ from mlserver.errors import MLServerError
 from pydantic import ValidationError
 
 from pipeline.context import Context
+from pipeline.forecaster import ITEM_COLUMNS
 from pipeline.settings import ServingSettings
-from serving.ondemand import ApiError, MetricChildren, on_demand
+from serving.errors import ApiError, validation_problem
+from serving.ondemand import answer
 from serving.schemas import ForecastRequest
 from serving.state import ServingState
 
@@ -52,14 +57,16 @@ INPUT_METADATA = [
     types.MetadataTensor(name="observations", datatype="BYTES", shape=[1],
                          parameters=types.Parameters(content_type="str")),
 ]
-OUTPUT_METADATA = [
-    types.MetadataTensor(name="target", datatype="BYTES", shape=[-1]),
-    types.MetadataTensor(name="horizon", datatype="INT32", shape=[-1]),
-    types.MetadataTensor(name="target_time", datatype="BYTES", shape=[-1]),
-    types.MetadataTensor(name="value", datatype="FP64", shape=[-1]),
-    types.MetadataTensor(name="aqi", datatype="FP64", shape=[-1]),
-    types.MetadataTensor(name="aqi_category", datatype="BYTES", shape=[-1]),
-]
+TEXT_COLUMNS = ("target", "target_time", "aqi_category")
+INT_COLUMNS = ("horizon",)
+
+
+def datatype(column: str) -> str:
+    return "BYTES" if column in TEXT_COLUMNS else "INT32" if column in INT_COLUMNS else "FP64"
+
+
+OUTPUT_METADATA = [types.MetadataTensor(name=c, datatype=datatype(c), shape=[-1])
+                   for c in ITEM_COLUMNS]
 
 
 class ChampionRuntime(MLModel):
@@ -68,8 +75,6 @@ class ChampionRuntime(MLModel):
     def __init__(self, settings) -> None:
         super().__init__(settings)
         self._state: ServingState | None = None
-        self._children = MetricChildren()
-        self._forecast_cfg = None
 
     # readiness: MLServer sets ``ready`` from load(); the champion decides it from then on
 
@@ -82,9 +87,7 @@ class ChampionRuntime(MLModel):
         self._loaded = bool(value)
 
     async def load(self) -> bool:
-        ctx = Context.load()
-        self._forecast_cfg = ctx.params.forecast
-        self._state = ServingState(ctx, ServingSettings.from_env())
+        self._state = ServingState(Context.load(), ServingSettings.from_env())
         # the first load (registry, Treelite compile, verification) takes seconds: off the loop
         await asyncio.get_running_loop().run_in_executor(None, self._state.start)
         if self._state.model is None:
@@ -111,7 +114,7 @@ class ChampionRuntime(MLModel):
     async def predict(self, payload: types.InferenceRequest) -> types.InferenceResponse:
         req = self._request(payload)
         try:
-            body = on_demand(self._state, req, self._forecast_cfg, self._children)
+            body = answer(self._state, req)
         except ApiError as exc:
             raise MLServerError(f"{exc.title}: {exc.detail}", exc.status) from None
         return response(self.name, body)
@@ -138,9 +141,8 @@ class ChampionRuntime(MLModel):
         try:  # as the Flask endpoint validates its body: from JSON (strict types)
             return ForecastRequest.model_validate_json(json.dumps(body))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
-                                 for e in exc.errors(include_url=False)[:5])
-            raise MLServerError(f"invalid request: {problems}", 422) from None
+            problem = validation_problem(exc)  # the Flask endpoint's refusal, word for word
+            raise MLServerError(f"{problem.title}: {problem.detail}", problem.status) from None
 
 
 def _one_string(tensor: types.RequestInput) -> str:
@@ -156,9 +158,11 @@ def response(name: str, body: dict[str, Any]) -> types.InferenceResponse:
     """The on-demand answer as V2 columns (one row per target x horizon)."""
     items = body["forecasts"]
 
-    def column(key: str, datatype: str, convert=lambda v: v) -> types.ResponseOutput:
+    def column(key: str) -> types.ResponseOutput:
+        kind = datatype(key)
+        convert = str if kind == "BYTES" else int if kind == "INT32" else _number
         data = [convert(i[key]) for i in items]
-        return types.ResponseOutput(name=key, shape=[len(data)], datatype=datatype, data=data)
+        return types.ResponseOutput(name=key, shape=[len(data)], datatype=kind, data=data)
 
     completeness = body["completeness"]
     return types.InferenceResponse(
@@ -168,7 +172,9 @@ def response(name: str, body: dict[str, Any]) -> types.InferenceResponse:
             observations_used=body["observations_used"],
             features_present=completeness["features_present"],
             hours_since_observation=json.dumps(completeness["hours_since_observation"])),
-        outputs=[column("target", "BYTES"), column("horizon", "INT32", int),
-                 column("target_time", "BYTES"), column("value", "FP64", float),
-                 column("aqi", "FP64", lambda v: float("nan") if v is None else float(v)),
-                 column("aqi_category", "BYTES")])
+        outputs=[column(c) for c in ITEM_COLUMNS])
+
+
+def _number(value: Any) -> float:
+    """A JSON null of ``/v1`` (an unknown number) is NaN in a V2 FP64 tensor."""
+    return float("nan") if value is None else float(value)

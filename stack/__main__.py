@@ -151,15 +151,14 @@ def stop(paths: ProjectPaths) -> list[str]:
 
 def status(paths: ProjectPaths) -> int:
     """``supervisorctl status`` of the stack (exit status 3 when something is not running)."""
-    supervisor = Supervisor(paths.stack_dir)
-    if not supervisor.running():
-        print(f"the local stack is not running ({paths.stack_dir}): `make run` starts it")
-        return 3
     return supervisorctl(paths, ["status"])
 
 
 def supervisorctl(paths: ProjectPaths, args: list[str]) -> int:
     supervisor = Supervisor(paths.stack_dir)
+    if not supervisor.running():
+        print(f"the local stack is not running ({paths.stack_dir}): `make run` starts it")
+        return 3
     binary = os.path.join(os.path.dirname(sys.executable), "supervisorctl")
     sys.stdout.flush()
     os.execv(binary, [binary, "-c", str(supervisor.config), *args])

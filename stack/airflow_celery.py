@@ -19,11 +19,12 @@ that variable) starts, next to the monitoring stack and under the same superviso
   server: the API server reads the task logs from the shared ``.airflow/logs``).
   A task instance's ``hostname`` names its worker (``worker1@<host>``). How many
   workers, and task processes each: ``AQ_CELERY_WORKERS`` and
-  ``AQ_CELERY_CONCURRENCY`` (default 2 and 2, :class:`pipeline.settings.Settings`).
+  ``AQ_CELERY_CONCURRENCY`` (default 2 and 2, :class:`pipeline.settings.CelerySettings`).
 
 The passwords are generated once into ``.stack/secrets/`` (0600 files in a 0700
 directory) and reach Airflow only through ``.airflow/airflow.cfg`` (0600) and
-the environment of its processes, never a command line. ``AQ_POSTGRES_PASSWORD``
+the environment of its processes (their 0600 supervisord program files), never a
+command line. ``AQ_POSTGRES_PASSWORD``
 and ``AQ_REDIS_PASSWORD`` replace the files where the database and broker are
 not started here (docker-compose's ``celery`` profile).
 """

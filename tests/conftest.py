@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.__main__ import quiet_openmp_waits
 from pipeline.context import Context
 from pipeline.settings import Settings
+from tests import tiers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +45,26 @@ def scheduling_unit(nodeid: str) -> str:
     if len(parts) > 2 and parts[0] == "tests" and parts[1] in SHARED_FIXTURE_DIRS:
         return f"tests/{parts[1]}"
     return path
+
+
+def pytest_configure(config):
+    # as `python -m pipeline` does: idle OpenMP threads sleep, set before scikit-learn loads
+    # (tiers.install imports it); spinning ones made in-process fits 10-50x slower on a busy
+    # 2-core machine (tests/core/test_selection.py: 201 s -> 4 s at load 19)
+    quiet_openmp_waits()
+    tiers.install()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    """Setup and call of a test run under tests/tiers.py's check: an unmarked test that starts
+    a process or fits a model fails, naming the marker it needs."""
+    return (yield from tiers.watching(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from tiers.watching(item))
 
 
 def pytest_xdist_make_scheduler(config, log):

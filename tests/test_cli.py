@@ -17,6 +17,7 @@ def cli(*args: str, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("value", ["yesterday", "01/02/2025", "2025-13-01", "", "now"])
 def test_a_bad_cli_date_names_the_accepted_formats(tmp_path, value):
     write_params(tmp_path)
@@ -28,6 +29,7 @@ def test_a_bad_cli_date_names_the_accepted_formats(tmp_path, value):
     assert not (tmp_path / "data").exists()  # nothing ran
 
 
+@pytest.mark.process
 def test_a_broken_params_file_is_one_line_naming_the_file(tmp_path):
     params = write_params(tmp_path)
     params.write_bytes(params.read_bytes() + b"\n# \xff\xfe\n")

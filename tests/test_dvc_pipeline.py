@@ -56,12 +56,14 @@ def default_project(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.process
+@pytest.mark.train
 @pytest.mark.slow
 def test_repro_runs_every_stage_and_beats_persistence(default_project):
     assert ran((default_project / "first_repro.log").read_text()) == STAGES
     metrics = json.loads((default_project / "metrics.json").read_text())
     skills = {h: s["skill"] for h, s in metrics["pm2_5"].items()}
-    assert set(skills) == {"h1", "h6", "h12", "h24"}
+    assert set(skills) == {"1", "6", "12", "24"}  # a ModelKey's serialised horizon
     assert all(s > 0 for s in skills.values()), skills
     promotion = json.loads((default_project / "reports/promotion.json").read_text())
     assert promotion["promoted"], promotion["refusals"]
@@ -71,6 +73,8 @@ def test_repro_runs_every_stage_and_beats_persistence(default_project):
     assert f"champion: {promotion['champion']}" in summary
 
 
+@pytest.mark.process
+@pytest.mark.train
 @pytest.mark.slow
 def test_second_repro_is_a_no_op(default_project):
     output = dvc(default_project, "repro")
@@ -78,6 +82,8 @@ def test_second_repro_is_a_no_op(default_project):
     assert "up to date" in dvc(default_project, "status")
 
 
+@pytest.mark.process
+@pytest.mark.train
 @pytest.mark.slow
 def test_model_parameter_change_reruns_only_what_depends_on_it(default_project):
     params_path = default_project / "params.yaml"
@@ -106,6 +112,7 @@ def stage_imports(stage: str) -> set[str]:
     return {str(Path(p).resolve().relative_to(REPO)) for p in out.split()}
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_deps_list_every_module_it_imports(stage):
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
@@ -160,6 +167,7 @@ def write_generation(root: Path, value: float) -> None:
               pd.DataFrame({"location_id": "berlin", "time": times, "pm2_5": value}))
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_dvc_lock_records_the_data_preprocess_read_while_ingestion_writes(tmp_path, monkeypatch):
     """An ingestion writes raw partitions over and over while `dvc repro preprocess` runs.

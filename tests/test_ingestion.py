@@ -184,6 +184,7 @@ def _store(root) -> dict:
     return {str(p.relative_to(data)): p.read_bytes() for p in sorted(data.rglob("*.parquet"))}
 
 
+@pytest.mark.process
 def test_worker_processes_store_exactly_what_one_process_stores(tmp_path, caplog):
     """The synthetic source spread over two processes: the same partitions byte for byte, the
     same quarantine files and the same figures (gaps and spikes on, across a month start)."""
@@ -240,6 +241,7 @@ def _ingest_in(root: str, queue) -> None:
         queue.put(("error", repr(exc)))
 
 
+@pytest.mark.process
 def test_ingestion_in_a_daemonic_task_process_runs_inline(tmp_path):
     """A Celery task process is daemonic and may not start workers: the synthetic ingestion
     of many locations runs in it, inline, and stores everything."""

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.__main__ import quiet_openmp_waits
 from tests.conftest import REPO
 
@@ -22,6 +24,7 @@ def test_an_explicit_policy_wins(monkeypatch):
     assert os.environ["OMP_WAIT_POLICY"] == "active"
 
 
+@pytest.mark.process
 def test_policy_is_set_before_a_step_loads_scikit_learn():
     """The OpenMP runtime reads the policy once, when scikit-learn first loads it."""
     code = (

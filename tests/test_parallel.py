@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 
+import pytest
+
 from pipeline.parallel import worker_pool
+
+pytestmark = pytest.mark.process
 
 
 def _noop() -> None:

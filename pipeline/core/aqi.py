@@ -64,17 +64,28 @@ def aqi(pollutant: str, values) -> np.ndarray:
     return np.where(np.isnan(conc), np.nan, np.floor(value + 0.5))
 
 
-def category_index(pollutant: str, values) -> np.ndarray:
-    """0 (good) .. 5 (hazardous); -1 for NaN."""
-    index = aqi(pollutant, values)
+_NAMES = np.array([*CATEGORIES, "unknown"], dtype=object)
+
+
+def index_category(index) -> np.ndarray:
+    """0 (good) .. 5 (hazardous) of AQI values; -1 for NaN."""
+    index = np.asarray(index, dtype=float)
     cats = np.searchsorted(_AQI_HIGH, index, side="left").astype(float)
     return np.where(np.isnan(index), -1, np.minimum(cats, 5)).astype(int)
 
 
+def category_names(index) -> np.ndarray:
+    """The category name of each AQI value (``unknown`` for NaN): the one mapping."""
+    return _NAMES[index_category(index)]
+
+
+def category_index(pollutant: str, values) -> np.ndarray:
+    """0 (good) .. 5 (hazardous) of concentrations; -1 for NaN."""
+    return index_category(aqi(pollutant, values))
+
+
 def category(pollutant: str, values) -> pd.Series:
-    idx = category_index(pollutant, values)
-    names = np.array([*CATEGORIES, "unknown"], dtype=object)
-    return pd.Series(names[idx], dtype="object")
+    return pd.Series(category_names(aqi(pollutant, values)), dtype="object")
 
 
 def category_thresholds(pollutant: str) -> dict[str, float]:

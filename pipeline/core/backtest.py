@@ -4,7 +4,8 @@ Each forecast is made from the feature row of its origin (features are causal:
 built from data at or before the origin) by a model that saw no label after the
 origin: either one fixed model whose training labels all precede the first
 origin, or a model refitted every ``refit_every`` on the labels before each
-refit origin. Pure: frames and plain values in, frames and dicts out.
+refit origin. The forecast rows come from the caller (``pipeline/forecaster.py``, the path
+batch and serving forecasts take). Pure: frames and plain values in, frames and dicts out.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pandas as pd
 
 from pipeline.core.aqi import category_index
 from pipeline.core.features import label_column, persistence_column, seasonal_column
-from pipeline.core.intervals import LOWER, UPPER, add_uncertainty, scale_columns
+from pipeline.core.intervals import LOWER, UPPER
+from pipeline.core.keys import ModelKey, nest, unnest
 
 KEY_COLUMNS = ("target", "horizon", "location_id", "origin", "target_time")
 
@@ -52,57 +54,55 @@ def refit_origins(window: Window, horizons: Sequence[int],
     return list(pd.date_range(first, last, freq=every))
 
 
-def origin_rows(frame: pd.DataFrame, window: Window, horizon: int) -> pd.Series:
-    """Feature rows whose forecast for ``horizon`` lands in the window."""
-    target_time = frame["time"] + pd.Timedelta(hours=horizon)
-    return (target_time >= window.start) & (target_time < window.end)
-
-
 def forecast(
     frame: pd.DataFrame,
     window: Window,
-    targets: Sequence[str],
     horizons: Sequence[int],
-    model_for: Callable[[str, int, pd.Timestamp], object],
+    forecast_rows: Callable[[pd.DataFrame, pd.Timestamp], pd.DataFrame],
     refits: Sequence[pd.Timestamp],
-    uncertainty: Mapping | None = None,
 ) -> pd.DataFrame:
     """Every forecast of the window, with its observation and the baselines.
 
-    ``model_for(target, horizon, refit_origin)`` returns the model serving the origins
-    from ``refit_origin`` to the next refit origin.
+    ``forecast_rows(part, refit_origin)`` gives the forecast rows (``pipeline.forecaster``:
+    location, issue time, target, horizon, target time, value, interval, ...) of the feature
+    rows ``part`` from the models serving the origins from ``refit_origin`` to the next one;
+    ``frame`` carries the labels and baselines they are scored against.
     """
     bounds = [*refits, pd.Timestamp.max.tz_localize("UTC")]
-    scaled_by = [c for c in scale_columns(uncertainty) if c in frame]
+    in_play = ((frame["time"] >= window.first_origin(horizons))
+               & (frame["time"] < window.end - pd.Timedelta(hours=min(horizons))))
     pieces = []
-    for target in targets:
-        for horizon in horizons:
-            rows = origin_rows(frame, window, horizon)
-            for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
-                part = frame.loc[rows & (frame["time"] >= begin) & (frame["time"] < end)]
-                if part.empty:
-                    continue
-                model = model_for(target, horizon, begin)
-                pieces.append(pd.DataFrame({
-                    "target": target,
-                    "horizon": horizon,
-                    "location_id": part["location_id"].to_numpy(),
-                    "origin": part["time"].to_numpy(),
-                    "target_time": (part["time"] + pd.Timedelta(hours=horizon)).to_numpy(),
-                    "value": np.clip(model.predict(part), 0, None),
-                    "observed": part[label_column(target, horizon)].to_numpy(),
-                    "persistence": part[persistence_column(target)].to_numpy(),
-                    "seasonal_naive": part[seasonal_column(target, horizon)].to_numpy(),
-                    "refit_origin": begin,
-                    **{c: part[c].to_numpy() for c in scaled_by},
-                }))
-    if not pieces:
+    for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
+        part = frame.loc[in_play & (frame["time"] >= begin) & (frame["time"] < end)]
+        if not part.empty:
+            pieces.append(forecast_rows(part, begin).assign(refit_origin=begin))
+    out = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
+    if not out.empty:
+        out = out[(out["target_time"] >= window.start) & (out["target_time"] < window.end)]
+    if out.empty:
         raise ValueError(f"no feature rows forecast into {window.describe()}: "
                          "is there data before and in the window?")
-    out = pd.concat(pieces, ignore_index=True)
-    if uncertainty:
-        out = add_uncertainty(out, uncertainty)
-    return out.drop(columns=scaled_by).sort_values(list(KEY_COLUMNS), ignore_index=True)
+    out = out.rename(columns={"issue_time": "origin"}).drop(
+        columns=["persistence", "hours_since_observation"], errors="ignore")
+    truth = _truth(frame.loc[in_play], out[["target", "horizon"]].drop_duplicates())
+    truth = truth.astype({c: out[c].dtype for c in ("horizon", "location_id", "origin")})
+    return out.merge(truth, on=["target", "horizon", "location_id", "origin"], how="left",
+                     validate="many_to_one").sort_values(list(KEY_COLUMNS), ignore_index=True)
+
+
+def _truth(frame: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
+    """Per target x horizon and origin: the observation and both baselines."""
+    parts = []
+    for target, horizon in keys.itertuples(index=False):
+        parts.append(pd.DataFrame({
+            "target": target, "horizon": horizon,
+            "location_id": frame["location_id"].astype(str).to_numpy(dtype=object),
+            "origin": pd.to_datetime(frame["time"], utc=True).to_numpy(),
+            "observed": frame[label_column(target, horizon)].to_numpy(),
+            "persistence": frame[persistence_column(target)].to_numpy(),
+            "seasonal_naive": frame[seasonal_column(target, horizon)].to_numpy(),
+        }))
+    return pd.concat(parts, ignore_index=True)
 
 
 def scorable(predictions: pd.DataFrame) -> pd.Series:
@@ -172,12 +172,11 @@ def score_tables(predictions: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def nested_by_horizon(table: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
     """{target: {horizon (str): scores}}: the shape of evaluate's scores."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict[ModelKey, dict[str, float]] = {}
     for record in table.to_dict("records"):
-        target, horizon = record.pop("target"), str(int(record.pop("horizon")))
-        out.setdefault(target, {})[horizon] = {
-            k: (int(v) if k == "n" else round(float(v), 4)) for k, v in record.items()}
-    return out
+        key = ModelKey.of(record.pop("target"), int(record.pop("horizon")))
+        out[key] = {k: (int(v) if k == "n" else round(float(v), 4)) for k, v in record.items()}
+    return nest(out)
 
 
 def render_summary(scores: Mapping, header: str) -> str:
@@ -187,9 +186,9 @@ def render_summary(scores: Mapping, header: str) -> str:
         lines.append(f"{target}:")
         lines.append(f"  {'horizon':>8} {'MAE':>8} {'persist.':>9} {'skill':>7} "
                      f"{'vs seas.':>8} {'cover80':>8} {'AQI acc':>8} {'n':>7}")
-        for h, s in sorted(by_h.items(), key=lambda kv: int(kv[0])):
+        for key, s in sorted(unnest({target: by_h}).items()):
             coverage = f"{s['coverage']:8.1%}" if "coverage" in s else f"{'-':>8}"
-            lines.append(f"  {h + ' h':>8} {s['mae']:8.2f} {s['persistence_mae']:9.2f} "
+            lines.append(f"  {key.hours + ' h':>8} {s['mae']:8.2f} {s['persistence_mae']:9.2f} "
                          f"{s['skill']:7.3f} {s['skill_vs_seasonal']:8.3f} {coverage} "
                          f"{s['aqi_category_accuracy']:8.1%} {s['n']:7d}")
     return "\n".join(lines)

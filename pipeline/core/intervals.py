@@ -21,14 +21,17 @@ the coverage with the power 0, 0.5 and 1).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
-from pipeline.core.aqi import category_thresholds
+from pipeline.core.aqi import CATEGORIES, category_thresholds
+from pipeline.core.keys import ModelKey
 
 LEVELS = tuple(round(x, 2) for x in np.linspace(0.01, 0.99, 99))
+_LEVELS = np.array(LEVELS)  # the same, as numpy reads it (not converted per forecast)
 MIN_ROWS_PER_LOCATION = 200  # fewer calibration rows: the location uses the pooled quantiles
 COVERAGE = 0.8  # the interval's nominal coverage
 LOWER, UPPER = "lower", "upper"
@@ -92,7 +95,7 @@ def calibrate(observed, predicted, locations, volatility=None,
 
 
 def _quantile(quantiles, level: float) -> float:
-    return float(np.interp(level, LEVELS, quantiles))
+    return float(np.interp(level, _LEVELS, quantiles))
 
 
 def interval(predicted, quantiles, coverage: float = COVERAGE,
@@ -105,12 +108,24 @@ def interval(predicted, quantiles, coverage: float = COVERAGE,
     return np.clip(lower, 0, None), np.clip(upper, 0, None)
 
 
-def exceedance_probability(predicted, quantiles, threshold: float, scale=1.0) -> np.ndarray:
-    """P(value >= threshold) for each forecast; resolution 0.01 .. 0.99 (the levels)."""
-    base = np.log1p(np.clip(np.asarray(predicted, float), 0, None))
-    needed = (np.log1p(threshold) - base) / scale
-    below = np.interp(needed, quantiles, LEVELS, left=0.0, right=1.0)
+def exceedance_probabilities(predicted, quantiles, thresholds, scale=1.0) -> np.ndarray:
+    """P(value >= threshold) of each forecast (rows) for each threshold (columns); resolution
+    0.01 .. 0.99 (the levels)."""
+    base = np.log1p(np.clip(np.asarray(predicted, float), 0, None))[:, None]
+    scale = np.asarray(scale, float)
+    needed = (np.log1p(np.asarray(thresholds, float))[None, :] - base) / (
+        scale[:, None] if scale.ndim else scale)
+    below = np.interp(needed, quantiles, _LEVELS, left=0.0, right=1.0)
     return np.round(1.0 - below, 4)
+
+
+def exceedance_probability(predicted, quantiles, threshold: float, scale=1.0) -> np.ndarray:
+    """P(value >= threshold) for each forecast (:func:`exceedance_probabilities`)."""
+    predicted = np.asarray(predicted, float)
+    scale = np.broadcast_to(np.asarray(scale, float), predicted.shape)
+    out = exceedance_probabilities(predicted.reshape(-1), quantiles, [threshold],
+                                   scale.reshape(-1))
+    return out[:, 0].reshape(predicted.shape)
 
 
 def scale_columns(uncertainty: Mapping | None) -> list[str]:
@@ -125,7 +140,43 @@ def scale_columns(uncertainty: Mapping | None) -> list[str]:
 
 
 def model_calibration(uncertainty: Mapping, target: str, horizon: int) -> Mapping | None:
-    return (uncertainty.get("by_model") or {}).get(target, {}).get(str(horizon))
+    key = ModelKey.of(target, horizon)
+    return (uncertainty.get("by_model") or {}).get(key.target, {}).get(key.hours)
+
+
+PROBABILITY_COLUMNS = tuple(PROBABILITY_PREFIX + c for c in CATEGORIES[1:])
+
+
+@functools.lru_cache(maxsize=64)
+def _thresholds(target: str) -> tuple[tuple[str, float], ...]:
+    try:
+        return tuple(category_thresholds(target).items())
+    except ValueError:  # no AQI for this target: no category probabilities
+        return ()
+
+
+def uncertainty_of(target: str, predicted, calibration: Mapping, location: str,
+                   volatility=None, coverage: float = COVERAGE,
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The interval and the probability of reaching each AQI category above good
+    (``p_reach_<category>`` columns) of one model's forecasts at one ``location``.
+
+    The location's own quantiles when it has them, else the pooled ones; ``volatility``
+    holds the rows' values of the calibration's scale column (required when it scales).
+    """
+    quantiles = (calibration.get("by_location") or {}).get(location, calibration["quantiles"])
+    scale = calibration.get("scale")
+    if scale and volatility is None:
+        raise ValueError(f"the {target} interval scales by {scale['column']!r}: the forecasts "
+                         "must carry it")
+    scales = scale_values(volatility, scale) if scale else 1.0
+    lower, upper = interval(predicted, quantiles, coverage, scales)
+    thresholds = _thresholds(target)
+    if not thresholds:
+        return lower, upper, {}
+    chances = exceedance_probabilities(predicted, quantiles, [t for _, t in thresholds], scales)
+    return lower, upper, {PROBABILITY_PREFIX + category: chances[:, i]
+                          for i, (category, _) in enumerate(thresholds)}
 
 
 def add_uncertainty(forecasts: pd.DataFrame, uncertainty: Mapping,
@@ -140,30 +191,22 @@ def add_uncertainty(forecasts: pd.DataFrame, uncertainty: Mapping,
     coverage = uncertainty.get("coverage", COVERAGE)
     groups = out.groupby(["target", "horizon", "location_id"]).groups
     for (target, horizon, location), index in groups.items():
-        calibration = model_calibration(uncertainty, target, int(horizon))
+        calibration = model_calibration(uncertainty, target, horizon)
         if calibration is None:
             continue
-        quantiles = (calibration.get("by_location") or {}).get(location,
-                                                              calibration["quantiles"])
-        predicted = out.loc[index, value].to_numpy(dtype=float)
-        scale = calibration.get("scale")
-        if scale and scale["column"] not in out:
-            raise ValueError(f"the {target} h={horizon} interval scales by {scale['column']!r}: "
+        column = (calibration.get("scale") or {}).get("column")
+        if column is not None and column not in out:
+            raise ValueError(f"the {target} h={horizon} interval scales by {column!r}: "
                              "the forecasts must carry it")
-        scales = scale_values(out.loc[index, scale["column"]].to_numpy(dtype=float), scale) \
-            if scale else 1.0
-        out.loc[index, LOWER], out.loc[index, UPPER] = interval(predicted, quantiles, coverage,
-                                                                scales)
-        try:
-            thresholds = category_thresholds(target)
-        except ValueError:
-            continue
-        for category, threshold in thresholds.items():
-            column = PROBABILITY_PREFIX + category
-            if column not in out:
-                out[column] = np.nan
-            out.loc[index, column] = exceedance_probability(predicted, quantiles, threshold,
-                                                            scales)
+        lower, upper, probabilities = uncertainty_of(
+            target, out.loc[index, value].to_numpy(dtype=float), calibration, location,
+            None if column is None else out.loc[index, column].to_numpy(dtype=float),
+            coverage)
+        out.loc[index, LOWER], out.loc[index, UPPER] = lower, upper
+        for name, values in probabilities.items():
+            if name not in out:
+                out[name] = np.nan
+            out.loc[index, name] = values
     return out
 
 

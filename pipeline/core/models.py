@@ -31,7 +31,7 @@ from pipeline.core.features import (
     seasonal_column,
     volatility_column,
 )
-from pipeline.core.intervals import add_uncertainty, scale_columns
+from pipeline.core.keys import ModelKey, keys_of, nest
 from pipeline.core.scoring import score
 
 CATEGORICAL = ("location_code",)
@@ -45,6 +45,30 @@ BOOSTING_KEYS = ("loss", "max_iter", "learning_rate", "max_leaf_nodes", "min_sam
 MIN_TRAINING_ROWS = 100
 
 
+def inverse_target(form: str, raw, anchor=None, fallback: float = float("nan")) -> np.ndarray:
+    """A model's forecast (>= 0, in the target's unit) from its trees' output ``raw``.
+
+    The one inverse of the target forms (:data:`FORMS`), used by the wrappers' ``predict``,
+    by :func:`staged_predictions` and by serving's compiled trees. ``anchor`` holds the rows'
+    anchor column (log1p of the level at the origin); a missing anchor takes ``fallback``, as
+    fitted: in log space for ``log_change``, in the target's unit for ``change``.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    if form == "log_change":
+        level = np.asarray(anchor, dtype=np.float64)
+        level = np.where(np.isnan(level), fallback, level)
+        return np.clip(np.expm1(level + raw), 0, None)
+    if form == "log_level":
+        return np.clip(np.expm1(raw), 0, None)
+    if form == "level":
+        return np.clip(raw, 0, None)
+    if form == "change":
+        level = np.expm1(np.asarray(anchor, dtype=np.float64))
+        level = np.where(np.isnan(level), fallback, level)
+        return np.clip(level + raw, 0, None)
+    raise ValueError(f"unknown target form {form!r}; known: {list(FORMS)}")
+
+
 class LogResidualRegressor(RegressorMixin, BaseEstimator):
     """Fits ``log1p(y) - log1p(level now)`` and adds it back when predicting.
 
@@ -53,6 +77,8 @@ class LogResidualRegressor(RegressorMixin, BaseEstimator):
     location reaches levels training never saw, and puts clean and polluted
     places on one scale.
     """
+
+    form = "log_change"  # not a parameter: the class is the form
 
     def __init__(self, estimator=None, anchor: str = "pm2_5_log"):
         self.estimator = estimator
@@ -65,10 +91,12 @@ class LogResidualRegressor(RegressorMixin, BaseEstimator):
         self.estimator_ = clone(self.estimator).fit(X, np.log1p(np.asarray(y, float)) - level)
         return self
 
+    def from_model_space(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray:
+        return inverse_target(self.form, raw, X[self.anchor].to_numpy(dtype=float),
+                              self.fallback_)
+
     def predict(self, X: pd.DataFrame):
-        level = X[self.anchor].to_numpy(dtype=float)
-        level = np.where(np.isnan(level), self.fallback_, level)
-        return np.clip(np.expm1(level + self.estimator_.predict(X)), 0, None)
+        return self.from_model_space(X, self.estimator_.predict(X))
 
 
 class TargetFormRegressor(RegressorMixin, BaseEstimator):
@@ -98,13 +126,8 @@ class TargetFormRegressor(RegressorMixin, BaseEstimator):
         raise ValueError(f"unknown target form {self.form!r}; known: {FORMS[1:]}")
 
     def from_model_space(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray:
-        if self.form == "log_level":
-            value = np.expm1(raw)
-        elif self.form == "level":
-            value = raw
-        else:
-            value = self._level(X) + raw
-        return np.clip(value, 0, None)
+        anchor = X[self.anchor].to_numpy(dtype=float) if self.form == "change" else None
+        return inverse_target(self.form, raw, anchor, self.fallback_)
 
     def fit(self, X: pd.DataFrame, y):
         self.fallback_ = float(np.nanmedian(np.expm1(X[self.anchor].to_numpy(dtype=float))))
@@ -119,14 +142,8 @@ def staged_predictions(model: Pipeline, X: pd.DataFrame):
     """Predictions after each boosting iteration (for choosing the number of iterations)."""
     selected = model[:-1].transform(X)
     regressor = model[-1]
-    if isinstance(regressor, LogResidualRegressor):
-        level = selected[regressor.anchor].to_numpy(dtype=float)
-        level = np.where(np.isnan(level), regressor.fallback_, level)
-        for raw in regressor.estimator_.staged_predict(selected):
-            yield np.clip(np.expm1(level + raw), 0, None)
-    else:
-        for raw in regressor.estimator_.staged_predict(selected):
-            yield regressor.from_model_space(selected, raw)
+    for raw in regressor.estimator_.staged_predict(selected):
+        yield regressor.from_model_space(selected, raw)
 
 
 def categorical_inputs(frame: pd.DataFrame, features: Sequence[str]) -> list[str]:
@@ -323,16 +340,15 @@ def fit_models(
     max_rows: int | None = None,
     seed: int = 0,
     progress=None,
-) -> dict[tuple[str, int], Pipeline]:
+) -> dict[ModelKey, Pipeline]:
     """One model per target x horizon; ``settings`` is one dict or a function of (target, h)."""
     models = {}
-    for target in targets:
-        for horizon in horizons:
-            chosen = settings(target, horizon) if callable(settings) else settings
-            models[(target, horizon)] = fit_one(frame, features, target, horizon, chosen,
-                                                split.label_cutoff, max_rows, seed)
-            if progress is not None:
-                progress(target, horizon)
+    for key in keys_of(targets, horizons):
+        chosen = settings(*key) if callable(settings) else settings
+        models[key] = fit_one(frame, features, key.target, key.horizon, chosen,
+                              split.label_cutoff, max_rows, seed)
+        if progress is not None:
+            progress(*key)
     return models
 
 
@@ -347,7 +363,7 @@ def evaluation_rows(frame: pd.DataFrame, split: Split, target: str, horizon: int
 
 
 def holdout_predictions(
-    models: dict[tuple[str, int], Pipeline],
+    models: Mapping[tuple[str, int], Pipeline],
     frame: pd.DataFrame,
     split: Split,
 ) -> pd.DataFrame:
@@ -387,61 +403,29 @@ def holdout_predictions(
 def score_predictions(
     models: Sequence[tuple[str, int]], predictions: pd.DataFrame,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Scores per target and horizon of :func:`holdout_predictions` (all parts together)."""
-    scores: dict[str, dict[str, dict[str, float]]] = {}
+    """Scores of :func:`holdout_predictions` (all parts together), serialised by key
+    (:func:`nest`: ``{target: {hours: scores}}``)."""
+    scores: dict[ModelKey, dict[str, float]] = {}
     groups = dict(list(predictions.groupby(["target", "horizon"], sort=False)))
-    for target, horizon in models:
-        part = groups.get((target, horizon))
+    for key in (ModelKey.of(*k) for k in models):
+        part = groups.get(key)
         if part is None or part.empty:
-            raise ValueError(f"no holdout rows for {target} h={horizon}")
-        scores.setdefault(target, {})[str(horizon)] = score(
-            target,
+            raise ValueError(f"no holdout rows for {key}")
+        scores[key] = score(
+            key.target,
             part["observed"].to_numpy(),
             part["predicted"].to_numpy(),
             part["persistence"].to_numpy(),
             part["seasonal"].to_numpy(),
         )
-    return scores
+    return nest(scores)
 
 
 def evaluate_models(
-    models: dict[tuple[str, int], Pipeline],
+    models: Mapping[tuple[str, int], Pipeline],
     frame: pd.DataFrame,
     split: Split,
 ) -> tuple[dict[str, dict[str, dict[str, float]]], pd.DataFrame]:
     """Scores per target and horizon, and the holdout predictions (for plots)."""
     predictions = holdout_predictions(models, frame, split)
     return score_predictions(list(models), predictions), predictions
-
-
-def predict_latest(
-    models: dict[tuple[str, int], Pipeline], latest: pd.DataFrame,
-    uncertainty: Mapping | None = None,
-) -> pd.DataFrame:
-    """Forecasts from each location's latest feature row, for every target x horizon.
-
-    With ``uncertainty`` (the model metadata's ``intervals``) each row also gets its 80 %
-    interval and the probability of reaching each AQI category (``pipeline.core.intervals``).
-    """
-    rows = []
-    scaled_by = scale_columns(uncertainty)
-    for (target, horizon), estimator in models.items():
-        values = np.clip(estimator.predict(latest), 0, None)
-        rows.append(
-            pd.DataFrame(
-                {
-                    "location_id": latest["location_id"].to_numpy(),
-                    "issue_time": latest["time"].to_numpy(),
-                    "target_time": (latest["time"] + pd.Timedelta(hours=horizon)).to_numpy(),
-                    "target": target,
-                    "horizon": horizon,
-                    "value": values,
-                    "persistence": latest[target].to_numpy(),
-                    **{c: latest[c].to_numpy() for c in scaled_by if c in latest},
-                }
-            )
-        )
-    forecasts = pd.concat(rows, ignore_index=True)
-    if not uncertainty:
-        return forecasts
-    return add_uncertainty(forecasts, uncertainty).drop(columns=scaled_by, errors="ignore")

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.keys import ModelKey, nest, unnest
 from pipeline.errors import ArtifactIntegrityError, PipelineError, RegistryError
 from pipeline.io.metrics import MetricsReporter, StepRun
 from pipeline.io.storage import (
@@ -83,7 +84,7 @@ def sha256_file(path: Path) -> str:
 
 @dataclass
 class ModelBundle:
-    models: dict  # (target, horizon) -> sklearn Pipeline
+    models: dict[ModelKey, Any]  # each with a predict(frame of features)
     metadata: dict[str, Any]
 
 
@@ -112,7 +113,7 @@ def save_bundle(directory: Path, models: dict, metadata: dict[str, Any]) -> dict
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    data = sio.dumps({f"{t}__h{h}": m for (t, h), m in models.items()})
+    data = sio.dumps(nest(models))
     unknown = untrusted_types(data, directory / ARTIFACT)
     if unknown:
         raise RegistryError(
@@ -185,11 +186,21 @@ def load_bundle(directory: Path) -> ModelBundle:
                                      f"{exc}") from None
     if not isinstance(stored, dict):
         raise ArtifactIntegrityError(f"refusing to load {artifact}: not a model bundle")
-    models = {}
-    for key, model in stored.items():
-        target, h = key.rsplit("__h", 1)
-        models[(target, int(h))] = model
+    try:
+        models = unnest(stored) if all(isinstance(v, dict) for v in stored.values()) \
+            else _legacy_keys(stored)
+    except ValueError as exc:
+        raise ArtifactIntegrityError(f"refusing to load {artifact}: {exc}") from None
     return ModelBundle(models, metadata)
+
+
+def _legacy_keys(stored: dict) -> dict[ModelKey, Any]:
+    """Bundles written before the keys were nested (``"pm2_5__h6"``): read, never written."""
+    models = {}
+    for name, model in stored.items():
+        target, _, hours = str(name).rpartition("__h")
+        models[ModelKey.of(target, hours)] = model
+    return models
 
 
 class Registry:

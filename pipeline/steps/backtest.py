@@ -32,21 +32,19 @@ from pipeline.core.backtest import (
     render_summary,
     score_tables,
 )
+from pipeline.core.keys import ModelKey
 from pipeline.core.models import BOOSTING_KEYS, fit_one
 from pipeline.errors import MissingInputError, PipelineError, RegistryError
+from pipeline.forecaster import Champion, ChampionError, Inputs
+from pipeline.forecaster import forecast as forecast_rows
+from pipeline.inputs import features_from_raw, load_validated_raw, newest_stored
 from pipeline.io.feature_store import location_batches
 from pipeline.io.metrics import StepRun
 from pipeline.io.plots import write_backtest_charts
 from pipeline.io.registry import ModelBundle, Registry, load_bundle
 from pipeline.io.storage import atomic_write_json, atomic_write_parquet, atomic_write_text
 from pipeline.io.tracking import backtest_run, log_run
-from pipeline.steps.common import (
-    feature_spec_of,
-    features_from_raw,
-    load_validated_raw,
-    newest_stored,
-    require,
-)
+from pipeline.steps.common import require
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +92,8 @@ def window_start(spec, first_origin: pd.Timestamp) -> pd.Timestamp:
 
 def model_settings(metadata: dict, target: str, horizon: int) -> dict:
     """The settings a model was trained with (older models: the base settings of its params)."""
-    chosen = (metadata.get("settings") or {}).get(target, {}).get(str(horizon))
+    key = ModelKey.of(target, horizon)
+    chosen = (metadata.get("settings") or {}).get(key.target, {}).get(key.hours)
     if chosen is not None:
         return dict(chosen)
     model = (metadata.get("params") or {}).get("model", {})
@@ -138,8 +137,11 @@ def run(ctx: Context, start=None, end=None, model: str | None = None,
         every = pd.Timedelta(days=every_days) if every_days > 0 else None
         bundle = load_model(ctx, which)
         meta = bundle.metadata
-        targets = list(meta["targets"])
-        horizons = sorted(int(h) for h in meta["horizons"])
+        try:  # the model's own features, whatever params.yaml says now
+            champion = Champion.of(bundle)
+        except ChampionError as exc:
+            raise BacktestError(str(exc)) from None
+        horizons = champion.horizons
 
         newest = newest_stored(ctx)
         if newest is None:
@@ -159,17 +161,16 @@ def run(ctx: Context, start=None, end=None, model: str | None = None,
                 f"{first_origin:%Y-%m-%d %H:%M} ({max(horizons)} h ahead), before that: "
                 f"start the window at {cutoff + pd.Timedelta(hours=max(horizons)):%Y-%m-%d %H:%M}"
                 f" or later, or refit during the backtest (--refit-every DAYS)")
-        codes = meta["location_codes"]
-        features = list(meta["features"])
+        features = list(champion.features)
         refits = refit_origins(window, horizons, every)
         params_model = (meta.get("params") or {}).get("model", {})
         max_rows = params_model.get("max_train_rows", ctx.params.model.max_train_rows)
         seed = params_model.get("random_state", ctx.params.model.random_state)
-        fitted: dict[tuple[str, int, pd.Timestamp], object] = {}
+        fitted: dict[pd.Timestamp, Champion] = {}
         if every is None:
             # the model as trained: only the window (and the history its first features
             # need) is read, a batch of locations at a time
-            reads = window_start(feature_spec_of(meta), first_origin)
+            reads = window_start(champion.spec, first_origin)
             batches = location_batches(ctx.params.location_ids, ctx.settings.batch_locations)
         else:
             # refits learn from all history before each refit origin: every location at once
@@ -185,25 +186,21 @@ def run(ctx: Context, start=None, end=None, model: str | None = None,
                 continue
             valid = valid[valid["time"] < window.end].reset_index(drop=True)
             rows_in += len(valid)
-            frame = features_from_raw(ctx, valid, codes)
-            missing = [f for f in meta["features"] if f not in frame.columns]
-            if missing:
-                raise BacktestError(f"model {meta['version']} needs features not built from "
-                                    f"params.yaml: {missing[:8]}")
+            frame = features_from_raw(ctx, valid, champion.location_codes, spec=champion.spec)
 
-            def model_for(target: str, horizon: int, begin: pd.Timestamp, frame=frame):
-                if every is None:
-                    return bundle.models[(target, horizon)]
-                key = (target, horizon, begin)
-                if key not in fitted:
-                    fitted[key] = fit_one(frame, features, target, horizon,
-                                          model_settings(meta, target, horizon), begin,
-                                          max_rows, seed)
-                return fitted[key]
+            def rows_of(part: pd.DataFrame, begin: pd.Timestamp, frame=frame) -> pd.DataFrame:
+                model = champion
+                if every is not None:
+                    if begin not in fitted:
+                        fitted[begin] = champion.with_models({key: fit_one(
+                            frame, features, key.target, key.horizon,
+                            model_settings(meta, *key), begin, max_rows, seed)
+                            for key in champion.keys})
+                    model = fitted[begin]
+                return forecast_rows(model, Inputs.from_frame(champion, part)).frame()
 
             try:
-                pieces.append(forecast(frame, window, targets, horizons, model_for, refits,
-                                       meta.get("intervals")))
+                pieces.append(forecast(frame, window, horizons, rows_of, refits))
             except ValueError as exc:
                 if "no feature rows forecast into" not in str(exc):
                     raise BacktestError(str(exc)) from exc

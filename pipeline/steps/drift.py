@@ -8,17 +8,14 @@ import pandas as pd
 
 from pipeline.context import Context
 from pipeline.core.drift import drift_report
+from pipeline.core.features import FeatureSpec
 from pipeline.errors import MissingInputError
+from pipeline.forecaster import spec_of
+from pipeline.inputs import features_from_raw, load_validated_raw, recent_window_start
 from pipeline.io.feature_store import location_batches
 from pipeline.io.metrics import StepRun
 from pipeline.io.registry import Registry
 from pipeline.io.storage import atomic_write_json
-from pipeline.steps.common import (
-    feature_spec,
-    features_from_raw,
-    load_validated_raw,
-    recent_window_start,
-)
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +33,10 @@ def push_periods(metrics: StepRun, reference: dict | None, recent_times: pd.Seri
 
 
 def recent_features(ctx: Context, codes: dict[str, int], start: pd.Timestamp | None,
-                    window: pd.Timedelta) -> pd.DataFrame:
-    """Every location's features of the ``window`` before the newest stored hour, built a
-    batch of locations at a time (``AQ_BATCH_LOCATIONS``): memory grows with the batch and
-    the window, not with the number of locations."""
+                    window: pd.Timedelta, spec: FeatureSpec | None = None) -> pd.DataFrame:
+    """Every location's features (``spec``: the champion's own) of the ``window`` before the
+    newest stored hour, built a batch of locations at a time (``AQ_BATCH_LOCATIONS``): memory
+    grows with the batch and the window, not with the number of locations."""
     parts = []
     for batch in location_batches(ctx.params.location_ids, ctx.settings.batch_locations):
         try:
@@ -48,7 +45,7 @@ def recent_features(ctx: Context, codes: dict[str, int], start: pd.Timestamp | N
             continue
         if valid.empty:
             continue
-        features = features_from_raw(ctx, valid, codes, with_labels=False)
+        features = features_from_raw(ctx, valid, codes, with_labels=False, spec=spec)
         # the batch's own window holds every row of the overall one (its newest hour is no
         # later than the overall newest)
         parts.append(features[features["time"] > features["time"].max() - window])
@@ -62,10 +59,10 @@ def recent_features(ctx: Context, codes: dict[str, int], start: pd.Timestamp | N
 def run(ctx: Context) -> dict:
     with ctx.reporter.step("drift") as metrics:
         bundle = Registry(ctx.paths).load_champion()
-        spec = feature_spec(ctx)
+        spec = spec_of(bundle.metadata)  # the champion's features, whatever params.yaml says
         window = pd.Timedelta(days=ctx.params.drift.window_days)
         start = recent_window_start(ctx, spec, extra_hours=int(window.total_seconds() // 3600))
-        recent = recent_features(ctx, bundle.metadata["location_codes"], start, window)
+        recent = recent_features(ctx, bundle.metadata["location_codes"], start, window, spec)
         cfg = ctx.params.drift
         report = drift_report(bundle.metadata["reference"], recent, cfg.psi_threshold,
                               cfg.share_threshold)

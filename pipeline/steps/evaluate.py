@@ -9,6 +9,7 @@ import pandas as pd
 
 from pipeline.context import Context
 from pipeline.core.intervals import LOWER, UPPER, add_uncertainty
+from pipeline.core.keys import ModelKey
 from pipeline.core.models import Split, score_predictions
 from pipeline.errors import PipelineError
 from pipeline.io.feature_store import FeatureStore
@@ -66,9 +67,10 @@ def add_coverage(scores: dict, predictions: pd.DataFrame, uncertainty: dict | No
     inside = ((with_interval["observed"] >= with_interval[LOWER])
               & (with_interval["observed"] <= with_interval[UPPER]))
     has = with_interval[LOWER].notna()
-    for (target, horizon), part in inside[has].groupby(
+    for key, part in inside[has].groupby(
             [with_interval.loc[has, "target"], with_interval.loc[has, "horizon"]]):
-        scores[target][str(horizon)]["coverage"] = float(part.mean())
+        key = ModelKey.of(*key)
+        scores[key.target][key.hours]["coverage"] = float(part.mean())
 
 
 def push_scores(metrics: StepRun, scores: dict) -> None:
@@ -103,8 +105,8 @@ def run(ctx: Context) -> dict:
         atomic_write_json(ctx.paths.evaluation_report, report)
         atomic_write_json(ctx.paths.metrics_json, {
             "holdout": holdout,
-            **{target: {f"h{h}": {k: round(v, 4) for k, v in s.items()}
-                        for h, s in by_h.items()} for target, by_h in scores.items()},
+            **{target: {hours: {k: round(v, 4) for k, v in s.items()}
+                        for hours, s in by_h.items()} for target, by_h in scores.items()},
         })
         write_plots(ctx, predictions)
         push_scores(metrics, scores)

@@ -1,5 +1,8 @@
 """Issuing batch forecasts with the champion: shared by ``predict`` and ``rollback`` (not a step).
 
+The forecast rows come from ``pipeline/forecaster.py`` (the one path batch, backtest and
+serving share); this module reads each batch's inputs and writes and reports the run.
+
 A forecast is only as good as its inputs. Each location's latest feature row records its input
 completeness (the share of the model's features present) and, per target, the hours since the
 target was last observed; a location below ``forecast.min_input_completeness`` or above
@@ -20,69 +23,20 @@ import numpy as np
 import pandas as pd
 
 from pipeline.context import Context
-from pipeline.core.aqi import aqi, category
 from pipeline.core.intervals import exceedance_next_24h
-from pipeline.core.models import predict_latest
-from pipeline.core.quality import input_problems
 from pipeline.errors import MissingInputError, PipelineError
+from pipeline.forecaster import Champion, InputLimits, Inputs, forecast, observation_ages
+from pipeline.inputs import features_from_raw, load_validated_raw, recent_window_start
 from pipeline.io.feature_store import location_batches
 from pipeline.io.forecast_metrics import export_forecasts
 from pipeline.io.metrics import StepRun
-from pipeline.io.registry import ModelBundle
 from pipeline.io.storage import atomic_write_json, atomic_write_parquet, read_state_json
-from pipeline.steps.common import (
-    feature_spec_of,
-    features_from_raw,
-    load_validated_raw,
-    recent_window_start,
-)
 from pipeline.timeutil import now_utc
 
 log = logging.getLogger(__name__)
 
 
-def with_aqi(forecasts: pd.DataFrame) -> pd.DataFrame:
-    out = forecasts.copy()
-    out["aqi"] = float("nan")
-    out["aqi_category"] = "unknown"
-    for target, idx in out.groupby("target").groups.items():
-        values = out.loc[idx, "value"].to_numpy()
-        out.loc[idx, "aqi"] = aqi(target, values)
-        out.loc[idx, "aqi_category"] = category(target, values).to_numpy()
-    return out
-
-
-def input_quality(latest: pd.DataFrame, valid: pd.DataFrame, features: list[str],
-                  targets: list[str]) -> pd.DataFrame:
-    """Per location: share of the model's features present, hours since each target's last
-    observation (at or before the issue time; inf if never observed)."""
-    out = pd.DataFrame({
-        "location_id": latest["location_id"].to_numpy(),
-        "issue_time": latest["time"].to_numpy(),
-        "input_completeness": latest[features].notna().mean(axis=1).to_numpy(),
-    })
-    for target in targets:
-        observed = valid.loc[valid[target].notna(), ["location_id", "time"]]
-        last = observed.groupby("location_id")["time"].max()
-        seen = out["location_id"].map(last)
-        hours = (out["issue_time"] - seen).dt.total_seconds() / 3600
-        out[f"hours_since_{target}"] = hours.fillna(np.inf).to_numpy()
-    return out
-
-
-def withheld_reasons(quality: pd.DataFrame, targets: list[str], min_completeness: float,
-                     max_hours: float) -> dict[str, str]:
-    reasons: dict[str, str] = {}
-    for row in quality.itertuples(index=False):
-        problems = input_problems(
-            row.input_completeness, {t: getattr(row, f"hours_since_{t}") for t in targets},
-            f"{row.issue_time:%Y-%m-%dT%H:%M}Z", min_completeness, max_hours)
-        if problems:
-            reasons[row.location_id] = "; ".join(problems)
-    return reasons
-
-
-def forecast_batch(ctx: Context, bundle: ModelBundle, locations: list[str]
+def forecast_batch(ctx: Context, champion: Champion, locations: list[str]
                    ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
     """Forecasts of ``locations`` whose inputs are honest enough, from a bounded raw window.
 
@@ -90,55 +44,37 @@ def forecast_batch(ctx: Context, bundle: ModelBundle, locations: list[str]
     is withheld). Only these locations' recent raw rows are read: memory grows with the
     batch, not with the number of locations.
     """
-    meta = bundle.metadata
-    targets = sorted({t for t, _ in bundle.models})
-    spec = feature_spec_of(meta)
-    reasons: dict[str, str] = {}
     try:
-        checked = load_validated_raw(ctx, start=recent_window_start(ctx, spec, locations=locations),
+        checked = load_validated_raw(ctx, start=recent_window_start(ctx, champion.spec,
+                                                                    locations=locations),
                                      locations=locations)
     except MissingInputError:
         return pd.DataFrame(), pd.DataFrame(), {loc: "no stored observations" for loc in locations}
-    features = features_from_raw(ctx, checked.valid, meta["location_codes"], with_labels=False,
-                                 spec=spec)
+    features = features_from_raw(ctx, checked.valid, champion.location_codes, with_labels=False,
+                                 spec=champion.spec)
     latest = features.sort_values("time").groupby("location_id", sort=True).tail(1)
-    missing = [f for f in meta["features"] if f not in latest.columns]
-    if missing:
-        raise PipelineError(f"champion {meta['version']} needs features that were not built: "
-                            f"{missing[:8]}")
-    quality = input_quality(latest, checked.valid, meta["features"], targets)
-    cfg = ctx.params.forecast
-    reasons.update(withheld_reasons(quality, targets, cfg.min_input_completeness,
-                                    cfg.max_hours_since_observation))
+    inputs = Inputs.from_frame(champion, latest, observation_ages(checked.valid, latest,
+                                                                  champion.targets))
+    # with the model's calibration: 80 % interval and AQI-category probabilities per row
+    made = forecast(champion, inputs, limits=InputLimits.of(ctx.params.forecast))
+    quality = made.quality()
+    reasons = {location: "; ".join(why) for location, why in made.withheld.items()}
     for location in locations:
         if location not in set(quality["location_id"]):
             reasons[location] = "no stored observations"
-    kept = latest[~latest["location_id"].isin(reasons)]
-    if kept.empty:
-        return pd.DataFrame(), quality, reasons
-    # with the model's calibration: 80 % interval and AQI-category probabilities per row
-    forecasts = with_aqi(predict_latest(bundle.models, kept, meta.get("intervals")))
-    by_location = quality.set_index("location_id")
-    forecasts["input_completeness"] = forecasts["location_id"].map(
-        by_location["input_completeness"]).to_numpy()
-    forecasts["hours_since_observation"] = [
-        by_location.at[loc, f"hours_since_{target}"]
-        for loc, target in zip(forecasts["location_id"], forecasts["target"], strict=True)
-    ]
-    forecasts["model_version"] = meta["version"]
-    return forecasts, quality, reasons
+    return (made.frame() if len(made) else pd.DataFrame()), quality, reasons
 
 
-def issue_forecasts(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict:
+def issue_forecasts(ctx: Context, champion: Champion, metrics: StepRun) -> dict:
     """Forecast every location the champion can honestly forecast, a batch of locations at a
     time (``AQ_BATCH_LOCATIONS``); write and report them."""
     forecasts, quality, reasons = [], [], {}
     for batch in location_batches(ctx.params.location_ids, ctx.settings.batch_locations):
-        made, inputs, withheld = forecast_batch(ctx, bundle, batch)
+        made, inputs, withheld = forecast_batch(ctx, champion, batch)
         forecasts.append(made)
         quality.append(inputs)
         reasons.update(withheld)
-    return publish(ctx, bundle, forecasts, quality, reasons, metrics)
+    return publish(ctx, champion, forecasts, quality, reasons, metrics)
 
 
 # --- a mapped run: batches on any worker write pending results, one task publishes them --
@@ -153,10 +89,10 @@ def clear_pending(ctx: Context) -> None:
     shutil.rmtree(pending_dir(ctx), ignore_errors=True)
 
 
-def write_pending(ctx: Context, bundle: ModelBundle, locations: list[str]) -> int:
+def write_pending(ctx: Context, champion: Champion, locations: list[str]) -> int:
     """One batch of a mapped run: its forecasts and input quality, one file per location."""
-    forecasts, quality, reasons = forecast_batch(ctx, bundle, locations)
-    version = bundle.metadata["version"]
+    forecasts, quality, reasons = forecast_batch(ctx, champion, locations)
+    version = champion.version
     for location in locations:
         rows = forecasts[forecasts["location_id"] == location] if len(forecasts) else forecasts
         inputs = quality[quality["location_id"] == location] if len(quality) else quality
@@ -172,9 +108,9 @@ def write_pending(ctx: Context, bundle: ModelBundle, locations: list[str]) -> in
     return len(forecasts)
 
 
-def publish_pending(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict:
+def publish_pending(ctx: Context, champion: Champion, metrics: StepRun) -> dict:
     """Combine every location's pending batch result into the run's forecasts."""
-    version = bundle.metadata["version"]
+    version = champion.version
     forecasts, quality, reasons = [], [], {}
     missing, other = [], []
     for location in ctx.params.location_ids:
@@ -202,21 +138,20 @@ def publish_pending(ctx: Context, bundle: ModelBundle, metrics: StepRun) -> dict
             + (f"batch results made with another champion than {version}: "
                f"{', '.join(other[:10])}; " if other else "")
             + "run `python -m pipeline predict --locations ...` for them, or the whole step")
-    report = publish(ctx, bundle, forecasts, quality, reasons, metrics)
+    report = publish(ctx, champion, forecasts, quality, reasons, metrics)
     clear_pending(ctx)
     return report
 
 
-def publish(ctx: Context, bundle: ModelBundle, forecasts: list[pd.DataFrame],
+def publish(ctx: Context, champion: Champion, forecasts: list[pd.DataFrame],
             quality: list[pd.DataFrame], reasons: dict[str, str], metrics: StepRun) -> dict:
     """Write the run's forecasts, latest.parquet and the report; push the metrics."""
-    meta = bundle.metadata
     p = ctx.params
-    targets = sorted({t for t, _ in bundle.models})
-    horizons = sorted({h for _, h in bundle.models})
+    targets = sorted(champion.targets)
+    horizons = champion.horizons
     if targets != sorted(p.targets) or horizons != sorted(p.horizons):
         log.warning("champion %s serves targets %s at horizons %s h; params.yaml asks for %s at "
-                    "%s h: what differs waits for the next promoted model", meta["version"],
+                    "%s h: what differs waits for the next promoted model", champion.version,
                     targets, horizons, sorted(p.targets), sorted(p.horizons))
     quality = [q for q in quality if len(q)]
     if not quality:
@@ -245,7 +180,7 @@ def publish(ctx: Context, bundle: ModelBundle, forecasts: list[pd.DataFrame],
             + "; ".join(f"{loc}: {why}" for loc, why in sorted(reasons.items()))
         )
     forecasts = pd.concat(forecasts, ignore_index=True)
-    order = {key: i for i, key in enumerate(bundle.models)}
+    order = {key: i for i, key in enumerate(champion.keys)}
     forecasts = (forecasts.assign(_model=[order[(t, h)] for t, h in zip(
         forecasts["target"], forecasts["horizon"], strict=True)])
         .sort_values(["_model", "location_id"], kind="stable")
@@ -269,7 +204,7 @@ def publish(ctx: Context, bundle: ModelBundle, forecasts: list[pd.DataFrame],
     metrics.rows(rows_in=len(quality), rows_out=len(forecasts))
     kept = forecasts["location_id"].nunique()
     report = {
-        "model_version": meta["version"],
+        "model_version": champion.version,
         "issue_time": issue.isoformat(),
         "rows": len(forecasts),
         "path": str(run_dir.relative_to(ctx.paths.root)),
@@ -283,6 +218,6 @@ def publish(ctx: Context, bundle: ModelBundle, forecasts: list[pd.DataFrame],
     }
     atomic_write_json(ctx.paths.forecast_report, report)
     log.info("predict: %d forecasts for %d location(s) issued at %s with %s%s", len(forecasts),
-             kept, issue, meta["version"],
+             kept, issue, champion.version,
              f"; withheld: {sorted(reasons)}" if reasons else "")
     return report

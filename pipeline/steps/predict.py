@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pipeline.context import Context
 from pipeline.errors import PipelineError
+from pipeline.forecaster import Champion
 from pipeline.io.registry import Registry
 from pipeline.steps.common import parse_locations
 from pipeline.steps.forecasting import issue_forecasts, publish_pending, write_pending
@@ -25,12 +26,12 @@ def run(ctx: Context, locations: str | None = None, finalize_only: bool = False)
     if locations is not None:
         with ctx.reporter.step("predict_batch") as metrics:
             chosen = parse_locations(ctx, locations)
-            champion = Registry(ctx.paths).load_champion()
+            champion = Champion.of(Registry(ctx.paths).load_champion())
             rows = write_pending(ctx, champion, chosen)
             metrics.rows(rows_out=rows)
         return {"locations": chosen, "rows": rows}
     with ctx.reporter.step("predict") as metrics:
-        champion = Registry(ctx.paths).load_champion()
+        champion = Champion.of(Registry(ctx.paths).load_champion())
         if finalize_only:
             return publish_pending(ctx, champion, metrics)
         return issue_forecasts(ctx, champion, metrics)

@@ -24,6 +24,7 @@ import pandas as pd
 from pipeline.context import Context
 from pipeline.core.validation import validate
 from pipeline.errors import MissingInputError, PipelineError
+from pipeline.inputs import features_from_raw, newest_stored
 from pipeline.io.feature_store import FeatureStore, location_batches
 from pipeline.io.storage import (
     atomic_write_json,
@@ -32,7 +33,7 @@ from pipeline.io.storage import (
     read_raw,
 )
 from pipeline.parallel import worker_pool
-from pipeline.steps.common import features_from_raw, newest_stored, parse_locations
+from pipeline.steps.common import parse_locations
 
 log = logging.getLogger(__name__)
 

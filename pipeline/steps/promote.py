@@ -8,6 +8,7 @@ import logging
 import pandas as pd
 
 from pipeline.context import Context
+from pipeline.core.keys import ModelKey, unnest
 from pipeline.core.models import Split, score_predictions
 from pipeline.errors import PipelineError
 from pipeline.io.feature_store import FeatureStore
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def champion_scores(champion: ModelBundle, store: FeatureStore, split: Split,
-                    wanted: set[tuple[str, int]]) -> tuple[dict | None, str | None]:
+                    wanted: set[ModelKey]) -> tuple[dict | None, str | None]:
     """Re-score the champion on the candidate's holdout; (None, why) if it cannot be."""
     columns = set(store.columns())
     missing = [f for f in champion.metadata["features"] if f not in columns]
@@ -104,10 +105,8 @@ def _gate(ctx: Context, registry: Registry, evaluation: dict, version: str) -> d
         store = FeatureStore(require(ctx.paths.features, "preprocess"),
                              ctx.settings.batch_locations)
         split = Split(pd.Timestamp(evaluation["holdout_start"]))
-        wanted = {(t, int(h)) for t, by_h in candidate.items() for h in by_h}
-        champ, note = champion_scores(registry.load_champion(), store, split, wanted)
-        if champ is not None:
-            champ = {t: {str(h): s for h, s in by_h.items()} for t, by_h in champ.items()}
+        champ, note = champion_scores(registry.load_champion(), store, split,
+                                      set(unnest(candidate)))
     promoted, refusals = decide(candidate, champ, ctx.params.promotion.min_skill,
                                 ctx.params.promotion.tolerance)
     switched = False

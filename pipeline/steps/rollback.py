@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from pipeline.context import Context
+from pipeline.forecaster import Champion
 from pipeline.io.registry import Registry, push_champion
 from pipeline.io.storage import raw_files
 from pipeline.io.tracking import log_run, rollback_run
@@ -30,7 +31,7 @@ def run(ctx: Context, to: str | None = None) -> str:
     if raw_files(ctx.paths.raw_dir, ctx.params.source.kind, ctx.params.location_ids):
         # the forecasts users read come from the new champion from now on
         with ctx.reporter.step("predict") as metrics:
-            report = issue_forecasts(ctx, registry.load_champion(), metrics)
+            report = issue_forecasts(ctx, Champion.of(registry.load_champion()), metrics)
         print(f"forecasts re-issued with {restored}: {report['rows']} rows at "
               f"{report['issue_time']}")
     else:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.context import Context
+from pipeline.core.keys import ModelKey, nest
 from pipeline.core.scoring import mae, skill
 from pipeline.core.validation import validate
 from pipeline.io.storage import atomic_write_json, atomic_write_parquet, read_raw
@@ -38,19 +39,19 @@ def match_observations(forecasts: pd.DataFrame, observed: pd.DataFrame) -> pd.Da
 
 
 def summarise(history: pd.DataFrame) -> dict:
-    out: dict[str, dict[str, dict]] = {}
-    for (target, horizon), part in history.groupby(["target", "horizon"]):
+    out: dict[ModelKey, dict] = {}
+    for key, part in history.groupby(["target", "horizon"]):
         model_mae = mae(part["observed"], part["value"])
         with_persistence = part.dropna(subset=["persistence"])
         p_mae = (mae(with_persistence["observed"], with_persistence["persistence"])
                  if len(with_persistence) else float("nan"))
-        out.setdefault(target, {})[str(horizon)] = {
+        out[ModelKey.of(*key)] = {
             "n": int(len(part)),
             "mae": model_mae,
             "persistence_mae": p_mae,
             "skill": skill(model_mae, p_mae) if np.isfinite(p_mae) else float("nan"),
         }
-    return out
+    return nest(out)
 
 
 def run(ctx: Context) -> dict:

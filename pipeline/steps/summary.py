@@ -4,6 +4,7 @@ champion (from its pointer, not from the last promotion report) and the latest f
 from __future__ import annotations
 
 from pipeline.context import Context
+from pipeline.core.keys import unnest
 from pipeline.io.registry import Registry
 from pipeline.io.storage import read_state_json
 
@@ -23,8 +24,8 @@ def render(evaluation: dict | None, promotion: dict | None, forecast: dict | Non
                          f"{evaluation['holdout_start'][:10]}")
             lines.append(f"  {'horizon':>8} {'MAE':>8} {'persist.':>9} {'skill':>7} "
                          f"{'AQI acc':>8}")
-            for h, s in sorted(by_h.items(), key=lambda kv: int(kv[0])):
-                lines.append(f"  {h + ' h':>8} {s['mae']:8.2f} {s['persistence_mae']:9.2f} "
+            for key, s in sorted(unnest({target: by_h}).items()):
+                lines.append(f"  {key.hours + ' h':>8} {s['mae']:8.2f} {s['persistence_mae']:9.2f} "
                              f"{s['skill']:7.3f} {s['aqi_category_accuracy']:8.1%}")
     if promotion:
         status = "promoted" if promotion["promoted"] else "not promoted"

@@ -17,6 +17,7 @@ from pipeline.context import Context
 from pipeline.core.drift import reference_distribution
 from pipeline.core.features import feature_columns, location_codes
 from pipeline.core.intervals import COVERAGE, LEVELS
+from pipeline.core.keys import keys_of, nest
 from pipeline.core.models import Split, empty_features
 from pipeline.core.selection import SearchSpace, fit_horizon, validation_window
 from pipeline.errors import TrainingError
@@ -107,19 +108,16 @@ def run(ctx: Context) -> dict:
         try:
             validation_start = validation_window(split.label_cutoff, first, space.validation_days)
             with tqdm(total=total, desc="train", unit="model", disable=None) as bar:
-                for target in p.targets:
-                    for horizon in p.horizons:
-                        fits[(target, horizon)] = fit_horizon(
-                            frame, features, target, horizon, p.model.base_settings(), space,
-                            split.label_cutoff, validation_start, p.model.max_train_rows,
-                            p.model.random_state)
-                        bar.update()
+                for key in keys_of(p.targets, p.horizons):
+                    fits[key] = fit_horizon(
+                        frame, features, key.target, key.horizon, p.model.base_settings(),
+                        space, split.label_cutoff, validation_start, p.model.max_train_rows,
+                        p.model.random_state)
+                    bar.update()
         except ValueError as exc:
             raise TrainingError(str(exc)) from exc
         training = frame
-        by_model = {}
-        for (target, horizon), fit in fits.items():
-            by_model.setdefault(target, {})[str(horizon)] = fit
+        by_model = nest(fits)
         metadata = save_bundle(
             ctx.paths.candidate_dir,
             {key: fit.model for key, fit in fits.items()},

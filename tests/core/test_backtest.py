@@ -9,12 +9,16 @@ import pytest
 from pipeline.config import FeatureConfig
 from pipeline.core.backtest import Window, forecast, refit_origins, score_tables
 from pipeline.core.features import FeatureSpec, build_features, location_codes
+from pipeline.core.keys import ModelKey
 from pipeline.core.models import fit_one
+from pipeline.forecaster import Champion, Inputs
+from pipeline.forecaster import forecast as forecast_rows
 from pipeline.schema import VALUE_COLUMNS, WEATHER
 
 TZ = {"a": "Europe/Berlin", "b": "Asia/Kolkata"}
 HORIZONS = (1, 6)
-SPEC = FeatureSpec(("pm2_5",), HORIZONS, FeatureConfig(lags=[1, 2, 24], rolling_windows=[3, 24]))
+CONFIG = FeatureConfig(lags=[1, 2, 24], rolling_windows=[3, 24])
+SPEC = FeatureSpec(("pm2_5",), HORIZONS, CONFIG)
 SETTINGS = {"form": "log_change", "loss": "squared_error", "max_iter": 15}
 
 
@@ -51,17 +55,24 @@ def backtest(data: pd.DataFrame, window: Window, every: pd.Timedelta | None,
     features = [c for c in frame.columns
                 if c.startswith(("pm2_5", "fc_")) or c.endswith(("_sin", "_cos"))]
 
-    def model_for(target, horizon, begin):
-        return fit_one(frame, features, target, horizon, SETTINGS, begin)
+    metadata = {"version": "test", "targets": ["pm2_5"], "horizons": list(HORIZONS),
+                "features": features, "params": {"features": CONFIG.model_dump()},
+                "location_codes": location_codes(list(TZ))}
 
-    return forecast(frame, window, ["pm2_5"], HORIZONS, model_for,
-                    refit_origins(window, HORIZONS, every))
+    def rows_of(part, begin):
+        champion = Champion.from_parts({(key := ModelKey("pm2_5", h)): fit_one(
+            frame, features, key.target, key.horizon, SETTINGS, begin) for h in HORIZONS},
+            metadata)
+        return forecast_rows(champion, Inputs.from_frame(champion, part)).frame()
+
+    return forecast(frame, window, HORIZONS, rows_of, refit_origins(window, HORIZONS, every))
 
 
 WINDOW = Window(pd.Timestamp("2025-03-20", tz="UTC"), pd.Timestamp("2025-03-27", tz="UTC"))
 
 
 @pytest.mark.slow  # fits small models
+@pytest.mark.train
 def test_every_target_hour_of_the_window_is_forecast_once_per_horizon_and_location():
     out = backtest(raw(), WINDOW, pd.Timedelta(days=2))
     hours = pd.date_range(WINDOW.start, WINDOW.end, freq="h", inclusive="left")
@@ -74,6 +85,7 @@ def test_every_target_hour_of_the_window_is_forecast_once_per_horizon_and_locati
 
 
 @pytest.mark.slow  # fits small models
+@pytest.mark.train
 def test_changing_data_after_an_origin_never_changes_its_forecast():
     """Data after T (multiplied, some rows dropped), and weather forecasts issued after T,
     leave every forecast issued up to T as is."""
@@ -112,6 +124,7 @@ def test_refit_schedule_starts_at_the_first_origin():
 
 
 @pytest.mark.slow  # fits small models
+@pytest.mark.train
 def test_scores_by_location_month_and_hour_use_the_rows_of_the_horizon_scores():
     out = backtest(raw(), WINDOW, None)
     tables = score_tables(out)

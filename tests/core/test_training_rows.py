@@ -44,6 +44,7 @@ def test_cap_gives_a_seeded_sample_of_eligible_rows_in_time_order():
     assert rows.max() > 9000
 
 
+@pytest.mark.train
 def test_capped_models_train_only_on_rows_before_the_holdout(monkeypatch):
     frame = hourly_frame(3000)
     split = Split(frame["time"].iloc[2500])
@@ -75,6 +76,7 @@ def test_max_train_rows_is_validated():
     assert parse_params(raw).model.max_train_rows is None
 
 
+@pytest.mark.train
 @pytest.mark.parametrize(("locations", "categorical"), [(255, True), (500, False)])
 def test_more_locations_than_boosting_takes_categories_still_train(locations, categorical):
     """HistGradientBoosting takes at most 255 categories: up to that the location code is a

@@ -107,6 +107,7 @@ def test_a_station_whose_coordinates_moved_in_the_file_is_refused(tmp_path):
     assert "locations: []" in paths.params.read_text()  # nothing written
 
 
+@pytest.mark.process
 def test_the_command_line_names_the_mismatch_and_fails(tmp_path):
     paths = project(tmp_path)
     env = {**os.environ, "AQ_PROJECT_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}

@@ -18,6 +18,7 @@ import skops.io as sio
 from sklearn.dummy import DummyRegressor
 
 from pipeline.config import ModelConfig
+from pipeline.core.keys import ModelKey
 from pipeline.core.models import build_estimator
 from pipeline.errors import ArtifactIntegrityError, RegistryError
 from pipeline.io.registry import (
@@ -43,6 +44,24 @@ def test_saved_bundle_carries_sha256_and_loads(tmp_path):
     assert meta["sha256"] == sha256_file(tmp_path / "c" / ARTIFACT)
     assert meta["version"].endswith(meta["sha256"][:8])
     loaded = load_bundle(tmp_path / "c")
+    assert loaded.models[("pm2_5", 1)].predict(pd.DataFrame({"x": [5.0]}))[0] == 3.0
+
+
+def test_models_are_stored_nested_by_target_and_hours(tmp_path):
+    bundle(tmp_path / "c", 3.0)
+    stored = sio.loads((tmp_path / "c" / ARTIFACT).read_bytes(), trusted=list(TRUSTED_TYPES))
+    assert stored.keys() == {"pm2_5"}
+    assert list(stored["pm2_5"]) == ["1"]
+    assert list(load_bundle(tmp_path / "c").models) == [ModelKey("pm2_5", 1)]
+
+
+def test_a_bundle_written_with_the_old_flat_keys_still_loads(tmp_path):
+    """Registries hold champions saved as {"pm2_5__h1": model}: read, never written."""
+    bundle(tmp_path / "c", 3.0)
+    stored = sio.loads((tmp_path / "c" / ARTIFACT).read_bytes(), trusted=list(TRUSTED_TYPES))
+    forge(tmp_path / "c", sio.dumps({"pm2_5__h1": stored["pm2_5"]["1"]}))
+    loaded = load_bundle(tmp_path / "c")
+    assert list(loaded.models) == [ModelKey("pm2_5", 1)]
     assert loaded.models[("pm2_5", 1)].predict(pd.DataFrame({"x": [5.0]}))[0] == 3.0
 
 
@@ -151,6 +170,7 @@ def test_an_old_pickle_bundle_is_refused_with_retrain_advice(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.train
 @pytest.mark.parametrize(("form", "regressor"), [
     ("log_change", "LogResidualRegressor"), ("log_level", "TargetFormRegressor"),
     ("change", "TargetFormRegressor")])

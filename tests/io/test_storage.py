@@ -84,6 +84,7 @@ def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temp file left behind
 
 
+@pytest.mark.process
 def test_killed_writer_leaves_previous_file_intact(tmp_path):
     """A process killed in the middle of writing a large file leaves the old one readable."""
     raw_dir = tmp_path / "raw"
@@ -136,6 +137,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.process
 def test_readers_never_see_a_half_written_store(tmp_path):
     """A writer replaces twelve partitions per generation; every read sees one generation."""
     raw_dir = tmp_path / "data" / "raw"

@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-pytestmark = [pytest.mark.mlops, pytest.mark.slow]
+pytestmark = [pytest.mark.mlops, pytest.mark.slow, pytest.mark.service,
+              pytest.mark.browser]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 

@@ -16,7 +16,7 @@ import yaml
 from tests.conftest import free_port, make_project
 from tests.mlops.conftest import OVERRIDES, mlflow_client, run_step
 
-pytestmark = [pytest.mark.mlops, pytest.mark.slow]
+pytestmark = [pytest.mark.mlops, pytest.mark.slow, pytest.mark.service, pytest.mark.process]
 
 
 def by_step(runs: list[dict]) -> dict[str, list[dict]]:

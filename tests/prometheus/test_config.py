@@ -51,10 +51,12 @@ def unit_tests() -> list[dict]:
     return cases
 
 
+@pytest.mark.process
 def test_promtool_check_config():
     run([tool("promtool"), "check", "config", str(PROM / "prometheus.yml")])
 
 
+@pytest.mark.process
 def test_promtool_check_rules():
     files = sorted(str(p) for p in (PROM / "rules").glob("*.yml"))
     assert files
@@ -62,6 +64,7 @@ def test_promtool_check_rules():
     assert out.count("SUCCESS") == len(files)
 
 
+@pytest.mark.process
 def test_promtool_unit_tests_pass():
     files = sorted(p.name for p in (PROM / "tests").glob("*.yml"))
     assert files
@@ -92,10 +95,12 @@ def test_every_alert_has_severity_annotations_and_a_runbook_section():
         assert url.split("#")[1] in anchors, f"no runbook section for {rule['alert']}"
 
 
+@pytest.mark.process
 def test_amtool_check_config():
     run([tool("amtool"), "check-config", str(PROM / "alertmanager.yml")])
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("labels", "receiver"),
     [
@@ -115,6 +120,7 @@ def test_alertmanager_routes_by_severity_and_category(labels, receiver):
     assert out.strip() == receiver
 
 
+@pytest.mark.process
 def test_rendered_configs_differ_only_in_addresses(tmp_path):
     """The runtime copies the local stack writes for other ports pass the same checks."""
     committed = yaml.safe_load((PROM / "prometheus.yml").read_text())

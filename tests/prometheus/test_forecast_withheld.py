@@ -133,6 +133,7 @@ def complete(location, start: pd.Timestamp, end: pd.Timestamp) -> bool:
     return len(valid) == hours and bool(valid[list(VALUE_COLUMNS)].notna().all().all())
 
 
+@pytest.mark.slow  # simulates and featurises weeks of every location's data: ~1.5 s CPU each
 @pytest.mark.parametrize("location", PARAMS.locations, ids=lambda loc: loc.id)
 @pytest.mark.parametrize("outages", [1, 2])
 def test_for_is_longer_than_one_or_two_overlapping_station_outages_withhold(location, outages):
@@ -159,6 +160,7 @@ def test_for_is_longer_than_one_or_two_overlapping_station_outages_withhold(loca
             f"ForecastWithheld waits {for_hours('ForecastWithheld')} h")
 
 
+@pytest.mark.slow  # two years of each location's data, featurised
 @pytest.mark.parametrize("location", PARAMS.locations, ids=lambda loc: loc.id)
 def test_no_withholding_of_the_default_source_lasts_as_long_as_for(location):
     """Over the `make run` year and this year, with the real generator, features and limits:

@@ -467,6 +467,7 @@ def test_panels_empty_by_design_say_why():
 # ---------------------------------------------------------------- PromQL syntax
 
 
+@pytest.mark.process
 def test_every_query_is_valid_promql(tmp_path):
     """promtool parses every panel query and annotation, variables expanded (no Prometheus)."""
     import shutil

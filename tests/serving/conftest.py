@@ -1,8 +1,10 @@
 """A served project (real steps, a real champion in a real registry) and gunicorn serving it.
 
-One small synthetic project (2 locations, 2 months) runs ingest .. predict with the CLI, as
-DVC does; a second candidate (fewer trees) is registered but not promoted, for reload tests.
-``server`` runs the app with gunicorn (2 workers) through the ops code ``make run`` uses.
+``served_project`` is a copy of tests/fixtures/frozen/: a small synthetic project (2 locations,
+2 months) that ``python -m tests.fixtures.make_frozen`` made with the CLI steps ingest ..
+predict, as DVC does, plus a second registered candidate (fewer trees), not promoted, for
+reload tests. Nothing here trains. ``server`` runs the app as ``make run`` does: nginx in front
+of gunicorn (2 workers), through stack/serving_local.py.
 """
 
 from __future__ import annotations
@@ -10,33 +12,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.paths import ProjectPaths
 from pipeline.settings import Ports
 from stack import serving_local
 from stack.supervisor import Supervisor
-from tests.conftest import REPO, free_port, make_project
-
-STEPS = ("ingest", "preprocess", "train", "evaluate", "promote", "predict")
-# a small model that may lose to persistence: promote anyway, it is served, not judged
-OVERRIDES = {"model": {"max_iter": 60}, "promotion": {"min_skill": -1.0}}
-
-
-def run_step(project: Path, name: str, *args: str) -> None:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AQ_")},
-           "AQ_PROJECT_DIR": str(project), "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "pipeline", name, *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"step {name} failed:\n{proc.stderr[-3000:]}"
+from tests.conftest import free_port
+from tests.fixtures.make_frozen import FROZEN, MANIFEST
 
 
 @dataclass(frozen=True)
@@ -50,23 +38,16 @@ class ServedProject:
         return ProjectPaths(self.root)
 
 
+def frozen_project(target: Path) -> ServedProject:
+    """A writable copy of the frozen served project at ``target``."""
+    shutil.copytree(FROZEN, target)
+    manifest = json.loads((target / MANIFEST).read_text())
+    return ServedProject(target, manifest["champion"], manifest["other"])
+
+
 @pytest.fixture(scope="session")
 def served_project(tmp_path_factory) -> ServedProject:
-    root = make_project(tmp_path_factory.mktemp("serving") / "project", overrides=OVERRIDES)
-    for step in STEPS:
-        run_step(root, step)
-    champion = json.loads((root / "models" / "champion.json").read_text())["version"]
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["model"]["max_iter"] = 30
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_step(root, "train")
-    from pipeline.io.registry import Registry
-
-    other = Registry(ProjectPaths(root)).register(root / "build" / "candidate")
-    params["model"]["max_iter"] = OVERRIDES["model"]["max_iter"]
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert other != champion
-    return ServedProject(root, champion, other)
+    return frozen_project(tmp_path_factory.mktemp("serving") / "project")
 
 
 def copy_project(project: ServedProject, target: Path) -> ServedProject:

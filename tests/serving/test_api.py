@@ -16,6 +16,8 @@ from serving.schemas import (
     Problem,
 )
 
+pytestmark = pytest.mark.service
+
 PROBLEM = "application/problem+json"
 
 
@@ -58,6 +60,11 @@ def test_batch_forecast_is_latest_parquet_with_its_age(server):
     assert body.stale_after_seconds == 3 * 3600
     filtered = requests.get(f"{server.url}/v1/forecasts/delhi?target=pm2_5", timeout=10).json()
     assert filtered["forecasts"] == reply.json()["forecasts"]
+    # what the batch row carries: the interval and the category probabilities
+    for item, (_, row) in zip(reply.json()["forecasts"], rows.iterrows(), strict=True):
+        for column in ("lower", "upper", "p_reach_moderate", "p_reach_unhealthy",
+                       "p_reach_hazardous", "hours_since_observation"):
+            assert item[column] == pytest.approx(row[column], abs=1e-12), column
 
 
 def test_on_demand_forecast_without_observations_equals_the_batch_forecast(server):
@@ -193,6 +200,30 @@ def validation_failures(server, reason: str) -> float:
     return 0.0
 
 
+@pytest.mark.parametrize(("body", "status", "path", "message"), [
+    ("", 400, None, "empty body"),
+    ("  \n", 400, None, "empty body"),
+    ({"location_id": "berlin", "observations": [{"time": "FUTURE"}]}, 422,
+     "observations[0].time", "is in the future"),
+    ({"location_id": "berlin", "observations": [obs(time="2025-02-28T10:30:00Z")]}, 422,
+     "observations[0].time", "must be on the hour"),
+])
+def test_messages_name_the_problem_in_words_not_the_parser_s(server, body, status, path,
+                                                              message):
+    """No "Value error, " prefix from pydantic, no "EOF while parsing" for an empty body."""
+    if isinstance(body, dict) and body["observations"][0]["time"] == "FUTURE":
+        body["observations"][0]["time"] = future()
+    reply = post(server, body)
+    assert reply.status_code == status, reply.text
+    problem = reply.json()
+    assert problem["detail"].startswith(message) or f"{path}: {message}" in problem["detail"]
+    assert "Value error" not in reply.text
+    assert "EOF" not in reply.text
+    if path is not None:
+        assert [(e["path"], e["message"][:len(message)]) for e in problem["errors"]] == \
+            [(path, message)]
+
+
 def test_oversized_body_is_413_with_the_limit(server):
     reply = post(server, '{"location_id": "berlin", "pad": "' + "x" * 70_000 + '"}')
     assert reply.status_code == 413
@@ -219,7 +250,7 @@ def test_health_readiness_and_documents(server):
     assert requests.get(f"{server.url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = requests.get(f"{server.url}/readyz", timeout=10).json()
     assert ready["model_version"] == server.project.champion
-    assert set(ready["engines"].values()) == {"treelite"}
+    assert ready["engines"] == {"pm2_5": {h: "treelite" for h in ("1", "6", "12", "24")}}
     document = requests.get(f"{server.url}/openapi.json", timeout=10).json()
     assert document["openapi"] == "3.1.0"
     assert {"/v1/locations", "/v1/forecasts/{location_id}", "/v1/forecasts"} <= set(

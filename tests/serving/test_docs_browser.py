@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import shutil
 
+import pandas as pd
 import pytest
+
+pytestmark = [pytest.mark.service, pytest.mark.browser]
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
 
-def test_docs_page_renders_offline_with_every_endpoint_and_error(server):
+def test_docs_page_renders_offline_with_every_endpoint_and_error(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     if shutil.which("chromium") is None:
@@ -31,6 +34,14 @@ def test_docs_page_renders_offline_with_every_endpoint_and_error(server):
             humidity = page.locator("#schema-Observation tr", has_text="relative_humidity_2m")
             assert "100" in humidity.inner_text()
             assert page.locator("#errors").is_visible()
+            # the example request is the served state's newest hour, with this server's URL
+            batch = pd.read_parquet(server.project.paths.latest_predictions)
+            newest = batch.loc[batch["location_id"] == "berlin", "issue_time"].max()
+            example = page.locator("#examples + pre").inner_text()
+            assert f'"time": "{newest:%Y-%m-%dT%H:%M:%S}Z"' in example, example
+            assert f"curl -s -X POST {server.url}/v1/forecasts" in example
+            page.screenshot(path=str(tmp_path / "docs.png"), full_page=True)
+            assert (tmp_path / "docs.png").stat().st_size > 10_000
             assert page.locator("tr#invalid-request").inner_text().startswith("/docs#invalid")
             # a problem's type link lands on its explanation
             page.goto(f"{server.url}/docs#unknown-location", timeout=30_000)

@@ -15,6 +15,8 @@ from stack import serving_local
 from tests.monitoring import wait_until
 from tests.serving.conftest import copy_project, start_server
 
+pytestmark = pytest.mark.service
+
 
 def sample(text: str, name: str, **labels: str) -> float:
     """A metric's value in Prometheus text (0 when absent)."""

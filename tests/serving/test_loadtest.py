@@ -14,7 +14,7 @@ from stack import serving_local
 from tests.conftest import REPO
 from tests.monitoring import gateway_value, running_pushgateway
 
-pytestmark = pytest.mark.stack
+pytestmark = [pytest.mark.stack, pytest.mark.service, pytest.mark.process]
 
 
 def loadtest(server, tmp_path, **env: str) -> subprocess.CompletedProcess:

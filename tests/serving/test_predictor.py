@@ -34,8 +34,8 @@ def test_served_predictions_equal_pipeline_predict_on_every_feature_row(served_p
     state = ServingState(Context.load(served_project.root, settings=Settings()),
                          ServingSettings())
     model = state.compile(champion.metadata, champion.models)
-    assert set(model.engines.values()) == {TREELITE}
-    rows = feature_table[model.features].to_numpy(dtype=np.float64)
+    assert {p.engine for p in model.predictors.values()} == {TREELITE}
+    rows = feature_table[list(model.features)].to_numpy(dtype=np.float64)
     assert len(rows) > 2000
     assert np.isnan(rows).any()  # missing values take the trees' missing branches
     served = model.predict(rows)
@@ -56,6 +56,7 @@ def test_one_row_at_a_time_equals_the_batch_of_rows(champion, feature_table):
     np.testing.assert_array_equal(one_by_one, predictor.predict(rows))
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("form", ["log_change", "log_level", "level", "change"])
 @pytest.mark.parametrize("loss", ["squared_error", "absolute_error"])
 def test_every_target_form_the_search_can_pick_is_compiled_and_exact(champion, feature_table,
@@ -84,6 +85,7 @@ def wrapped(pipeline: Pipeline) -> Pipeline:
     return Pipeline([select, ("scale", scaler), model])
 
 
+@pytest.mark.train
 def test_a_structure_treelite_cannot_take_is_served_by_scikit_learn(champion, feature_table):
     features = champion.metadata["features"]
     rows = feature_table[features].to_numpy(dtype=np.float64)
@@ -114,9 +116,9 @@ def test_an_unknown_champion_structure_is_served_and_says_so(served_project, cha
     state = ServingState(Context.load(served_project.root, settings=Settings()),
                          ServingSettings())
     model = state.compile(bundle.metadata, bundle.models)
-    assert model.engines == {"pm2_5/h1": TREELITE, "pm2_5/h6": TREELITE,
-                             "pm2_5/h12": SKLEARN, "pm2_5/h24": TREELITE}
-    rows = feature_table[model.features].to_numpy(dtype=np.float64)[-300:]
+    assert model.engines == {"pm2_5": {"1": TREELITE, "6": TREELITE, "12": SKLEARN,
+                                       "24": TREELITE}}
+    rows = feature_table[list(model.features)].to_numpy(dtype=np.float64)[-300:]
     served = model.predict(rows)
     np.testing.assert_allclose(served[("pm2_5", 12)],
                                scaled.predict(feature_table.iloc[-300:]), rtol=0, atol=1e-9)

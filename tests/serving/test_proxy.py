@@ -27,7 +27,7 @@ from stack import serving_local
 from tests.monitoring import wait_until
 from tests.serving.test_gunicorn import sample
 
-pytestmark = pytest.mark.stack
+pytestmark = [pytest.mark.stack, pytest.mark.service]
 
 PROBLEM = "application/problem+json"
 NORMAL_SOURCE = "127.0.0.2"

@@ -26,6 +26,7 @@ def directive(text: str, name: str) -> list[str]:
     return re.findall(rf"^[ \t]*{name}[ \t]+([^;{{\n]+);", text, flags=re.MULTILINE)
 
 
+@pytest.mark.process
 def test_the_rendered_config_passes_nginx_t(tmp_path):
     cfg = config(tmp_path)
     proxy.write(cfg)
@@ -97,6 +98,7 @@ def test_a_socket_path_the_kernel_cannot_bind_is_refused(tmp_path):
         proxy.render(cfg)
 
 
+@pytest.mark.process
 def test_the_cli_renders_for_the_environments_port(tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "AQ_SERVING_PORT": str(port)}
@@ -119,6 +121,7 @@ def access_line(uri: str, status: int, upstream: str) -> str:
                       separators=(",", ":"))
 
 
+@pytest.mark.service
 def test_mtail_counts_the_access_log_by_api_origin_and_status(tmp_path):
     log = tmp_path / "access.log"
     lines = [access_line("/v1/forecasts", 200, "200")] * 3 + [
@@ -147,6 +150,7 @@ def test_mtail_counts_the_access_log_by_api_origin_and_status(tmp_path):
     assert "prog=" not in done.stdout
 
 
+@pytest.mark.service
 @pytest.mark.skipif(os.geteuid() != 0, reason="not root: every proxy test already runs nginx as "
                                                  "an ordinary user")
 def test_nginx_runs_as_an_ordinary_user():

@@ -26,6 +26,7 @@ from stack.supervisor import (
 )
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.stack  # every test runs a real supervisord and its programs
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 # a parent that spawns a child and ignores SIGTERM: stop must escalate and take the child too
 STUBBORN = [
@@ -330,3 +331,22 @@ def test_services_of_the_earlier_launcher_are_ended_by_stop_and_block_start(tmp_
         for proc in (old, bystander):
             proc.kill()
             proc.wait()
+
+
+def test_a_program_started_into_a_running_daemon_gets_the_callers_settings(sv, tmp_path,
+                                                                            monkeypatch):
+    """supervisord's own environment is the first caller's; the project's settings (AQ_*) of
+    the command that starts a program still reach that program."""
+    monkeypatch.delenv("AQ_TEST_KNOB", raising=False)
+    sv.start(Program("first", SLEEPER))
+    sv.wait_running("first")
+    out = tmp_path / "seen.txt"
+    monkeypatch.setenv("AQ_TEST_KNOB", "from-the-second-command")
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite:////elsewhere.db")
+    target = str(out)
+    script = (f"import os; open({target!r}, 'w').write(os.environ.get('AQ_TEST_KNOB', '-') + "
+              "' ' + os.environ.get('AIRFLOW__DATABASE__SQL_ALCHEMY_CONN', '-')); "
+              "import time; time.sleep(60)")
+    sv.start(Program("second", [sys.executable, "-c", script]))
+    assert wait_for(lambda: out.exists() and out.read_text()) == "from-the-second-command -"
+    assert sv.program_file("second").stat().st_mode & 0o077 == 0  # settings may be secrets

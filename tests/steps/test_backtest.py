@@ -11,18 +11,31 @@ import sys
 
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline.context import Context
 from pipeline.core.backtest import forecast, refit_origins
-from pipeline.core.features import columns_for_horizon
+from pipeline.core.features import columns_for_horizon, feature_names
+from pipeline.forecaster import Champion, Inputs
+from pipeline.forecaster import forecast as forecast_rows
+from pipeline.inputs import feature_spec, features_from_raw, load_validated_raw
 from pipeline.io.registry import load_bundle
 from pipeline.io.storage import read_raw
 from pipeline.settings import Settings
-from pipeline.steps import backtest, evaluate, ingest, predict, preprocess, promote, train
-from pipeline.steps.common import features_from_raw, load_validated_raw
+from pipeline.steps import (
+    backtest,
+    drift,
+    evaluate,
+    ingest,
+    predict,
+    preprocess,
+    promote,
+    train,
+)
 from tests.conftest import make_project
 
-pytestmark = pytest.mark.slow  # trains models
+# trains models, runs the CLI
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.process]
 
 BERLIN = {"id": "berlin", "name": "Berlin", "latitude": 52.52, "longitude": 13.405,
           "timezone": "Europe/Berlin"}
@@ -239,15 +252,43 @@ def test_a_backtest_read_by_location_batches_and_window_forecasts_as_the_whole_t
     backtest.run(ctx, out=str(tmp_path / "batched"))
     got = pd.read_parquet(tmp_path / "batched" / "predictions.parquet")
 
-    bundle = backtest.load_model(ctx, "candidate")
-    frame = features_from_raw(ctx, load_validated_raw(ctx).valid, metadata["location_codes"])
-    horizons = sorted(int(h) for h in metadata["horizons"])
+    champion = Champion.of(backtest.load_model(ctx, "candidate"))
+    frame = features_from_raw(ctx, load_validated_raw(ctx).valid, champion.location_codes,
+                              spec=champion.spec)
     window = backtest.resolve_window(ctx, None, None, frame["time"].max())
-    whole = forecast(frame, window, list(metadata["targets"]), horizons,
-                     lambda target, horizon, _: bundle.models[(target, horizon)],
-                     refit_origins(window, horizons, None), metadata.get("intervals"))
+    whole = forecast(frame, window, champion.horizons,
+                     lambda part, _: forecast_rows(champion, Inputs.from_frame(
+                         champion, part)).frame(),
+                     refit_origins(window, champion.horizons, None))
     assert set(got["location_id"]) == {"berlin", "delhi"}
-    pd.testing.assert_frame_equal(got.drop(columns="model_version"), whole)
+    pd.testing.assert_frame_equal(got, whole)
+
+
+def test_a_backtest_of_an_older_model_after_a_feature_change(trained, tmp_path):
+    """The model's own features are built, whatever params.yaml asks for now: a longer lag
+    and no profiles any more (the model needs both) leave its backtest as it was."""
+    root, metadata = trained
+    ctx = Context.load(root, settings=Settings())
+    backtest.run(ctx, model=metadata["version"], out=str(tmp_path / "before"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    saved = yaml.safe_dump(params, sort_keys=False)
+    params["features"] = {**params.get("features", {}), "lags": [1, 2, 3, 6, 12, 24, 48],
+                          "profiles": False}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        changed = Context.load(root, settings=Settings())
+        assert any(f.endswith("_lag168") for f in metadata["features"])
+        assert not any(f.endswith("_lag168") for f in feature_names(feature_spec(changed)))
+        backtest.run(changed, model=metadata["version"], out=str(tmp_path / "after"))
+        # drift compares the champion's own features with its training reference
+        drifted = drift.run(changed)
+        assert drifted["model_version"] == metadata["version"]
+        assert set(drifted["psi"]) == set(metadata["reference"])
+    finally:
+        (root / "params.yaml").write_text(saved)
+    before = pd.read_parquet(tmp_path / "before" / "predictions.parquet")
+    after = pd.read_parquet(tmp_path / "after" / "predictions.parquet")
+    pd.testing.assert_frame_equal(before, after)
 
 
 def test_a_fixed_model_is_refused_a_window_it_has_seen(trained):

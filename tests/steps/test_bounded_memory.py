@@ -19,7 +19,8 @@ import pytest
 
 from tests.conftest import make_project
 
-pytestmark = pytest.mark.slow
+# the steps in a child process
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.process]
 
 DAYS = 75
 ALLOWED_GROWTH_MB = 25  # 8 -> 64 locations

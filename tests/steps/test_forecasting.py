@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.context import Context
 from pipeline.errors import PipelineError
+from pipeline.forecaster import Champion
 from pipeline.io.metrics import StepRun
 from pipeline.io.registry import Registry
 from pipeline.settings import Settings
@@ -20,7 +21,8 @@ from pipeline.steps import evaluate, ingest, predict, preprocess, promote, rollb
 from pipeline.steps.forecasting import issue_forecasts
 from tests.conftest import make_project, write_params
 
-pytestmark = pytest.mark.slow  # trains models
+# trains models, runs the CLI
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.process]
 
 END = pd.Timestamp("2025-03-01", tz="UTC")  # the small project's history ends here
 
@@ -74,7 +76,7 @@ def test_a_location_with_an_isolated_hour_gets_no_forecast_and_no_aqi(project, c
     run = StepRun("predict")
 
     with caplog.at_level(logging.WARNING):
-        report = issue_forecasts(ctx, Registry(ctx.paths).load_champion(), run)
+        report = issue_forecasts(ctx, Champion.of(Registry(ctx.paths).load_champion()), run)
 
     assert set(report["withheld"]) == {"delhi"}
     assert "of the model's features present (needs 80%)" in report["withheld"]["delhi"]
@@ -99,7 +101,8 @@ def test_a_stale_target_observation_withholds_the_location(project):
     frame = pd.read_parquet(raw)
     frame.loc[frame.index[-2:], "pm2_5"] = float("nan")  # the last two hours lack the target
     frame.to_parquet(raw)
-    report = issue_forecasts(ctx, Registry(ctx.paths).load_champion(), StepRun("predict"))
+    report = issue_forecasts(ctx, Champion.of(Registry(ctx.paths).load_champion()),
+                             StepRun("predict"))
     assert "pm2_5 last observed 2 h before the issue time" in report["withheld"]["delhi"]
 
 
@@ -114,7 +117,7 @@ def test_nothing_forecastable_is_an_error_naming_each_location(project):
         frame.to_parquet(raw)
     with pytest.raises(PipelineError, match="no location has complete enough inputs.*berlin.*"
                                             "delhi"):
-        issue_forecasts(ctx, Registry(ctx.paths).load_champion(), StepRun("predict"))
+        issue_forecasts(ctx, Champion.of(Registry(ctx.paths).load_champion()), StepRun("predict"))
 
 
 def test_rollback_reissues_forecasts_and_roll_forward_returns(project, capsys):

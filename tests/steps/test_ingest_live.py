@@ -287,6 +287,7 @@ RUN_AND_MEASURE = (  # VmHWM: the step's own peak (ru_maxrss keeps the pytest pa
     "sys.exit(rc)")
 
 
+@pytest.mark.process
 def test_an_endless_body_fails_its_location_within_bounds_and_keeps_the_data(tmp_path, server):
     """The old client grew to 2.6 GB in 3.3 s on an endless body, then died of MemoryError."""
     import subprocess
@@ -315,6 +316,7 @@ def test_an_endless_body_fails_its_location_within_bounds_and_keeps_the_data(tmp
     pd.testing.assert_frame_equal(read_raw(ctx.paths.raw_dir, "open_meteo"), before)
 
 
+@pytest.mark.process
 def test_no_run_output_or_file_shows_the_key(tmp_path, server):
     """Grep everything an OpenWeatherMap run writes (stdout, stderr, every file) for the key."""
     import subprocess

@@ -386,6 +386,7 @@ print(len(result.frame), peak_kb // 1024)
 """
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_a_large_file_is_read_in_bounded_memory(tmp_path):
     """1.5 M rows (10 locations x 17 years): only the window's rows are kept."""

@@ -28,6 +28,8 @@ from stack.supervisor import Supervisor
 from tests.conftest import REPO, free_port
 from tests.replay_server import ReplayServer, Reply, refusing_url
 
+pytestmark = pytest.mark.service
+
 PASSWORD = "test-password-0123456789"
 
 

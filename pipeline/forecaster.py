@@ -1,0 +1,371 @@
+"""The champion, and the one path from its inputs to forecast rows.
+
+A :class:`Champion` is built once from a registry bundle: its version, its own feature spec
+(from its metadata, whatever ``params.yaml`` says now), feature order, location codes,
+calibration and models keyed by :class:`~pipeline.core.keys.ModelKey`. :func:`forecast` turns
+feature rows into forecast rows: input quality and withholding (``core.quality``), the value
+(the engine), AQI and category (``core.aqi``), the 80 % interval and ``p_reach_*``
+(``core.intervals``). Batch predict and rollback (``steps/forecasting.py``), the backtest
+(``steps/backtest.py``) and serving all call it. The engine predicts every model from rows in
+the champion's feature order: by default each model's own ``predict`` (scikit-learn
+Pipelines, or whatever a model exposes); serving passes its compiled trees
+(``serving/predictor.py``, verified equal within 1e-9).
+
+A forecast row (:data:`ROW_COLUMNS`) is the same in ``predictions/*.parquet`` and in the API's
+JSON (:func:`items`): an answer carries the per-location fields (location, issue time, input
+completeness, model version) once, and one item per target x horizon with the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import FeatureConfig
+from pipeline.core.aqi import aqi, category_names
+from pipeline.core.features import FeatureSettings, FeatureSpec, feature_names, features_present
+from pipeline.core.intervals import (
+    COVERAGE,
+    LOWER,
+    PROBABILITY_COLUMNS,
+    UPPER,
+    model_calibration,
+    uncertainty_of,
+)
+from pipeline.core.keys import ModelKey
+from pipeline.core.quality import input_problems
+from pipeline.errors import PipelineError
+from pipeline.io.registry import ModelBundle
+
+# predicts every model of a champion from rows in its feature order
+Engine = Callable[[np.ndarray], Mapping[tuple[str, int], np.ndarray]]
+
+ITEM_COLUMNS = ("target", "horizon", "target_time", "value", LOWER, UPPER, "aqi",
+                "aqi_category", *PROBABILITY_COLUMNS, "hours_since_observation")
+ROW_COLUMNS = ("location_id", "issue_time", *ITEM_COLUMNS, "persistence",
+               "input_completeness", "model_version")
+
+
+class ChampionError(PipelineError):
+    """A model cannot forecast from what its own metadata says it needs."""
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """The rule for honest forecasts (``forecast.*`` in params.yaml)."""
+
+    min_completeness: float
+    max_hours_since_observation: float
+
+    @classmethod
+    def of(cls, config: Any) -> InputLimits:
+        return cls(float(config.min_input_completeness), float(config.max_hours_since_observation))
+
+
+def spec_of(metadata: Mapping[str, Any]) -> FeatureSpec:
+    """The feature spec a model was trained with (its metadata), whatever params.yaml says
+    now: forecasting builds exactly the features the model knows."""
+    targets = sorted({str(t) for t in metadata["targets"]})
+    horizons = sorted(int(h) for h in metadata["horizons"])
+    config = FeatureConfig.model_validate(metadata["params"]["features"])
+    return FeatureSpec(tuple(targets), tuple(horizons), FeatureSettings.of(config))
+
+
+def _with_arrays(calibration: Mapping) -> dict:
+    """A calibration with its quantiles as arrays (read once, not converted per forecast)."""
+    out = dict(calibration)
+    out["quantiles"] = np.asarray(calibration["quantiles"], dtype=np.float64)
+    out["by_location"] = {loc: np.asarray(q, dtype=np.float64)
+                          for loc, q in (calibration.get("by_location") or {}).items()}
+    return out
+
+
+@dataclass(frozen=True)
+class Champion:
+    """A model version ready to forecast: what it needs and how it answers."""
+
+    version: str
+    spec: FeatureSpec
+    features: tuple[str, ...]
+    location_codes: Mapping[str, int]
+    models: Mapping[ModelKey, Any]
+    calibration: Mapping[ModelKey, Mapping] = field(default_factory=dict)
+    coverage: float = COVERAGE
+    metadata: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, bundle: ModelBundle) -> Champion:
+        return cls.from_parts(bundle.models, bundle.metadata)
+
+    @classmethod
+    def from_parts(cls, models: Mapping[tuple[str, int], Any], metadata: Mapping[str, Any],
+                   ) -> Champion:
+        version = str(metadata.get("version", "unversioned"))
+        spec = spec_of(metadata)
+        features = tuple(str(f) for f in metadata["features"])
+        built = set(feature_names(spec))
+        missing = [f for f in features if f not in built]
+        if missing:
+            raise ChampionError(f"model {version} needs features its own spec does not build: "
+                                f"{missing[:8]}")
+        keyed = {ModelKey.of(*key): model for key, model in models.items()}
+        uncertainty = metadata.get("intervals") or {}
+        calibration = {}
+        for key in keyed:
+            found = model_calibration(uncertainty, *key) if uncertainty else None
+            if found is not None:
+                calibration[key] = _with_arrays(found)
+        return cls(version, spec, features,
+                   {str(k): int(v) for k, v in (metadata.get("location_codes") or {}).items()},
+                   keyed, calibration, float(uncertainty.get("coverage", COVERAGE)),
+                   dict(metadata))
+
+    def with_models(self, models: Mapping[tuple[str, int], Any]) -> Champion:
+        """The same champion with other models of its keys (a backtest's refits)."""
+        return dataclasses.replace(self, models={ModelKey.of(*k): m for k, m in models.items()})
+
+    # read on every forecast, computed once (a frozen dataclass keeps its __dict__)
+    @functools.cached_property
+    def keys(self) -> list[ModelKey]:
+        return list(self.models)
+
+    @functools.cached_property
+    def targets(self) -> list[str]:
+        return list(dict.fromkeys(key.target for key in self.models))
+
+    @functools.cached_property
+    def horizons(self) -> list[int]:
+        return sorted({key.horizon for key in self.models})
+
+    @functools.cached_property
+    def scale_columns(self) -> list[str]:
+        """The feature columns the intervals scale by."""
+        return sorted({c["scale"]["column"] for c in self.calibration.values()
+                       if c.get("scale")})
+
+    def code(self, location_id: str) -> float:
+        code = self.location_codes.get(location_id)
+        return float("nan") if code is None else float(code)
+
+    def predict(self, rows: np.ndarray) -> dict[ModelKey, np.ndarray]:
+        """The default engine: each model's own ``predict`` on the rows as a frame."""
+        frame = pd.DataFrame(np.atleast_2d(rows), columns=list(self.features))
+        return {key: np.asarray(model.predict(frame), dtype=np.float64)
+                for key, model in self.models.items()}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Feature rows to forecast from, one per location and issue hour."""
+
+    location_id: np.ndarray  # (n,) str
+    issue_time: np.ndarray  # (n,) datetime64[ns], UTC
+    rows: np.ndarray  # (n, len(champion.features)) float64, in the champion's order
+    extra: Mapping[str, np.ndarray]  # each target's value at the issue hour, interval scales
+    hours_since: Mapping[str, np.ndarray] | None = None  # per target; None: not judged
+
+    def __len__(self) -> int:
+        return len(self.location_id)
+
+    @classmethod
+    def from_frame(cls, champion: Champion, frame: pd.DataFrame,
+                   hours_since: Mapping[str, np.ndarray] | None = None) -> Inputs:
+        """From built feature rows (``location_id``, ``time`` and the feature columns)."""
+        missing = [f for f in champion.features if f not in frame.columns]
+        if missing:
+            raise ChampionError(f"champion {champion.version} needs features that were not "
+                                f"built: {missing[:8]}")
+        extra = {c: frame[c].to_numpy(dtype=np.float64)
+                 for c in [*champion.targets, *champion.scale_columns] if c in frame.columns}
+        return cls(frame["location_id"].astype(str).to_numpy(dtype=object),
+                   _utc64(frame["time"]),
+                   frame[list(champion.features)].to_numpy(dtype=np.float64), extra,
+                   hours_since)
+
+    @classmethod
+    def one(cls, champion: Champion, location_id: str, issue_time: pd.Timestamp,
+            features: Mapping[str, float], hours_since: Mapping[str, float]) -> Inputs:
+        """One location's row at one hour (online), from its features by name."""
+        row = np.fromiter((features[n] for n in champion.features), np.float64,
+                          len(champion.features))
+        extra = {c: np.array([features[c]]) for c in [*champion.targets,
+                                                       *champion.scale_columns]
+                 if c in features}
+        return cls(np.array([location_id], dtype=object),
+                   np.array([pd.Timestamp(issue_time).value], dtype="datetime64[ns]"),
+                   row[None, :], extra,
+                   {t: np.array([hours_since.get(t, math.inf)], dtype=np.float64)
+                    for t in champion.targets})
+
+
+def _utc64(times: pd.Series) -> np.ndarray:
+    """UTC times as datetime64[ns] (what forecast rows carry until written)."""
+    times = pd.to_datetime(times, utc=True)
+    return times.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+
+
+def observation_ages(valid: pd.DataFrame, latest: pd.DataFrame,
+                     targets: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per target, hours from its newest observation in ``valid`` to each row's issue time
+    (``inf``: never observed there)."""
+    out = {}
+    for target in targets:
+        observed = valid.loc[valid[target].notna(), ["location_id", "time"]]
+        last = observed.groupby("location_id")["time"].max()
+        seen = latest["location_id"].map(last)
+        hours = (latest["time"] - seen).dt.total_seconds() / 3600
+        out[target] = hours.fillna(np.inf).to_numpy(dtype=np.float64)
+    return out
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Forecast rows (the kept inputs x every model) and what was judged of the inputs."""
+
+    columns: dict[str, np.ndarray]  # ROW_COLUMNS
+    completeness: np.ndarray  # per input row
+    inputs: Inputs
+    withheld: dict[str, list[str]]  # location -> why it gets no forecast
+
+    def __len__(self) -> int:
+        return len(self.columns["value"])
+
+    def frame(self) -> pd.DataFrame:
+        """The rows as written to predictions/*.parquet."""
+        out = pd.DataFrame({c: self.columns[c] for c in ROW_COLUMNS})
+        for column in ("issue_time", "target_time"):
+            out[column] = pd.to_datetime(out[column], utc=True)
+        return out.astype({"horizon": "int64", "hours_since_observation": "float64"})
+
+    def quality(self) -> pd.DataFrame:
+        """Per input row: the share of features present and the hours since each target."""
+        out = pd.DataFrame({"location_id": self.inputs.location_id,
+                            "issue_time": pd.to_datetime(self.inputs.issue_time, utc=True),
+                            "input_completeness": self.completeness})
+        for target, hours in (self.inputs.hours_since or {}).items():
+            out[f"hours_since_{target}"] = hours
+        return out
+
+    def items(self) -> list[dict[str, Any]]:
+        """The rows as the API's items, by target and horizon."""
+        return items(self.columns)
+
+
+def forecast(champion: Champion, inputs: Inputs, engine: Engine | None = None,
+             limits: InputLimits | None = None) -> Forecast:
+    """Forecast rows of every model of ``champion`` for each input row it can honestly take.
+
+    With ``limits`` a row whose inputs are too incomplete (``core.quality.input_problems``)
+    gets no forecast, and ``withheld`` says why; without (a backtest) every row is forecast.
+    """
+    n = len(inputs)
+    completeness = features_present(inputs.rows) if n else np.zeros(0)
+    keep = np.ones(n, dtype=bool)
+    withheld: dict[str, list[str]] = {}
+    if limits is not None:
+        ages = inputs.hours_since or {}
+        for i in range(n):
+            problems = input_problems(
+                float(completeness[i]), {t: float(ages[t][i]) if t in ages else math.inf
+                                         for t in champion.targets},
+                f"{pd.Timestamp(inputs.issue_time[i]):%Y-%m-%dT%H:%M}Z", limits.min_completeness,
+                limits.max_hours_since_observation)
+            if problems:
+                keep[i] = False
+                withheld[str(inputs.location_id[i])] = problems
+    kept = np.flatnonzero(keep)
+    predicted = (engine or champion.predict)(inputs.rows[kept]) if len(kept) else {}
+    parts = [_rows(champion, key, np.asarray(predicted[key], dtype=np.float64), inputs, kept,
+                   completeness) for key in champion.keys] if len(kept) else []
+    columns = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0)
+               for c in ROW_COLUMNS}
+    return Forecast(columns, completeness, inputs, withheld)
+
+
+def _rows(champion: Champion, key: ModelKey, predicted: np.ndarray, inputs: Inputs,
+          kept: np.ndarray, completeness: np.ndarray) -> dict[str, np.ndarray]:
+    """One model's rows: value, AQI, category, interval and probabilities."""
+    n = len(kept)
+    value = np.clip(predicted, 0, None)
+    issue = inputs.issue_time[kept]
+    locations = inputs.location_id[kept]
+    unknown = np.full((3 + len(PROBABILITY_COLUMNS), n), np.nan)  # one allocation, row views
+    out: dict[str, np.ndarray] = {
+        "location_id": locations,
+        "issue_time": issue,
+        "target": np.full(n, key.target, dtype=object),
+        "horizon": np.full(n, key.horizon, dtype=np.int64),
+        "target_time": issue + np.timedelta64(key.horizon, "h"),
+        "value": value,
+        "persistence": inputs.extra[key.target][kept] if key.target in inputs.extra
+        else unknown[-1],
+        "input_completeness": completeness[kept],
+        "hours_since_observation": (inputs.hours_since[key.target][kept]
+                                    if inputs.hours_since and key.target in inputs.hours_since
+                                    else unknown[-1]),
+        "model_version": np.full(n, champion.version, dtype=object),
+    }
+    try:
+        index = aqi(key.target, value)
+    except ValueError:  # a target without AQI breakpoints
+        index = unknown[-1]
+    out["aqi"] = index
+    out["aqi_category"] = category_names(index)
+    for i, column in enumerate((LOWER, UPPER, *PROBABILITY_COLUMNS)):
+        out[column] = unknown[i]
+    calibration = champion.calibration.get(key)
+    if calibration is not None:
+        column = (calibration.get("scale") or {}).get("column")
+        volatility = None if column is None else inputs.extra.get(column)
+        if column is not None and volatility is None:
+            raise ChampionError(f"the {key} interval scales by {column!r}: the inputs lack it")
+        if volatility is not None:
+            volatility = volatility[kept]
+        for location in dict.fromkeys(locations):
+            rows = np.flatnonzero(locations == location) if n > 1 else np.zeros(1, dtype=int)
+            lower, upper, probabilities = uncertainty_of(
+                key.target, value[rows], calibration, location,
+                None if volatility is None else volatility[rows], champion.coverage)
+            out[LOWER][rows], out[UPPER][rows] = lower, upper
+            for name, values in probabilities.items():
+                out[name][rows] = values
+    return out
+
+
+def _json_column(column: str, values: Any) -> list[Any]:
+    """One column of forecast rows as JSON values (NaN and infinities are null)."""
+    if column in ("target", "aqi_category"):
+        return [str(v) for v in values]
+    if column == "horizon":
+        return [int(v) for v in values]
+    if column == "target_time":
+        values = np.asarray(values)
+        if values.dtype.kind == "M":  # a Forecast's column: UTC
+            return [f"{t}+00:00" for t in np.datetime_as_string(values, unit="s")]
+        return [pd.Timestamp(v).tz_convert("UTC").isoformat() for v in values]
+    numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float) \
+        if not isinstance(values, np.ndarray) or values.dtype.kind not in "fiu" else values
+    return [x if math.isfinite(x) else None for x in np.asarray(numbers, dtype=float).tolist()]
+
+
+def items(rows: Mapping[str, Any] | pd.DataFrame) -> list[dict[str, Any]]:
+    """Forecast rows (a Forecast's columns or a predictions parquet) as the API's items, by
+    target and horizon: :data:`ITEM_COLUMNS`, JSON-safe (NaN and infinities are null; a
+    column an older file lacks is null)."""
+    n = len(rows["value"])
+    columns = {c: _json_column(c, rows[c].to_numpy() if isinstance(rows, pd.DataFrame)
+                               else rows[c]) if c in rows else [None] * n
+               for c in ITEM_COLUMNS}
+    out = [{c: columns[c][i] for c in ITEM_COLUMNS} for i in range(n)]
+    out.sort(key=lambda item: (item["target"], item["horizon"]))
+    for item in out:
+        if item["aqi"] is None:
+            item["aqi_category"] = "unknown"
+    return out
