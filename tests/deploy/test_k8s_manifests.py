@@ -144,7 +144,8 @@ def probe_paths(container: dict) -> dict[str, str]:
 
 
 def test_probes_hit_the_health_and_readiness_endpoints_the_servers_have():
-    routes = set(re.findall(r'@route\("([^"]+)"', (REPO / "serving/app.py").read_text()))
+    routes = {r for path in (REPO / "serving").glob("*.py")
+              for r in re.findall(r'@\w+\.(?:get|route)\("([^"]+)"', path.read_text())}
     v2_ready = f"/v2/models/{MODEL['name']}/ready"
     for name, (_, spec) in pods().items():
         container = probed(spec)
