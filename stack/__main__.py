@@ -213,7 +213,7 @@ def mlserver_ready(paths: ProjectPaths, timeout: float) -> int:
     from pipeline.config import load_params
 
     base = resolve_ports(paths).url("mlserver")
-    mlserver_local.wait_ready(base, timeout)
+    mlserver_local.wait_ready(base, timeout, paths)
     print(f"V2 inference (MLServer): {base}/v2/models/{mlserver_local.MODEL} "
           "(the same forecasts as /v1)")
     print(f"  {mlserver_local.curl_example(base, load_params(paths.params).location_ids[0])}")

@@ -96,23 +96,31 @@ def stop(paths: ProjectPaths) -> bool:
     return Supervisor(paths.stack_dir).stop(NAME)
 
 
-def wait_ready(base_url: str, timeout: float) -> None:
-    """Poll ``/v2/models/aq-forecast/ready`` until 200 (a verified champion is served)."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while True:
+def wait_ready(base_url: str, timeout: float, paths: ProjectPaths | None = None) -> None:
+    """Poll ``/v2/models/aq-forecast/ready`` until 200 (a verified champion is served); with
+    the stack's ``paths``, fail at once (with its log) if MLServer exits meanwhile."""
+    last = ["no answer"]
+
+    def ready() -> bool:
         try:
             with urllib.request.urlopen(f"{base_url}/v2/models/{MODEL}/ready",  # noqa: S310
                                         timeout=5) as resp:
-                if resp.status == 200:
-                    return
+                return resp.status == 200
         except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
+            last[0] = f"HTTP {exc.code}"
         except OSError as exc:
-            last = str(exc)
+            last[0] = str(exc)
+        return False
+
+    if paths is not None:
+        Supervisor(paths.stack_dir).wait_until(NAME, ready, timeout,
+                                               f"model {MODEL} ready (a champion?)")
+        return
+    deadline = time.monotonic() + timeout
+    while not ready():
         if time.monotonic() >= deadline:
             raise ServiceError(f"MLServer at {base_url}: model {MODEL} not ready after "
-                               f"{timeout:.0f}s ({last}); is there a champion?")
+                               f"{timeout:.0f}s ({last[0]}); is there a champion?")
         time.sleep(0.5)
 
 

@@ -61,3 +61,19 @@ def test_mlserver_computes_with_the_pipelines_versions():
                                        "in requirements.lock: run `make lock-side`"
     assert "apache-airflow" not in side
     assert "dvc" not in side
+
+
+@pytest.mark.process
+def test_the_mlserver_venv_imports_the_runtime_without_flask_or_airflow():
+    """What MLServer loads (serving/v2.py and everything it imports) runs in .venv-mlserver:
+    a module of the runtime's path that starts importing Flask or Airflow fails here first."""
+    import subprocess
+
+    python = REPO / ".venv-mlserver" / "bin" / "python"
+    assert python.exists(), "run `make setup` (it makes .venv-mlserver)"
+    code = ("import sys, serving.v2; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'airflow')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([str(python), "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -176,7 +176,7 @@ def start_mlserver(project: ServedProject, timeout: float = 240, ready: bool = T
         os.environ.clear()
         os.environ.update(saved)
     if ready:
-        mlserver_local.wait_ready(ports.url("mlserver"), timeout=timeout)
+        mlserver_local.wait_ready(ports.url("mlserver"), timeout=timeout, paths=project.paths)
     return V2Server(ports.url("mlserver"), project, ports)
 
 
