@@ -103,6 +103,7 @@ def mlflow_client(uri: str, code: str) -> object:
 class Tracked:
     root: Path
     logs: dict[str, str]  # step -> its stderr
+    first: str = ""  # the champion the make-run-style pipeline made (later tests move it)
 
     @property
     def paths(self) -> ProjectPaths:
@@ -131,7 +132,9 @@ def tracked(tmp_path_factory, mlflow) -> Tracked:
     subprocess.run([*git, "commit", "-qm", "tracked project"], cwd=root, check=True,
                    timeout=60)
     logs.update({name: run_step(root, name, uri=mlflow.url).stderr for name in PIPELINE[1:]})
-    return Tracked(root, logs)
+    tracked = Tracked(root, logs)
+    tracked.first = tracked.champion()
+    return tracked
 
 
 # ---------------------------------------------------------------- MLServer beside the Flask app

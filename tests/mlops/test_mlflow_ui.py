@@ -22,7 +22,7 @@ def test_mlflow_ui_shows_the_runs_their_metrics_and_the_champion_alias(tracked, 
         pytest.fail("chromium not installed: run `make setup` (scripts/setup.sh installs it)")
     experiment = mlflow.api("GET", "experiments/get-by-name",
                             params={"experiment_name": "aq-forecast"})["experiment"]
-    version = tracked.champion()
+    version = tracked.first  # the runs of the pipeline (other tests may promote more)
     evaluate = next(r for r in mlflow.runs() if r["info"]["run_name"] == f"evaluate {version}")
     champion = mlflow.alias("champion")
     base = f"{mlflow.url}/#/experiments/{experiment['experiment_id']}"
@@ -45,7 +45,7 @@ def test_mlflow_ui_shows_the_runs_their_metrics_and_the_champion_alias(tracked, 
             row = page.locator("[role=row], tr").filter(
                 has_text=f"Version {champion['version']}").filter(has_text="champion")
             row.first.wait_for(timeout=60_000)
-            assert {"key": "aq.version", "value": version} in champion["tags"]
+            assert {"key": "aq.version", "value": tracked.champion()} in champion["tags"]
             page.screenshot(path=str(tmp_path / "model.png"), full_page=True)
         except Exception:
             page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
