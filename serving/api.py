@@ -1,6 +1,7 @@
 """``/v1``: the configured locations, the latest batch forecast, an on-demand forecast.
 
-The on-demand forecast takes the path of every forecast (``pipeline/forecaster.py``) with the
+The on-demand forecast (``serving/ondemand.py: answer``, shared with the V2 runtime
+``serving/v2.py``) takes the path of every forecast (``pipeline/forecaster.py``) with the
 champion's compiled trees as its engine: the same rows, with interval, category and
 probabilities, as the batch predict step writes (``tests/serving/test_skew.py``). Views read
 each snapshot of the :class:`~serving.state.ServingState` once.
