@@ -179,7 +179,12 @@ def start_mlserver(project: ServedProject, timeout: float = 240, ready: bool = T
         os.environ.clear()
         os.environ.update(saved)
     if ready:
-        mlserver_local.wait_ready(ports.url("mlserver"), timeout=timeout, paths=project.paths)
+        try:
+            mlserver_local.wait_ready(ports.url("mlserver"), timeout=timeout,
+                                      paths=project.paths)
+        except BaseException:
+            mlserver_local.stop(project.paths)  # nothing left running behind a failed start
+            raise
     return V2Server(ports.url("mlserver"), project, ports)
 
 
