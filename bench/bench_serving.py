@@ -11,6 +11,8 @@ request as sync workers close them), interleaved round by round:
     post_obs      POST /v1/forecasts with the newest hour's observations (feature row rebuilt)
     post          POST /v1/forecasts without observations (the stored newest hour)
     get           GET /v1/forecasts/{id} (latest batch forecast)
+    v2_obs        MLServer's V2 infer (serving/v2.py, one process) with the same observations
+    v2            MLServer's V2 infer of the stored newest hour (as post)
 
 Per configuration: req/s, p50/p99 latency, server CPU per request (user + system of the
 gunicorn master and workers, /proc), and the ratio to the reference of the same round. A
@@ -18,6 +20,7 @@ soak run of ``--soak`` seconds on post_obs samples each worker's RSS (flat = no 
 
     .venv/bin/python bench/bench_serving.py                       # 3 rounds x 15 s, 10 min soak
     .venv/bin/python bench/bench_serving.py --rounds 1 --seconds 5 --soak 0   # quick look
+    .venv/bin/python bench/bench_serving.py --no-v2       # without MLServer (.venv-mlserver)
 """
 
 from __future__ import annotations
@@ -208,9 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", type=Path, default=None,
                         help="serve this project (with a champion) instead of building one")
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
+    parser.add_argument("--anchors", type=Path, default=ANCHORS,
+                        help="the reference apps' folder (default: ../shared/bench-anchors)")
+    parser.add_argument("--no-v2", dest="v2", action="store_false",
+                        help="leave out MLServer's V2 endpoint (.venv-mlserver)")
     args = parser.parse_args(argv)
-    if not (ANCHORS / "baseline_app.py").exists():
-        print(f"no reference app in {ANCHORS}", file=sys.stderr)
+    anchors = args.anchors.resolve()
+    if not (anchors / "baseline_app.py").exists():
+        print(f"no reference app in {anchors} (--anchors)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="bench_serving_", dir=args.workdir))
     print(f"work dir {work}; load average {load_average()}", flush=True)
@@ -219,15 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     bench_dir.mkdir()
     base_env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_DIR": str(bench_dir)}
     base_env.pop("AQ_PUSHGATEWAY_URL", None)
-    subprocess.run([sys.executable, str(ANCHORS / "make_models.py")], env=base_env, check=True,
-                   cwd=ANCHORS, capture_output=True, timeout=1800)
+    subprocess.run([sys.executable, str(anchors / "make_models.py")], env=base_env, check=True,
+                   cwd=anchors, capture_output=True, timeout=1800)
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
 
     ref_port = free_port()
     reference = Server("reference", [gunicorn, "-w", "2", "-b", f"127.0.0.1:{ref_port}",
-                                     "-c", str(ANCHORS / "gunicorn_conf.py"),
-                                     "--pythonpath", str(ANCHORS), "baseline_app:app"],
-                       {**base_env, "BASELINE": "seed"}, ANCHORS, ref_port, "/healthz")
+                                     "-c", str(anchors / "gunicorn_conf.py"),
+                                     "--pythonpath", str(anchors), "baseline_app:app"],
+                       {**base_env, "BASELINE": "seed"}, anchors, ref_port, "/healthz")
     port = free_port()
     ours_env = {**base_env, "AQ_PROJECT_DIR": str(project), "AQ_SERVING_PORT": str(port),
                 "AQ_SERVING_WORKERS": "2", "PYTHONPATH": str(REPO),
@@ -235,6 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     (work / "metrics").mkdir()
     ours = Server("ours", [gunicorn, "-c", str(REPO / "serving" / "gunicorn_conf.py"),
                            "serving.wsgi:app"], ours_env, project, port, "/readyz")
+    v2 = None
+    if args.v2:  # MLServer from its own venv, as `make run` starts it (stack/mlserver_local.py)
+        v2_port = free_port()
+        (work / "mlserver").mkdir()
+        v2 = Server("mlserver", [str(REPO / ".venv-mlserver" / "bin" / "mlserver"), "start",
+                                 str(REPO / "deploy" / "mlserver")],
+                    {**base_env, "AQ_PROJECT_DIR": str(project), "MLSERVER_HOST": "127.0.0.1",
+                     "MLSERVER_HTTP_PORT": str(v2_port),
+                     "MLSERVER_GRPC_PORT": str(free_port()),
+                     "MLSERVER_METRICS_PORT": str(free_port()),
+                     "MLSERVER_METRICS_DIR": str(work / "mlserver")},
+                    work / "mlserver", v2_port, "/v2/models/aq-forecast/ready")
     try:
         location = yaml.safe_load((project / "params.yaml").read_text())["locations"][0]["id"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/forecasts/{location}") as r:
@@ -252,6 +272,16 @@ def main(argv: list[str] | None = None) -> int:
                      json.dumps({"location_id": location}).encode()),
             "get": (ours, "GET", f"/v1/forecasts/{location}", None),
         }
+        if v2 is not None:
+            observations = json.loads(obs_body)["observations"]
+            location_input = {"name": "location_id", "shape": [1], "datatype": "BYTES",
+                              "data": [location]}
+            configs["v2_obs"] = (v2, "POST", "/v2/models/aq-forecast/infer", json.dumps(
+                {"inputs": [location_input, {"name": "observations", "shape": [1],
+                                             "datatype": "BYTES",
+                                             "data": [json.dumps(observations)]}]}).encode())
+            configs["v2"] = (v2, "POST", "/v2/models/aq-forecast/infer",
+                             json.dumps({"inputs": [location_input]}).encode())
         rounds = []
         for i in range(args.rounds):
             row = {"load_average": load_average()}
@@ -287,14 +317,18 @@ def main(argv: list[str] | None = None) -> int:
                     "start_rss_mb": {p: round(v / 2**20, 1) for p, v in start_rss.items()},
                     "end_rss_mb": {p: round(rss_bytes(p) / 2**20, 1) for p in workers},
                     "samples": samples}
+        rss = {name: {p: round(rss_bytes(p) / 2**20, 1) for p in server.pids}
+               for name, server in (("ours", ours), ("mlserver", v2)) if server is not None}
     finally:
         ours.stop()
         reference.stop()
+        if v2 is not None:
+            v2.stop()
     machine = {"cores": os.cpu_count(), "python": platform.python_version(),
                "processor": platform.processor() or platform.machine()}
     result = {"machine": machine, "connections": args.connections, "seconds": args.seconds,
-              "rounds": rounds, "summary": summary, "soak": soak}
-    print(json.dumps({"summary": summary, "soak": soak and {
+              "rounds": rounds, "summary": summary, "soak": soak, "rss_mb": rss}
+    print(json.dumps({"summary": summary, "rss_mb": rss, "soak": soak and {
         k: soak[k] for k in ("requests", "start_rss_mb", "end_rss_mb")}}, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

@@ -197,6 +197,42 @@ class Settings(EnvSettings):
     csv_dir: str | None = None
 
 
+class TrackingSettings(EnvSettings):
+    """Where the steps log their MLflow runs (pipeline/io/tracking.py, docs/mlops.md):
+    ``AQ_MLFLOW_*``, and MLflow's own request bounds and credential variables. No URI (unset,
+    empty or ``off``): tracking is off."""
+
+    model_config = SettingsConfigDict(env_prefix="AQ_MLFLOW_")
+
+    uri: str | None = Field(None, validation_alias="AQ_MLFLOW_TRACKING_URI")
+    experiment: str = "aq-forecast"
+    model_name: str = "aq-forecast"
+    # MLflow's own variables, with shorter defaults than its client's (120 s, 7 retries): a
+    # step waits for a tracking server at most ~ timeout x (retries + 1), then queues the run
+    timeout_s: float = Field(5.0, gt=0, validation_alias="MLFLOW_HTTP_REQUEST_TIMEOUT")
+    max_retries: int = Field(1, ge=0, le=20, validation_alias="MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    token: SecretStr = Field(SecretStr(""), validation_alias="MLFLOW_TRACKING_TOKEN")
+    username: str = Field("", validation_alias="MLFLOW_TRACKING_USERNAME")
+    password: SecretStr = Field(SecretStr(""), validation_alias="MLFLOW_TRACKING_PASSWORD")
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _server_url(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.lower() in ("", "off"):
+            return None
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("is not an http(s) URL of an MLflow tracking server (or 'off')")
+        return text.rstrip("/")
+
+    @property
+    def enabled(self) -> bool:
+        return self.uri is not None
+
+
 def fault_point(name: str) -> None:
     """Crash-test hook: ``AQ_FAULT_KILL_AT=<name>`` SIGKILLs this process at that write point.
 
@@ -267,6 +303,10 @@ class Ports(EnvSettings):
     # the home host's door for workers on other hosts (scale-out with AQ_BIND_ADDRESSES):
     # the execution API, the Pushgateway and the project's shared state (stack/gateway.py)
     gateway: int = _port(8096, "gateway")
+    mlflow: int = _port(5000, "mlflow")  # the MLflow tracking server (docs/mlops.md)
+    mlserver: int = _port(8090, "mlserver")  # MLServer's V2 REST API (the champion)
+    mlserver_grpc: int = _port(8091, "mlserver_grpc")  # its V2 gRPC API (always started)
+    mlserver_metrics: int = _port(8092, "mlserver_metrics")  # its Prometheus /metrics
     host: str = HOST
 
     RUNBOOK_PATH: ClassVar[str] = "/runbook"

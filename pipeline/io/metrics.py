@@ -194,6 +194,7 @@ class StepRun:
 
     step: str
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    started: float = field(default_factory=time.time)  # Unix time (the MLflow run's start)
     _gauges: dict[str, Gauge | Info] = field(default_factory=dict)
 
     def _family(self, name: str) -> Gauge | Info:

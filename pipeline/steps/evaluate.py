@@ -15,6 +15,7 @@ from pipeline.io.holdout import summarise_holdout
 from pipeline.io.metrics import StepRun
 from pipeline.io.registry import load_bundle
 from pipeline.io.storage import atomic_write_json, atomic_write_text
+from pipeline.io.tracking import evaluate_run, log_run
 from pipeline.steps.common import require
 
 log = logging.getLogger(__name__)
@@ -79,4 +80,8 @@ def run(ctx: Context) -> dict:
             for h, s in by_h.items():
                 log.info("evaluate %s h=%s: MAE %.3f persistence %.3f skill %.3f", target, h,
                          s["mae"], s["persistence_mae"], s["skill"])
+        plots = ctx.paths.plots_dir
+        log_run(ctx, evaluate_run(ctx.paths.root, report, {
+            "evaluation.json": ctx.paths.evaluation_report,
+            **{f"plots/{p.name}": p for p in sorted(plots.glob("*.csv"))}}, metrics.started))
     return report

@@ -16,6 +16,7 @@ from pipeline.io.feature_store import FeatureStore
 from pipeline.io.holdout import summarise_holdout
 from pipeline.io.registry import ModelBundle, Registry, push_champion
 from pipeline.io.storage import atomic_write_json, read_state_json, require_keys
+from pipeline.io.tracking import log_run, promote_run
 from pipeline.steps.common import require
 from pipeline.timeutil import now_utc
 
@@ -122,6 +123,8 @@ def run(ctx: Context) -> dict:
         else:
             log.warning("promote: %s not promoted: %s", version,
                         "; ".join(report["refusals"]) or report["note"])
+        log_run(ctx, promote_run(ctx.paths.root, report, ctx.paths.registry_dir,
+                                 registry.metadata(version)["sha256"], metrics.started))
     return report
 
 

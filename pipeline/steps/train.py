@@ -27,6 +27,7 @@ from pipeline.errors import TrainingError
 from pipeline.io.feature_store import FeatureStore, time_before
 from pipeline.io.registry import save_bundle
 from pipeline.io.storage import read_state_json
+from pipeline.io.tracking import data_extents, log_run, train_run
 from pipeline.steps.common import data_version, require
 
 log = logging.getLogger(__name__)
@@ -209,4 +210,7 @@ def run(ctx: Context) -> dict:
         metrics.rows(rows_in=int(counts["rows"].sum()), rows_out=total)
         log.info("train: candidate %s (%d models, %d features)", metadata["version"], total,
                  len(features))
+        extents = data_extents({loc: store.stats(loc) for loc in p.location_ids})
+        log_run(ctx, train_run(ctx.paths.root, metadata, ctx.paths.candidate_dir, extents,
+                               metrics.started))
     return metadata
