@@ -459,7 +459,7 @@ class DriftConfig(_Strict):
 class ForecastConfig(_Strict):
     """When a location's inputs are too incomplete for an honest forecast (none is issued)."""
 
-    min_input_completeness: Annotated[float, Field(ge=0, le=1)] = 0.8
+    min_input_completeness: Annotated[float, Field(ge=0, le=1)] = 0.75
     max_hours_since_observation: Annotated[float, Field(ge=0, le=24 * 14)] = 3.0
 
 

@@ -193,8 +193,9 @@ def test_rate_limiter_spaces_requests(server):
     for _ in range(6):
         http.get_json(server.url("/api"), {}, SourceStats())
     starts = [r.at for r in server.requests_to("/api")]
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert min(gaps) >= 0.025  # 20 per second, minus server-side jitter
+    # the server's clock sees each request when its thread runs: on a loaded machine one
+    # gap can shrink to nothing after a late one (0.0014 s seen at load 15), so the spacing is
+    # judged over the whole series, which an unlimited client crosses in milliseconds:
     # 5 slots of 50 ms; the server's clock sees the first (slower: new connection) request late
     # on a loaded machine (0.237 s measured), so allow one slot's worth of jitter in total
     assert starts[-1] - starts[0] >= 0.2
