@@ -145,6 +145,21 @@ class Champion:
         return sorted({key.horizon for key in self.models})
 
     @functools.cached_property
+    def key_targets(self) -> np.ndarray:
+        """Each model's target, in the order of :attr:`keys`."""
+        return np.array([key.target for key in self.keys], dtype=object)
+
+    @functools.cached_property
+    def key_horizons(self) -> np.ndarray:
+        """Each model's horizon, in the order of :attr:`keys`."""
+        return np.array([key.horizon for key in self.keys], dtype=np.int64)
+
+    @functools.cached_property
+    def models_of_target(self) -> dict[str, np.ndarray]:
+        """Per target, the positions of its models in :attr:`keys`."""
+        return {target: np.flatnonzero(self.key_targets == target) for target in self.targets}
+
+    @functools.cached_property
     def scale_columns(self) -> list[str]:
         """The feature columns the intervals scale by."""
         return sorted({c["scale"]["column"] for c in self.calibration.values()
@@ -282,46 +297,56 @@ def forecast(champion: Champion, inputs: Inputs, engine: Engine | None = None,
                 withheld[str(inputs.location_id[i])] = problems
     kept = np.flatnonzero(keep)
     predicted = (engine or champion.predict)(inputs.rows[kept]) if len(kept) else {}
-    parts = [_rows(champion, key, np.asarray(predicted[key], dtype=np.float64), inputs, kept,
-                   completeness) for key in champion.keys] if len(kept) else []
-    columns = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0)
-               for c in ROW_COLUMNS}
+    columns = (_rows(champion, predicted, inputs, kept, completeness) if len(kept)
+               else {c: np.zeros(0) for c in ROW_COLUMNS})
     return Forecast(columns, completeness, inputs, withheld)
 
 
-def _rows(champion: Champion, key: ModelKey, predicted: np.ndarray, inputs: Inputs,
+def _rows(champion: Champion, predicted: Mapping[tuple[str, int], np.ndarray], inputs: Inputs,
           kept: np.ndarray, completeness: np.ndarray) -> dict[str, np.ndarray]:
-    """One model's rows: value, AQI, category, interval and probabilities."""
-    n = len(kept)
-    value = np.clip(predicted, 0, None)
+    """Every model's rows (model-major: the kept inputs of the first model, then the next):
+    value, AQI, category, interval and probabilities.
+
+    Each step runs once over all models' rows, not once per model: on the online path's
+    single input row the number of numpy calls is the cost. Only the intervals go model by
+    model (each has its own calibration).
+    """
+    keys = champion.keys
+    n, m = len(kept), len(keys)
+    value = np.clip(np.stack([np.asarray(predicted[key], dtype=np.float64) for key in keys]),
+                    0, None)  # (model, row)
     issue = inputs.issue_time[kept]
     locations = inputs.location_id[kept]
-    unknown = np.full((3 + len(PROBABILITY_COLUMNS), n), np.nan)  # one allocation, row views
+    unknown = np.full(n, np.nan)
+    extra, ages = inputs.extra, inputs.hours_since or {}
     out: dict[str, np.ndarray] = {
-        "location_id": locations,
-        "issue_time": issue,
-        "target": np.full(n, key.target, dtype=object),
-        "horizon": np.full(n, key.horizon, dtype=np.int64),
-        "target_time": issue + np.timedelta64(key.horizon, "h"),
-        "value": value,
-        "persistence": inputs.extra[key.target][kept] if key.target in inputs.extra
-        else unknown[-1],
-        "input_completeness": completeness[kept],
-        "hours_since_observation": (inputs.hours_since[key.target][kept]
-                                    if inputs.hours_since and key.target in inputs.hours_since
-                                    else unknown[-1]),
-        "model_version": np.full(n, champion.version, dtype=object),
+        "location_id": np.tile(locations, m),
+        "issue_time": np.tile(issue, m),
+        "target": np.repeat(champion.key_targets, n),
+        "horizon": np.repeat(champion.key_horizons, n),
+        "target_time": (issue[None, :] + champion.key_horizons.astype("timedelta64[h]")[:, None]
+                        ).reshape(-1),
+        "value": value.reshape(-1),
+        "persistence": np.concatenate([extra[key.target][kept] if key.target in extra
+                                       else unknown for key in keys]),
+        "input_completeness": np.tile(completeness[kept], m),
+        "hours_since_observation": np.concatenate([ages[key.target][kept] if key.target in ages
+                                                   else unknown for key in keys]),
+        "model_version": np.full(n * m, champion.version, dtype=object),
     }
-    try:
-        index = aqi(key.target, value)
-    except ValueError:  # a target without AQI breakpoints
-        index = unknown[-1]
-    out["aqi"] = index
-    out["aqi_category"] = category_names(index)
-    for i, column in enumerate((LOWER, UPPER, *PROBABILITY_COLUMNS)):
-        out[column] = unknown[i]
-    calibration = champion.calibration.get(key)
-    if calibration is not None:
+    index = np.full((m, n), np.nan)
+    for target, models in champion.models_of_target.items():
+        try:
+            index[models] = aqi(target, value[models])
+        except ValueError:  # a target without AQI breakpoints
+            pass
+    out["aqi"] = index.reshape(-1)
+    out["aqi_category"] = category_names(out["aqi"])
+    uncertainty = np.full((2 + len(PROBABILITY_COLUMNS), m, n), np.nan)  # one allocation
+    for i, key in enumerate(keys):
+        calibration = champion.calibration.get(key)
+        if calibration is None:
+            continue
         column = (calibration.get("scale") or {}).get("column")
         volatility = None if column is None else inputs.extra.get(column)
         if column is not None and volatility is None:
@@ -331,11 +356,14 @@ def _rows(champion: Champion, key: ModelKey, predicted: np.ndarray, inputs: Inpu
         for location in dict.fromkeys(locations):
             rows = np.flatnonzero(locations == location) if n > 1 else np.zeros(1, dtype=int)
             lower, upper, probabilities = uncertainty_of(
-                key.target, value[rows], calibration, location,
+                key.target, value[i, rows], calibration, location,
                 None if volatility is None else volatility[rows], champion.coverage)
-            out[LOWER][rows], out[UPPER][rows] = lower, upper
-            for name, values in probabilities.items():
-                out[name][rows] = values
+            uncertainty[0, i, rows], uncertainty[1, i, rows] = lower, upper
+            for j, name in enumerate(PROBABILITY_COLUMNS):
+                if name in probabilities:
+                    uncertainty[2 + j, i, rows] = probabilities[name]
+    for j, column in enumerate((LOWER, UPPER, *PROBABILITY_COLUMNS)):
+        out[column] = uncertainty[j].reshape(-1)
     return out
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,6 +174,8 @@ class ForecastGrid:
     def since(self, hour: int) -> ForecastGrid:
         """The runs issued at or after ``hour`` (a bounded window for the online path)."""
         keep = self.issues >= hour
+        if keep.all():  # itself: the copy would compute ``known`` again
+            return self
         return ForecastGrid(self.issues[keep], {k: v[keep] for k, v in self.series.items()})
 
     def until(self, hour: int) -> ForecastGrid:
@@ -187,9 +189,11 @@ class ForecastGrid:
         cells = [~np.isnan(v) for v in self.series.values()]
         return np.logical_or.reduce(cells) if cells else np.zeros((0, 1), dtype=bool)
 
-    def at(self, origins: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    def at(self, origins: np.ndarray, horizon: int | np.ndarray,
+           ) -> tuple[np.ndarray, np.ndarray]:
         """(run row, lead) of the newest run issued at or before each origin that forecasts
-        the hour ``origin + horizon``; row -1 where no run does.
+        the hour ``origin + horizon`` (one horizon, or one per origin); row -1 where no run
+        does.
 
         Usually the newest run; an older one when the newest lacks the hour (its leads stop
         short, or a provider that gives one lead per valid hour, such as Open-Meteo's
@@ -437,7 +441,28 @@ class Place:
     code: float
 
 
-Kernel = Callable[[HourlyGrid, np.ndarray, Place, Mapping[str, np.ndarray]], np.ndarray]
+class Columns(dict):
+    """The columns computed so far at the positions of one evaluation (name -> values), and
+    what several blocks of that evaluation share.
+
+    :meth:`shared` computes a value once per evaluation: the blocks of the target hour, one
+    per horizon, read every horizon's values from one computation (one numpy call for all
+    horizons instead of one per horizon: on the online path's single row, the calls are the
+    cost). Both paths evaluate the same blocks, so they share the same way.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shared: dict[Hashable, np.ndarray] = {}
+
+    def shared(self, key: Hashable, make: Callable[[], np.ndarray]) -> np.ndarray:
+        found = self._shared.get(key)
+        if found is None:
+            found = self._shared[key] = make()
+        return found
+
+
+Kernel = Callable[[HourlyGrid, np.ndarray, Place, Columns], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -445,8 +470,9 @@ class FeatureBlock:
     """Columns computed together by one kernel.
 
     ``kernel(grid, pos, place, done)`` returns an array of shape (len(pos), len(columns))
-    (or (len(pos),) for one column); ``done`` holds the columns of earlier blocks at ``pos``.
-    ``lookback`` is how many hours before the issue hour it reads (through ``done`` too).
+    (or (len(pos),) for one column); ``done`` holds the columns of earlier blocks at ``pos``
+    (and :meth:`Columns.shared`, for work several blocks share). ``lookback`` is how many
+    hours before the issue hour it reads (through ``done`` too).
     """
 
     columns: tuple[str, ...]
@@ -528,14 +554,25 @@ def _location_code(g, pos, p, done):
 
 
 def _observed_mean(values: np.ndarray, min_count: int) -> np.ndarray:
-    """Row means of the observed values of (n, k) ``values``; NaN below ``min_count``."""
+    """Means of the observed values of ``values`` along its last axis; NaN below
+    ``min_count``."""
     missing = np.isnan(values)
-    count = values.shape[1] - missing.sum(axis=1)
-    total = np.where(missing, 0.0, values).sum(axis=1)
+    count = values.shape[-1] - missing.sum(axis=-1)
+    total = np.where(missing, 0.0, values).sum(axis=-1)
     return np.where(count >= min_count, total / np.maximum(count, 1), np.nan)
 
 
-def _profiles(target: str, horizon: int) -> FeatureBlock:
+def _profile_offsets(horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hours before the origin of the same hour of day as ``t + horizon`` on the last 7 days
+    known, and of the same hour of week on the last 4 weeks."""
+    first_day = max(1, -(-horizon // 24))
+    daily = 24 * np.arange(first_day, first_day + 7, dtype=np.int64) - horizon
+    first_week = max(1, -(-horizon // 168))
+    weekly = 168 * np.arange(first_week, first_week + 4, dtype=np.int64) - horizon
+    return daily, weekly
+
+
+def _profiles(target: str, horizon: int, horizons: Sequence[int]) -> FeatureBlock:
     """The location's usual level at the target hour, from history known at the origin.
 
     - ``rel_daily_profile``: the mean of the same hour of day over the last 7 days known
@@ -543,21 +580,30 @@ def _profiles(target: str, horizon: int) -> FeatureBlock:
     - ``rel_weekly_profile``: the same hour of the same weekday over the last 4 weeks;
     - ``diurnal_shape``: the daily profile against the mean of the last 7 days (how much
       higher or lower that hour of day usually is, whatever the level now).
+
+    The blocks of all ``horizons`` share one computation per evaluation (one gather of every
+    horizon's hours, :meth:`Columns.shared`); each takes its own horizon's columns.
     """
-    first_day = max(1, -(-horizon // 24))
-    daily = 24 * np.arange(first_day, first_day + 7, dtype=np.int64) - horizon
-    first_week = max(1, -(-horizon // 168))
-    weekly = 168 * np.arange(first_week, first_week + 4, dtype=np.int64) - horizon
+    horizons = tuple(int(h) for h in horizons)
+    k = horizons.index(horizon)
+    offsets = [_profile_offsets(h) for h in horizons]
+    daily = np.concatenate([d for d, _ in offsets])  # horizon-major: (len(horizons) * 7,)
+    weekly = np.concatenate([w for _, w in offsets])
     columns = tuple(horizon_column(f"{target}_{name}", horizon)
                     for name in ("rel_daily_profile", "rel_weekly_profile", "diurnal_shape"))
 
-    def kernel(g, pos, p, done):
+    def every_horizon(g: HourlyGrid, pos: np.ndarray, done: Columns) -> np.ndarray:
         x = g.series[target]
-        level = done[anchor_column(target)]
-        day = np.log1p(_observed_mean(shifted(x, pos, daily), 4))
-        week = np.log1p(_observed_mean(shifted(x, pos, weekly), 2))
-        mean = np.log1p(rolling_stats(x, pos, 168, 84)[0])
-        return np.stack([day - level, week - level, day - mean], axis=1)
+        n, m = len(pos), len(horizons)
+        level = done[anchor_column(target)][:, None]
+        day = np.log1p(_observed_mean(shifted(x, pos, daily).reshape(n, m, 7), 4))
+        week = np.log1p(_observed_mean(shifted(x, pos, weekly).reshape(n, m, 4), 2))
+        mean = np.log1p(rolling_stats(x, pos, 168, 84)[0])[:, None]
+        return np.stack([day - level, week - level, day - mean], axis=2)  # (n, horizons, 3)
+
+    def kernel(g, pos, p, done):
+        return done.shared(("profiles", target, horizons),
+                           lambda: every_horizon(g, pos, done))[:, k]
 
     return FeatureBlock(columns, kernel, int(max(daily.max(), weekly.max(), 167)))
 
@@ -614,27 +660,34 @@ def _target_calendar(horizon: int) -> FeatureBlock:
     return FeatureBlock(tuple(horizon_column(f"tt_{n}", horizon) for n in names), kernel)
 
 
-def _forecast(horizon: int, variables: Sequence[str]) -> FeatureBlock:
+def _forecast(horizon: int, variables: Sequence[str], horizons: Sequence[int]) -> FeatureBlock:
     """The weather forecast for the target hour from the newest run issued by the origin.
 
     Per variable its forecast value; the wind as a vector; the forecast precipitation summed
     over the hours up to the target hour (rain on the way washes out); and the lead time
     of the run used (older runs are less accurate). NaN without a run covering the hour.
+
+    The blocks of all ``horizons`` share one computation per evaluation (every horizon's runs
+    looked up at once, :meth:`Columns.shared`); each takes its own horizon's columns.
     """
+    variables = tuple(variables)
+    horizons = tuple(int(h) for h in horizons)
+    k = horizons.index(horizon)
     wind = "wind_speed_10m" in variables and "wind_direction_10m" in variables
     rain = "precipitation" in variables
     names = [f"fc_{v}" for v in variables]
     names += ["fc_wind_u", "fc_wind_v"] if wind else []
     names += ["fc_precipitation_sum"] if rain else []
     names += ["fc_lead"]
-    back = np.arange(horizon, dtype=np.int64)
+    steps = np.asarray(horizons, dtype=np.int64)
 
-    def kernel(g, pos, p, done):
-        out = np.full((len(pos), len(names)), np.nan)
+    def every_horizon(g: HourlyGrid, pos: np.ndarray) -> np.ndarray:
+        n, m = len(pos), len(horizons)
+        out = np.full((n * m, len(names)), np.nan)  # (origin, horizon) rows, horizon fastest
         runs = g.forecasts
         if runs is None or not len(runs):
-            return out
-        row, lead = runs.at(g.hours[pos], horizon)
+            return out.reshape(n, m, len(names))
+        row, lead = runs.at(np.repeat(g.hours[pos], m), np.tile(steps, n))
         for i, variable in enumerate(variables):
             out[:, i] = runs.values(variable, row, lead)
         j = len(variables)
@@ -644,14 +697,21 @@ def _forecast(horizon: int, variables: Sequence[str]) -> FeatureBlock:
             out[:, j], out[:, j + 1] = -speed * np.sin(rad), -speed * np.cos(rad)
             j += 2
         if rain:
-            ok = row >= 0
-            leads = lead[ok][:, None] - back[None, :]
-            hours = runs.series["precipitation"][row[ok][:, None], leads]
-            known = ~np.isnan(hours)
-            total = np.where(known, hours, 0.0).sum(axis=1)
-            out[ok, j] = np.where(known.any(axis=1), total, np.nan)
+            by_horizon = out.reshape(n, m, len(names))
+            for i, h in enumerate(horizons):
+                row_h, lead_h = row[i::m], lead[i::m]
+                ok = row_h >= 0
+                leads = lead_h[ok][:, None] - np.arange(h, dtype=np.int64)[None, :]
+                hours = runs.series["precipitation"][row_h[ok][:, None], leads]
+                known = ~np.isnan(hours)
+                total = np.where(known, hours, 0.0).sum(axis=1)
+                by_horizon[ok, i, j] = np.where(known.any(axis=1), total, np.nan)
         out[:, -1] = np.where(row >= 0, lead, np.nan)
-        return out
+        return out.reshape(n, m, len(names))
+
+    def kernel(g, pos, p, done):
+        return done.shared(("forecast", variables, horizons),
+                           lambda: every_horizon(g, pos))[:, k]
 
     return FeatureBlock(tuple(horizon_column(n, horizon) for n in names), kernel)
 
@@ -700,11 +760,11 @@ def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
     forecast_weather = [v for v in WEATHER if v in cfg.forecast_weather]
     for horizon in spec.horizons:
         if cfg.profiles:
-            blocks += [_profiles(target, horizon) for target in spec.targets]
+            blocks += [_profiles(target, horizon, spec.horizons) for target in spec.targets]
         if cfg.target_calendar:
             blocks.append(_target_calendar(horizon))
         if forecast_weather:
-            blocks.append(_forecast(horizon, forecast_weather))
+            blocks.append(_forecast(horizon, forecast_weather, spec.horizons))
     return tuple(blocks)
 
 
@@ -735,9 +795,9 @@ def feature_names(spec: FeatureSpec) -> list[str]:
 
 
 def evaluate(blocks: Sequence[FeatureBlock], grid: HourlyGrid, pos: np.ndarray, place: Place,
-             ) -> dict[str, np.ndarray]:
+             ) -> Columns:
     """Every block's columns at ``pos``, in order."""
-    done: dict[str, np.ndarray] = {}
+    done = Columns()
     for block in blocks:
         values = block.kernel(grid, pos, place, done)
         if values.ndim == 1:
