@@ -37,7 +37,7 @@ from pipeline.core.intervals import (
     PROBABILITY_COLUMNS,
     UPPER,
     model_calibration,
-    uncertainty_of,
+    uncertainty_of_models,
 )
 from pipeline.core.keys import ModelKey
 from pipeline.core.quality import input_problems
@@ -153,6 +153,12 @@ class Champion:
     def key_horizons(self) -> np.ndarray:
         """Each model's horizon, in the order of :attr:`keys`."""
         return np.array([key.horizon for key in self.keys], dtype=np.int64)
+
+    @functools.cached_property
+    def calibrated(self) -> np.ndarray:
+        """The positions in :attr:`keys` of the models with a calibration (intervals)."""
+        return np.array([i for i, key in enumerate(self.keys) if key in self.calibration],
+                        dtype=np.intp)
 
     @functools.cached_property
     def models_of_target(self) -> dict[str, np.ndarray]:
@@ -343,25 +349,27 @@ def _rows(champion: Champion, predicted: Mapping[tuple[str, int], np.ndarray], i
     out["aqi"] = index.reshape(-1)
     out["aqi_category"] = category_names(out["aqi"])
     uncertainty = np.full((2 + len(PROBABILITY_COLUMNS), m, n), np.nan)  # one allocation
-    for i, key in enumerate(keys):
-        calibration = champion.calibration.get(key)
-        if calibration is None:
-            continue
-        column = (calibration.get("scale") or {}).get("column")
-        volatility = None if column is None else inputs.extra.get(column)
-        if column is not None and volatility is None:
-            raise ChampionError(f"the {key} interval scales by {column!r}: the inputs lack it")
-        if volatility is not None:
-            volatility = volatility[kept]
+    models = champion.calibrated
+    if len(models):
+        calibrations = [champion.calibration[keys[i]] for i in models]
+        targets = [keys[i].target for i in models]
+        volatility = []
+        for i, calibration in zip(models, calibrations, strict=True):
+            column = (calibration.get("scale") or {}).get("column")
+            found = None if column is None else inputs.extra.get(column)
+            if column is not None and found is None:
+                raise ChampionError(f"the {keys[i]} interval scales by {column!r}: the inputs "
+                                    "lack it")
+            volatility.append(None if found is None else found[kept])
         for location in dict.fromkeys(locations):
-            rows = np.flatnonzero(locations == location) if n > 1 else np.zeros(1, dtype=int)
-            lower, upper, probabilities = uncertainty_of(
-                key.target, value[i, rows], calibration, location,
-                None if volatility is None else volatility[rows], champion.coverage)
-            uncertainty[0, i, rows], uncertainty[1, i, rows] = lower, upper
-            for j, name in enumerate(PROBABILITY_COLUMNS):
-                if name in probabilities:
-                    uncertainty[2 + j, i, rows] = probabilities[name]
+            rows = np.flatnonzero(locations == location) if n > 1 else slice(None)
+            lower, upper, chances = uncertainty_of_models(
+                targets, value[models][:, rows], calibrations, location,
+                [None if v is None else v[rows] for v in volatility], champion.coverage)
+            cells = np.ix_(models, np.arange(n)[rows])
+            uncertainty[0][cells], uncertainty[1][cells] = lower, upper
+            for j in range(len(PROBABILITY_COLUMNS)):
+                uncertainty[2 + j][cells] = chances[j]
     for j, column in enumerate((LOWER, UPPER, *PROBABILITY_COLUMNS)):
         out[column] = uncertainty[j].reshape(-1)
     return out

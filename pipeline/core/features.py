@@ -184,6 +184,15 @@ class ForecastGrid:
         return ForecastGrid(self.issues[keep], {k: v[keep] for k, v in self.series.items()})
 
     @functools.cached_property
+    def cube(self) -> tuple[np.ndarray, dict[str, int]]:
+        """Every variable's (run, lead) table stacked (variable, run, lead), and each
+        variable's position: all variables of given cells in one gather."""
+        names = list(self.series)
+        stacked = (np.stack([self.series[n] for n in names]) if names
+                   else np.zeros((0, len(self.issues), 1)))
+        return stacked, {name: i for i, name in enumerate(names)}
+
+    @functools.cached_property
     def known(self) -> np.ndarray:
         """(run, lead) cells with at least one forecast value."""
         cells = [~np.isnan(v) for v in self.series.values()]
@@ -339,7 +348,13 @@ def shifted(x: np.ndarray, pos: np.ndarray, lags: np.ndarray | int) -> np.ndarra
 
     One lag gives shape (len(pos),), an array of lags (len(pos), len(lags)).
     """
-    source = pos[:, None] - np.atleast_1d(lags)[None, :]
+    steps = np.atleast_1d(lags)
+    if len(pos) == 1 and len(x):  # one position (online): a plain gather when all are on the grid
+        source = int(pos[0]) - steps
+        if source.min() >= 0 and source.max() < len(x):
+            out = x[source][None, :]
+            return out if np.ndim(lags) else out[:, 0]
+    source = pos[:, None] - steps[None, :]
     out = x.take(source, mode="clip") if len(x) else np.full(source.shape, np.nan)
     out[(source < 0) | (source >= len(x))] = np.nan
     return out if np.ndim(lags) else out[:, 0]
@@ -350,6 +365,9 @@ def windows(x: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
 
     A copy per position, so a window's statistics depend on its own values only.
     """
+    if len(pos) == 1 and width - 1 <= pos[0] < len(x):  # one position on the grid: a slice
+        end = int(pos[0]) + 1
+        return x[end - width:end][None, :].copy()
     return shifted(x, pos, np.arange(width - 1, -1, -1))
 
 
@@ -688,25 +706,34 @@ def _forecast(horizon: int, variables: Sequence[str], horizons: Sequence[int]) -
         if runs is None or not len(runs):
             return out.reshape(n, m, len(names))
         row, lead = runs.at(np.repeat(g.hours[pos], m), np.tile(steps, n))
-        for i, variable in enumerate(variables):
-            out[:, i] = runs.values(variable, row, lead)
+        found = row >= 0
+        every = bool(found.all())
+        at = np.where(found, row, 0)  # (run 0, lead 0) where none: refilled with NaN below
+        cube, index = runs.cube
+        values = cube[:, at, lead]  # (variable, origin x horizon): one gather for all
+        if not every:
+            values[:, ~found] = np.nan
+        out[:, :len(variables)] = values[[index[v] for v in variables]].T
         j = len(variables)
         if wind:
-            speed = runs.values("wind_speed_10m", row, lead)
-            rad = np.deg2rad(runs.values("wind_direction_10m", row, lead))
+            speed = values[index["wind_speed_10m"]]
+            rad = np.deg2rad(values[index["wind_direction_10m"]])
             out[:, j], out[:, j + 1] = -speed * np.sin(rad), -speed * np.cos(rad)
             j += 2
-        if rain:
+        if rain:  # each horizon sums its own first hours of one gather of the longest
+            back = np.arange(max(horizons), dtype=np.int64)
+            hours = runs.series["precipitation"][at[:, None],
+                                                 np.maximum(lead[:, None] - back[None, :], 0)]
+            known = ~np.isnan(hours)
+            filled = np.where(known, hours, 0.0).reshape(n, m, len(back))
+            known = known.reshape(n, m, len(back))
             by_horizon = out.reshape(n, m, len(names))
             for i, h in enumerate(horizons):
-                row_h, lead_h = row[i::m], lead[i::m]
-                ok = row_h >= 0
-                leads = lead_h[ok][:, None] - np.arange(h, dtype=np.int64)[None, :]
-                hours = runs.series["precipitation"][row_h[ok][:, None], leads]
-                known = ~np.isnan(hours)
-                total = np.where(known, hours, 0.0).sum(axis=1)
-                by_horizon[ok, i, j] = np.where(known.any(axis=1), total, np.nan)
-        out[:, -1] = np.where(row >= 0, lead, np.nan)
+                by_horizon[:, i, j] = np.where(known[:, i, :h].any(axis=-1),
+                                               filled[:, i, :h].sum(axis=-1), np.nan)
+            if not every:
+                out[~found, j] = np.nan
+        out[:, -1] = np.where(found, lead, np.nan)
         return out.reshape(n, m, len(names))
 
     def kernel(g, pos, p, done):
