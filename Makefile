@@ -7,16 +7,22 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE :=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run run-celery test test-fast lint stop status clean lock loadtest
+.PHONY: help setup run run-celery test test-fast lint stop status clean lock lock-side loadtest
 # the one command that writes requirements.lock (every pinned version, with hashes)
 LOCK_CMD := $(PY) -m uv pip compile pyproject.toml --extra dev --extra serving --extra airflow \
 	--extra stack --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 	--custom-compile-command "make lock" --quiet -o requirements.lock
+# the side venvs' locks (scripts/setup.sh): MLflow's server, MLServer (what decides a forecast
+# constrained to requirements.lock's versions), the KServe SDK wheel the manifest checks read
+LOCK_SIDE := $(PY) -m uv pip compile --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock" --quiet
+FORECAST_PINS := numpy|scipy|scikit-learn|skops|treelite|pandas|pyarrow|joblib|threadpoolctl|pandera|pyyaml|prometheus-client
+SIDE_LOCKS := requirements-mlflow.lock requirements-mlserver.lock requirements-schemas.lock
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml requirements.lock scripts/setup.sh
+$(STAMP): pyproject.toml requirements.lock $(SIDE_LOCKS) scripts/setup.sh
 	./scripts/setup.sh
 	@touch $(STAMP)
 
@@ -60,8 +66,16 @@ status: ## the local services and their state (supervisorctl status)
 lock: ## re-resolve requirements.lock from pyproject.toml (after changing dependencies), then install it
 	@[ -x $(PY) ] || ./scripts/setup.sh
 	$(LOCK_CMD) --upgrade
+	$(MAKE) --no-print-directory lock-side
 	./scripts/setup.sh
 	@touch $(STAMP)
+
+lock-side: ## re-resolve the side venvs' locks (MLflow server, MLServer, KServe schemas)
+	$(LOCK_SIDE) requirements-mlflow.in -o requirements-mlflow.lock
+	grep -E '^($(FORECAST_PINS))==' requirements.lock | sed 's/ \\$$//' > .forecast-pins.txt
+	$(LOCK_SIDE) requirements-mlserver.in -c .forecast-pins.txt -o requirements-mlserver.lock
+	@rm -f .forecast-pins.txt
+	$(LOCK_SIDE) --no-deps requirements-schemas.in -o requirements-schemas.lock
 
 clean: stop ## remove generated outputs (keeps data/ and the venv)
 	rm -rf build reports predictions models metrics.json .stack

@@ -99,6 +99,9 @@ HGB_VARIANTS = {
     "before": {"max_fits": 1, "base": {"loss": "squared_error"}},
     "absolute": {"max_fits": 1, "base": {"loss": "absolute_error"}},
     "selected": {"max_fits": None, "base": {}},
+    # the default search with a cheaper mean: 2 models of at most 100 iterations
+    "selected_ens2_it100": {"max_fits": None, "base": {"max_iter": 100}, "ensemble": 2},
+    "selected_ens1": {"max_fits": None, "base": {}, "ensemble": 1},
 }
 
 
@@ -215,7 +218,8 @@ def quality(root: Path, variants: list[str], days: int,
                         regularisation=tuple(r.model_dump(exclude_none=True)
                                              for r in s.regularisation),
                         max_fits=variant["max_fits"] or s.max_fits, max_rows=s.max_rows,
-                        validation_days=s.validation_days)
+                        validation_days=s.validation_days,
+                        ensemble=variant.get("ensemble", getattr(s, "ensemble", 1)))
                     fit = fit_horizon(frame, features, target, horizon, base, space,
                                       split.label_cutoff, vstart, params.model.max_train_rows,
                                       params.model.random_state)

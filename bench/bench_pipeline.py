@@ -149,6 +149,7 @@ class TreePeak:
         import threading
 
         self.pid, self.interval, self.peak_kb = pid, interval, 0
+        self.loads: list[float] = []  # the 1-minute load average, sampled with the memory
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -156,6 +157,7 @@ class TreePeak:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak_kb = max(self.peak_kb, _tree_rss_kb(self.pid))
+            self.loads.append(os.getloadavg()[0])
             self._stop.wait(self.interval)
 
     def stop(self) -> int:
@@ -200,6 +202,10 @@ def run_step(root: Path, step: str, log_dir: Path, profile_dir: Path | None) -> 
         # the step's process and its worker processes together (AQ_PROCESSES), sampled
         "tree_peak_rss_mb": round(tree_peak_kb / 1024, 1),
         "load_1m_before": round(load_before, 2),
+        # the machine's 1-minute load while the step ran (the step's own processes included)
+        "load_1m_mean": round(sum(tree.loads) / len(tree.loads), 2) if tree.loads
+        else round(load_before, 2),
+        "load_1m_max": round(max(tree.loads), 2) if tree.loads else round(load_before, 2),
     }
 
 
@@ -216,12 +222,19 @@ def run_size(n_locations: int, years: int, workdir: Path, keep: bool,
         result = run_step(root, step, log_dir, prof)
         steps.append(result)
         print(f"  {label} {step:<10} {result['wall_s']:8.2f} s wall {result['cpu_s']:8.2f} s cpu "
-              f"{result['peak_rss_mb']:8.1f} MB", file=sys.stderr, flush=True)
+              f"{result['peak_rss_mb']:8.1f} MB ({result['tree_peak_rss_mb']:.1f} MB with "
+              f"workers)  load {result['load_1m_mean']:.2f} mean, {result['load_1m_max']:.2f} "
+              f"max", file=sys.stderr, flush=True)
     quality = json.loads((root / "reports" / "quality.json").read_text())
     evaluation = json.loads((root / "metrics.json").read_text())
     promotion = json.loads((root / "reports" / "promotion.json").read_text())
     total = sum(s["wall_s"] for s in steps)
     rows = int(quality["rows_valid"])
+    print(f"  {label} end to end {total:8.2f} s wall {sum(s['cpu_s'] for s in steps):8.2f} s cpu "
+          f"{max(s['peak_rss_mb'] for s in steps):8.1f} MB largest step "
+          f"({max(s['tree_peak_rss_mb'] for s in steps):.1f} MB with workers), "
+          f"{os.cpu_count()} cores, load {min(s['load_1m_mean'] for s in steps):.2f}.."
+          f"{max(s['load_1m_max'] for s in steps):.2f}", file=sys.stderr, flush=True)
     result = {
         "size": label,
         "locations": n_locations,
@@ -292,13 +305,15 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
             f"{r['feature_rows']:,} feature rows; load average {start} at the start, "
             f"{end} at the end.",
             "",
-            "| step | wall (s) | CPU (s) | peak RSS (MB) | with workers (MB) | load (1 min) |",
+            "| step | wall (s) | CPU (s) | peak RSS (MB) | with workers (MB) | "
+            "load (1 min, mean / max during) |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         for s in r["steps"]:
             lines.append(f"| {s['step']} | {s['wall_s']:.2f} | {s['cpu_s']:.2f} | "
                          f"{s['peak_rss_mb']:.0f} | {s.get('tree_peak_rss_mb', 0):.0f} | "
-                         f"{s['load_1m_before']:.2f} |")
+                         f"{s.get('load_1m_mean', s['load_1m_before']):.2f} / "
+                         f"{s.get('load_1m_max', s['load_1m_before']):.2f} |")
         lines += [
             f"| **end to end** | **{r['total_wall_s']:.2f}** | **{r['total_cpu_s']:.2f}** | "
             f"**{r['peak_rss_mb']:.0f}** | **{r.get('tree_peak_rss_mb', 0):.0f}** | |",

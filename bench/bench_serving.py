@@ -15,6 +15,9 @@ new connection per request as sync workers close them), interleaved round by rou
     post_obs_direct  the same request straight to gunicorn's unix socket (no nginx)
     post             POST /v1/forecasts without observations (the stored newest hour), nginx
     get              GET /v1/forecasts/{id} (latest batch forecast), nginx
+    v2_obs           MLServer's V2 infer (serving/v2.py, one process) with the same
+                     observations
+    v2               MLServer's V2 infer of the stored newest hour (as post)
 
 Per configuration: req/s, p50/p99 latency, server CPU per request (user + system, /proc: the
 gunicorn master and workers, plus nginx and mtail through the front door), and the ratio to
@@ -23,6 +26,7 @@ samples each worker's RSS (flat = no growth).
 
     .venv/bin/python bench/bench_serving.py                       # 3 rounds x 15 s, 10 min soak
     .venv/bin/python bench/bench_serving.py --rounds 1 --seconds 5 --soak 0   # quick look
+    .venv/bin/python bench/bench_serving.py --no-v2       # without MLServer (.venv-mlserver)
 """
 
 from __future__ import annotations
@@ -46,7 +50,10 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-ANCHORS = REPO.parent / "shared" / "bench-anchors"
+# ../shared/bench-anchors of the checkout (or of the folder above a git worktree's folder)
+ANCHORS = next((d for d in (REPO.parent / "shared" / "bench-anchors",
+                            REPO.parent.parent / "shared" / "bench-anchors") if d.exists()),
+               REPO.parent / "shared" / "bench-anchors")
 sys.path.insert(0, str(REPO))  # the launcher (stack/) and the settings of this checkout
 STEPS = ["ingest", "preprocess", "train", "evaluate", "promote", "predict"]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -294,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
     parser.add_argument("--anchors", type=Path, default=ANCHORS,
                         help="the reference apps' folder (default: ../shared/bench-anchors)")
+    parser.add_argument("--no-v2", dest="v2", action="store_false",
+                        help="leave out MLServer's V2 endpoint (.venv-mlserver)")
     args = parser.parse_args(argv)
     anchors = args.anchors.resolve()
     if not (anchors / "baseline_app.py").exists():
@@ -315,6 +324,18 @@ def main(argv: list[str] | None = None) -> int:
                                      "-c", str(anchors / "gunicorn_conf.py"),
                                      "--pythonpath", str(anchors), "baseline_app:app"],
                        {**base_env, "BASELINE": "seed"}, anchors, ref_port, "/healthz")
+    v2 = None
+    if args.v2:  # MLServer from its own venv, as `make run` starts it (stack/mlserver_local.py)
+        v2_port = free_port()
+        (work / "mlserver").mkdir()
+        v2 = Server("mlserver", [str(REPO / ".venv-mlserver" / "bin" / "mlserver"), "start",
+                                 str(REPO / "deploy" / "mlserver")],
+                    {**base_env, "AQ_PROJECT_DIR": str(project), "MLSERVER_HOST": "127.0.0.1",
+                     "MLSERVER_HTTP_PORT": str(v2_port),
+                     "MLSERVER_GRPC_PORT": str(free_port()),
+                     "MLSERVER_METRICS_PORT": str(free_port()),
+                     "MLSERVER_METRICS_DIR": str(work / "mlserver")},
+                    work / "mlserver", v2_port, "/v2/models/aq-forecast/ready")
     ours = None
     try:
         ours = FrontDoor(project, {"OMP_NUM_THREADS": "1", "AQ_PROJECT_DIR": str(project),
@@ -338,6 +359,16 @@ def main(argv: list[str] | None = None) -> int:
                      json.dumps({"location_id": location}).encode()),
             "get": (ours, "GET", f"/v1/forecasts/{location}", None),
         }
+        if v2 is not None:
+            observations = json.loads(obs_body)["observations"]
+            location_input = {"name": "location_id", "shape": [1], "datatype": "BYTES",
+                              "data": [location]}
+            configs["v2_obs"] = (v2, "POST", "/v2/models/aq-forecast/infer", json.dumps(
+                {"inputs": [location_input, {"name": "observations", "shape": [1],
+                                             "datatype": "BYTES",
+                                             "data": [json.dumps(observations)]}]}).encode())
+            configs["v2"] = (v2, "POST", "/v2/models/aq-forecast/infer",
+                             json.dumps({"inputs": [location_input]}).encode())
         rounds = []
         for i in range(args.rounds):
             row = {"load_average": load_average()}
@@ -373,15 +404,19 @@ def main(argv: list[str] | None = None) -> int:
                     "start_rss_mb": {p: round(v / 2**20, 1) for p, v in start_rss.items()},
                     "end_rss_mb": {p: round(rss_bytes(p) / 2**20, 1) for p in workers},
                     "samples": samples}
+        rss = {name: {p: round(rss_bytes(p) / 2**20, 1) for p in server.pids}
+               for name, server in (("ours", ours), ("mlserver", v2)) if server is not None}
     finally:
         if ours is not None:
             ours.stop()
         reference.stop()
+        if v2 is not None:
+            v2.stop()
     machine = {"cores": os.cpu_count(), "python": platform.python_version(),
                "processor": platform.processor() or platform.machine()}
     result = {"machine": machine, "connections": args.connections, "seconds": args.seconds,
-              "rounds": rounds, "summary": summary, "soak": soak}
-    print(json.dumps({"summary": summary, "soak": soak and {
+              "rounds": rounds, "summary": summary, "soak": soak, "rss_mb": rss}
+    print(json.dumps({"summary": summary, "rss_mb": rss, "soak": soak and {
         k: soak[k] for k in ("requests", "start_rss_mb", "end_rss_mb")}}, indent=2))
     for name in ("post_obs", "post_obs_direct"):
         print(f"{name}: {summary[name]['ratio_rps_to_reference']:.2f}x the reference (median "

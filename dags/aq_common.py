@@ -83,8 +83,44 @@ def push_task_failure(context: Mapping[str, Any]) -> None:
         log.warning("failure of %s.%s not pushed to a Pushgateway", ti.dag_id, ti.task_id)
 
 
+def relay_warnings(context: Mapping[str, Any] | None = None) -> None:
+    """Before each task: Python warnings go to its log at WARNING, once per distinct message."""
+    from pipeline.pywarnings import relay_warnings_once
+
+    relay_warnings_once()
+
+
+# ---- a worker on another host (docs/airflow.md, "Workers on other hosts"): each task runs
+# in a workspace of its own, the home project mirrored into it before, what the task wrote
+# sent back after it succeeded (or ended skipped); on the home host both hooks do nothing
+_MIRROR: dict[str, Any] = {}
+
+
+def mirror_in(context: Mapping[str, Any]) -> None:
+    """Before a task on a worker host: claim a workspace, mirror the home project into it."""
+    from pipeline.settings import CelerySettings, HostsSettings
+
+    hosts = HostsSettings.from_env()
+    if not hosts.worker_host:
+        return
+    from pipeline.io.mirror import Mirror, Workspace
+
+    workspace = Workspace.claim(project_dir(), CelerySettings.from_env().concurrency)
+    os.environ["AQ_PROJECT_DIR"] = str(workspace.root)  # this task's process and its children
+    mirror = Mirror(hosts.home_url, hosts.state_password.get_secret_value(), workspace.root)
+    _MIRROR.update(mirror=mirror, before=mirror.pull(), workspace=workspace)
+
+
+def mirror_out(context: Mapping[str, Any], result: Any = None) -> None:
+    """After a task on a worker host succeeded or skipped: send back what it wrote."""
+    mirror = _MIRROR.pop("mirror", None)
+    if mirror is not None:
+        mirror.push(_MIRROR.pop("before"))
+
+
 def default_args(**overrides: Any) -> dict[str, Any]:
-    """Owner, retries with exponential backoff, a timeout and the failure callback."""
+    """Owner, retries with exponential backoff, a timeout, the failure callback, and the
+    warnings relay before each task, the mirror hooks of a worker on another host."""
     knobs = settings()
     args: dict[str, Any] = {
         "owner": OWNER,
@@ -94,6 +130,10 @@ def default_args(**overrides: Any) -> dict[str, Any]:
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(minutes=30),
         "on_failure_callback": push_task_failure,
+        "on_execute_callback": relay_warnings,
+        "pre_execute": mirror_in,
+        "post_execute": mirror_out,
+        "on_skipped_callback": mirror_out,
     }
     args.update(overrides)
     return args
@@ -240,40 +280,175 @@ def mapped_stage(stage: str, timeout: timedelta = timedelta(minutes=30)):
     The combining task holds DVC's read lock on ``data/raw`` (ingestion waits) while it
     runs ``python -m pipeline <stage> --finalize`` (which rebuilds any location whose raw
     data changed after its batch read it) and ``dvc commit --force <stage>``: dvc.lock then
-    records the data the outputs were built from, as ``dvc repro`` would. Returns the
-    first and the last task.
+    records the data the outputs were built from, as ``dvc repro`` would. ``predict``
+    pins the champion in its plan: every batch and the finalisation use that version, so
+    a promotion during the run changes nothing in it (the next run takes the new one).
+    Returns the plan's output and the last task.
     """
 
+    pinned = stage == "predict"  # one model from the first batch to the finalisation
+
     @task(task_id=f"plan_{stage}_batches", execution_timeout=timedelta(minutes=5),
-          doc_md="the configured locations in batches of `AQ_BATCH_LOCATIONS`")
-    def plan_batches() -> list[str]:
-        if stage == "predict":
+          doc_md="the configured locations in batches of `AQ_BATCH_LOCATIONS`"
+          + ("; pins the champion the whole run forecasts with" if pinned else ""))
+    def plan_batches() -> list[dict]:
+        model = None
+        if pinned:
             from pipeline.context import Context
+            from pipeline.io.registry import Registry
             from pipeline.steps.forecasting import clear_pending
 
-            clear_pending(Context.load(project_dir()))
-        return location_batches()
+            ctx = Context.load(project_dir())
+            clear_pending(ctx)
+            model = Registry(ctx.paths).champion_version()
+            log.info("this run forecasts with %s (the champion now), whatever is promoted "
+                     "before it ends", model)
+        return [{"locations": batch, "model": model} for batch in location_batches()]
 
     @task(task_id=f"{stage}_batch", map_index_template="{{ batch }}",
           execution_timeout=timeout,
           doc_md=f"`python -m pipeline {stage} --locations <batch>`")
-    def run_batch(locations: str) -> dict:
+    def run_batch(locations: str, model: str | None) -> dict:
         context = get_current_context()
         context["batch"] = locations  # type: ignore[typeddict-unknown-key]
-        return run_step(stage, locations=locations)
+        return run_step(stage, locations=locations, **({"model": model} if pinned else {}))
 
     @task(task_id=stage, pool=DVC_POOL, execution_timeout=timeout,
           doc_md=f"`python -m pipeline {stage} --finalize`, then `dvc commit --force {stage}`")
-    def combine(_done: list[dict]) -> None:
+    def combine(_done: list[dict], planned: list[dict]) -> None:
+        from pipeline.errors import CatchingUpError
         from pipeline.io.storage import dvc_read_lock
         from pipeline.paths import ProjectPaths
 
-        with dvc_read_lock(ProjectPaths(project_dir()).raw_dir):
-            run_step(stage, finalize_only=True)
-            run_dvc("commit", "--force", stage)
+        model = planned[0]["model"] if planned else None
+        options = {"model": model} if pinned else {}
+        while True:
+            # preprocess: the training snapshot is taken only while no catch-up is under way;
+            # one that began after the batches writes first (the lock is released meanwhile)
+            # and the finalisation rebuilds what it changed. The task's timeout bounds it.
+            try:
+                with dvc_read_lock(ProjectPaths(project_dir()).raw_dir):
+                    if stage != "preprocess" or not (pending := catch_ups_in_progress()):
+                        run_step(stage, finalize_only=True, **options)
+                        record_stage(stage, model)
+                        return
+            except CatchingUpError:  # one registered between the check and the step's own
+                pending = catch_ups_in_progress()
+            from pipeline.io.catchup import describe
+
+            log.warning("an ingestion is catching the store up (%s): waiting for it before "
+                        "taking the training snapshot", describe(pending))
+            wait_for_settled_store(timeout.total_seconds())
 
     plan = plan_batches()
-    return plan, combine(run_batch.expand(locations=plan))
+    return plan, combine(run_batch.expand_kwargs(plan), plan)
+
+
+def record_stage(stage: str, model: str | None) -> None:
+    """``dvc commit --force <stage>``, unless the outputs were made with a champion that is no
+    longer the one ``dvc.lock`` would record (promoted during the run): then the stage stays
+    changed, so the next run or ``dvc repro`` forecasts with the new champion."""
+    if model is not None:
+        from pipeline.io.registry import Registry
+        from pipeline.paths import ProjectPaths
+
+        now = Registry(ProjectPaths(project_dir())).champion_version()
+        if now != model:
+            log.warning("the champion became %s while this run forecast with %s: forecasts "
+                        "published, dvc.lock left as it was (the next run forecasts with %s)",
+                        now, model, now)
+            return
+    run_dvc("commit", "--force", stage)
+
+
+SETTLE_POLL_S = 15.0
+
+
+def catch_ups_in_progress() -> list:
+    """The locations an ingestion is catching up right now (``pipeline.io.catchup``)."""
+    from pipeline.config import load_params
+    from pipeline.io.catchup import CatchUpLog
+    from pipeline.paths import ProjectPaths
+
+    paths = ProjectPaths(project_dir())
+    return CatchUpLog(paths.ingest_state_dir, load_params(paths.params).source.kind
+                      ).in_progress()
+
+
+def wait_for_settled_store(timeout_s: float) -> None:
+    """Poll until no catch-up is under way; raise after ``timeout_s``."""
+    from pipeline.errors import CatchingUpError
+    from pipeline.io.catchup import describe
+
+    deadline = time.monotonic() + timeout_s
+    while pending := catch_ups_in_progress():
+        if time.monotonic() > deadline:
+            raise CatchingUpError(f"still catching up after {timeout_s:.0f} s: "
+                                  f"{describe(pending)}")
+        time.sleep(SETTLE_POLL_S)
+
+
+STALE_SLOT = timedelta(hours=1)  # a nightly run started later than this missed its slot
+SETTLE_WAIT = timedelta(minutes=100)  # how long a retrain waits for the store to settle
+
+
+def settle_decision(*, scheduled: bool, slot: datetime, started: datetime, now: datetime,
+                    pending: list, behind: dict[str, datetime]) -> tuple[bool, str]:
+    """(train now?, why not): the rule a retrain waits by (docs/airflow.md).
+
+    - while an ingestion is catching the store up (``pending``), wait;
+    - a scheduled run that started more than :data:`STALE_SLOT` after its slot (the DAG was
+      paused or the scheduler down then, as at ``make run``'s hand-over) also waits until
+      the store is caught up to the hour it started (``behind``: the locations stored, or
+      answered, up to an earlier hour);
+    - after :data:`SETTLE_WAIT` of waiting the run gives up: the reason is the skip's.
+    """
+    from pipeline.io.catchup import describe
+
+    waiting = []
+    if pending:
+        waiting.append(f"an ingestion is catching up {describe(pending)}")
+    if scheduled and started - slot > STALE_SLOT and behind:
+        shown = ", ".join(f"{loc} to {hour:%Y-%m-%dT%H:%M}Z"
+                          for loc, hour in sorted(behind.items())[:5])
+        waiting.append(f"this nightly slot ({slot:%Y-%m-%dT%H:%M}Z) started "
+                       f"{(started - slot).total_seconds() / 3600:.1f} h late and the store "
+                       f"is not caught up to {started:%Y-%m-%dT%H:00}Z: {shown}"
+                       + (f" and {len(behind) - 5} more" if len(behind) > 5 else ""))
+    if not waiting:
+        return True, ""
+    reason = "; ".join(waiting)
+    if now - started > SETTLE_WAIT:
+        return False, (f"not retrained: after {SETTLE_WAIT.total_seconds() // 60:.0f} min "
+                       f"{reason}; the next run trains on the caught-up store")
+    return False, reason
+
+
+def stored_behind(hour: datetime, slack: timedelta) -> dict[str, datetime]:
+    """Locations whose store (or catch-up cursor: a silent station) ends before
+    ``hour - slack``, with where they end."""
+    import pandas as pd
+
+    from pipeline.config import load_params
+    from pipeline.ingestion import CatchUpCursor
+    from pipeline.io.storage import newest_observation
+    from pipeline.paths import ProjectPaths
+
+    paths = ProjectPaths(project_dir())
+    params = load_params(paths.params)
+    source = params.source.kind
+    through = CatchUpCursor(paths.ingest_state_dir / f"catchup_{source}.json").read()
+    wanted = pd.Timestamp(hour) - slack
+    behind = {}
+    for loc in params.location_ids:
+        newest = newest_observation(paths.raw_dir, source, loc)
+        points = [t for t in (None if newest is None else newest + pd.Timedelta(hours=1),
+                              through.get(loc)) if t is not None]
+        reached = max(points) if points else None
+        if reached is None or reached < wanted:
+            behind[loc] = (reached or pd.Timestamp(params.source.start, tz="UTC")
+                           ).to_pydatetime()
+    return behind
 
 
 def stage_task(stage: str, timeout: timedelta = timedelta(minutes=30)):

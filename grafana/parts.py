@@ -71,6 +71,10 @@ PROMOTIONS = annotation(
 ROLLBACKS = annotation(
     "Rollbacks", _just_happened('aq_champion_switched_timestamp_seconds{action="rollback"}'),
     "orange")
+# a candidate the gate refused: the champion stayed (reasons: `python -m pipeline summary`,
+# the skipped promote task in Airflow)
+REFUSALS = annotation(
+    "Refused promotions", _just_happened("aq_promotion_refused_timestamp_seconds"), "purple")
 
 NAVIGATION = [
     {"title": "Air quality", "type": "dashboards", "tags": [TAG], "asDropdown": True,

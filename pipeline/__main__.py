@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--finalize", action="store_true", dest="finalize_only",
                              default=None, help="only combine the partitions the batches "
                              "wrote into the step's reports")
+        if name == "predict":
+            cmd.add_argument("--model", metavar="VERSION", help="forecast with this registry "
+                             "version (a mapped run pins the champion at its start); default: "
+                             "the champion")
         if name == "backtest":
             cmd.add_argument("--start", help="first target hour, UTC, inclusive (ISO date or "
                              "time; default: params.yaml backtest, else the last backtest.days)")
@@ -104,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
     from pipeline.context import Context
     from pipeline.errors import PipelineError
+    from pipeline.pywarnings import relay_warnings_once
     from pipeline.redaction import install_log_redaction, redact
 
     install_log_redaction()
+    relay_warnings_once()  # one WARNING line per distinct warning, not two stderr lines each
 
     try:
         module = importlib.import_module(f"pipeline.steps.{args.step}")

@@ -30,5 +30,9 @@ class TrainingError(PipelineError):
     """The models cannot be fitted on this data with these settings (the message says why)."""
 
 
+class CatchingUpError(PipelineError):
+    """An ingestion is catching the raw store up: training would read a half-filled store."""
+
+
 class LocationsMismatch(PipelineError):
     """params.yaml's locations disagree with the stations of the CSV source's files."""

@@ -187,7 +187,7 @@ class Inputs:
     """Feature rows to forecast from, one per location and issue hour."""
 
     location_id: np.ndarray  # (n,) str
-    issue_time: np.ndarray  # (n,) datetime64[ns], UTC
+    issue_time: np.ndarray  # (n,) datetime64[us], UTC (the features' resolution)
     rows: np.ndarray  # (n, len(champion.features)) float64, in the champion's order
     extra: Mapping[str, np.ndarray]  # each target's value at the issue hour, interval scales
     hours_since: Mapping[str, np.ndarray] | None = None  # per target; None: not judged
@@ -220,16 +220,16 @@ class Inputs:
                                                        *champion.scale_columns]
                  if c in features}
         return cls(np.array([location_id], dtype=object),
-                   np.array([pd.Timestamp(issue_time).value], dtype="datetime64[ns]"),
+                   np.array([pd.Timestamp(issue_time).value // 1000], dtype="datetime64[us]"),
                    row[None, :], extra,
                    {t: np.array([hours_since.get(t, math.inf)], dtype=np.float64)
                     for t in champion.targets})
 
 
 def _utc64(times: pd.Series) -> np.ndarray:
-    """UTC times as datetime64[ns] (what forecast rows carry until written)."""
+    """UTC times as datetime64[us] (what forecast rows carry until written)."""
     times = pd.to_datetime(times, utc=True)
-    return times.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    return times.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
 
 
 def observation_ages(valid: pd.DataFrame, latest: pd.DataFrame,
@@ -319,8 +319,8 @@ def _rows(champion: Champion, predicted: Mapping[tuple[str, int], np.ndarray], i
     """
     keys = champion.keys
     n, m = len(kept), len(keys)
-    value = np.clip(np.stack([np.asarray(predicted[key], dtype=np.float64) for key in keys]),
-                    0, None)  # (model, row)
+    value = np.maximum(np.stack([np.asarray(predicted[key], dtype=np.float64)
+                                 for key in keys]), 0)  # (model, row)
     issue = inputs.issue_time[kept]
     locations = inputs.location_id[kept]
     unknown = np.full(n, np.nan)

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from pipeline.core.quality import IngestQuality, freshness_lag
 from pipeline.core.validation import validate, validate_forecasts
 from pipeline.errors import IngestError
+from pipeline.io.catchup import CatchUpLog
 from pipeline.io.forecast_metrics import export_observations, latest_observations
 from pipeline.io.metrics import StepRun
 from pipeline.io.sources import SourceStats, make_source
@@ -501,7 +502,7 @@ class Ingestion:
         ids = [loc.id for loc in locs]
         max_days = max_days or self.ctx.params.source.max_catchup_days
         bound = pd.Timedelta(days=max_days)
-        with self.ctx.reporter.step("ingest") as metrics:
+        with self.ctx.reporter.step("ingest") as metrics, contextlib.ExitStack() as stack:
             cursor = CatchUpCursor(self.ctx.paths.ingest_state_dir
                                    / f"catchup_{self.source.name}.json")
             through = cursor.read()
@@ -520,6 +521,11 @@ class Ingestion:
             tally = _Tally(ids)
             days = report.chunk_days = self.chunk_days()
             blocked: set[str] = set()
+            # training waits while a catch-up is under way (pipeline/io/catchup.py)
+            heading = {loc.id: min(end_ts, resume + bound) for resume, group in groups.items()
+                       for loc in group if min(end_ts, resume + bound) > resume}
+            attempt = stack.enter_context(CatchUpLog(self.ctx.paths.ingest_state_dir,
+                                                     self.source.name).attempt(heading))
 
             def advance(cid, chunk_end, todo, outcome):
                 # a location's cursor moves over contiguous chunks the provider answered (a
@@ -527,6 +533,7 @@ class Ingestion:
                 blocked.update(loc for loc, err in outcome.failures.items()
                                if not answered_without_data(err))
                 cursor.advance([loc.id for loc in todo if loc.id not in blocked], chunk_end)
+                attempt.renew()
 
             for resume, group in sorted(groups.items()):
                 stop = min(end_ts, resume + bound)

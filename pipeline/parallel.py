@@ -16,11 +16,13 @@ from concurrent.futures import ProcessPoolExecutor
 
 
 def start_worker_logging(plain: bool, level: int) -> None:
+    from pipeline.pywarnings import relay_warnings_once
     from pipeline.redaction import install_log_redaction
 
     logging.basicConfig(level=level, format=("" if plain else "%(asctime)s ")
                         + "%(levelname)s %(name)s: %(message)s")
     install_log_redaction()
+    relay_warnings_once()
 
 
 def _start(plain: bool, level: int, initializer: Callable, initargs: tuple) -> None:

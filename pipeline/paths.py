@@ -152,6 +152,11 @@ class ProjectPaths:
     def accuracy_history(self) -> Path:
         return self.predictions_dir / "realised_accuracy.parquet"
 
+    # MLflow runs waiting for the tracking server (pipeline/io/tracking.py); not a DVC output
+    @property
+    def tracking_queue(self) -> Path:
+        return self.root / ".tracking" / "queue"
+
     # local services (monitoring stack, Airflow)
     @property
     def stack_dir(self) -> Path:

@@ -10,7 +10,9 @@ class per concern, each with its ``env_prefix``:
 - :class:`Ports` (``AQ_<NAME>_PORT``): the local services, serving, the committed configs;
 - :class:`CelerySettings` (``AQ_CELERY_*``): the Airflow scale-out profile;
 - :class:`DagSettings` (``AQ_*``): the DAG files, at parse time and in their tasks;
-- :class:`StackSettings` (``AQ_*``): the local stack's launcher (``stack/``).
+- :class:`StackSettings` (``AQ_*``): the local stack's launcher (``stack/``);
+- :class:`HostsSettings` (``AQ_*``): several hosts: the addresses the home host's services
+  add to 127.0.0.1, the networks other hosts come from, a worker host's way home.
 
 The environment is read in one door, ``<class>.from_env(env=None)``: constructing a class
 directly (``Settings()``, ``Ports(serving=18000)``) gives its defaults and the values passed,
@@ -195,6 +197,42 @@ class Settings(EnvSettings):
     csv_dir: str | None = None
 
 
+class TrackingSettings(EnvSettings):
+    """Where the steps log their MLflow runs (pipeline/io/tracking.py, docs/mlops.md):
+    ``AQ_MLFLOW_*``, and MLflow's own request bounds and credential variables. No URI (unset,
+    empty or ``off``): tracking is off."""
+
+    model_config = SettingsConfigDict(env_prefix="AQ_MLFLOW_")
+
+    uri: str | None = Field(None, validation_alias="AQ_MLFLOW_TRACKING_URI")
+    experiment: str = "aq-forecast"
+    model_name: str = "aq-forecast"
+    # MLflow's own variables, with shorter defaults than its client's (120 s, 7 retries): a
+    # step waits for a tracking server at most ~ timeout x (retries + 1), then queues the run
+    timeout_s: float = Field(5.0, gt=0, validation_alias="MLFLOW_HTTP_REQUEST_TIMEOUT")
+    max_retries: int = Field(1, ge=0, le=20, validation_alias="MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    token: SecretStr = Field(SecretStr(""), validation_alias="MLFLOW_TRACKING_TOKEN")
+    username: str = Field("", validation_alias="MLFLOW_TRACKING_USERNAME")
+    password: SecretStr = Field(SecretStr(""), validation_alias="MLFLOW_TRACKING_PASSWORD")
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _server_url(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.lower() in ("", "off"):
+            return None
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("is not an http(s) URL of an MLflow tracking server (or 'off')")
+        return text.rstrip("/")
+
+    @property
+    def enabled(self) -> bool:
+        return self.uri is not None
+
+
 def fault_point(name: str) -> None:
     """Crash-test hook: ``AQ_FAULT_KILL_AT=<name>`` SIGKILLs this process at that write point.
 
@@ -262,6 +300,13 @@ class Ports(EnvSettings):
     serving_proxy_metrics: int = _port(3903, "serving_proxy_metrics")
     postgres: int = _port(5432, "postgres")  # Airflow's database, scale-out profile
     redis: int = _port(6379, "redis")  # Celery broker and shared rate limits, scale-out
+    # the home host's door for workers on other hosts (scale-out with AQ_BIND_ADDRESSES):
+    # the execution API, the Pushgateway and the project's shared state (stack/gateway.py)
+    gateway: int = _port(8096, "gateway")
+    mlflow: int = _port(5000, "mlflow")  # the MLflow tracking server (docs/mlops.md)
+    mlserver: int = _port(8090, "mlserver")  # MLServer's V2 REST API (the champion)
+    mlserver_grpc: int = _port(8091, "mlserver_grpc")  # its V2 gRPC API (always started)
+    mlserver_metrics: int = _port(8092, "mlserver_metrics")  # its Prometheus /metrics
     host: str = HOST
 
     RUNBOOK_PATH: ClassVar[str] = "/runbook"
@@ -349,3 +394,90 @@ class StackSettings(EnvSettings):
             raise ValueError("must be at least 16 characters of A-Z a-z 0-9 _ - . ~ "
                              "(it goes into URLs)")
         return value
+
+
+# ----------------------------------------------------------------------------- hosts
+
+
+def _addresses(value: str, kind) -> tuple:
+    import ipaddress
+
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    try:
+        return tuple(kind(item) for item in items)
+    except ValueError as exc:
+        raise ValueError(f"not an IP {'network' if kind is ipaddress.ip_network else 'address'}"
+                         f": {exc}") from None
+
+
+class HostsSettings(EnvSettings):
+    """Celery workers on other hosts that share nothing with this one but the network
+    (docs/airflow.md, "Workers on other hosts").
+
+    On the home host (scheduler, database, broker, the project directory):
+    ``AQ_BIND_ADDRESSES`` are this host's addresses the other hosts reach (PostgreSQL and Redis
+    listen there besides 127.0.0.1, the gateway only there), ``AQ_PEER_NETWORKS`` the networks
+    they come from (PostgreSQL's and the gateway's access lists). On a worker host:
+    ``AQ_HOME_URL``, the home host's gateway (``http://<address>:<AQ_GATEWAY_PORT>``), and
+    ``AQ_STATE_PASSWORD``, the password of its shared state (generated on the home host into
+    ``.stack/secrets/state.password`` unless given there too).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="AQ_")
+
+    bind_addresses: str = ""
+    peer_networks: str = ""
+    home_url: str = ""
+    state_password: SecretStr = SecretStr("")
+
+    @field_validator("bind_addresses")
+    @classmethod
+    def _addresses_valid(cls, value: str) -> str:
+        import ipaddress
+
+        for address in _addresses(value, ipaddress.ip_address):
+            if address.is_loopback or address.is_unspecified:
+                raise ValueError(f"{address}: name this host's addresses other hosts reach "
+                                 "(127.0.0.1 is always bound; 0.0.0.0 would be every address)")
+        return value
+
+    @field_validator("peer_networks")
+    @classmethod
+    def _networks_valid(cls, value: str) -> str:
+        import ipaddress
+
+        _addresses(value, ipaddress.ip_network)
+        return value
+
+    @field_validator("home_url")
+    @classmethod
+    def _home_url_valid(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and (urlsplit(value).scheme not in ("http", "https")
+                      or not urlsplit(value).hostname):
+            raise ValueError("must be the home host's gateway, http://<address>:<port>")
+        return value
+
+    @field_validator("state_password")
+    @classmethod
+    def _state_password_safe(cls, value: SecretStr) -> SecretStr:
+        given = value.get_secret_value()
+        if given and not _PASSWORD.fullmatch(given):
+            raise ValueError("must be at least 16 characters of A-Z a-z 0-9 _ - . ~")
+        return value
+
+    def addresses(self) -> list[str]:
+        """This host's addresses for other hosts (without 127.0.0.1)."""
+        import ipaddress
+
+        return [str(a) for a in _addresses(self.bind_addresses, ipaddress.ip_address)]
+
+    def networks(self) -> list[str]:
+        import ipaddress
+
+        return [str(n) for n in _addresses(self.peer_networks, ipaddress.ip_network)]
+
+    @property
+    def worker_host(self) -> bool:
+        """True on a worker host: its tasks mirror the home host's project (AQ_HOME_URL)."""
+        return bool(self.home_url)

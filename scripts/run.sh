@@ -10,8 +10,8 @@ export DVC_NO_ANALYTICS=1
 step() { printf '\n==> %s\n' "$*"; }
 
 if [ "${AQ_NO_SERVICES:-0}" != "1" ]; then
-  step "starting the local services under supervisord (monitoring stack, serving app, Airflow: ${AQ_AIRFLOW_PROFILE:-local} profile) on 127.0.0.1"
-  python -m stack start
+  step "starting the local services under supervisord (monitoring stack, MLflow, serving app, MLServer, Airflow: ${AQ_AIRFLOW_PROFILE:-local} profile) on 127.0.0.1"
+  python -m stack start $([ "${AQ_NO_MLSERVER:-0}" = "1" ] && echo --no-mlserver)
   # shellcheck disable=SC1091
   [ -f .stack/env ] && source .stack/env
 fi

@@ -84,4 +84,26 @@ UV_VERSION=0.13.9
 "$VENV/bin/python" -m uv pip install --python "$VENV/bin/python" --compile-bytecode --quiet \
   --require-hashes -r requirements.lock
 "$VENV/bin/python" -m uv pip install --python "$VENV/bin/python" --quiet --no-deps -e .
-echo "setup: ready ($("$VENV/bin/python" --version), venv $VENV)"
+
+# MLflow's tracking server and MLServer cannot share .venv with Airflow 3.3 (their pins:
+# requirements-mlflow.in, requirements-mlserver.in): each runs from a venv of its own, made
+# from its own hashed lock. MLServer's gets the project too (its custom runtime serves the
+# champion), without Airflow.
+side_venv() {  # side_venv DIR LOCK [project]
+  local dir=$1 lock=$2
+  if [ ! -x "$dir/bin/python" ]; then
+    "$PYTHON" -m venv "$dir"
+  fi
+  "$VENV/bin/python" -m uv pip install --python "$dir/bin/python" --compile-bytecode --quiet \
+    --require-hashes -r "$lock"
+  if [ "${3:-}" = project ]; then
+    "$VENV/bin/python" -m uv pip install --python "$dir/bin/python" --quiet --no-deps -e .
+  fi
+}
+side_venv .venv-mlflow requirements-mlflow.lock
+side_venv .venv-mlserver requirements-mlserver.lock project
+# the KServe SDK's wheel (pinned, hash-checked, not installed: tests/deploy read the CRD models
+# it was generated from to validate deploy/k8s/ offline)
+"$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+  --require-hashes -r requirements-schemas.lock --only-binary :all: -d "$VENV/share/aq-schemas"
+echo "setup: ready ($("$VENV/bin/python" --version), venv $VENV; .venv-mlflow, .venv-mlserver)"

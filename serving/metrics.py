@@ -16,12 +16,15 @@ from __future__ import annotations
 import os
 import resource
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from flask import Blueprint, Flask
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.core.aqi import CATEGORY_UPPER_AQI
 from pipeline.core.keys import ModelKey
+
+if TYPE_CHECKING:
+    from flask import Blueprint, Flask
 
 # latency buckets (s): fine below 50 ms where the service lives, and the latency SLO bound 0.1
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -158,7 +161,9 @@ def endpoint(request) -> str:
 
 def blueprint(app: Flask) -> Blueprint:
     """HTTP metrics on ``app``, and a blueprint serving ``/metrics`` with this module's
-    metrics (all workers' under gunicorn)."""
+    metrics (all workers' under gunicorn). Flask is imported here, not by the module: the
+    metrics themselves are recorded by the V2 runtime too, whose venv has no Flask."""
+    from flask import Blueprint
     options = {"group_by": endpoint, "buckets": LATENCY_BUCKETS, "path": None}
     if multiprocess():
         from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics

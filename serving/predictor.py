@@ -196,9 +196,43 @@ def _identity(transformer: Any) -> bool:
             and transformer.inverse_func is None)
 
 
+@dataclass
+class MeanPredictor(Predictor):
+    """A :class:`~pipeline.core.models.MeanRegressor`: the mean of its members' compiled
+    predictors (each takes its own columns out of ``columns``)."""
+
+    members: list[Predictor] = field(default_factory=list)
+    _member_index: list[np.ndarray] = field(default_factory=list)
+
+    def _predict_treelite(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.atleast_2d(rows)
+        return np.mean([m.predict(rows[:, index])
+                        for m, index in zip(self.members, self._member_index, strict=True)],
+                       axis=0)
+
+
+def _build_mean(target: str, horizon: int, ensemble: Any, features: Sequence[str],
+                verify_rows: np.ndarray) -> Predictor:
+    members = [build_predictor(target, horizon, m, features, verify_rows)
+               for m in ensemble.members]
+    columns = list(dict.fromkeys(c for m in members for c in m.columns))
+    slow = [m.reason for m in members if m.engine != TREELITE]
+    if slow or not members:
+        return _fallback(target, horizon, ensemble, columns,
+                         f"a member is not compilable: {slow[0] if slow else 'no members'}")
+    index = [np.array([columns.index(c) for c in m.columns], dtype=np.intp) for m in members]
+    return MeanPredictor(target, horizon, columns, ensemble, TREELITE, "", members=members,
+                         _member_index=index)
+
+
 def build_predictor(target: str, horizon: int, pipeline: Any, features: Sequence[str],
                     verify_rows: np.ndarray) -> Predictor:
-    """Compile one Pipeline if it is exact on ``verify_rows`` (in ``features`` order)."""
+    """Compile one Pipeline if it is exact on ``verify_rows`` (in ``features`` order); a mean
+    of models member by member."""
+    from pipeline.core.models import MeanRegressor
+
+    if type(pipeline) is MeanRegressor:
+        return _build_mean(target, horizon, pipeline, features, verify_rows)
     try:
         columns, model, tree, form = _structure(pipeline)
     except NotCompilable as exc:

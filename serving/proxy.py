@@ -11,7 +11,8 @@ the app's, and every request is one JSON line in ``access.log``.
 :func:`render` fills ``serving/nginx.conf.j2``; :func:`command` is the command line the
 launcher runs (``daemon off``: the master stays in the foreground). ``python -m serving.proxy
 run --socket S --prefix DIR`` renders the config for the environment's port and settings, then
-becomes nginx (exec, same pid): the one command line of the launcher and docker-compose.
+becomes nginx (exec, same pid): the one command line of the launcher, docker-compose and the
+Kubernetes pod (``--host 0.0.0.0`` there).
 """
 
 from __future__ import annotations
@@ -191,8 +192,8 @@ def check_command(config: ProxyConfig) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m serving.proxy {render,run} --socket S --prefix DIR [--port P]``: write the
-    config (render), and then become nginx on it (run)."""
+    """``python -m serving.proxy {render,run} --socket S --prefix DIR [--port P] [--host H]``:
+    write the config (render), and then become nginx on it (run)."""
     from pipeline.settings import Ports
 
     parser = argparse.ArgumentParser(prog="python -m serving.proxy", description=main.__doc__)
@@ -201,11 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", type=Path, required=True, help="nginx's state directory")
     parser.add_argument("--port", type=int, default=None,
                         help="public port (default AQ_SERVING_PORT, else 8000)")
+    parser.add_argument("--host", default=None,
+                        help="address to listen on (default 127.0.0.1; a Kubernetes pod: "
+                             "0.0.0.0, its Service reaches the pod's address, deploy/k8s/)")
     args = parser.parse_args(argv)
     ports = Ports.from_env()
     try:
-        config = ProxyConfig.for_serving(ports.host, args.port or ports.serving, args.socket,
-                                         args.prefix)
+        config = ProxyConfig.for_serving(args.host or ports.host, args.port or ports.serving,
+                                         args.socket, args.prefix)
         path = write(config)
         cmd = command(config) if args.command == "run" else None
     except (ProxyError, ValueError) as exc:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
 
-from serving.problems import json_response, not_ready
+from serving.errors import not_ready
+from serving.problems import json_response
 
 blueprint = Blueprint("service", __name__)
 

@@ -10,6 +10,7 @@ old one keeps serving and a metric and a log line say why.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -62,6 +63,14 @@ class BatchForecast:
     model_version: str
     items: list[dict[str, Any]]  # pipeline.forecaster.items: sorted by target, horizon
     input_completeness: float | None = None  # share of the model's features present
+    # the items as JSON, all and per target: serialised once per file, not per request
+    items_json: dict[str | None, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        targets = dict.fromkeys(i["target"] for i in self.items)
+        self.items_json[None] = _dumps(self.items)
+        for target in targets:
+            self.items_json[target] = _dumps([i for i in self.items if i["target"] == target])
 
 
 @dataclass(frozen=True)
@@ -300,6 +309,10 @@ def read_batch_forecasts(path: Path) -> dict[str, BatchForecast]:
         out[str(location_id)] = BatchForecast(issue, issue.timestamp(), ", ".join(versions),
                                               items(part), completeness)
     return out
+
+
+def _dumps(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
 def _finite(value: Any) -> float | None:

@@ -1,7 +1,8 @@
 """``python -m stack COMMAND``: the local services of ``make run``, run by supervisord.
 
 ``start`` brings up the monitoring stack (Pushgateway, Prometheus, Alertmanager, node
-exporter, the alert webhook receiver), the serving app (gunicorn), then Airflow of the
+exporter, the alert webhook receiver), the MLflow tracking server, the serving app
+(gunicorn behind nginx), MLServer (the V2 inference endpoint), then Airflow of the
 profile ``AQ_AIRFLOW_PROFILE`` names: ``local`` (default: SQLite + LocalExecutor) or
 ``celery`` (PostgreSQL + Redis + CeleryExecutor with its workers, two by default). Each is a
 supervisord program (:mod:`stack.supervisor`): restarted when it dies, its log in
@@ -14,7 +15,10 @@ command (``tail -f serving``, ``restart prometheus``).
 
 Airflow helpers: ``prepare`` (airflow.cfg, database, pool: docker-compose's airflow-init),
 ``unpause`` / ``pause`` (the DAGs, once ``make run`` has built the first model),
-``ready`` (wait for the forecast API, print a ``curl``), ``password postgres|redis``.
+``ready`` (wait for the forecast API, print a ``curl``), ``password postgres|redis|state``.
+
+On another host, ``worker start|stop`` runs one Celery worker for the home host's deployment
+(:mod:`stack.worker_host`, docs/airflow.md "Workers on other hosts").
 """
 
 from __future__ import annotations
@@ -30,7 +34,14 @@ from collections.abc import Callable
 
 from pipeline.paths import ProjectPaths
 from pipeline.settings import Ports, SettingsError
-from stack import airflow_celery, airflow_local, monitoring, serving_local
+from stack import (
+    airflow_celery,
+    airflow_local,
+    mlflow_local,
+    mlserver_local,
+    monitoring,
+    serving_local,
+)
 from stack.ports import record_ports, resolve_ports
 from stack.supervisor import (
     ServiceError,
@@ -62,13 +73,18 @@ def write_env(paths: ProjectPaths, info: dict[str, str]) -> None:
 
 
 def parts(paths: ProjectPaths, with_airflow: bool = True, with_serving: bool = True,
+          with_mlflow: bool = True, with_mlserver: bool = True,
           ) -> list[Callable[[ProjectPaths, Ports], dict]]:
     """What ``start`` brings up, in order: each ``part(paths, ports)`` starts its programs
     (``Supervisor(paths.stack_dir).start(program)``), waits until they answer and returns
     what to print and export. A new service (a proxy, a model server) is one more part."""
     chosen: list[Callable[[ProjectPaths, Ports], dict]] = [monitoring.start]
+    if with_mlflow:  # before Airflow: its tasks log to it (airflow_local.tracking_uri)
+        chosen.append(mlflow_local.start)
     if with_serving:
         chosen.append(serving_local.start)
+    if with_mlserver:
+        chosen.append(mlserver_local.start)
     if with_airflow:
         chosen.append(airflow_part(paths))
     return chosen
@@ -112,12 +128,13 @@ def stop_legacy(paths: ProjectPaths) -> list[str]:
 
 
 def start(paths: ProjectPaths, with_airflow: bool = True, with_serving: bool = True,
-          ) -> dict[str, str]:
+          with_mlflow: bool = True, with_mlserver: bool = True) -> dict[str, str]:
     paths.stack_dir.mkdir(parents=True, exist_ok=True)
     if legacy := legacy_services(paths):
         raise ServiceError(f"services started by an earlier version still run ({', '.join(legacy)}"
                            "): `make stop` ends them, then `make run`")
-    chosen = parts(paths, with_airflow, with_serving)  # refuses a profile over the other first
+    # refuses a profile over the other first
+    chosen = parts(paths, with_airflow, with_serving, with_mlflow, with_mlserver)
     ports = resolve_ports(paths)
     record_ports(paths, ports)
     info: dict[str, str] = dict(ports.env())
@@ -170,6 +187,13 @@ def describe(info: dict[str, str], paths: ProjectPaths) -> list[str]:
         lines.append(f"  Pushgateway                  {info['AQ_PUSHGATEWAY_URL']}")
     if info.get("AQ_SERVING_URL"):
         lines.append(f"  forecast API                 {info['AQ_SERVING_URL']}/docs")
+    if info.get("V2 inference"):
+        lines.append(f"  V2 inference (MLServer)      {info['V2 inference']}")
+    if info.get("mlflow UI"):
+        lines.append(f"  MLflow runs                  {info['mlflow UI']} (experiment "
+                     "aq-forecast, 'Model training')")
+        lines.append(f"  MLflow model registry        {info['mlflow UI']}/#/models/aq-forecast "
+                     "(aliases champion, candidate)")
     if info.get("airflow UI"):
         lines.append(f"  Airflow UI                   {info['airflow UI']}")
         password_file = info.get("airflow password file", "the Airflow password file")
@@ -183,6 +207,20 @@ def describe(info: dict[str, str], paths: ProjectPaths) -> list[str]:
     lines.append(f"  service logs                 {paths.stack_dir / 'logs'}/<program>.log")
     lines.append(f"  every URL as env vars        source {paths.stack_dir / 'env'}")
     return lines
+
+
+def mlserver_ready(paths: ProjectPaths, timeout: float) -> int:
+    """When MLServer runs: wait until it serves the champion, print a V2 ``curl``."""
+    if not Supervisor(paths.stack_dir).is_running(mlserver_local.NAME):
+        return 0
+    from pipeline.config import load_params
+
+    base = resolve_ports(paths).url("mlserver")
+    mlserver_local.wait_ready(base, timeout, paths)
+    print(f"V2 inference (MLServer): {base}/v2/models/{mlserver_local.MODEL} "
+          "(the same forecasts as /v1)")
+    print(f"  {mlserver_local.curl_example(base, load_params(paths.params).location_ids[0])}")
+    return 0
 
 
 def prepare(paths: ProjectPaths) -> str:
@@ -202,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     begin = commands.add_parser("start", help="start what is not running, print the URLs")
     begin.add_argument("--no-airflow", action="store_true", help="without Airflow")
     begin.add_argument("--no-serving", action="store_true", help="without the serving app")
+    begin.add_argument("--no-mlflow", action="store_true",
+                       help="without the MLflow tracking server")
+    begin.add_argument("--no-mlserver", action="store_true",
+                       help="without MLServer (the V2 inference endpoint)")
     commands.add_parser("stop", help="stop everything start started")
     commands.add_parser("status", help="supervisorctl status")
     ctl = commands.add_parser("supervisorctl", help="any supervisorctl command")
@@ -209,10 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("prepare", help="Airflow's config, database and pool (compose)")
     commands.add_parser("unpause", help="hand the DAGs to the schedule")
     commands.add_parser("pause", help="stop new DAG runs")
-    ready = commands.add_parser("ready", help="wait for the forecast API, print a curl")
+    ready = commands.add_parser("ready", help="wait for the forecast API (and MLServer when it "
+                                "runs), print curls")
     ready.add_argument("--timeout", type=float, default=90.0)
     secret = commands.add_parser("password", help="print a generated password (psql, redis)")
-    secret.add_argument("service", choices=[airflow_celery.POSTGRES, airflow_celery.REDIS])
+    secret.add_argument("service", choices=[airflow_celery.POSTGRES, airflow_celery.REDIS,
+                                            "state"])
+    remote = commands.add_parser("worker", help="a Celery worker on another host")
+    remote.add_argument("action", choices=["start", "stop"])
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -221,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             info = start(paths, with_airflow=not args.no_airflow,
-                         with_serving=not args.no_serving)
+                         with_serving=not args.no_serving, with_mlflow=not args.no_mlflow,
+                         with_mlserver=not args.no_mlserver)
             print("\n".join(describe(info, paths)))
         elif args.command == "stop":
             stopped = stop(paths)
@@ -236,10 +283,23 @@ def main(argv: list[str] | None = None) -> int:
             dag_ids = airflow_local.set_paused(paths, paused=args.command == "pause")
             print(f"{args.command}d: {', '.join(dag_ids)}")
         elif args.command == "ready":
-            return serving_local.main(["ready", "--timeout", str(args.timeout)])
+            code = serving_local.main(["ready", "--timeout", str(args.timeout)])
+            return code or mlserver_ready(paths, args.timeout)
+        elif args.command == "password" and args.service == "state":
+            from stack import gateway
+
+            print(gateway.state_password(paths))
         elif args.command == "password":
             print(airflow_celery.password(airflow_celery.Layout(paths.stack_dir),
                                           args.service))
+        elif args.command == "worker":
+            from stack import worker_host
+
+            if args.action == "start":
+                print("\n".join(f"{k}: {v}" for k, v in worker_host.start(paths).items()))
+            else:
+                stopped = worker_host.stop(paths)
+                print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     except (airflow_local.AirflowError, ServiceError, monitoring.StackError,
             SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.paths import ProjectPaths
-from pipeline.settings import CelerySettings, Ports, SettingsError, StackSettings
+from pipeline.settings import CelerySettings, HostsSettings, Ports, SettingsError, StackSettings
 from stack import airflow_local
 from stack.supervisor import Program, Supervisor
 
@@ -314,6 +314,35 @@ def init_postgres(layout: Layout, timeout: float = 180.0) -> bool:
     return True
 
 
+def listen_addresses(ports: Ports, hosts: HostsSettings | None = None) -> list[str]:
+    """127.0.0.1, and the addresses workers on other hosts reach (``AQ_BIND_ADDRESSES``)."""
+    hosts = hosts or HostsSettings.from_env()
+    return [ports.host, *(a for a in hosts.addresses() if a != ports.host)]
+
+
+HBA_BEGIN = "# aq-forecast: workers on other hosts (stack/airflow_celery.py, on every start)"
+HBA_END = "# aq-forecast: end"
+
+
+def write_peer_access(layout: Layout, hosts: HostsSettings | None = None) -> None:
+    """pg_hba.conf: the ``airflow`` role from ``AQ_PEER_NETWORKS`` with its SCRAM password
+    (only that role and database; the block is rewritten on every start)."""
+    hosts = hosts or HostsSettings.from_env()
+    path = layout.postgres_data / "pg_hba.conf"
+    lines = path.read_text().splitlines()
+    if HBA_BEGIN in lines:
+        lines = lines[:lines.index(HBA_BEGIN)] + lines[lines.index(HBA_END) + 1:]
+    if hosts.networks():
+        lines += [HBA_BEGIN, *(f"host {DB_NAME} {DB_USER} {net} scram-sha-256"
+                               for net in hosts.networks()), HBA_END]
+    st = path.stat()
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    os.chown(tmp, st.st_uid, st.st_gid)
+    os.replace(tmp, path)
+
+
 def postgres_command(layout: Layout, ports: Ports) -> list[str]:
     socket_dir = str(layout.postgres_data)
     if len(socket_dir) + len(f"/.s.PGSQL.{ports.postgres}") > MAX_SOCKET_PATH:
@@ -321,7 +350,8 @@ def postgres_command(layout: Layout, ports: Ports) -> list[str]:
                             f"{socket_dir} (at most {MAX_SOCKET_PATH} characters)")
     return [
         postgres_bin("postgres"), "-D", str(layout.postgres_data),
-        "-c", f"listen_addresses={ports.host}", "-c", f"port={ports.postgres}",
+        "-c", f"listen_addresses={','.join(listen_addresses(ports))}",
+        "-c", f"port={ports.postgres}",
         "-c", f"unix_socket_directories={socket_dir}", "-c", "unix_socket_permissions=0700",
         "-c", "max_connections=100",
     ]
@@ -383,6 +413,7 @@ def start_postgres(supervisor: Supervisor, layout: Layout, ports: Ports, db_pass
     if not supervisor.is_running(POSTGRES):
         _refuse_taken_port(ports, "postgres")
         init_postgres(layout)
+        write_peer_access(layout)
         started = supervisor.start(postgres_program(layout, ports))
     try:
         supervisor.wait_until(POSTGRES, lambda: postgres_answers(layout, ports), timeout,
@@ -411,7 +442,7 @@ def write_redis_config(layout: Layout, ports: Ports, redis_password: str) -> Pat
     layout.redis_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         "# written by stack/airflow_celery.py on every start; edit that",
-        f"bind {ports.host}",
+        f"bind {' '.join(listen_addresses(ports))}",
         f"port {ports.redis}",
         "protected-mode yes",
         f"requirepass {redis_password}",
@@ -596,7 +627,13 @@ def start(paths: ProjectPaths, ports: Ports, timeout: float = 180.0,
             overrides=airflow_overrides(ports, db_password, redis_password, scale),
             extra_env=extra_env, extra_programs=workers)
         wait_for_workers(supervisor, [w.name for w in workers], timeout)
+        hosts = HostsSettings.from_env()
+        if hosts.addresses():  # workers on other hosts: their door to this one
+            from stack import gateway
+
+            info.update(gateway.start(paths, ports, hosts, timeout))
     except Exception:
+        Supervisor(paths.stack_dir).stop("gateway")
         for name in reversed(worker_services(supervisor)):
             supervisor.stop(name)
         if started:
@@ -620,8 +657,9 @@ def stop(paths: ProjectPaths) -> list[str]:
     """Stop whichever profile runs: every worker (whatever scale started them), the Airflow
     parts, then Redis and PostgreSQL (fast shutdown: its stop signal is SIGINT)."""
     supervisor = Supervisor(paths.stack_dir)
-    stopped = [name for name in reversed(worker_services(supervisor))
-               if supervisor.stop(name)]
+    stopped = [name for name in ("gateway",) if supervisor.stop(name)]
+    stopped += [name for name in reversed(worker_services(supervisor))
+                if supervisor.stop(name)]
     stopped += airflow_local.stop(paths)
     stopped += [name for name in (REDIS, POSTGRES) if supervisor.stop(name)]
     return stopped

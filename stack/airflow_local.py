@@ -167,6 +167,20 @@ def write_config(paths: ProjectPaths, ports: Ports, overrides: Overrides | None 
     return target
 
 
+def tracking_uri(paths: ProjectPaths, ports: Ports) -> str:
+    """Where the tasks' steps log MLflow runs: the configured server, else the local one when
+    ``make run`` started it, else off (pipeline/io/tracking.py)."""
+    from pipeline.settings import TrackingSettings
+    from stack import mlflow_local
+
+    configured = TrackingSettings.from_env().uri
+    if configured:
+        return configured
+    if Supervisor(paths.stack_dir).is_running(mlflow_local.NAME):
+        return ports.url("mlflow")
+    return "off"
+
+
 def part_env(paths: ProjectPaths, ports: Ports,
              extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """What every Airflow part (and the tasks it runs) gets on top of what it inherits."""
@@ -174,6 +188,7 @@ def part_env(paths: ProjectPaths, ports: Ports,
         "AIRFLOW_HOME": str(paths.airflow_home),
         "AQ_PROJECT_DIR": str(paths.root),
         "AQ_PUSHGATEWAY_URL": Settings.from_env().pushgateway_url or ports.url("pushgateway"),
+        "AQ_MLFLOW_TRACKING_URI": tracking_uri(paths, ports),
         "DVC_NO_ANALYTICS": "1",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         **ports.env(),

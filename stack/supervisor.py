@@ -526,11 +526,12 @@ class Supervisor:
 
     def wait_until(self, name: str, probe: Callable[[], bool], timeout: float,
                    what: str) -> None:
-        """Poll ``probe`` until true; fail at once when the program exits or gives up."""
+        """Poll ``probe`` until true and supervisord counts the program started (up for
+        ``startsecs``: ``status`` then says RUNNING); fail at once when it exits or gives up."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if probe():
+                if probe() and (self.info(name) or {}).get("statename") == "RUNNING":
                     return
             except Exception as exc:  # noqa: BLE001 - a probe's failure is "not yet"
                 log.debug("%s not ready: %s", name, exc)
@@ -545,8 +546,7 @@ class Supervisor:
 
     def wait_running(self, name: str, timeout: float = 30.0) -> None:
         """Until supervisord counts the program started (up for ``startsecs``)."""
-        self.wait_until(name, lambda: (self.info(name) or {}).get("statename") == "RUNNING",
-                        timeout, "its start")
+        self.wait_until(name, lambda: True, timeout, "its start")
 
     def wait_for_http(self, url: str, timeout: float = 30.0, name: str | None = None) -> None:
         """Poll ``url`` until it answers 2xx; fail fast if program ``name`` exits."""

@@ -36,7 +36,7 @@ SMALL_PARAMS = {
 # runs on one worker, in file order, so the fixture is built once; every other file is a unit of
 # its own (module fixtures built once, tests in file order). xdist's own `loadgroup` cannot do
 # this here: it renames node ids, which pytest 9.2 no longer allows (the marks are ignored).
-SHARED_FIXTURE_DIRS = {"dags", "serving", "integration"}
+SHARED_FIXTURE_DIRS = {"dags", "serving", "integration", "mlops"}
 
 
 def scheduling_unit(nodeid: str) -> str:

@@ -9,6 +9,7 @@ from grafana.board import Board, Query, thresholds, value_map
 from grafana.parts import (
     MERGE,
     PROMOTIONS,
+    REFUSALS,
     ROLLBACKS,
     UGM3,
     alert_links,
@@ -37,7 +38,7 @@ def build() -> Board:
               "its history (promotions and rollbacks as annotations).",
               query_variable("target", "Target", "aq_model_skill"),
               query_variable("horizon", "Horizon (h)", "aq_model_skill", numeric=True),
-              annotations=(PROMOTIONS, ROLLBACKS))
+              annotations=(PROMOTIONS, ROLLBACKS, REFUSALS))
     skill_doc = ("1 - MAE / MAE of persistence ('the value stays as it is now'): above 0 the "
                  "model beats persistence.")
     b.row("Holdout: the candidate on the last evaluation.holdout_days")

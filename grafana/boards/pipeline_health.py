@@ -10,6 +10,7 @@ from grafana.parts import (
     FAILED_STEPS,
     MERGE,
     PROMOTIONS,
+    REFUSALS,
     ROLLBACKS,
     alert_links,
     bar_options,
@@ -37,7 +38,7 @@ def build() -> Board:
                              description="Pipeline steps (and Airflow task ids of failures "
                                          "around a step)"),
               query_variable("location", "Location", "aq_ingest_location_success"),
-              annotations=(FAILED_STEPS, PROMOTIONS, ROLLBACKS))
+              annotations=(FAILED_STEPS, PROMOTIONS, ROLLBACKS, REFUSALS))
     no_rows = {"step": ("promote", "rollback")}
     not_validating = {"step": ("train", "evaluate", "promote", "predict", "score", "drift",
                                "rollback", "backtest")}  # only ingest, backfill, preprocess refuse

@@ -51,7 +51,7 @@ def aqi(pollutant: str, values) -> np.ndarray:
     """US AQI (0-500, NaN for NaN input) of concentrations in ug/m3."""
     if pollutant not in _BREAKPOINTS:
         raise ValueError(f"no AQI breakpoints for {pollutant!r}")
-    conc = np.clip(_epa_units(pollutant, np.asarray(values, dtype=float)), 0, None)
+    conc = np.maximum(_epa_units(pollutant, np.asarray(values, dtype=float)), 0)
     scale = 10.0 ** _DECIMALS[pollutant]
     conc = np.floor(conc * scale + 1e-6) / scale
     lows, highs = (np.asarray(b, dtype=float) for b in _BREAKPOINTS[pollutant])

@@ -99,6 +99,8 @@ class FeatureSettings:
     target_calendar: bool = False
     profiles: bool = True
     trend: bool = True
+    anomalies: bool = False  # the level now against its usual level at this hour of day / week
+    weather_lags: tuple[int, ...] = ()  # the observed weather (wind as a vector) hours ago
     covariates: tuple[str, ...] = ()  # extra numeric inputs (stored as cov_<name>)
 
     @classmethod
@@ -559,6 +561,19 @@ def _wind(g, pos, p, done):
     return np.stack([-speed * np.sin(rad), -speed * np.cos(rad)], axis=1)
 
 
+def _wind_lags(lags: Sequence[int]) -> FeatureBlock:
+    """The wind vector ``lag`` hours ago (a direction in degrees does not lag well: 359 ~ 1)."""
+    steps = np.asarray(lags, dtype=np.int64)
+
+    def kernel(g, pos, p, done):
+        speed = shifted(g.series["wind_speed_10m"], pos, steps)
+        rad = np.deg2rad(shifted(g.series["wind_direction_10m"], pos, steps))
+        return np.concatenate([-speed * np.sin(rad), -speed * np.cos(rad)], axis=1)
+
+    names = [f"wind_u_lag{lag}" for lag in lags] + [f"wind_v_lag{lag}" for lag in lags]
+    return FeatureBlock(tuple(names), kernel, max(lags, default=0))
+
+
 def _precipitation_sum24(g, pos, p, done):
     return rolling_sum(g.series["precipitation"], pos, 24)
 
@@ -647,6 +662,31 @@ def _trend(target: str, width: int) -> FeatureBlock:
         return np.where((count >= width // 2) & (sxx > 0), slope, np.nan)
 
     return FeatureBlock((f"{target}_trend{width}",), kernel, width - 1)
+
+
+def _anomalies(variable: str) -> FeatureBlock:
+    """How unusual the level is now: log1p(value now) minus log1p of its usual level at this
+    hour, over the last 7 days (same hour of day, >= 4 known), the last 4 weeks (same hour of
+    week, >= 2 known) and the last 28 days (same hour of day, >= 14 known).
+
+    An anomaly decays with time (a smoke episode ends, traffic comes back to normal), so it
+    tells each horizon how much of the level now to carry forward.
+    """
+    daily = 24 * np.arange(1, 8, dtype=np.int64)
+    weekly = 168 * np.arange(1, 5, dtype=np.int64)
+    monthly = 24 * np.arange(1, 29, dtype=np.int64)
+    columns = tuple(f"{variable}_anomaly_{name}" for name in ("daily", "weekly", "monthly"))
+
+    def kernel(g, pos, p, done):
+        x = _series(g, variable)
+        now = np.log1p(x[pos])
+        return np.stack([
+            now - np.log1p(_observed_mean(shifted(x, pos, daily), 4)),
+            now - np.log1p(_observed_mean(shifted(x, pos, weekly), 2)),
+            now - np.log1p(_observed_mean(shifted(x, pos, monthly), 14)),
+        ], axis=1)
+
+    return FeatureBlock(columns, kernel, int(max(weekly.max(), monthly.max())))
 
 
 def volatility_column(target: str) -> str:
@@ -772,10 +812,15 @@ def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
         blocks.append(_value(covariate_column(name)))
         if cfg.co_pollutant_lags:
             blocks.append(_lags(covariate_column(name), cfg.co_pollutant_lags))
+    wind = "wind_speed_10m" in cfg.weather and "wind_direction_10m" in cfg.weather
     for var in dict.fromkeys(cfg.weather):
         blocks.append(_value(var))
-    if "wind_speed_10m" in cfg.weather and "wind_direction_10m" in cfg.weather:
+        if cfg.weather_lags and not (wind and var in ("wind_speed_10m", "wind_direction_10m")):
+            blocks.append(_lags(var, cfg.weather_lags))
+    if wind:
         blocks.append(FeatureBlock(("wind_u", "wind_v"), _wind))
+        if cfg.weather_lags:
+            blocks.append(_wind_lags(cfg.weather_lags))
     if "precipitation" in cfg.weather:
         blocks.append(FeatureBlock(("precipitation_sum24",), _precipitation_sum24, 23))
     blocks.append(FeatureBlock(CALENDAR, _calendar))
@@ -783,6 +828,8 @@ def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
     blocks += [_volatility(target) for target in spec.targets]
     if cfg.trend:
         blocks += [_trend(target, 24) for target in spec.targets]
+    if cfg.anomalies:
+        blocks += [_anomalies(target) for target in spec.targets]
     # features of the target hour, one set per horizon (columns_for_horizon)
     forecast_weather = [v for v in WEATHER if v in cfg.forecast_weather]
     for horizon in spec.horizons:

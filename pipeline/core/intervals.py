@@ -101,14 +101,14 @@ def _ends(quantiles, coverage: float) -> np.ndarray:
 
 
 def _log_forecast(predicted) -> np.ndarray:
-    return np.log1p(np.clip(np.asarray(predicted, float), 0, None))
+    return np.log1p(np.maximum(np.asarray(predicted, float), 0))
 
 
 def _spread(base: np.ndarray, ends: np.ndarray, scale) -> tuple[np.ndarray, np.ndarray]:
     """The interval around log forecasts ``base`` (any shape, the last axis rows) from the
     quantiles at its ``ends`` (..., 2), clipped at 0."""
-    return (np.clip(np.expm1(base + ends[..., :1] * scale), 0, None),
-            np.clip(np.expm1(base + ends[..., 1:] * scale), 0, None))
+    return (np.maximum(np.expm1(base + ends[..., :1] * scale), 0),
+            np.maximum(np.expm1(base + ends[..., 1:] * scale), 0))
 
 
 def _needed(levels: np.ndarray, base: np.ndarray, scale) -> np.ndarray:

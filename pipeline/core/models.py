@@ -12,6 +12,7 @@ arguments plus ``form``), never the project's config objects.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,21 @@ BOOSTING_KEYS = ("loss", "max_iter", "learning_rate", "max_leaf_nodes", "min_sam
 MIN_TRAINING_ROWS = 100
 
 
+def fit_keeping_warning_filters(estimator, X, y):
+    """``estimator.fit(X, y)`` with the process's warning filters as they were afterwards.
+
+    HistGradientBoosting bins its features in scikit-learn's threaded ``Parallel``, whose
+    workers reset the warning filters inside ``warnings.catch_warnings``, which is not
+    thread-safe: two workers at once can leave the process with an empty filter list, and
+    from then on every scikit-learn ``delayed`` call (each ColumnTransformer transform)
+    warns that it "should be used with sklearn.utils.parallel.Parallel" (1,726 lines in one
+    train log). Fitted inside its own ``catch_warnings``, whatever the workers do to the
+    filters ends with the fit.
+    """
+    with warnings.catch_warnings():
+        return estimator.fit(X, y)
+
+
 def inverse_target(form: str, raw, anchor=None, fallback: float = float("nan")) -> np.ndarray:
     """A model's forecast (>= 0, in the target's unit) from its trees' output ``raw``.
 
@@ -57,15 +73,15 @@ def inverse_target(form: str, raw, anchor=None, fallback: float = float("nan")) 
     if form == "log_change":
         level = np.asarray(anchor, dtype=np.float64)
         level = np.where(np.isnan(level), fallback, level)
-        return np.clip(np.expm1(level + raw), 0, None)
+        return np.maximum(np.expm1(level + raw), 0)
     if form == "log_level":
-        return np.clip(np.expm1(raw), 0, None)
+        return np.maximum(np.expm1(raw), 0)
     if form == "level":
-        return np.clip(raw, 0, None)
+        return np.maximum(raw, 0)
     if form == "change":
         level = np.expm1(np.asarray(anchor, dtype=np.float64))
         level = np.where(np.isnan(level), fallback, level)
-        return np.clip(level + raw, 0, None)
+        return np.maximum(level + raw, 0)
     raise ValueError(f"unknown target form {form!r}; known: {list(FORMS)}")
 
 
@@ -88,7 +104,8 @@ class LogResidualRegressor(RegressorMixin, BaseEstimator):
         level = X[self.anchor].to_numpy(dtype=float)
         self.fallback_ = float(np.nanmedian(level))
         level = np.where(np.isnan(level), self.fallback_, level)
-        self.estimator_ = clone(self.estimator).fit(X, np.log1p(np.asarray(y, float)) - level)
+        self.estimator_ = fit_keeping_warning_filters(
+            clone(self.estimator), X, np.log1p(np.asarray(y, float)) - level)
         return self
 
     def from_model_space(self, X: pd.DataFrame, raw: np.ndarray) -> np.ndarray:
@@ -131,11 +148,32 @@ class TargetFormRegressor(RegressorMixin, BaseEstimator):
 
     def fit(self, X: pd.DataFrame, y):
         self.fallback_ = float(np.nanmedian(np.expm1(X[self.anchor].to_numpy(dtype=float))))
-        self.estimator_ = clone(self.estimator).fit(X, self.to_model_space(X, y))
+        self.estimator_ = fit_keeping_warning_filters(clone(self.estimator), X,
+                                                      self.to_model_space(X, y))
         return self
 
     def predict(self, X: pd.DataFrame):
         return self.from_model_space(X, self.estimator_.predict(X))
+
+
+class MeanRegressor(RegressorMixin, BaseEstimator):
+    """The mean of the forecasts of several fitted models of one target x horizon.
+
+    Models chosen differently (another loss, target form or regularisation) make partly
+    independent errors, so their average is usually closer than the best of them alone
+    (``pipeline/core/selection.py`` keeps the average only when it is, on the validation
+    window). ``members`` are fitted Pipelines; :func:`fit_one` fits them.
+    """
+
+    def __init__(self, members=()):
+        self.members = members
+
+    def fit(self, X: pd.DataFrame, y):
+        self.members = [clone(m).fit(X, y) for m in self.members]
+        return self
+
+    def predict(self, X: pd.DataFrame):
+        return np.mean([m.predict(X) for m in self.members], axis=0)
 
 
 def staged_predictions(model: Pipeline, X: pd.DataFrame):
@@ -304,8 +342,15 @@ def eligible_rows(frame: pd.DataFrame, target: str, horizon: int,
 
 def fit_one(frame: pd.DataFrame, features: Sequence[str], target: str, horizon: int,
             settings: Mapping, label_cutoff: pd.Timestamp, max_rows: int | None = None,
-            seed: int = 0) -> Pipeline:
-    """Fit the model of one target x horizon on the labels before ``label_cutoff``."""
+            seed: int = 0) -> Pipeline | MeanRegressor:
+    """Fit the model of one target x horizon on the labels before ``label_cutoff``.
+
+    Settings with ``members`` (a list of settings) give a :class:`MeanRegressor` of one
+    model per member.
+    """
+    if settings.get("members"):
+        return MeanRegressor([fit_one(frame, features, target, horizon, member, label_cutoff,
+                                      max_rows, seed) for member in settings["members"]])
     eligible = eligible_rows(frame, target, horizon, label_cutoff)
     if (count := int(eligible.sum())) < MIN_TRAINING_ROWS:
         raise ValueError(

@@ -41,6 +41,9 @@ class SearchSpace:
     max_fits: int = 6  # per target x horizon, the final refit not counted; 1 = no search
     max_rows: int | None = 150_000  # rows per search fit (seeded sample); the refit uses all
     validation_days: int = 28
+    # the mean of the best `ensemble` candidates (by validation MAE) when it beats the best one
+    # on the window; 1 = the best candidate alone
+    ensemble: int = 1
 
 
 @dataclass
@@ -49,6 +52,8 @@ class HorizonFit:
     settings: dict
     report: dict = field(default_factory=dict)
     calibration: dict | None = None
+    # the chosen model's forecasts of the validation window (what calibrated the interval)
+    validation: pd.DataFrame | None = None
 
 
 def validation_window(train_end: pd.Timestamp, train_start: pd.Timestamp,
@@ -116,6 +121,7 @@ def fit_horizon(frame: pd.DataFrame, features: Sequence[str], target: str, horiz
         frame, features, target, horizon, current, fit_cutoff, valid, search_rows, seed,
         choose_iterations=search)
     tried.append({**current, "validation_mae": round(best_error, 4), "best_iter": best_iter})
+    scored = [(best_error, {**current, "max_iter": int(best_iter)}, best_pred)]
     budget = max(space.max_fits, 1) - 1
     for options in dimensions:
         for option in options:
@@ -129,11 +135,19 @@ def fit_horizon(frame: pd.DataFrame, features: Sequence[str], target: str, horiz
                 seed)
             tried.append({**candidate, "validation_mae": round(error, 4),
                           "best_iter": iteration})
+            scored.append((error, {**candidate, "max_iter": int(iteration)}, predicted))
             if error < best_error:
                 best_error, best_iter, best_pred = error, iteration, predicted
                 current = candidate
     chosen = {**current, "max_iter": int(best_iter)}
     observed = frame.loc[valid, label_column(target, horizon)].to_numpy(dtype=float)
+    if space.ensemble > 1 and len(scored) > 1:
+        best = sorted(scored, key=lambda item: item[0])[:space.ensemble]
+        mean_pred = np.mean([item[2] for item in best], axis=0)
+        mean_error = mae(observed, mean_pred)
+        if mean_error < best_error:
+            chosen = {"members": [item[1] for item in best]}
+            best_error, best_pred = mean_error, mean_pred
     volatility = volatility_column(target)
     calibration = calibrate(
         observed, best_pred, frame.loc[valid, "location_id"].to_numpy(),
@@ -149,8 +163,14 @@ def fit_horizon(frame: pd.DataFrame, features: Sequence[str], target: str, horiz
                        "last_origin": times.max().isoformat()},
         "tried": tried,
     }
+    shown = [{k: c[k] for k in ("loss", "form", "max_iter", "max_leaf_nodes",
+                                "min_samples_leaf", "l2_regularization") if k in c}
+             for c in chosen.get("members", [chosen])]
     log.info("%s h=%s: chose %s (validation MAE %.3f over %d fits)", target, horizon,
-             {k: chosen[k] for k in ("loss", "form", "max_iter", "max_leaf_nodes",
-                                     "min_samples_leaf", "l2_regularization") if k in chosen},
-             best_error, len(tried))
-    return HorizonFit(model, chosen, report, calibration)
+             shown[0] if len(shown) == 1 else f"the mean of {shown}", best_error, len(tried))
+    window = pd.DataFrame({"location_id": frame.loc[valid, "location_id"].to_numpy(),
+                           "origin": times.to_numpy(), "observed": observed,
+                           "predicted": best_pred})
+    if volatility in frame:
+        window[volatility] = frame.loc[valid, volatility].to_numpy()
+    return HorizonFit(model, chosen, report, calibration, window)

@@ -30,7 +30,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.core.counts import add_hour_counts, hour_counts
+from pipeline.core.counts import (
+    add_hour_counts,
+    add_location_extents,
+    hour_counts,
+    location_extents,
+)
 from pipeline.core.features import hour_numbers
 from pipeline.errors import MissingInputError, PipelineError
 from pipeline.io.storage import atomic_write_json, atomic_write_parquet
@@ -182,6 +187,13 @@ class FeatureStore:
             if len(parts) > 32:
                 parts = [add_hour_counts(parts)]
         return add_hour_counts(parts)
+
+    def location_extents(self, targets: Sequence[str], holdout_start: pd.Timestamp,
+                         label_cutoff: pd.Timestamp) -> pd.DataFrame:
+        """:func:`pipeline.core.counts.location_extents` of the whole table, batch by batch."""
+        parts = [location_extents(batch, targets, holdout_start, label_cutoff)
+                 for batch in self.batches(columns=["location_id", "time", *targets])]
+        return add_location_extents(parts)
 
     def sample(self, rate: float, seed: int, filter: ds.Expression | None = None,
                columns: Sequence[str] | None = None) -> pd.DataFrame:

@@ -94,6 +94,10 @@ CATALOGUE: dict[str, MetricSpec] = {
     "aq_promotion_promoted": MetricSpec(
         "gauge", "1 if the last candidate was promoted, 0 if the gate refused it."
     ),
+    "aq_promotion_refused_timestamp_seconds": MetricSpec(
+        "gauge", "Unix time the promotion gate last refused a candidate.",
+        optional="only once a candidate has been refused",
+    ),
     "aq_champion_info": MetricSpec("info", "The current champion model.", ("version",)),
     "aq_champion_created_timestamp_seconds": MetricSpec(
         "gauge", "Unix time the current champion was trained."
@@ -190,6 +194,7 @@ class StepRun:
 
     step: str
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    started: float = field(default_factory=time.time)  # Unix time (the MLflow run's start)
     _gauges: dict[str, Gauge | Info] = field(default_factory=dict)
 
     def _family(self, name: str) -> Gauge | Info:

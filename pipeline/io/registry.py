@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ METADATA = "metadata.json"
 TRUSTED_TYPES: tuple[str, ...] = (
     "pipeline.core.models.LogResidualRegressor",
     "pipeline.core.models.TargetFormRegressor",  # the log_level / level / change forms
+    "pipeline.core.models.MeanRegressor",  # the mean of several models (model.selection.ensemble)
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "functools.partial",  # HGB's partial(check_array, ...): the function is checked on its own
     "sklearn.utils.validation.check_array",
@@ -88,11 +90,39 @@ class ModelBundle:
     metadata: dict[str, Any]
 
 
+def _deprecation_shim(module: object) -> bool:
+    """A module whose every attribute lookup warns (Airflow's ``add_deprecated_classes``)."""
+    hook = getattr(module, "__dict__", {}).get("__getattr__")
+    return getattr(getattr(hook, "func", hook), "__name__", "") == "getattr_with_deprecation"
+
+
+def skops_io():
+    """``skops.io``, imported without its loader scanning deprecation shims.
+
+    At import skops finds the module of every scipy ufunc by looking the name up in every
+    module of ``sys.modules``. Inside an Airflow task process those include Airflow's
+    deprecated-import shims, which warn for any name: ~1,160 ``DeprecatedImportWarning``
+    lines per task log. The shims can hold none of these functions, so they are left out
+    of ``sys.modules`` while skops imports, and put back.
+    """
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    shims = {name: m for name, m in list(sys.modules.items()) if _deprecation_shim(m)}
+    for name in shims:
+        del sys.modules[name]
+    try:
+        import skops.io
+    finally:
+        for name, module in shims.items():
+            sys.modules.setdefault(name, module)
+    return skops.io
+
+
 def untrusted_types(data: bytes, where: Path | str) -> list[str]:
     """Types in a skops file outside skops' defaults and :data:`TRUSTED_TYPES` (nothing built)."""
     import zipfile
 
-    import skops.io as sio
+    sio = skops_io()
 
     try:
         found = sio.get_untrusted_types(data=data)
@@ -109,8 +139,7 @@ def save_bundle(directory: Path, models: dict, metadata: dict[str, Any]) -> dict
     The artifact is checked against the trust list before it is kept: a model
     holding a type the loader would refuse fails here, naming the type.
     """
-    import skops.io as sio
-
+    sio = skops_io()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     data = sio.dumps(nest(models))
@@ -148,8 +177,7 @@ def save_bundle(directory: Path, models: dict, metadata: dict[str, Any]) -> dict
 
 def load_bundle(directory: Path) -> ModelBundle:
     """Load a bundle: sha256 checked, then only trusted types built; anything else refused."""
-    import skops.io as sio
-
+    sio = skops_io()
     directory = Path(directory)
     if not (directory / METADATA).exists():
         raise RegistryError(f"no model metadata at {directory / METADATA}")
@@ -265,7 +293,13 @@ class Registry:
                 for name in (ARTIFACT, METADATA):
                     shutil.copy2(candidate_dir / name, staging / name)
                 fault_point("register:staged")
-                staging.rename(target)
+                try:
+                    staging.rename(target)
+                except OSError:
+                    # another process registered the same version meanwhile (two promotes at
+                    # once): the version is there, idempotent by version
+                    if not (target / METADATA).exists():
+                        raise
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return version

@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
@@ -182,6 +183,90 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_bytes(path, parquet_bytes(frame))
+
+
+def read_locations(path: Path, locations: Iterable[str], others: bool = False,
+                   batch_rows: int = 65_536) -> pd.DataFrame:
+    """The rows of a Parquet file whose ``location_id`` is in ``locations`` (with ``others``:
+    is not), a record batch at a time, reading only the row groups that hold such rows (from
+    their statistics, or with ``others`` from their ``location_id`` column).
+
+    Memory is bounded by the row groups read: a file written by :class:`ParquetParts` a batch
+    of locations at a time is read a part at a time; a file written as one row group is
+    decoded whole (the Parquet reader decodes a row group's column chunks at once).
+    """
+    wanted = sorted(set(locations))
+    value_set = pa.array(wanted, type=pa.string())
+    handle = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+    column = handle.schema_arrow.get_field_index("location_id")
+    groups = []
+    for index in range(handle.num_row_groups):
+        if others:
+            ids = handle.read_row_group(index, columns=["location_id"]).column(0)
+            if pc.all(pc.is_in(pc.unique(ids).cast(pa.string()), value_set=value_set)).as_py():
+                continue
+        else:
+            stats = handle.metadata.row_group(index).column(column).statistics
+            if stats is not None and stats.has_min_max and not any(
+                    stats.min <= loc <= stats.max for loc in wanted):
+                continue
+        groups.append(index)
+    parts = []
+    for batch in handle.iter_batches(batch_size=batch_rows, row_groups=groups):
+        keep = pc.is_in(batch.column("location_id").cast(pa.string()), value_set=value_set)
+        parts.append(batch.filter(pc.invert(keep) if others else keep))
+    return pa.Table.from_batches(parts, schema=handle.schema_arrow).to_pandas()
+
+
+class ParquetParts:
+    """One Parquet file written a frame at a time (each a row group or more), atomically:
+    the file appears complete at the end of the ``with`` block, or not at all (an error
+    leaves the earlier file as it was). Memory holds one part, not the file."""
+
+    ROW_GROUP_ROWS = 65_536  # small row groups: a filtered read decodes little
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.writer: pq.ParquetWriter | None = None
+        self.tmp: str | None = None
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
+        if self.writer is None:
+            ensure_dir(self.path.parent)
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                            dir=self.path.parent)
+            os.fchmod(fd, output_mode())
+            os.close(fd)
+            self.writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd")
+        else:
+            table = table.cast(self.writer.schema)
+        self.writer.write_table(table, row_group_size=self.ROW_GROUP_ROWS)
+        self.rows += len(frame)
+
+    def __enter__(self) -> ParquetParts:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        if kind is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+            return
+        try:
+            with open(self.tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self.tmp, self.path)
+        except BaseException as error:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+            raise_naming(error, self.path)
+            raise
 
 
 # ---------------------------------------------------------------- raw partitions
@@ -405,6 +490,7 @@ def write_raw(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteReport:
 
 def _write_raw_locked(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteReport:
     report = WriteReport()
+    writes = []
     frame = conform(frame).drop_duplicates(subset=list(KEYS), keep="last")
     for (location_id, month), part in frame.groupby([frame["location_id"],
                                                      month_keys(frame["time"])], sort=True):
@@ -418,8 +504,11 @@ def _write_raw_locked(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteR
                 log.warning("%s; moved it to %s and storing the new rows in a fresh partition: "
                             "re-ingest month %s of %s to restore the rest", exc, kept, month,
                             location_id)
-        merged = _merge(existing, part)
-        _store_partition(path, merged, count_new(existing, part, KEYS), len(part), report)
+        writes.append((path, _merge(existing, part), count_new(existing, part, KEYS), len(part)))
+        if len(writes) >= WRITE_BATCH:
+            _store_partitions(writes, report)
+            writes = []
+    _store_partitions(writes, report)
     return report
 
 
@@ -433,17 +522,41 @@ def count_new(existing: pd.DataFrame | None, incoming: pd.DataFrame,
     return int((~pd.MultiIndex.from_frame(incoming[list(keys)]).isin(known)).sum())
 
 
-def _store_partition(path: Path, merged: pd.DataFrame, rows_new: int, rows_in: int,
-                     report: WriteReport) -> None:
-    """Write a merged partition unless its bytes are already stored; count what changed."""
+WRITE_THREADS = 8  # partition writes in flight at once: their fsyncs wait on the disk together
+WRITE_BATCH = 64  # merged partitions held before they are written (memory stays bounded)
+
+
+def _store_partition(path: Path, merged: pd.DataFrame) -> bool:
+    """Write a merged partition unless its bytes are already stored; True if written."""
     payload = parquet_bytes(merged)
     if path.exists() and path.read_bytes() == payload:
-        report.unchanged.append(path)
-        return
+        return False
     atomic_write_bytes(path, payload)
-    report.written.append(path)
-    report.rows_new += rows_new
-    report.rows_updated += rows_in - rows_new
+    return True
+
+
+def _store_partitions(writes: list[tuple[Path, pd.DataFrame, int, int]],
+                      report: WriteReport) -> None:
+    """Store (path, merged rows, new rows, incoming rows) partitions and count what changed.
+
+    Each file is written atomically and fsynced before its rename, as one at a time; a few
+    threads let the fsyncs (milliseconds each on a busy disk, ~24,000 partitions in a 500 x 2
+    ingest) wait together instead of one after the other.
+    """
+    if len(writes) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(WRITE_THREADS, len(writes))) as pool:
+            written = list(pool.map(lambda w: _store_partition(w[0], w[1]), writes))
+    else:
+        written = [_store_partition(path, merged) for path, merged, _, _ in writes]
+    for (path, _, rows_new, rows_in), changed in zip(writes, written, strict=True):
+        if not changed:
+            report.unchanged.append(path)
+            continue
+        report.written.append(path)
+        report.rows_new += rows_new
+        report.rows_updated += rows_in - rows_new
 
 
 def read_partition(path: Path) -> pd.DataFrame:
@@ -604,6 +717,7 @@ def write_forecasts(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteRep
     if frame.empty:
         return WriteReport()
     report = WriteReport()
+    writes = []
     frame = conform_forecasts(frame).drop_duplicates(subset=list(FORECAST_KEYS), keep="last")
     with raw_write_lock(raw_dir):
         for (location_id, month), part in frame.groupby(
@@ -622,9 +736,12 @@ def write_forecasts(raw_dir: Path, source: str, frame: pd.DataFrame) -> WriteRep
                     os.replace(path, kept)
                     log.warning("forecast partition %s is damaged (%s); moved to %s and storing "
                                 "the new rows in a fresh one", path, exc, kept)
-            merged = _merge_forecasts(existing, part)
-            _store_partition(path, merged, count_new(existing, part, FORECAST_KEYS), len(part),
-                             report)
+            writes.append((path, _merge_forecasts(existing, part),
+                           count_new(existing, part, FORECAST_KEYS), len(part)))
+            if len(writes) >= WRITE_BATCH:
+                _store_partitions(writes, report)
+                writes = []
+        _store_partitions(writes, report)
     return report
 
 

@@ -43,6 +43,7 @@ from pipeline.io.metrics import StepRun
 from pipeline.io.plots import write_backtest_charts
 from pipeline.io.registry import ModelBundle, Registry, load_bundle
 from pipeline.io.storage import atomic_write_json, atomic_write_parquet, atomic_write_text
+from pipeline.io.tracking import backtest_run, log_run
 from pipeline.steps.common import require
 
 log = logging.getLogger(__name__)
@@ -236,5 +237,6 @@ def run(ctx: Context, start=None, end=None, model: str | None = None,
         metrics.rows(rows_in=rows_in, rows_out=len(predictions))
         print(summary)
         log.info("backtest: %d forecasts -> %s", len(predictions), directory)
+        log_run(ctx, backtest_run(ctx.paths.root, report, directory, metrics.started))
     return report
 

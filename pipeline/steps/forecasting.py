@@ -108,6 +108,14 @@ def write_pending(ctx: Context, champion: Champion, locations: list[str]) -> int
     return len(forecasts)
 
 
+class StaleBatchesError(PipelineError):
+    """Locations without a batch result made with the model being published."""
+
+    def __init__(self, locations: list[str], message: str) -> None:
+        super().__init__(message)
+        self.locations = locations
+
+
 def publish_pending(ctx: Context, champion: Champion, metrics: StepRun) -> dict:
     """Combine every location's pending batch result into the run's forecasts."""
     version = champion.version
@@ -131,7 +139,8 @@ def publish_pending(ctx: Context, champion: Champion, metrics: StepRun) -> dict:
         if status.get("withheld"):
             reasons[location] = status["withheld"]
     if missing or other:
-        raise PipelineError(
+        raise StaleBatchesError(
+            missing + [entry.split(" ", 1)[0] for entry in other],
             "predict --finalize: "
             + (f"no batch result for {len(missing)} location(s): {', '.join(missing[:10])}; "
                if missing else "")

@@ -9,15 +9,34 @@ the metrics).
 
 from __future__ import annotations
 
+import logging
+
 from pipeline.context import Context
 from pipeline.errors import PipelineError
 from pipeline.forecaster import Champion
+from pipeline.io.feature_store import location_batches
 from pipeline.io.registry import Registry
 from pipeline.steps.common import parse_locations
-from pipeline.steps.forecasting import issue_forecasts, publish_pending, write_pending
+from pipeline.steps.forecasting import (
+    StaleBatchesError,
+    issue_forecasts,
+    publish_pending,
+    write_pending,
+)
+
+log = logging.getLogger(__name__)
 
 
-def run(ctx: Context, locations: str | None = None, finalize_only: bool = False) -> dict:
+def model_for(ctx: Context, model: str | None) -> Champion:
+    """The champion, or the version a mapped run pinned at its start (``--model``)."""
+    registry = Registry(ctx.paths)
+    return Champion.of(registry.load_champion() if model is None else registry.load(model))
+
+
+def run(ctx: Context, locations: str | None = None, finalize_only: bool = False,
+        model: str | None = None) -> dict:
+    """``model``: the registry version a mapped run forecasts with from its first batch to its
+    finalisation, whatever the champion becomes meanwhile (default: the champion now)."""
     if locations is not None and finalize_only:
         raise PipelineError("predict: give --locations (forecast one batch) or --finalize "
                             "(publish the batches), not both")
@@ -26,12 +45,20 @@ def run(ctx: Context, locations: str | None = None, finalize_only: bool = False)
     if locations is not None:
         with ctx.reporter.step("predict_batch") as metrics:
             chosen = parse_locations(ctx, locations)
-            champion = Champion.of(Registry(ctx.paths).load_champion())
+            champion = model_for(ctx, model)
             rows = write_pending(ctx, champion, chosen)
             metrics.rows(rows_out=rows)
         return {"locations": chosen, "rows": rows}
     with ctx.reporter.step("predict") as metrics:
-        champion = Champion.of(Registry(ctx.paths).load_champion())
-        if finalize_only:
+        champion = model_for(ctx, model)
+        if not finalize_only:
+            return issue_forecasts(ctx, champion, metrics)
+        try:
             return publish_pending(ctx, champion, metrics)
-        return issue_forecasts(ctx, champion, metrics)
+        except StaleBatchesError as exc:
+            # a retry cannot change a batch made with another model: recompute those here
+            log.warning("predict: %s; forecasting those %d location(s) again with %s",
+                        exc, len(exc.locations), champion.version)
+            for batch in location_batches(exc.locations, ctx.settings.batch_locations):
+                write_pending(ctx, champion, batch)
+            return publish_pending(ctx, champion, metrics)

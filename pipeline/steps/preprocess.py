@@ -23,8 +23,9 @@ import pandas as pd
 
 from pipeline.context import Context
 from pipeline.core.validation import validate
-from pipeline.errors import MissingInputError, PipelineError
+from pipeline.errors import CatchingUpError, MissingInputError, PipelineError
 from pipeline.inputs import features_from_raw, newest_stored
+from pipeline.io.catchup import CatchUpLog, describe
 from pipeline.io.feature_store import FeatureStore, location_batches
 from pipeline.io.storage import (
     atomic_write_json,
@@ -33,7 +34,7 @@ from pipeline.io.storage import (
     read_raw,
 )
 from pipeline.parallel import worker_pool
-from pipeline.steps.common import parse_locations
+from pipeline.steps.common import data_version, parse_locations
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,24 @@ def build(ctx: Context, locations: list[str]) -> int:
     return total
 
 
+def require_settled_store(ctx: Context) -> None:
+    """Refuse to take the training snapshot while an ingestion is catching the store up.
+
+    Half-way through a catch-up some locations are months ahead of others; features built
+    then would give a holdout of the furthest ones only. The DAG waits and tries again;
+    ``dvc repro`` stops here (its lock holds the catch-up's next write anyway).
+    """
+    pending = CatchUpLog(ctx.paths.ingest_state_dir, ctx.params.source.kind).in_progress()
+    if pending:
+        raise CatchingUpError(
+            f"an ingestion is catching the raw store up ({describe(pending)}): training would "
+            "read some locations further than others; run again when it has finished "
+            "(`python -m pipeline summary` shows the catch-up)")
+
+
 def finalize(ctx: Context) -> dict:
     """The quality report and the quarantine file from every location's partition."""
+    require_settled_store(ctx)
     store = FeatureStore(ctx.paths.features)
     configured = ctx.params.location_ids
     removed = store.remove_except(configured)
@@ -178,6 +195,12 @@ def finalize(ctx: Context) -> dict:
         "time_max": str(max(pd.Timestamp(s["time_max"]) for s in stats.values())),
         "feature_rows": feature_rows,
         "locations": len(stats),
+        # the snapshot training reads: its version and each location's stored hours
+        "data_version": data_version(ctx),
+        "extents": {loc: {"first_hour": s["time_min"], "last_hour": s["time_max"],
+                          "rows_valid": s["rows_valid"],
+                          "rows_quarantined": s["rows_quarantined"]}
+                    for loc, s in stats.items()},
     }
     atomic_write_json(ctx.paths.quality_report, report)
     return report
@@ -195,6 +218,7 @@ def run(ctx: Context, locations: str | None = None, finalize_only: bool = False)
         return {"locations": chosen, "feature_rows": rows}
     with ctx.reporter.step("preprocess") as metrics:
         if not finalize_only:
+            require_settled_store(ctx)
             build(ctx, ctx.params.location_ids)
         report = finalize(ctx)
         metrics.rows(rows_in=report["rows_in"], rows_out=report["feature_rows"],

@@ -4,18 +4,21 @@ every target x horizon and does not regress against the champion on the same hol
 from __future__ import annotations
 
 import logging
+import time
 
 import pandas as pd
 
 from pipeline.context import Context
 from pipeline.core.keys import ModelKey, unnest
-from pipeline.core.models import Split, score_predictions
+from pipeline.core.models import Split
 from pipeline.errors import PipelineError
 from pipeline.io.feature_store import FeatureStore
-from pipeline.io.holdout import holdout_predictions_of
+from pipeline.io.holdout import summarise_holdout
 from pipeline.io.registry import ModelBundle, Registry, push_champion
 from pipeline.io.storage import atomic_write_json, read_state_json, require_keys
+from pipeline.io.tracking import log_run, promote_run
 from pipeline.steps.common import require
+from pipeline.timeutil import now_utc
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +33,8 @@ def champion_scores(champion: ModelBundle, store: FeatureStore, split: Split,
     models = {key: m for key, m in champion.models.items() if key in wanted}
     if set(models) != wanted:
         return None, "champion does not cover every target x horizon of the candidate"
-    predictions = holdout_predictions_of(store, models, split)
     try:
-        return score_predictions(list(models), predictions), None
+        return summarise_holdout(store, models, split).scores(), None
     except ValueError as exc:
         return None, f"champion cannot be scored on the candidate's holdout: {exc}"
 
@@ -58,6 +60,37 @@ def decide(candidate: dict, champion: dict | None, min_skill: float,
     return not refusals, refusals
 
 
+def coverage_refusals(candidate: dict, champion: dict) -> tuple[list[str], str | None]:
+    """What the candidate's data leaves out that the champion's had (model metadata).
+
+    A holdout without a location the champion was evaluated on says nothing about it (a
+    store caught up half-way gives a holdout of the locations that got furthest); a location
+    whose data ends before the champion's means the candidate was trained on older data.
+    Returns (refusals, a note when the champion predates per-location extents).
+    """
+    ours, theirs = candidate.get("location_extents"), champion.get("location_extents")
+    if not ours or not theirs:
+        return [], ("champion or candidate has no per-location extents (trained before they "
+                    "were recorded): coverage not compared")
+    refusals = []
+    served = sorted(loc for loc, e in theirs.items() if e.get("holdout_rows"))
+    missing = [loc for loc in served if not (ours.get(loc) or {}).get("holdout_rows")]
+    if missing:
+        ends = ", ".join(f"{loc} (data to {(ours.get(loc) or {}).get('train_last_hour')})"
+                         for loc in missing[:10])
+        refusals.append(
+            f"holdout leaves out {len(missing)} location(s) the champion serves: {ends}; "
+            f"the holdout starts {candidate.get('holdout_start')}: was the store still being "
+            "caught up?")
+    older = [f"{loc} ({ours[loc]['holdout_last_hour']} < {theirs[loc]['holdout_last_hour']})"
+             for loc in served if loc not in missing and ours.get(loc)
+             and ours[loc]["holdout_last_hour"] < theirs[loc]["holdout_last_hour"]]
+    if older:
+        refusals.append(f"data ends before the champion's for {len(older)} location(s): "
+                        + ", ".join(older[:10]))
+    return refusals, None
+
+
 def run(ctx: Context) -> dict:
     with ctx.reporter.step("promote") as metrics:
         registry = Registry(ctx.paths)
@@ -78,6 +111,8 @@ def run(ctx: Context) -> dict:
             report = _gate(ctx, registry, evaluation, version)
         atomic_write_json(ctx.paths.promotion_report, report)
         metrics.set("aq_promotion_promoted", 1 if report["promoted"] else 0)
+        if not report["promoted"]:  # the dashboards mark it; kept until the next refusal
+            metrics.set("aq_promotion_refused_timestamp_seconds", time.time())
         push_champion(ctx.reporter, registry,
                       switched_by="promote" if report["switched"] else None)
         if report["switched"]:
@@ -88,6 +123,8 @@ def run(ctx: Context) -> dict:
         else:
             log.warning("promote: %s not promoted: %s", version,
                         "; ".join(report["refusals"]) or report["note"])
+        log_run(ctx, promote_run(ctx.paths.root, report, ctx.paths.registry_dir,
+                                 registry.metadata(version)["sha256"], metrics.started))
     return report
 
 
@@ -106,6 +143,13 @@ def _gate(ctx: Context, registry: Registry, evaluation: dict, version: str) -> d
                                       set(unnest(candidate)))
     promoted, refusals = decide(candidate, champ, ctx.params.promotion.min_skill,
                                 ctx.params.promotion.tolerance)
+    candidate_meta = registry.metadata(version)
+    if champion_version is not None and champion_version != version:
+        coverage, coverage_note = coverage_refusals(candidate_meta,
+                                                    registry.metadata(champion_version))
+        refusals = coverage + refusals
+        promoted = promoted and not coverage
+        note = note or coverage_note
     switched = False
     if promoted and champion_version != version:
         switched = registry.promote(version, reason="passed the promotion gate")
@@ -118,4 +162,8 @@ def _gate(ctx: Context, registry: Registry, evaluation: dict, version: str) -> d
         "refusals": refusals,
         "note": note,
         "champion_scores_on_holdout": champ,
+        # what the candidate was built from: the data version and each location's extents
+        "data_version": candidate_meta.get("data_version"),
+        "location_extents": candidate_meta.get("location_extents"),
+        "decided_at": now_utc().isoformat(),
     }

@@ -149,6 +149,57 @@ def test_profiles_are_the_same_hour_of_past_days_and_weeks():
     assert row["pm2_5_trend24"] == pytest.approx(np.polyfit(np.arange(24), y, 1)[0])
 
 
+def test_anomalies_are_the_level_now_against_the_same_hour_of_past_days_and_weeks():
+    frame = raw(hours=24 * 40)
+    frame = frame.drop(frame.index[(frame["location_id"] == "a")][600:610])  # a gap
+    spec = FeatureSpec(("pm2_5",), (1, 6), FeatureSettings(anomalies=True))
+    out = build_features(frame, spec, TZ, location_codes(list(TZ))).set_index(
+        ["location_id", "time"])
+    series = frame[frame["location_id"] == "a"].set_index("time")["pm2_5"]
+    t = pd.Timestamp("2025-04-01 10:00", tz="UTC")
+    row = out.loc[("a", t)]
+    hours = pd.to_timedelta
+
+    def usual(step: int, count: int) -> float:
+        return series.reindex([t - hours(step * k, "h") for k in range(1, count + 1)]).mean()
+
+    now = np.log1p(series[t])
+    assert row["pm2_5_anomaly_daily"] == pytest.approx(now - np.log1p(usual(24, 7)))
+    assert row["pm2_5_anomaly_weekly"] == pytest.approx(now - np.log1p(usual(168, 4)))
+    assert row["pm2_5_anomaly_monthly"] == pytest.approx(now - np.log1p(usual(24, 28)))
+    # online (a bounded window) equals batch, bit for bit, also across the gap
+    grid = hourly_grids(frame[frame["location_id"] == "a"])[0]
+    for end in (0, 30, 605, 700, len(grid) - 1):
+        start = max(0, end - spec.warmup_hours + 1)
+        window = HourlyGrid("a", grid.hours[start:end + 1],
+                            {k: v[start:end + 1] for k, v in grid.series.items()})
+        online = latest_features(window, spec, TZ["a"], 0.0)
+        batch = out.loc[("a", hour_times(grid.hours[end:end + 1])[0])]
+        for name in ("pm2_5_anomaly_daily", "pm2_5_anomaly_weekly", "pm2_5_anomaly_monthly"):
+            np.testing.assert_array_equal(online[name], batch[name], err_msg=f"{name} {end}")
+
+
+def test_weather_lags_are_the_observed_weather_hours_ago_with_the_wind_as_a_vector():
+    frame = raw(hours=24 * 10)
+    spec = FeatureSpec(("pm2_5",), (1,), FeatureSettings(weather_lags=(1, 24)))
+    out = build_features(frame, spec, TZ, location_codes(list(TZ))).set_index(
+        ["location_id", "time"])
+    series = frame[frame["location_id"] == "b"].set_index("time")
+    t = pd.Timestamp("2025-03-05 10:00", tz="UTC")
+    row = out.loc[("b", t)]
+    for lag in (1, 24):
+        past = series.loc[t - pd.Timedelta(hours=lag)]
+        assert row[f"temperature_2m_lag{lag}"] == past["temperature_2m"]
+        rad = np.deg2rad(past["wind_direction_10m"])
+        assert row[f"wind_u_lag{lag}"] == pytest.approx(-past["wind_speed_10m"] * np.sin(rad))
+        assert row[f"wind_v_lag{lag}"] == pytest.approx(-past["wind_speed_10m"] * np.cos(rad))
+    # a direction in degrees is not lagged (359 and 1 are neighbours), the vector is
+    assert "wind_direction_10m_lag1" not in out
+    assert "wind_speed_10m_lag1" not in out
+    first = out.loc["b"].iloc[0]
+    assert np.isnan(first["temperature_2m_lag1"])  # before the grid: unknown
+
+
 def test_labels_and_lags_are_shifted_in_hours_per_location():
     frame = raw(hours=200)
     frame = frame.drop(frame.index[(frame["location_id"] == "a")][50:53])  # a 3-hour gap

@@ -39,7 +39,16 @@ class AirflowApi:
         self.session.headers["Authorization"] = f"Bearer {reply.json()['access_token']}"
 
     def call(self, method: str, path: str, **kwargs) -> dict:
-        reply = self.session.request(method, f"{self.base}/api/v2{path}", timeout=30, **kwargs)
+        # a GET that times out (the API server starved on a loaded machine) is asked again,
+        # at most three times: reading twice changes nothing
+        for attempt in range(3 if method == "GET" else 1):
+            try:
+                reply = self.session.request(method, f"{self.base}/api/v2{path}", timeout=30,
+                                             **kwargs)
+                break
+            except requests.Timeout:
+                if attempt == 2 or method != "GET":
+                    raise
         assert reply.ok, f"{method} {path}: {reply.status_code} {reply.text[:500]}"
         return reply.json()
 

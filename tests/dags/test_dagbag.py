@@ -22,11 +22,15 @@ EDGES = {
         ("ingest_quality", "data_version"),
     },
     "aq_retrain": {
+        ("settled_store", "plan_preprocess_batches"),
         ("plan_preprocess_batches", "preprocess_batch"), ("preprocess_batch", "preprocess"),
+        ("plan_preprocess_batches", "preprocess"),
         ("preprocess", "train"), ("train", "evaluate"), ("evaluate", "promote"),
     },
     "aq_predict": {
         ("champion_ready", "plan_predict_batches"), ("plan_predict_batches", "predict_batch"),
+        # the plan pins the champion the batches and the finalisation use
+        ("plan_predict_batches", "predict"),
         ("predict_batch", "predict"), ("predict", "score"), ("score", "drift"),
     },
     "aq_backtest": set(),
@@ -69,6 +73,9 @@ for dag in bag.dags.values():
             "callbacks": [c.__name__ for c in (t.on_failure_callback or [])]
                          if isinstance(t.on_failure_callback, list)
                          else [getattr(t.on_failure_callback, "__name__", None)],
+            "on_execute": [getattr(c, "__name__", None) for c in (
+                t.on_execute_callback if isinstance(t.on_execute_callback, list)
+                else [t.on_execute_callback])],
             "outlets": [getattr(o, "name", None) for o in t.outlets],
             "mapped": getattr(t, "is_mapped", False),
         }} for t in dag.tasks}},
@@ -176,6 +183,8 @@ def test_docs_tags_owner_retries_timeouts_and_failure_callback(bag, dag_id):
         assert task["max_delay"] == timedelta(minutes=30).total_seconds(), task_id
         assert 0 < (task["timeout"] or 0) <= timedelta(hours=2).total_seconds(), task_id
         assert task["callbacks"] == ["push_task_failure"], task_id
+        # Python warnings reach the task log once each, at WARNING (pipeline/pywarnings.py)
+        assert task["on_execute"] == ["relay_warnings"], task_id
 
 
 @pytest.mark.parametrize("dag_id", sorted(DVC_TASKS))

@@ -20,21 +20,34 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipeline.paths import ProjectPaths
 from stack import serving_local
-from tests.conftest import REPO, make_project
+from tests.conftest import REPO, make_project, write_params
 from tests.monitoring import RunningStack, prom_query, running_stack, wait_until
 from tests.replay_server import ReplayServer, open_meteo_handler
 
 AQ, FORECAST, ARCHIVE = "/v1/air-quality", "/v1/forecast", "/v1/archive"
 PREVIOUS = "/previous-runs/v1/forecast"
 JOB = "aq_pipeline"
-SMALL = {"source": {"kind": "synthetic", "start": "2025-01-01", "end": "2025-02-12",
+# the window ends at the current hour, as a live deployment's does: the last forecast is
+# fresh, so the air-quality alert may speak for it (an older one raises ForecastStale)
+NOW = pd.Timestamp.now(tz="UTC").floor("h")
+DAY = pd.Timedelta(days=1)
+
+
+def day(offset: float) -> str:
+    return (NOW + offset * DAY).isoformat()
+
+
+SMALL = {"source": {"kind": "synthetic", "start": f"{NOW - 42 * DAY:%Y-%m-%d}",
+                    "end": f"{NOW + DAY:%Y-%m-%d}",  # the steps pass --end: up to NOW
                     # Delhi's emissions quadruple: unhealthy forecasts (the domain alert) and
                     # drift to observe
-                    "synthetic": {"scenarios": [{"kind": "emission_shift", "start": "2025-02-01",
+                    "synthetic": {"scenarios": [{"kind": "emission_shift",
+                                                 "start": f"{NOW - 11 * DAY:%Y-%m-%d}",
                                                  "variable": "pm2_5", "factor": 4.0,
                                                  "locations": ["delhi"]}]}},
          "evaluation": {"holdout_days": 7}, "model": {"max_iter": 40},
@@ -45,7 +58,8 @@ SMALL = {"source": {"kind": "synthetic", "start": "2025-01-01", "end": "2025-02-
 OPEN_METEO = {"source": {"kind": "open_meteo", "start": "2025-02-01", "end": "2025-02-03",
                          "open_meteo": {"requests_per_second": 100, "backoff_s": 0.01,
                                         "max_retries": 1}}}
-FIRST_END = "2025-02-10"  # forecasts issued here are scored against the data ingested after
+FIRST_END = day(-2)  # forecasts issued here are scored against the data ingested after
+RERUN = ("--start", day(-1), "--end", day(0))  # the series-count test ingests this again
 
 
 @dataclass
@@ -112,10 +126,17 @@ def observed_run(tmp_path_factory) -> Iterator[ObservedRun]:
         run.wait_for('aq_champion_switched_timestamp_seconds{action="rollback"}')
         run.step("promote")
         run.wait_for('aq_champion_switched_timestamp_seconds{action="promote"}')
+        # a candidate the gate refuses (it asks for more skill than any has): the refusal
+        # the dashboards mark; the champion stays
+        write_params(project, {**SMALL, "promotion": {"min_skill": 0.99}})
+        run.step("promote")
+        write_params(project, SMALL)
+        run.wait_for("aq_promotion_refused_timestamp_seconds")
         run.step("predict")
-        run.step("ingest", "--start", FIRST_END)
+        run.step("ingest", "--start", FIRST_END, "--end", day(0))
         run.step("score")
         run.step("drift")
+        run.step("predict")  # from the newest hour: the fresh forecast the alerts speak for
         # every step's push is scraped and recorded (1 s intervals) before the tests look
         run.wait_for(f'count(aq_step_success{{job="{JOB}"}} == 1) >= 10')  # one per step
         run.wait_for(f'count(aq:step_seconds_since_success{{job="{JOB}"}}) >= 10')

@@ -91,7 +91,7 @@ def test_variables_list_what_the_run_produced(observed_run, prom):
     assert len(values[("aq-drift", "feature")]) > 20
 
 
-def test_annotations_mark_the_failure_the_promotions_and_the_rollback(prom):
+def test_annotations_mark_the_failure_the_promotions_the_rollback_and_the_refusal(prom):
     checked = set()
     for uid in PIPELINE_DASHBOARDS:
         dashboard = generated()[0][uid]
@@ -99,7 +99,7 @@ def test_annotations_mark_the_failure_the_promotions_and_the_rollback(prom):
             if "expr" in annotation:
                 assert check_annotation(annotation, dashboard, prom) == []
                 checked.add(annotation["name"])
-    assert checked == {"Failed steps", "Promotions", "Rollbacks"}
+    assert checked == {"Failed steps", "Promotions", "Rollbacks", "Refused promotions"}
     # the failure marked is the run's early predict, not any step
     failed = prom.range("aq_step_success == bool 0", step="1s")
     marked = {s["metric"]["step"] for s in failed if any(v == "1" for _, v in s["values"])}

@@ -15,7 +15,7 @@ from pipeline.io.metrics import CATALOGUE
 from stack import monitoring
 from stack.webhook import iter_alerts
 from tests.conftest import REPO
-from tests.integration.conftest import JOB
+from tests.integration.conftest import JOB, RERUN
 from tests.metrics_doc import PIPELINE_SECTION, documented_metrics
 from tests.monitoring import gateway_samples, wait_until
 
@@ -94,7 +94,7 @@ def test_series_count_stays_bounded_across_runs(observed_run):
     before = gateway_series()
     prom_before = float(observed_run.query(in_prometheus)[0]["value"][1])
     for name in ("ingest", "predict", "score", "drift"):
-        args = ("--start", "2025-02-11") if name == "ingest" else ()
+        args = RERUN if name == "ingest" else ()
         observed_run.step(name, *args)
     assert gateway_series() == before
     time.sleep(3)  # a few scrapes and evaluations of the new pushes

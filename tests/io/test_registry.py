@@ -220,3 +220,25 @@ def test_a_champion_pointer_to_another_directory_is_refused(tmp_path):
     paths.champion_pointer.write_text(json.dumps({"version": "../../elsewhere"}))
     with pytest.raises(RegistryError, match="invalid model version name"):
         Registry(paths).load_champion()
+
+
+def test_a_version_registered_meanwhile_by_another_process_is_no_error(tmp_path, monkeypatch):
+    """Two promotes at once register the same candidate: the one that renames second finds
+    the version there (it failed with "Directory not empty" under load)."""
+    import pipeline.io.registry as registry_module
+
+    bundle(tmp_path / "cand", 1.0)
+    paths = ProjectPaths(tmp_path)
+    other = Registry(paths)
+    calls = []
+
+    def meanwhile(name: str) -> None:
+        if name == "register:staged" and not calls:
+            calls.append(name)
+            other.register(tmp_path / "cand")  # the other process wins the rename
+
+    monkeypatch.setattr(registry_module, "fault_point", meanwhile)
+    version = Registry(paths).register(tmp_path / "cand")
+    assert calls == ["register:staged"]
+    assert Registry(paths).versions() == [version]
+    assert not list(paths.models_dir.glob(".register-*"))  # no staging left behind

@@ -9,10 +9,18 @@ import textwrap
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io import storage
-from pipeline.io.storage import atomic_write_bytes, read_raw, write_raw
+from pipeline.io.storage import (
+    ParquetParts,
+    atomic_write_bytes,
+    read_locations,
+    read_raw,
+    write_raw,
+)
 
 
 def rows(start: str, hours: int, loc: str = "a", pm: float | None = None) -> pd.DataFrame:
@@ -241,3 +249,48 @@ def test_a_new_partition_has_the_bytes_a_merge_into_an_old_one_gives(tmp_path):
     storage.write_forecasts(tmp_path / "f_merged", "s", runs.iloc[:30])
     storage.write_forecasts(tmp_path / "f_merged", "s", runs)
     assert snapshot(tmp_path / "f_fresh") == snapshot(tmp_path / "f_merged")
+
+
+def scored_rows(locations: list[str], hours: int = 30) -> pd.DataFrame:
+    grid = pd.MultiIndex.from_product(
+        [locations, pd.date_range("2025-01-01", periods=hours, freq="h", tz="UTC")],
+        names=["location_id", "issue_time"]).to_frame(index=False)
+    return grid.assign(value=np.arange(len(grid), dtype=float))
+
+
+def test_parquet_parts_write_one_file_a_part_at_a_time_or_nothing(tmp_path):
+    path = tmp_path / "history.parquet"
+    first = scored_rows(["a", "b", "c"])
+    with ParquetParts(path) as parts:
+        for location in ("a", "b", "c"):
+            parts.write(first[first["location_id"] == location])
+    pd.testing.assert_frame_equal(pd.read_parquet(path), first)
+    assert pq.ParquetFile(path).num_row_groups == 3
+
+    def failing_run() -> None:
+        with ParquetParts(path) as parts:
+            parts.write(scored_rows(["z"]))
+            raise RuntimeError("a batch failed")
+
+    with pytest.raises(RuntimeError):
+        failing_run()
+    pd.testing.assert_frame_equal(pd.read_parquet(path), first)  # the earlier file stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.parquet"]  # no temporary
+
+
+@pytest.mark.parametrize("row_groups", ["one per location", "one"])
+def test_read_locations_reads_the_rows_of_some_locations_or_of_the_others(tmp_path, row_groups):
+    path = tmp_path / "history.parquet"
+    frame = scored_rows(["a", "b", "c", "d"])
+    if row_groups == "one":
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    else:
+        with ParquetParts(path) as parts:
+            for _, part in frame.groupby("location_id"):
+                parts.write(part)
+    for wanted in (["b"], ["a", "d"], ["x"]):
+        expected = frame[frame["location_id"].isin(wanted)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(read_locations(path, wanted), expected)
+        others = frame[~frame["location_id"].isin(wanted)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(read_locations(path, wanted, others=True), others)
+    assert read_locations(path, ["a", "b", "c", "d"], others=True).empty

@@ -111,6 +111,9 @@ def test_amtool_check_config():
           "location=delhi"], "warning"),
         (["alertname=ForecastAQIUnhealthy", "severity=warning", "category=air_quality"],
          "air-quality"),
+        # an old forecast is the pipeline's problem, never the air-quality receiver's
+        (["alertname=ForecastStale", "severity=warning", "category=pipeline",
+          "location=delhi"], "warning"),
         (["alertname=Unknown"], "default"),
     ],
 )
@@ -160,3 +163,24 @@ def test_default_ports_render_the_committed_addresses():
     assert monitoring.render_prometheus(committed, Ports()) == committed
     am = yaml.safe_load((PROM / "alertmanager.yml").read_text())
     assert monitoring.render_alertmanager(am, Ports()) == am
+
+
+def test_the_air_quality_alert_names_the_category_aqi_py_gives_the_value():
+    """The summary's category thresholds are pipeline/core/aqi.py's (AQI 500 is Hazardous)."""
+    from pipeline.core.aqi import CATEGORIES, CATEGORY_UPPER_AQI
+
+    rule = next(r for r in alert_rules() if r["alert"] == "ForecastAQIUnhealthy")
+    template = rule["annotations"]["summary"]
+    found = re.findall(r"gt \$value ([0-9.]+) \}\}([A-Za-z ]+)\{\{", template)
+    found += re.findall(r"else \}\}([A-Za-z ]+)\{\{ end", template)
+    upper = dict(zip(CATEGORIES, CATEGORY_UPPER_AQI, strict=True))
+    assert found == [(str(float(upper["very_unhealthy"])), "Hazardous"),
+                     (str(float(upper["unhealthy"])), "Very Unhealthy"), "Unhealthy"]
+    assert float(re.search(r"> (\d+)", rule["expr"]).group(1)) == upper[
+        "unhealthy_for_sensitive_groups"]
+
+
+def test_the_air_quality_alert_considers_only_fresh_forecasts():
+    rule = next(r for r in alert_rules() if r["alert"] == "ForecastAQIUnhealthy")
+    assert "aq_forecast_issue_timestamp_seconds" in rule["expr"]
+    assert "aq:forecast_max_age_seconds" in rule["expr"]

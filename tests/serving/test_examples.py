@@ -26,7 +26,10 @@ from pipeline.settings import ServingSettings, Settings
 from serving.app import create_app
 from serving.schemas import OnDemandForecastResponse
 from tests.conftest import REPO, free_port
-from tests.serving.conftest import copy_project, run_step
+from tests.fixtures.make_frozen import run_step
+from tests.serving.conftest import copy_project
+
+pytestmark = pytest.mark.process  # the ingest step's CLI, bash and curl
 
 DOCUMENTED_URL = "http://127.0.0.1:8000"
 

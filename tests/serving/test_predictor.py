@@ -78,6 +78,46 @@ def test_every_target_form_the_search_can_pick_is_compiled_and_exact(champion, f
                                rtol=1e-12, atol=1e-9)
 
 
+def test_a_mean_of_models_is_compiled_member_by_member_and_exact(champion, feature_table,
+                                                                tmp_path):
+    """model.selection.ensemble: a MeanRegressor of differently configured models is served by
+    Treelite (each member compiled), equal to its predict; it saves and loads as a trusted
+    type."""
+    from pipeline.core.models import MeanRegressor, build_estimator
+    from pipeline.io.registry import load_bundle
+
+    features = champion.metadata["features"]
+    train = feature_table.iloc[:3000]
+    label = train["y__pm2_5__h6"]
+    keep = label.notna().to_numpy()
+    members = [build_estimator(features, "pm2_5", settings).fit(train[features][keep],
+                                                                 label[keep])
+               for settings in ({"form": "log_change", "loss": "absolute_error", "max_iter": 15},
+                                {"form": "change", "loss": "squared_error", "max_iter": 10,
+                                 "max_leaf_nodes": 7})]
+    mean = MeanRegressor(members)
+    save_bundle(tmp_path / "bundle", {("pm2_5", 6): mean}, {"features": features})
+    mean = load_bundle(tmp_path / "bundle").models[("pm2_5", 6)]
+    rows = feature_table[features].to_numpy(dtype=np.float64)
+    predictor = build_predictor("pm2_5", 6, mean, features, rows[:200])
+    assert predictor.engine == TREELITE, predictor.reason
+    expected = mean.predict(feature_table)
+    np.testing.assert_allclose(expected, np.mean([m.predict(feature_table) for m in members],
+                                                 axis=0), rtol=1e-12)
+    np.testing.assert_allclose(predictor.predict(rows), expected, rtol=1e-12, atol=1e-9)
+    # a member the fast path cannot take: the whole mean is served by scikit-learn, and says so
+    forest = Pipeline([("select", members[1].steps[0][1]),
+                       ("model", RandomForestRegressor(n_estimators=3, random_state=0))])
+    forest.fit(train[features][keep], label[keep])
+    slow = MeanRegressor([members[0], forest])
+    predictor = build_predictor("pm2_5", 6, slow, features, rows[:200])
+    assert predictor.engine == SKLEARN
+    assert "a member is not compilable" in predictor.reason
+    frame = pd.DataFrame(rows[:100], columns=features)
+    np.testing.assert_array_equal(predictor.predict(frame[predictor.columns].to_numpy()),
+                                  slow.predict(frame))
+
+
 def wrapped(pipeline: Pipeline) -> Pipeline:
     """The champion's Pipeline behind an extra step: a structure the fast path does not know."""
     select, model = pipeline.steps

@@ -181,7 +181,7 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
     env = ports.env()
     supervisor = Supervisor(project / ".stack")
     try:
-        first = run_ops(["start", "--no-airflow"], project, env)
+        first = run_ops(["start", "--no-airflow", "--no-mlflow", "--no-mlserver"], project, env)
         assert first.returncode == 0, first.stderr
         assert ports.url("prometheus") in first.stdout
         env_file = (project / ".stack" / "env").read_text()
@@ -201,7 +201,7 @@ def test_cli_start_is_idempotent_writes_env_and_stop_stops_what_it_started(tmp_p
             ("pushgateway", "prometheus", "alertmanager", "webhook", "node_exporter", "serving",
              "serving_proxy_metrics")}
 
-        again = run_ops(["start", "--no-airflow"], project, env)
+        again = run_ops(["start", "--no-airflow", "--no-mlflow", "--no-mlserver"], project, env)
         assert again.returncode == 0, again.stderr
         assert {n: supervisor.pid(n) for n in supervisor.names()} == pids  # left alone
         assert ports.url("pushgateway") in again.stdout

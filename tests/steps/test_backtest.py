@@ -207,8 +207,10 @@ def test_holdout_period_and_rows_are_logged_and_recorded(trained):
     # each horizon's choices and its interval calibration travel with the model
     for horizon in ("1", "6", "12", "24"):
         chosen = metadata["settings"]["pm2_5"][horizon]
-        assert chosen["loss"] in ("squared_error", "absolute_error")
-        assert chosen["form"] in ("log_change", "log_level", "change")
+        # one model's settings, or those of each model of a mean (model.selection.ensemble)
+        for member in chosen.get("members", [chosen]):
+            assert member["loss"] in ("squared_error", "absolute_error")
+            assert member["form"] in ("log_change", "log_level", "change")
         assert 1 <= len(metadata["selection"]["pm2_5"][horizon]["tried"]) <= 6
         calibration = metadata["intervals"]["by_model"]["pm2_5"][horizon]
         assert len(calibration["quantiles"]) == len(metadata["intervals"]["levels"])

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from pipeline.context import Context
+from pipeline.core.models import Split
+from pipeline.io.feature_store import FeatureStore
 from pipeline.io.registry import Registry
 from pipeline.io.storage import read_raw
 from pipeline.settings import Settings
@@ -156,6 +158,38 @@ def test_realised_accuracy_scores_forecasts_once_observations_arrive(trained, tm
     assert score.run(ctx)["scored"] > report["scored"]
 
 
+def test_score_a_batch_of_locations_at_a_time_keeps_what_all_at_once_does(trained, tmp_path):
+    """Score reads, matches and writes one batch of locations at a time (memory flat in the
+    number of locations); the report and the history are those of every location at once,
+    and a second run changes neither."""
+    root = tmp_path / "project"
+    shutil.copytree(trained[0], root)
+    ctx = reload(root)
+    end = pd.Timestamp(ctx.params.source.end, tz="UTC")
+    ingest.run(ctx, start=end, end=end + pd.Timedelta(days=1))
+    predict.run(ctx)  # a second forecast run, half of it observed by the next ingestion
+    ingest.run(ctx, start=end + pd.Timedelta(days=1), end=end + pd.Timedelta(days=2))
+    results = {}
+    for size in (1, 25, 1):  # batches of one, all at once, then batches of one on that
+        ctx = Context.load(root, settings=Settings(batch_locations=size))
+        report = score.run(ctx)
+        history = pd.read_parquet(ctx.paths.accuracy_history)
+        results.setdefault(size, []).append((report, history))
+    (one, history_one), (again, history_again) = results[1]
+    whole, history_whole = results[25][0]
+    assert one == whole == again
+    pd.testing.assert_frame_equal(history_one, history_whole)
+    pd.testing.assert_frame_equal(history_again, history_whole)
+    assert history_whole["location_id"].nunique() == len(ctx.params.location_ids) > 1
+    # the figures are those of the whole history at once
+    for (target, horizon), part in history_whole.groupby(["target", "horizon"]):
+        got = whole["by_target_horizon"][target][str(horizon)]
+        assert got["n"] == len(part) > 0
+        assert got["mae"] == pytest.approx((part["observed"] - part["value"]).abs().mean(),
+                                           rel=1e-13)
+    assert whole["scored"] == len(history_whole)
+
+
 def test_drift_a_batch_of_locations_at_a_time_reports_what_all_at_once_does(trained, tmp_path):
     """Drift reads and featurises one batch of locations at a time (memory flat in the number
     of locations); the report is the one of every location at once."""
@@ -166,6 +200,31 @@ def test_drift_a_batch_of_locations_at_a_time_reports_what_all_at_once_does(trai
     assert len(reload(root).params.location_ids) > 1
     assert reports[1] == reports[25]
     assert reports[1]["rows"] > 0
+
+
+def test_evaluate_and_promote_a_batch_of_locations_at_a_time_report_what_all_at_once_does(
+        trained, tmp_path):
+    """Evaluate and the gate's re-scoring of the champion stream the holdout one batch of
+    locations at a time (memory flat in the number of locations); the report, metrics.json
+    and the plot files are byte for byte those of every location at once."""
+    root = tmp_path / "project"
+    shutil.copytree(trained[0], root)
+    plots = ("predicted_vs_observed", "error_by_horizon", "error_by_hour")
+    outputs = {}
+    for size in (1, 25):
+        ctx = Context.load(root, settings=Settings(batch_locations=size))
+        report = evaluate.run(ctx)
+        store = FeatureStore(ctx.paths.features, size)
+        champion = promote.champion_scores(
+            Registry(ctx.paths).load_champion(), store,
+            Split(pd.Timestamp(report["holdout_start"])),
+            {(t, int(h)) for t, by_h in report["scores"].items() for h in by_h})
+        outputs[size] = (report, ctx.paths.metrics_json.read_bytes(),
+                         [(ctx.paths.plots_dir / f"{name}.csv").read_bytes() for name in plots],
+                         champion)
+    assert len(reload(root).params.location_ids) > 1
+    assert outputs[1] == outputs[25]
+    assert outputs[1][3][0]["pm2_5"]["1"]["n"] > 100  # the champion was scored
 
 
 def test_drift_report_and_rollback(trained, tmp_path):
