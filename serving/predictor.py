@@ -202,11 +202,11 @@ class MeanPredictor(Predictor):
     predictors (each takes its own columns out of ``columns``)."""
 
     members: list[Predictor] = field(default_factory=list)
-    _member_index: list[np.ndarray] = field(default_factory=list)
+    _member_index: list[np.ndarray | None] = field(default_factory=list)  # None: all columns
 
     def _predict_treelite(self, rows: np.ndarray) -> np.ndarray:
         rows = np.atleast_2d(rows)
-        return np.mean([m.predict(rows[:, index])
+        return np.mean([m._predict_treelite(rows if index is None else rows[:, index])
                         for m, index in zip(self.members, self._member_index, strict=True)],
                        axis=0)
 
@@ -220,7 +220,9 @@ def _build_mean(target: str, horizon: int, ensemble: Any, features: Sequence[str
     if slow or not members:
         return _fallback(target, horizon, ensemble, columns,
                          f"a member is not compilable: {slow[0] if slow else 'no members'}")
-    index = [np.array([columns.index(c) for c in m.columns], dtype=np.intp) for m in members]
+    index = [None if m.columns == columns
+             else np.array([columns.index(c) for c in m.columns], dtype=np.intp)
+             for m in members]
     return MeanPredictor(target, horizon, columns, ensemble, TREELITE, "", members=members,
                          _member_index=index)
 

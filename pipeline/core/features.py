@@ -195,6 +195,12 @@ class ForecastGrid:
         return stacked, {name: i for i, name in enumerate(names)}
 
     @functools.cached_property
+    def memo(self) -> dict[Hashable, np.ndarray]:
+        """Values computed from these runs for one origin (``_forecast``): the runs never
+        change, so an origin asked again reads them here."""
+        return {}
+
+    @functools.cached_property
     def known(self) -> np.ndarray:
         """(run, lead) cells with at least one forecast value."""
         cells = [~np.isnan(v) for v in self.series.values()]
@@ -471,9 +477,23 @@ class Columns(dict):
     cost). Both paths evaluate the same blocks, so they share the same way.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, layout: Mapping[str, tuple[int, int]] | None = None) -> None:
         super().__init__()
         self._shared: dict[Hashable, np.ndarray] = {}
+        self._layout = layout or {}
+        self.tables: list[np.ndarray] = []  # each block's values (len(pos), its columns)
+
+    def __missing__(self, column: str) -> np.ndarray:
+        """A column's view into its block's table, made when first read (a one-row
+        evaluation then makes a view per column it reads, not per column it computes)."""
+        try:
+            block, i = self._layout[column]
+        except KeyError:
+            raise KeyError(column) from None
+        if block >= len(self.tables):
+            raise KeyError(column)
+        found = self[column] = self.tables[block][:, i]
+        return found
 
     def shared(self, key: Hashable, make: Callable[[], np.ndarray]) -> np.ndarray:
         found = self._shared.get(key)
@@ -776,9 +796,25 @@ def _forecast(horizon: int, variables: Sequence[str], horizons: Sequence[int]) -
         out[:, -1] = np.where(found, lead, np.nan)
         return out.reshape(n, m, len(names))
 
+    def one_origin(g: HourlyGrid, pos: np.ndarray) -> np.ndarray:
+        """One origin (online): the runs do not change with the request's observations, so
+        the values are kept per origin hour on the runs (read-only)."""
+        memo = g.forecasts.memo if g.forecasts is not None else None
+        if memo is None:
+            return every_horizon(g, pos)
+        key = (variables, horizons, int(g.hours[pos[0]]))
+        found = memo.get(key)
+        if found is None:
+            if len(memo) >= 256:  # bounded: the newest hours are asked again and again
+                memo.clear()
+            found = memo[key] = every_horizon(g, pos)
+            found.flags.writeable = False
+        return found
+
     def kernel(g, pos, p, done):
         return done.shared(("forecast", variables, horizons),
-                           lambda: every_horizon(g, pos))[:, k]
+                           lambda: one_origin(g, pos) if len(pos) == 1
+                           else every_horizon(g, pos))[:, k]
 
     return FeatureBlock(tuple(horizon_column(n, horizon) for n in names), kernel)
 
@@ -870,15 +906,41 @@ def feature_names(spec: FeatureSpec) -> list[str]:
 
 def evaluate(blocks: Sequence[FeatureBlock], grid: HourlyGrid, pos: np.ndarray, place: Place,
              ) -> Columns:
-    """Every block's columns at ``pos``, in order."""
-    done = Columns()
+    """Every block's columns at ``pos``, in order (each column read by name; the blocks'
+    tables in ``tables``)."""
+    done = Columns(_layout(blocks if isinstance(blocks, tuple) else tuple(blocks)))
     for block in blocks:
         values = block.kernel(grid, pos, place, done)
-        if values.ndim == 1:
-            values = values[:, None]
-        for i, column in enumerate(block.columns):
-            done[column] = values[:, i]
+        done.tables.append(values[:, None] if values.ndim == 1 else values)
     return done
+
+
+_LAYOUTS: dict[int, tuple[tuple[FeatureBlock, ...], dict[str, tuple[int, int]],
+                           tuple[str, ...]]] = {}
+
+
+def _layout(blocks: tuple[FeatureBlock, ...]) -> dict[str, tuple[int, int]]:
+    """Each column's (block, position in the block); a later block's column of the same
+    name wins, as it did when the columns were stored one after the other."""
+    return _layout_of(blocks)[1]
+
+
+def _names(blocks: tuple[FeatureBlock, ...]) -> tuple[str, ...]:
+    return _layout_of(blocks)[2]
+
+
+def _layout_of(blocks: tuple[FeatureBlock, ...]):
+    """Kept per tuple of blocks by identity (hashing 50 blocks per request costs more than the
+    lookup it saves); ``feature_blocks`` hands out the same tuple for a spec."""
+    found = _LAYOUTS.get(id(blocks))
+    if found is None or found[0] is not blocks:
+        if len(_LAYOUTS) >= 64:
+            _LAYOUTS.clear()
+        found = _LAYOUTS[id(blocks)] = (
+            blocks, {column: (b, i) for b, block in enumerate(blocks)
+                     for i, column in enumerate(block.columns)},
+            tuple(c for block in blocks for c in block.columns))
+    return found
 
 
 # --- the two paths -------------------------------------------------------------------------
@@ -929,8 +991,10 @@ def latest_features(grid: HourlyGrid, spec: FeatureSpec, timezone: str, code: fl
     """
     if len(grid) == 0:
         raise ValueError(f"no history for location {grid.location_id!r}")
-    done = evaluate(feature_blocks(spec), grid, np.array([len(grid) - 1]), Place(timezone, code))
-    return {name: float(values[0]) for name, values in done.items()}
+    blocks = feature_blocks(spec)
+    done = evaluate(blocks, grid, np.array([len(grid) - 1]), Place(timezone, code))
+    row = np.concatenate(done.tables, axis=1, dtype=np.float64)[0].tolist()
+    return dict(zip(_names(blocks), row, strict=True))
 
 
 def features_present(rows: np.ndarray) -> np.ndarray:
