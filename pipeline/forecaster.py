@@ -211,16 +211,19 @@ class Inputs:
                    hours_since)
 
     @classmethod
-    def one(cls, champion: Champion, location_id: str, issue_time: pd.Timestamp,
+    def one(cls, champion: Champion, location_id: str, issue_time: pd.Timestamp | np.datetime64,
             features: Mapping[str, float], hours_since: Mapping[str, float]) -> Inputs:
-        """One location's row at one hour (online), from its features by name."""
+        """One location's row at one hour (online), from its features by name (the issue time
+        in UTC, a Timestamp or a numpy datetime64)."""
         row = np.fromiter((features[n] for n in champion.features), np.float64,
                           len(champion.features))
         extra = {c: np.array([features[c]]) for c in [*champion.targets,
                                                        *champion.scale_columns]
                  if c in features}
         return cls(np.array([location_id], dtype=object),
-                   np.array([pd.Timestamp(issue_time).value // 1000], dtype="datetime64[us]"),
+                   np.array([issue_time if isinstance(issue_time, np.datetime64)
+                             else pd.Timestamp(issue_time).value // 1000],
+                            dtype="datetime64[us]"),
                    row[None, :], extra,
                    {t: np.array([hours_since.get(t, math.inf)], dtype=np.float64)
                     for t in champion.targets})
@@ -296,7 +299,8 @@ def forecast(champion: Champion, inputs: Inputs, engine: Engine | None = None,
             problems = input_problems(
                 float(completeness[i]), {t: float(ages[t][i]) if t in ages else math.inf
                                          for t in champion.targets},
-                f"{pd.Timestamp(inputs.issue_time[i]):%Y-%m-%dT%H:%M}Z", limits.min_completeness,
+                f"{np.datetime_as_string(inputs.issue_time[i], unit='m')}Z",
+                limits.min_completeness,
                 limits.max_hours_since_observation)
             if problems:
                 keep[i] = False
