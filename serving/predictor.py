@@ -99,16 +99,20 @@ class Gtil:
     (``TreeliteGTILPredict``) through Treelite's private ctypes handle, on the Treelite versions
     it was verified against only. Anything else, or whatever fails here, uses the public
     ``treelite.gtil.predict``.
+
+    ``per_tree``: each tree's output ("score_per_tree", ``treelite.gtil.predict_per_tree``),
+    (rows, trees) instead of (rows,).
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, per_tree: bool = False) -> None:
         import ctypes
 
         import treelite
         import treelite.gtil
 
         self._model = model
-        self._slow = treelite.gtil.predict
+        self._slow = treelite.gtil.predict_per_tree if per_tree else treelite.gtil.predict
+        self._per_tree, self._width = per_tree, int(model.num_tree) if per_tree else 1
         self._fast = False
         self.reason = ""
         try:
@@ -120,13 +124,14 @@ class Gtil:
 
             if (model.input_type, model.output_type) != ("float64", "float64"):
                 raise TypeError(f"{model.input_type} inputs, {model.output_type} outputs")
-            self._config = GTILConfig(predict_type="default", nthread=1)
+            self._config = GTILConfig(
+                predict_type="score_per_tree" if per_tree else "default", nthread=1)
             shape = ctypes.POINTER(ctypes.c_uint64)()
             ndim = ctypes.c_uint64()
             _check_call(_LIB.TreeliteGTILGetOutputShape(
                 model.handle, ctypes.c_uint64(1), self._config.handle,
                 ctypes.byref(shape), ctypes.byref(ndim)))
-            if tuple(shape[i] for i in range(ndim.value)) != (1, 1, 1):
+            if tuple(shape[i] for i in range(ndim.value)) != (1, self._width, 1):
                 raise TypeError("not a single-output regressor")
             self._num_feature = int(model.num_feature)
             self._call, self._check = _LIB.TreeliteGTILPredict, _check_call
@@ -135,13 +140,14 @@ class Gtil:
             self._fast = True
         except Exception as exc:
             self.reason = str(exc)
-            log.info("treelite fast call unavailable (%s): using treelite.gtil.predict", exc)
+            log.info("treelite fast call unavailable (%s): using treelite.gtil's", exc)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
+        shape = (rows.shape[0], self._width) if self._per_tree else (rows.shape[0],)
         if not self._fast or rows.shape[1] != self._num_feature:
-            return self._slow(self._model, rows, nthread=1).reshape(-1)
+            return self._slow(self._model, rows, nthread=1).reshape(shape)
         rows = np.ascontiguousarray(rows, dtype=np.float64)
-        out = np.empty(rows.shape[0], dtype=np.float64)
+        out = np.empty(shape, dtype=np.float64)
         model, config = self._handles
         self._check(self._call(model, self._pointer(rows.ctypes.data), b"float64",
                                self._rows(rows.shape[0]), self._pointer(out.ctypes.data),
@@ -276,58 +282,6 @@ def _fallback(target: str, horizon: int, pipeline: Any, columns: list[str], reas
     return Predictor(target, horizon, columns, pipeline, SKLEARN, reason)
 
 
-class TreesPerTree:
-    """Treelite's GTIL "score_per_tree" for float64 rows, one thread: (rows, trees) outputs,
-    the same fast call as :class:`Gtil` (same verified Treelite versions, else the public
-    ``treelite.gtil.predict_per_tree``)."""
-
-    def __init__(self, model: Any) -> None:
-        import ctypes
-
-        import treelite
-        import treelite.gtil
-
-        self._model = model
-        self._slow = treelite.gtil.predict_per_tree
-        self._fast = False
-        self._trees = int(model.num_tree)
-        try:
-            if not treelite_fast_call_verified(treelite.__version__):
-                raise RuntimeError(f"treelite {treelite.__version__} is not a version the fast "
-                                   f"call was verified on {TREELITE_FAST_CALL_VERSIONS}")
-            from treelite.core import _LIB, _check_call
-            from treelite.gtil.gtil import GTILConfig
-
-            if (model.input_type, model.output_type) != ("float64", "float64"):
-                raise TypeError(f"{model.input_type} inputs, {model.output_type} outputs")
-            self._config = GTILConfig(predict_type="score_per_tree", nthread=1)
-            shape = ctypes.POINTER(ctypes.c_uint64)()
-            ndim = ctypes.c_uint64()
-            _check_call(_LIB.TreeliteGTILGetOutputShape(
-                model.handle, ctypes.c_uint64(1), self._config.handle,
-                ctypes.byref(shape), ctypes.byref(ndim)))
-            if tuple(shape[i] for i in range(ndim.value)) != (1, self._trees, 1):
-                raise TypeError("not single-output trees")
-            self._num_feature = int(model.num_feature)
-            self._call, self._check = _LIB.TreeliteGTILPredict, _check_call
-            self._pointer, self._rows = ctypes.c_void_p, ctypes.c_uint64
-            self._handles = (model.handle, self._config.handle)
-            self._fast = True
-        except Exception as exc:
-            log.info("treelite fast per-tree call unavailable (%s): using the public one", exc)
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        if not self._fast or rows.shape[1] != self._num_feature:
-            return self._slow(self._model, rows, nthread=1).reshape(rows.shape[0], self._trees)
-        rows = np.ascontiguousarray(rows, dtype=np.float64)
-        out = np.empty((rows.shape[0], self._trees), dtype=np.float64)
-        model, config = self._handles
-        self._check(self._call(model, self._pointer(rows.ctypes.data), b"float64",
-                               self._rows(rows.shape[0]), self._pointer(out.ctypes.data),
-                               config))
-        return out
-
-
 @dataclass
 class FusedTrees:
     """Every compiled model of a champion (each member of a mean) in ONE Treelite model over
@@ -346,7 +300,7 @@ class FusedTrees:
     members: list[tuple[int, Predictor, int]]  # (key position, member, its anchor's column)
     starts: np.ndarray  # each member's first tree
     bases: np.ndarray  # each member's base score
-    runner: TreesPerTree
+    runner: Gtil  # per tree
 
     def predict(self, rows: np.ndarray) -> dict[ModelKey, np.ndarray]:
         raw = np.add.reduceat(self.runner(rows), self.starts, axis=1) + self.bases
@@ -399,7 +353,8 @@ def fuse(predictors: Mapping[ModelKey, Predictor], features: Sequence[str],
             bases.append(float(base[0]))
         counts = [c.num_tree for c in copies]
         fused = FusedTrees(keys, members, np.cumsum([0, *counts[:-1]]).astype(np.intp),
-                           np.array(bases), TreesPerTree(treelite.Model.concatenate(copies)))
+                           np.array(bases), Gtil(treelite.Model.concatenate(copies),
+                                                    per_tree=True))
     except Exception as exc:  # Treelite refused: each model keeps its own compiled trees
         log.warning("fused trees unavailable (%s): one call per model", exc)
         return None

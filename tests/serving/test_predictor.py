@@ -62,7 +62,7 @@ def test_every_compiled_model_is_evaluated_in_one_treelite_call_and_exact(served
     model = state.compile(champion.metadata, champion.models)
     assert model.fused is not None
     members = [m for p in model.predictors.values() for m in getattr(p, "members", None) or [p]]
-    assert model.fused.runner._trees == sum(m._tree.num_tree for m in members)
+    assert model.fused.runner._width == sum(m._tree.num_tree for m in members)
     rows = feature_table[list(model.features)].to_numpy(dtype=np.float64)[-300:]
     fused = model.predict(rows)
     own = ServedModel(model.champion, model.predictors).predict(rows)  # one call per model
