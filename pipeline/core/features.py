@@ -388,6 +388,11 @@ def rolling_stats(x: np.ndarray, pos: np.ndarray, width: int, min_count: int,
     """
     win = windows(x, pos, width)
     missing = np.isnan(win)
+    if len(pos) == 1 and width >= max(min_count, 2) and not missing.any():
+        # one window (online), every value observed: the same sums without the masks
+        mean = win.sum(axis=1) / width
+        win -= mean[:, None]
+        return mean, np.sqrt((win * win).sum(axis=1) / (width - 1))
     count = width - missing.sum(axis=1)
     win[missing] = 0.0
     mean = win.sum(axis=1) / np.maximum(count, 1)
@@ -669,6 +674,12 @@ def _trend(target: str, width: int) -> FeatureBlock:
     def kernel(g, pos, p, done):
         y = np.log1p(shifted(g.series[target], pos, steps))
         known = ~np.isnan(y)
+        if len(pos) == 1 and known.all():  # one window (online), all known: no masks
+            dx = x[None, :] - (x[None, :].sum(axis=1) / width)[:, None]
+            dy = y - (y.sum(axis=1) / width)[:, None]
+            sxx = (dx * dx).sum(axis=1)
+            slope = (dx * dy).sum(axis=1) / np.where(sxx > 0, sxx, 1.0)
+            return np.where(sxx > 0, slope, np.nan)
         count = known.sum(axis=1)
         xs = np.where(known, x[None, :], 0.0)
         ys = np.where(known, y, 0.0)
@@ -721,6 +732,8 @@ def _volatility(target: str) -> FeatureBlock:
     def kernel(g, pos, p, done):
         change = np.diff(np.log1p(shifted(g.series[target], pos, steps)), axis=1)
         known = ~np.isnan(change)
+        if len(pos) == 1 and known.all():  # one window (online), all known: no masks
+            return np.sqrt((change * change).sum(axis=1) / change.shape[1])
         count = known.sum(axis=1)
         square = np.where(known, change * change, 0.0).sum(axis=1)
         return np.where(count >= 12, np.sqrt(square / np.maximum(count, 1)), np.nan)
