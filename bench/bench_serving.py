@@ -1,22 +1,28 @@
-"""Serving benchmark: this project's gunicorn app against the seed-style reference, same run.
+"""Serving benchmark: the API through its front door against the seed-style reference, same run.
 
 It builds a temporary project with the repo's default params.yaml (5 cities, one synthetic
 year, the model `make run` trains) and runs ingest .. predict; trains the reference models
-(``../shared/bench-anchors/make_models.py``); starts both apps under ``gunicorn -w 2`` on
-127.0.0.1 with ``OMP_NUM_THREADS=1``; then drives each configuration with the same closed-loop
-load driver (C connections, one request in flight per connection, a new connection per
-request as sync workers close them), interleaved round by round:
+(``../shared/bench-anchors/make_models.py``, run from there); starts the reference app under
+``gunicorn -w 2`` on 127.0.0.1 and this project's API as ``make run`` does
+(``stack/serving_local.py``: supervisord runs nginx on 127.0.0.1 in front of ``gunicorn -w 2``
+on a unix socket, and mtail), all with ``OMP_NUM_THREADS=1``; then drives each configuration
+with the same closed-loop load driver (C connections, one request in flight per connection, a
+new connection per request as sync workers close them), interleaved round by round:
 
-    reference     POST /predict of the reference app (pickle, one-row DataFrame per horizon)
-    post_obs      POST /v1/forecasts with the newest hour's observations (feature row rebuilt)
-    post          POST /v1/forecasts without observations (the stored newest hour)
-    get           GET /v1/forecasts/{id} (latest batch forecast)
-    v2_obs        MLServer's V2 infer (serving/v2.py, one process) with the same observations
-    v2            MLServer's V2 infer of the stored newest hour (as post)
+    reference        POST /predict of the reference app (pickle, one-row DataFrame per horizon)
+    post_obs         POST /v1/forecasts with the newest hour's observations (feature row
+                     rebuilt), through nginx: what users call (the headline)
+    post_obs_direct  the same request straight to gunicorn's unix socket (no nginx)
+    post             POST /v1/forecasts without observations (the stored newest hour), nginx
+    get              GET /v1/forecasts/{id} (latest batch forecast), nginx
+    v2_obs           MLServer's V2 infer (serving/v2.py, one process) with the same
+                     observations
+    v2               MLServer's V2 infer of the stored newest hour (as post)
 
-Per configuration: req/s, p50/p99 latency, server CPU per request (user + system of the
-gunicorn master and workers, /proc), and the ratio to the reference of the same round. A
-soak run of ``--soak`` seconds on post_obs samples each worker's RSS (flat = no growth).
+Per configuration: req/s, p50/p99 latency, server CPU per request (user + system, /proc: the
+gunicorn master and workers, plus nginx and mtail through the front door), and the ratio to
+the reference of the same round. A soak run of ``--soak`` seconds on post_obs (front door)
+samples each worker's RSS (flat = no growth).
 
     .venv/bin/python bench/bench_serving.py                       # 3 rounds x 15 s, 10 min soak
     .venv/bin/python bench/bench_serving.py --rounds 1 --seconds 5 --soak 0   # quick look
@@ -31,6 +37,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -47,25 +54,24 @@ REPO = Path(__file__).resolve().parents[1]
 ANCHORS = next((d for d in (REPO.parent / "shared" / "bench-anchors",
                             REPO.parent.parent / "shared" / "bench-anchors") if d.exists()),
                REPO.parent / "shared" / "bench-anchors")
+sys.path.insert(0, str(REPO))  # the launcher (stack/) and the settings of this checkout
 STEPS = ["ingest", "preprocess", "train", "evaluate", "promote", "predict"]
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def make_project(root: Path) -> Path:
+    """A project dir with the repo's params.yaml and its data, models and forecasts; the code
+    is this checkout's (on PYTHONPATH: no copy that a later run could serve stale)."""
     root.mkdir(parents=True)
-    shutil.copytree(REPO / "pipeline", root / "pipeline",
-                    ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
-    env = {**os.environ, "AQ_PROJECT_DIR": str(root)}
+    env = {**os.environ, "AQ_PROJECT_DIR": str(root), "PYTHONPATH": str(REPO)}
     env.pop("AQ_PUSHGATEWAY_URL", None)
     for step in STEPS:
         subprocess.run([sys.executable, "-m", "pipeline", step], cwd=root, env=env, check=True,
@@ -125,6 +131,9 @@ class Server:
                 raise RuntimeError(f"{name} did not start; log {self.log.name}")
             time.sleep(0.5)
 
+    def connection(self, timeout: float = 30) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
     @property
     def pids(self) -> list[int]:
         return group_pids(self.proc.pid)
@@ -144,8 +153,87 @@ class Server:
         self.log.close()
 
 
-def drive(port: int, method: str, path: str, body: bytes | None, connections: int,
-          seconds: float) -> dict:
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (gunicorn's, behind nginx)."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class FrontDoor:
+    """The API as ``make run`` starts it: supervisord, nginx on a free port, gunicorn on a
+    unix socket, mtail (``stack.serving_local.start``), in ``<project>/.stack``."""
+
+    def __init__(self, project: Path, env: dict[str, str]) -> None:
+        from pipeline.paths import ProjectPaths
+        from pipeline.settings import Ports
+        from stack import serving_local
+        from stack.supervisor import Supervisor
+
+        self.paths = ProjectPaths(project)
+        self.supervisor = Supervisor(self.paths.stack_dir)
+        self.ports = Ports().replace(serving=free_port(), serving_proxy_metrics=free_port())
+        self.port = self.ports.serving
+        self.socket = serving_local.socket_path(self.paths)
+        saved = dict(os.environ)
+        os.environ.update(env)  # what supervisord and its programs inherit
+        os.environ.update(self.ports.env())
+        try:
+            serving_local.start(self.paths, self.ports, timeout=180)
+            serving_local.wait_ready(self.ports.url("serving"), timeout=300)
+        except Exception:
+            self.stop()
+            raise
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def connection(self, timeout: float = 30) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def _group(self, name: str) -> list[int]:
+        pid = self.supervisor.pid(name)
+        return group_pids(pid) if pid else []
+
+    @property
+    def pids(self) -> list[int]:
+        """gunicorn (master, workers), nginx (master, worker) and mtail."""
+        return [p for name in ("serving", "serving_proxy", "serving_proxy_metrics")
+                for p in self._group(name)]
+
+    def workers(self) -> list[int]:
+        master = self.supervisor.pid("serving")
+        return [p for p in self._group("serving") if p != master]
+
+    def direct(self) -> Direct:
+        return Direct(self)
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()
+
+
+class Direct:
+    """The front door's gunicorn, called on its unix socket without nginx."""
+
+    def __init__(self, door: FrontDoor) -> None:
+        self.door = door
+
+    def connection(self, timeout: float = 30) -> http.client.HTTPConnection:
+        return UnixConnection(self.door.socket, timeout)
+
+    @property
+    def pids(self) -> list[int]:
+        return self.door._group("serving")
+
+
+def drive(server: Server | FrontDoor | Direct, method: str, path: str, body: bytes | None,
+          connections: int, seconds: float) -> dict:
     """Closed loop: ``connections`` threads, each one request in flight, for ``seconds``."""
     latencies: list[list[float]] = [[] for _ in range(connections)]
     errors = [0] * connections
@@ -157,7 +245,7 @@ def drive(port: int, method: str, path: str, body: bytes | None, connections: in
         while time.monotonic() < stop_at:
             started = time.perf_counter()
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn = server.connection()
                 conn.request(method, path, body=body, headers=headers)
                 reply = conn.getresponse()
                 reply.read()
@@ -185,12 +273,12 @@ def drive(port: int, method: str, path: str, body: bytes | None, connections: in
     }
 
 
-def measure(server: Server, method: str, path: str, body: bytes | None, connections: int,
-            seconds: float) -> dict:
-    drive(server.port, method, path, body, connections, 1.0)  # warm-up
+def measure(server: Server | FrontDoor | Direct, method: str, path: str, body: bytes | None,
+            connections: int, seconds: float) -> dict:
+    drive(server, method, path, body, connections, 1.0)  # warm-up
     pids = server.pids
     cpu0 = cpu_seconds(pids)
-    result = drive(server.port, method, path, body, connections, seconds)
+    result = drive(server, method, path, body, connections, seconds)
     result["cpu_ms_per_request"] = ((cpu_seconds(pids) - cpu0) / max(result["requests"], 1)
                                     * 1000)
     return result
@@ -236,13 +324,6 @@ def main(argv: list[str] | None = None) -> int:
                                      "-c", str(anchors / "gunicorn_conf.py"),
                                      "--pythonpath", str(anchors), "baseline_app:app"],
                        {**base_env, "BASELINE": "seed"}, anchors, ref_port, "/healthz")
-    port = free_port()
-    ours_env = {**base_env, "AQ_PROJECT_DIR": str(project), "AQ_SERVING_PORT": str(port),
-                "AQ_SERVING_WORKERS": "2", "PYTHONPATH": str(REPO),
-                "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")}
-    (work / "metrics").mkdir()
-    ours = Server("ours", [gunicorn, "-c", str(REPO / "serving" / "gunicorn_conf.py"),
-                           "serving.wsgi:app"], ours_env, project, port, "/readyz")
     v2 = None
     if args.v2:  # MLServer from its own venv, as `make run` starts it (stack/mlserver_local.py)
         v2_port = free_port()
@@ -255,9 +336,14 @@ def main(argv: list[str] | None = None) -> int:
                      "MLSERVER_METRICS_PORT": str(free_port()),
                      "MLSERVER_METRICS_DIR": str(work / "mlserver")},
                     work / "mlserver", v2_port, "/v2/models/aq-forecast/ready")
+    ours = None
     try:
+        ours = FrontDoor(project, {"OMP_NUM_THREADS": "1", "AQ_PROJECT_DIR": str(project),
+                                   "AQ_SERVING_WORKERS": "2"})
+        direct = ours.direct()
         location = yaml.safe_load((project / "params.yaml").read_text())["locations"][0]["id"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/forecasts/{location}") as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ours.port}/v1/forecasts/{location}",
+                                    timeout=30) as r:
             newest = json.load(r)["issue_time"]
         ref_body = (bench_dir / "body.json").read_bytes()
         obs_body = json.dumps({"location_id": location, "observations": [{
@@ -268,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = {
             "reference": (reference, "POST", "/predict", ref_body),
             "post_obs": (ours, "POST", "/v1/forecasts", obs_body),
+            "post_obs_direct": (direct, "POST", "/v1/forecasts", obs_body),
             "post": (ours, "POST", "/v1/forecasts",
                      json.dumps({"location_id": location}).encode()),
             "get": (ours, "GET", f"/v1/forecasts/{location}", None),
@@ -288,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, (server, method, path, body) in configs.items():
                 row[name] = measure(server, method, path, body, args.connections, args.seconds)
                 r = row[name]
-                print(f"round {i + 1} {name:<10} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.2f} ms"
+                print(f"round {i + 1} {name:<15} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.2f} ms"
                       f"  p99 {r['p99_ms']:7.2f} ms  cpu {r['cpu_ms_per_request']:5.2f} ms/req"
                       f"  errors {r['errors']}  (load {row['load_average']})", flush=True)
             rounds.append(row)
@@ -307,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             began = time.monotonic()
             total = 0
             while time.monotonic() - began < args.soak:
-                chunk = drive(port, "POST", "/v1/forecasts", obs_body, args.connections,
+                chunk = drive(ours, "POST", "/v1/forecasts", obs_body, args.connections,
                               min(30.0, args.soak - (time.monotonic() - began)))
                 total += chunk["requests"]
                 samples.append({"t": round(time.monotonic() - began), "rps": chunk["rps"],
@@ -320,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         rss = {name: {p: round(rss_bytes(p) / 2**20, 1) for p in server.pids}
                for name, server in (("ours", ours), ("mlserver", v2)) if server is not None}
     finally:
-        ours.stop()
+        if ours is not None:
+            ours.stop()
         reference.stop()
         if v2 is not None:
             v2.stop()
@@ -330,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
               "rounds": rounds, "summary": summary, "soak": soak, "rss_mb": rss}
     print(json.dumps({"summary": summary, "rss_mb": rss, "soak": soak and {
         k: soak[k] for k in ("requests", "start_rss_mb", "end_rss_mb")}}, indent=2))
+    for name in ("post_obs", "post_obs_direct"):
+        print(f"{name}: {summary[name]['ratio_rps_to_reference']:.2f}x the reference (median "
+              f"of the rounds), p99 {summary[name]['p99_ms']:.1f} ms, "
+              f"{summary[name]['cpu_ms_per_request']:.2f} ms CPU per request")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)

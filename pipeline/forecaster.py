@@ -37,7 +37,7 @@ from pipeline.core.intervals import (
     PROBABILITY_COLUMNS,
     UPPER,
     model_calibration,
-    uncertainty_of,
+    uncertainty_of_models,
 )
 from pipeline.core.keys import ModelKey
 from pipeline.core.quality import input_problems
@@ -145,10 +145,25 @@ class Champion:
         return sorted({key.horizon for key in self.models})
 
     @functools.cached_property
-    def key_positions(self) -> dict[str, np.ndarray]:
-        """Per target, the positions of its models among :attr:`keys`."""
-        return {target: np.array([i for i, key in enumerate(self.keys) if key.target == target],
-                                 dtype=np.intp) for target in self.targets}
+    def key_targets(self) -> np.ndarray:
+        """Each model's target, in the order of :attr:`keys`."""
+        return np.array([key.target for key in self.keys], dtype=object)
+
+    @functools.cached_property
+    def key_horizons(self) -> np.ndarray:
+        """Each model's horizon, in the order of :attr:`keys`."""
+        return np.array([key.horizon for key in self.keys], dtype=np.int64)
+
+    @functools.cached_property
+    def calibrated(self) -> np.ndarray:
+        """The positions in :attr:`keys` of the models with a calibration (intervals)."""
+        return np.array([i for i, key in enumerate(self.keys) if key in self.calibration],
+                        dtype=np.intp)
+
+    @functools.cached_property
+    def models_of_target(self) -> dict[str, np.ndarray]:
+        """Per target, the positions of its models in :attr:`keys`."""
+        return {target: np.flatnonzero(self.key_targets == target) for target in self.targets}
 
     @functools.cached_property
     def scale_columns(self) -> list[str]:
@@ -196,16 +211,19 @@ class Inputs:
                    hours_since)
 
     @classmethod
-    def one(cls, champion: Champion, location_id: str, issue_time: pd.Timestamp,
+    def one(cls, champion: Champion, location_id: str, issue_time: pd.Timestamp | np.datetime64,
             features: Mapping[str, float], hours_since: Mapping[str, float]) -> Inputs:
-        """One location's row at one hour (online), from its features by name."""
+        """One location's row at one hour (online), from its features by name (the issue time
+        in UTC, a Timestamp or a numpy datetime64)."""
         row = np.fromiter((features[n] for n in champion.features), np.float64,
                           len(champion.features))
         extra = {c: np.array([features[c]]) for c in [*champion.targets,
                                                        *champion.scale_columns]
                  if c in features}
         return cls(np.array([location_id], dtype=object),
-                   np.array([pd.Timestamp(issue_time).value // 1000], dtype="datetime64[us]"),
+                   np.array([issue_time if isinstance(issue_time, np.datetime64)
+                             else pd.Timestamp(issue_time).value // 1000],
+                            dtype="datetime64[us]"),
                    row[None, :], extra,
                    {t: np.array([hours_since.get(t, math.inf)], dtype=np.float64)
                     for t in champion.targets})
@@ -281,79 +299,83 @@ def forecast(champion: Champion, inputs: Inputs, engine: Engine | None = None,
             problems = input_problems(
                 float(completeness[i]), {t: float(ages[t][i]) if t in ages else math.inf
                                          for t in champion.targets},
-                f"{pd.Timestamp(inputs.issue_time[i]):%Y-%m-%dT%H:%M}Z", limits.min_completeness,
+                f"{np.datetime_as_string(inputs.issue_time[i], unit='m')}Z",
+                limits.min_completeness,
                 limits.max_hours_since_observation)
             if problems:
                 keep[i] = False
                 withheld[str(inputs.location_id[i])] = problems
     kept = np.flatnonzero(keep)
     predicted = (engine or champion.predict)(inputs.rows[kept]) if len(kept) else {}
-    columns = _rows(champion, predicted, inputs, kept, completeness) if len(kept) else \
-        {c: np.zeros(0) for c in ROW_COLUMNS}
+    columns = (_rows(champion, predicted, inputs, kept, completeness) if len(kept)
+               else {c: np.zeros(0) for c in ROW_COLUMNS})
     return Forecast(columns, completeness, inputs, withheld)
 
 
 def _rows(champion: Champion, predicted: Mapping[tuple[str, int], np.ndarray], inputs: Inputs,
           kept: np.ndarray, completeness: np.ndarray) -> dict[str, np.ndarray]:
-    """Every model's rows, model after model (each in the order of the kept inputs): value,
-    AQI, category, interval and probabilities; computed over all of them at once where the
-    models share the computation (one AQI per target), per model and location where not."""
-    keys, n = champion.keys, len(kept)
-    size = len(keys) * n
+    """Every model's rows (model-major: the kept inputs of the first model, then the next):
+    value, AQI, category, interval and probabilities.
 
-    def per_key(values: Callable[[ModelKey], np.ndarray | None]) -> np.ndarray:
-        parts = [values(key) for key in keys]
-        return np.concatenate([np.full(n, np.nan) if p is None else p for p in parts])
-
-    value = np.maximum(np.concatenate([np.asarray(predicted[key], dtype=np.float64)
-                                       for key in keys]), 0)
-    issue = np.tile(inputs.issue_time[kept], len(keys))
-    horizon = np.repeat(np.array([key.horizon for key in keys], dtype=np.int64), n)
+    Each step runs once over all models' rows, not once per model: on the online path's
+    single input row the number of numpy calls is the cost. Only the intervals go model by
+    model (each has its own calibration).
+    """
+    keys = champion.keys
+    n, m = len(kept), len(keys)
+    value = np.maximum(np.stack([np.asarray(predicted[key], dtype=np.float64)
+                                 for key in keys]), 0)  # (model, row)
+    issue = inputs.issue_time[kept]
+    locations = inputs.location_id[kept]
+    unknown = np.full(n, np.nan)
     extra, ages = inputs.extra, inputs.hours_since or {}
     out: dict[str, np.ndarray] = {
-        "location_id": np.tile(inputs.location_id[kept], len(keys)),
-        "issue_time": issue,
-        "target": np.repeat(np.array([key.target for key in keys], dtype=object), n),
-        "horizon": horizon,
-        "target_time": issue + horizon.astype("timedelta64[h]"),
-        "value": value,
-        "persistence": per_key(lambda k: extra[k.target][kept] if k.target in extra else None),
-        "input_completeness": np.tile(completeness[kept], len(keys)),
-        "hours_since_observation": per_key(
-            lambda k: ages[k.target][kept] if k.target in ages else None),
-        "model_version": np.full(size, champion.version, dtype=object),
+        "location_id": np.tile(locations, m),
+        "issue_time": np.tile(issue, m),
+        "target": np.repeat(champion.key_targets, n),
+        "horizon": np.repeat(champion.key_horizons, n),
+        "target_time": (issue[None, :] + champion.key_horizons.astype("timedelta64[h]")[:, None]
+                        ).reshape(-1),
+        "value": value.reshape(-1),
+        "persistence": np.concatenate([extra[key.target][kept] if key.target in extra
+                                       else unknown for key in keys]),
+        "input_completeness": np.tile(completeness[kept], m),
+        "hours_since_observation": np.concatenate([ages[key.target][kept] if key.target in ages
+                                                   else unknown for key in keys]),
+        "model_version": np.full(n * m, champion.version, dtype=object),
     }
-    index = np.full(size, np.nan)
-    for target, positions in champion.key_positions.items():
-        rows = (positions[:, None] * n + np.arange(n)).ravel()
+    index = np.full((m, n), np.nan)
+    for target, models in champion.models_of_target.items():
         try:
-            index[rows] = aqi(target, value[rows])
+            index[models] = aqi(target, value[models])
         except ValueError:  # a target without AQI breakpoints
             pass
-    out["aqi"] = index
-    out["aqi_category"] = category_names(index)
-    uncertain = np.full((2 + len(PROBABILITY_COLUMNS), size), np.nan)  # row views, filled
-    for i, column in enumerate((LOWER, UPPER, *PROBABILITY_COLUMNS)):
-        out[column] = uncertain[i]
-    locations = inputs.location_id[kept]
-    groups = {loc: np.flatnonzero(locations == loc) for loc in dict.fromkeys(locations)} \
-        if n > 1 else {locations[0]: np.zeros(1, dtype=np.intp)}
-    for position, key in enumerate(keys):
-        calibration = champion.calibration.get(key)
-        if calibration is None:
-            continue
-        column = (calibration.get("scale") or {}).get("column")
-        if column is not None and column not in extra:
-            raise ChampionError(f"the {key} interval scales by {column!r}: the inputs lack it")
-        volatility = None if column is None else extra[column][kept]
-        for location, rows in groups.items():
-            at = position * n + rows
-            lower, upper, probabilities = uncertainty_of(
-                key.target, value[at], calibration, location,
-                None if volatility is None else volatility[rows], champion.coverage)
-            out[LOWER][at], out[UPPER][at] = lower, upper
-            for name, values in probabilities.items():
-                out[name][at] = values
+    out["aqi"] = index.reshape(-1)
+    out["aqi_category"] = category_names(out["aqi"])
+    uncertainty = np.full((2 + len(PROBABILITY_COLUMNS), m, n), np.nan)  # one allocation
+    models = champion.calibrated
+    if len(models):
+        calibrations = [champion.calibration[keys[i]] for i in models]
+        targets = [keys[i].target for i in models]
+        volatility = []
+        for i, calibration in zip(models, calibrations, strict=True):
+            column = (calibration.get("scale") or {}).get("column")
+            found = None if column is None else inputs.extra.get(column)
+            if column is not None and found is None:
+                raise ChampionError(f"the {keys[i]} interval scales by {column!r}: the inputs "
+                                    "lack it")
+            volatility.append(None if found is None else found[kept])
+        for location in dict.fromkeys(locations):
+            rows = np.flatnonzero(locations == location) if n > 1 else slice(None)
+            lower, upper, chances = uncertainty_of_models(
+                targets, value[models][:, rows], calibrations, location,
+                [None if v is None else v[rows] for v in volatility], champion.coverage)
+            cells = np.ix_(models, np.arange(n)[rows])
+            uncertainty[0][cells], uncertainty[1][cells] = lower, upper
+            for j in range(len(PROBABILITY_COLUMNS)):
+                uncertainty[2 + j][cells] = chances[j]
+    for j, column in enumerate((LOWER, UPPER, *PROBABILITY_COLUMNS)):
+        out[column] = uncertainty[j].reshape(-1)
     return out
 
 

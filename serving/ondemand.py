@@ -16,7 +16,6 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.core.features import HourlyGrid, hours_since_observed, latest_features, window
 from pipeline.core.keys import ModelKey
@@ -56,8 +55,8 @@ def answer(state: ServingState, req: ForecastRequest) -> dict[str, Any]:
                                champion.code(req.location_id))
     last = np.array([len(grid) - 1])
     since = {t: float(hours_since_observed(grid.series[t], last)[0]) for t in champion.targets}
-    inputs = Inputs.one(champion, req.location_id, pd.Timestamp(issue * 3600, unit="s", tz="UTC"),
-                        features, {t: math.inf if math.isnan(h) else h for t, h in since.items()})
+    inputs = Inputs.one(champion, req.location_id, np.datetime64(issue, "h"), features,
+                        {t: math.inf if math.isnan(h) else h for t, h in since.items()})
     made = forecast(champion, inputs, engine=served.predict, limits=state.limits)
     present = float(made.completeness[0])
     _observe(present, since, len(req.observations))

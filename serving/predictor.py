@@ -99,16 +99,20 @@ class Gtil:
     (``TreeliteGTILPredict``) through Treelite's private ctypes handle, on the Treelite versions
     it was verified against only. Anything else, or whatever fails here, uses the public
     ``treelite.gtil.predict``.
+
+    ``per_tree``: each tree's output ("score_per_tree", ``treelite.gtil.predict_per_tree``),
+    (rows, trees) instead of (rows,).
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, per_tree: bool = False) -> None:
         import ctypes
 
         import treelite
         import treelite.gtil
 
         self._model = model
-        self._slow = treelite.gtil.predict
+        self._slow = treelite.gtil.predict_per_tree if per_tree else treelite.gtil.predict
+        self._per_tree, self._width = per_tree, int(model.num_tree) if per_tree else 1
         self._fast = False
         self.reason = ""
         try:
@@ -120,13 +124,14 @@ class Gtil:
 
             if (model.input_type, model.output_type) != ("float64", "float64"):
                 raise TypeError(f"{model.input_type} inputs, {model.output_type} outputs")
-            self._config = GTILConfig(predict_type="default", nthread=1)
+            self._config = GTILConfig(
+                predict_type="score_per_tree" if per_tree else "default", nthread=1)
             shape = ctypes.POINTER(ctypes.c_uint64)()
             ndim = ctypes.c_uint64()
             _check_call(_LIB.TreeliteGTILGetOutputShape(
                 model.handle, ctypes.c_uint64(1), self._config.handle,
                 ctypes.byref(shape), ctypes.byref(ndim)))
-            if tuple(shape[i] for i in range(ndim.value)) != (1, 1, 1):
+            if tuple(shape[i] for i in range(ndim.value)) != (1, self._width, 1):
                 raise TypeError("not a single-output regressor")
             self._num_feature = int(model.num_feature)
             self._call, self._check = _LIB.TreeliteGTILPredict, _check_call
@@ -135,13 +140,14 @@ class Gtil:
             self._fast = True
         except Exception as exc:
             self.reason = str(exc)
-            log.info("treelite fast call unavailable (%s): using treelite.gtil.predict", exc)
+            log.info("treelite fast call unavailable (%s): using treelite.gtil's", exc)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
+        shape = (rows.shape[0], self._width) if self._per_tree else (rows.shape[0],)
         if not self._fast or rows.shape[1] != self._num_feature:
-            return self._slow(self._model, rows, nthread=1).reshape(-1)
+            return self._slow(self._model, rows, nthread=1).reshape(shape)
         rows = np.ascontiguousarray(rows, dtype=np.float64)
-        out = np.empty(rows.shape[0], dtype=np.float64)
+        out = np.empty(shape, dtype=np.float64)
         model, config = self._handles
         self._check(self._call(model, self._pointer(rows.ctypes.data), b"float64",
                                self._rows(rows.shape[0]), self._pointer(out.ctypes.data),
@@ -202,11 +208,11 @@ class MeanPredictor(Predictor):
     predictors (each takes its own columns out of ``columns``)."""
 
     members: list[Predictor] = field(default_factory=list)
-    _member_index: list[np.ndarray] = field(default_factory=list)
+    _member_index: list[np.ndarray | None] = field(default_factory=list)  # None: all columns
 
     def _predict_treelite(self, rows: np.ndarray) -> np.ndarray:
         rows = np.atleast_2d(rows)
-        return np.mean([m.predict(rows[:, index])
+        return np.mean([m._predict_treelite(rows if index is None else rows[:, index])
                         for m, index in zip(self.members, self._member_index, strict=True)],
                        axis=0)
 
@@ -220,7 +226,9 @@ def _build_mean(target: str, horizon: int, ensemble: Any, features: Sequence[str
     if slow or not members:
         return _fallback(target, horizon, ensemble, columns,
                          f"a member is not compilable: {slow[0] if slow else 'no members'}")
-    index = [np.array([columns.index(c) for c in m.columns], dtype=np.intp) for m in members]
+    index = [None if m.columns == columns
+             else np.array([columns.index(c) for c in m.columns], dtype=np.intp)
+             for m in members]
     return MeanPredictor(target, horizon, columns, ensemble, TREELITE, "", members=members,
                          _member_index=index)
 
@@ -275,11 +283,115 @@ def _fallback(target: str, horizon: int, pipeline: Any, columns: list[str], reas
 
 
 @dataclass
+class FusedTrees:
+    """Every compiled model of a champion (each member of a mean) in ONE Treelite model over
+    the champion's feature order, evaluated tree by tree in one call.
+
+    GTIL costs ~30 us of set-up per call whatever the model's size, and a champion has a
+    model per horizon, a mean of 2 per horizon by default: one call instead of eight. Each
+    member's trees are a copy of its compiled trees with the split features renumbered into
+    the champion's order; its raw output is its base score plus the sum of its trees, then the
+    member's own inverse transform (:meth:`Predictor._finish`), then the mean of a mean's
+    members. Used only when, on the verification rows, it equals each model's
+    ``Pipeline.predict`` within the tolerance (:func:`fuse`).
+    """
+
+    keys: list[ModelKey]
+    members: list[tuple[int, Predictor, int]]  # (key position, member, its anchor's column)
+    starts: np.ndarray  # each member's first tree
+    bases: np.ndarray  # each member's base score
+    runner: Gtil  # per tree
+
+    def predict(self, rows: np.ndarray) -> dict[ModelKey, np.ndarray]:
+        raw = np.add.reduceat(self.runner(rows), self.starts, axis=1) + self.bases
+        outputs: list[list[np.ndarray]] = [[] for _ in self.keys]
+        for j, (k, member, anchor) in enumerate(self.members):
+            outputs[k].append(inverse_target(member._form, raw[:, j],
+                                             rows[:, anchor] if anchor >= 0 else None,
+                                             member._fallback))
+        return {key: found[0] if len(found) == 1 else np.mean(found, axis=0)
+                for key, found in zip(self.keys, outputs, strict=True)}
+
+
+def fuse(predictors: Mapping[ModelKey, Predictor], features: Sequence[str],
+         verify_rows: np.ndarray) -> FusedTrees | None:
+    """The champion's compiled models as one :class:`FusedTrees`, or None (a model served by
+    scikit-learn, a Treelite refusal, or any difference from the models beyond the
+    tolerance on ``verify_rows``, in ``features`` order)."""
+    import treelite
+
+    position = {name: i for i, name in enumerate(features)}
+    keys = list(predictors)
+    members: list[tuple[int, Predictor, int]] = []
+    for k, key in enumerate(keys):
+        predictor = predictors[key]
+        if predictor.engine != TREELITE:
+            return None
+        parts = predictor.members if isinstance(predictor, MeanPredictor) else [predictor]
+        if not parts or any(m.engine != TREELITE or m._tree is None for m in parts):
+            return None
+        members += [(k, m, position[m.columns[m._anchor]] if m._anchor >= 0 else -1)
+                    for m in parts]
+    try:
+        copies, bases = [], []
+        for _, member, _ in members:
+            copy = treelite.Model.deserialize_bytes(member._tree.serialize_bytes())
+            header = copy.get_header_accessor()
+            # get_field gives a view of the model's memory: copied before set_field frees it
+            base = np.array(header.get_field("base_scores"), dtype=np.float64, copy=True)
+            if base.size != 1 or int(np.asarray(header.get_field("average_tree_output"))[0]):
+                return None
+            index = np.array([position[c] for c in member.columns], dtype=np.int32)
+            for tree in range(copy.num_tree):
+                accessor = copy.get_tree_accessor(tree)
+                split = accessor.get_field("split_index")
+                accessor.set_field("split_index", np.where(
+                    split >= 0, index[np.maximum(split, 0)], split).astype(np.int32))
+            header.set_field("num_feature", np.array([len(features)], dtype=np.int32))
+            header.set_field("base_scores", np.zeros(1, dtype=np.float64))
+            copies.append(copy)
+            bases.append(float(base[0]))
+        counts = [c.num_tree for c in copies]
+        fused = FusedTrees(keys, members, np.cumsum([0, *counts[:-1]]).astype(np.intp),
+                           np.array(bases), Gtil(treelite.Model.concatenate(copies),
+                                                    per_tree=True))
+    except Exception as exc:  # Treelite refused: each model keeps its own compiled trees
+        log.warning("fused trees unavailable (%s): one call per model", exc)
+        return None
+    worst = fused_difference(fused, predictors, features, verify_rows)
+    if worst:
+        log.warning("fused trees differ from scikit-learn (%s): one call per model", worst)
+        return None
+    return fused
+
+
+def fused_difference(fused: FusedTrees, predictors: Mapping[ModelKey, Predictor],
+                     features: Sequence[str], rows: np.ndarray) -> str:
+    """Where the fused trees differ from each model's ``Pipeline.predict`` beyond the
+    tolerance on ``rows`` (in ``features`` order); "" when nowhere."""
+    position = {name: i for i, name in enumerate(features)}
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = fused.predict(np.ascontiguousarray(rows, dtype=np.float64))
+        for key, predictor in predictors.items():
+            reference = predictor.predict_sklearn(rows[:, [position[c]
+                                                           for c in predictor.columns]])
+            same = (got[key] == reference) | (np.abs(got[key] - reference)
+                                              <= TOLERANCE + RELATIVE_TOLERANCE
+                                              * np.abs(reference))
+            if not same.all():
+                i = int(np.flatnonzero(~same)[0])
+                return (f"{key}: {got[key][i]!r} against {reference[i]!r} on verification row "
+                        f"{i} of {len(rows)}")
+    return ""
+
+
+@dataclass
 class ServedModel:
     """A verified champion and its compiled predictors: the forecaster's engine in serving."""
 
     champion: Champion
     predictors: dict[ModelKey, Predictor]
+    fused: FusedTrees | None = None  # all compiled models in one call (:func:`fuse`)
     _index: dict[ModelKey, np.ndarray | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -326,6 +438,8 @@ class ServedModel:
     def predict(self, rows: np.ndarray) -> dict[ModelKey, np.ndarray]:
         """Every model's forecasts of rows in the champion's feature order (the engine)."""
         rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+        if self.fused is not None:
+            return self.fused.predict(rows)
         out = {}
         for key, predictor in self.predictors.items():
             index = self._index[key]

@@ -40,7 +40,7 @@ from pipeline.io.storage import forecast_files, raw_files
 from pipeline.schema import MAX_FORECAST_LEAD_H
 from pipeline.settings import ServingSettings
 from serving import metrics
-from serving.predictor import SKLEARN, ServedModel, build_predictor, verification_rows
+from serving.predictor import SKLEARN, ServedModel, build_predictor, fuse, verification_rows
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class ServingState:
         rows = verification_rows(features, self._history_rows(spec, features, codes), codes)
         predictors = {key: build_predictor(key.target, key.horizon, pipeline, features, rows)
                       for key, pipeline in champion.models.items()}
-        return ServedModel(champion, predictors)
+        return ServedModel(champion, predictors, fuse(predictors, features, rows))
 
     def _history_rows(self, spec: FeatureSpec, features: list[str], codes: dict[str, int],
                       ) -> np.ndarray | None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,6 +176,8 @@ class ForecastGrid:
     def since(self, hour: int) -> ForecastGrid:
         """The runs issued at or after ``hour`` (a bounded window for the online path)."""
         keep = self.issues >= hour
+        if keep.all():  # itself: the copy would compute ``known`` again
+            return self
         return ForecastGrid(self.issues[keep], {k: v[keep] for k, v in self.series.items()})
 
     def until(self, hour: int) -> ForecastGrid:
@@ -184,14 +186,31 @@ class ForecastGrid:
         return ForecastGrid(self.issues[keep], {k: v[keep] for k, v in self.series.items()})
 
     @functools.cached_property
+    def cube(self) -> tuple[np.ndarray, dict[str, int]]:
+        """Every variable's (run, lead) table stacked (variable, run, lead), and each
+        variable's position: all variables of given cells in one gather."""
+        names = list(self.series)
+        stacked = (np.stack([self.series[n] for n in names]) if names
+                   else np.zeros((0, len(self.issues), 1)))
+        return stacked, {name: i for i, name in enumerate(names)}
+
+    @functools.cached_property
+    def memo(self) -> dict[Hashable, np.ndarray]:
+        """Values computed from these runs for one origin (``_forecast``): the runs never
+        change, so an origin asked again reads them here."""
+        return {}
+
+    @functools.cached_property
     def known(self) -> np.ndarray:
         """(run, lead) cells with at least one forecast value."""
         cells = [~np.isnan(v) for v in self.series.values()]
         return np.logical_or.reduce(cells) if cells else np.zeros((0, 1), dtype=bool)
 
-    def at(self, origins: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    def at(self, origins: np.ndarray, horizon: int | np.ndarray,
+           ) -> tuple[np.ndarray, np.ndarray]:
         """(run row, lead) of the newest run issued at or before each origin that forecasts
-        the hour ``origin + horizon``; row -1 where no run does.
+        the hour ``origin + horizon`` (one horizon, or one per origin); row -1 where no run
+        does.
 
         Usually the newest run; an older one when the newest lacks the hour (its leads stop
         short, or a provider that gives one lead per valid hour, such as Open-Meteo's
@@ -337,7 +356,13 @@ def shifted(x: np.ndarray, pos: np.ndarray, lags: np.ndarray | int) -> np.ndarra
 
     One lag gives shape (len(pos),), an array of lags (len(pos), len(lags)).
     """
-    source = pos[:, None] - np.atleast_1d(lags)[None, :]
+    steps = np.atleast_1d(lags)
+    if len(pos) == 1 and len(x):  # one position (online): a plain gather when all are on the grid
+        source = int(pos[0]) - steps
+        if source.min() >= 0 and source.max() < len(x):
+            out = x[source][None, :]
+            return out if np.ndim(lags) else out[:, 0]
+    source = pos[:, None] - steps[None, :]
     out = x.take(source, mode="clip") if len(x) else np.full(source.shape, np.nan)
     out[(source < 0) | (source >= len(x))] = np.nan
     return out if np.ndim(lags) else out[:, 0]
@@ -348,6 +373,9 @@ def windows(x: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
 
     A copy per position, so a window's statistics depend on its own values only.
     """
+    if len(pos) == 1 and width - 1 <= pos[0] < len(x):  # one position on the grid: a slice
+        end = int(pos[0]) + 1
+        return x[end - width:end][None, :].copy()
     return shifted(x, pos, np.arange(width - 1, -1, -1))
 
 
@@ -360,6 +388,11 @@ def rolling_stats(x: np.ndarray, pos: np.ndarray, width: int, min_count: int,
     """
     win = windows(x, pos, width)
     missing = np.isnan(win)
+    if len(pos) == 1 and width >= max(min_count, 2) and not missing.any():
+        # one window (online), every value observed: the same sums without the masks
+        mean = win.sum(axis=1) / width
+        win -= mean[:, None]
+        return mean, np.sqrt((win * win).sum(axis=1) / (width - 1))
     count = width - missing.sum(axis=1)
     win[missing] = 0.0
     mean = win.sum(axis=1) / np.maximum(count, 1)
@@ -439,7 +472,42 @@ class Place:
     code: float
 
 
-Kernel = Callable[[HourlyGrid, np.ndarray, Place, Mapping[str, np.ndarray]], np.ndarray]
+class Columns(dict):
+    """The columns computed so far at the positions of one evaluation (name -> values), and
+    what several blocks of that evaluation share.
+
+    :meth:`shared` computes a value once per evaluation: the blocks of the target hour, one
+    per horizon, read every horizon's values from one computation (one numpy call for all
+    horizons instead of one per horizon: on the online path's single row, the calls are the
+    cost). Both paths evaluate the same blocks, so they share the same way.
+    """
+
+    def __init__(self, layout: Mapping[str, tuple[int, int]] | None = None) -> None:
+        super().__init__()
+        self._shared: dict[Hashable, np.ndarray] = {}
+        self._layout = layout or {}
+        self.tables: list[np.ndarray] = []  # each block's values (len(pos), its columns)
+
+    def __missing__(self, column: str) -> np.ndarray:
+        """A column's view into its block's table, made when first read (a one-row
+        evaluation then makes a view per column it reads, not per column it computes)."""
+        try:
+            block, i = self._layout[column]
+        except KeyError:
+            raise KeyError(column) from None
+        if block >= len(self.tables):
+            raise KeyError(column)
+        found = self[column] = self.tables[block][:, i]
+        return found
+
+    def shared(self, key: Hashable, make: Callable[[], np.ndarray]) -> np.ndarray:
+        found = self._shared.get(key)
+        if found is None:
+            found = self._shared[key] = make()
+        return found
+
+
+Kernel = Callable[[HourlyGrid, np.ndarray, Place, Columns], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -447,8 +515,9 @@ class FeatureBlock:
     """Columns computed together by one kernel.
 
     ``kernel(grid, pos, place, done)`` returns an array of shape (len(pos), len(columns))
-    (or (len(pos),) for one column); ``done`` holds the columns of earlier blocks at ``pos``.
-    ``lookback`` is how many hours before the issue hour it reads (through ``done`` too).
+    (or (len(pos),) for one column); ``done`` holds the columns of earlier blocks at ``pos``
+    (and :meth:`Columns.shared`, for work several blocks share). ``lookback`` is how many
+    hours before the issue hour it reads (through ``done`` too).
     """
 
     columns: tuple[str, ...]
@@ -543,14 +612,25 @@ def _location_code(g, pos, p, done):
 
 
 def _observed_mean(values: np.ndarray, min_count: int) -> np.ndarray:
-    """Row means of the observed values of (n, k) ``values``; NaN below ``min_count``."""
+    """Means of the observed values of ``values`` along its last axis; NaN below
+    ``min_count``."""
     missing = np.isnan(values)
-    count = values.shape[1] - missing.sum(axis=1)
-    total = np.where(missing, 0.0, values).sum(axis=1)
+    count = values.shape[-1] - missing.sum(axis=-1)
+    total = np.where(missing, 0.0, values).sum(axis=-1)
     return np.where(count >= min_count, total / np.maximum(count, 1), np.nan)
 
 
-def _profiles(target: str, horizon: int) -> FeatureBlock:
+def _profile_offsets(horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hours before the origin of the same hour of day as ``t + horizon`` on the last 7 days
+    known, and of the same hour of week on the last 4 weeks."""
+    first_day = max(1, -(-horizon // 24))
+    daily = 24 * np.arange(first_day, first_day + 7, dtype=np.int64) - horizon
+    first_week = max(1, -(-horizon // 168))
+    weekly = 168 * np.arange(first_week, first_week + 4, dtype=np.int64) - horizon
+    return daily, weekly
+
+
+def _profiles(target: str, horizon: int, horizons: Sequence[int]) -> FeatureBlock:
     """The location's usual level at the target hour, from history known at the origin.
 
     - ``rel_daily_profile``: the mean of the same hour of day over the last 7 days known
@@ -558,21 +638,30 @@ def _profiles(target: str, horizon: int) -> FeatureBlock:
     - ``rel_weekly_profile``: the same hour of the same weekday over the last 4 weeks;
     - ``diurnal_shape``: the daily profile against the mean of the last 7 days (how much
       higher or lower that hour of day usually is, whatever the level now).
+
+    The blocks of all ``horizons`` share one computation per evaluation (one gather of every
+    horizon's hours, :meth:`Columns.shared`); each takes its own horizon's columns.
     """
-    first_day = max(1, -(-horizon // 24))
-    daily = 24 * np.arange(first_day, first_day + 7, dtype=np.int64) - horizon
-    first_week = max(1, -(-horizon // 168))
-    weekly = 168 * np.arange(first_week, first_week + 4, dtype=np.int64) - horizon
+    horizons = tuple(int(h) for h in horizons)
+    k = horizons.index(horizon)
+    offsets = [_profile_offsets(h) for h in horizons]
+    daily = np.concatenate([d for d, _ in offsets])  # horizon-major: (len(horizons) * 7,)
+    weekly = np.concatenate([w for _, w in offsets])
     columns = tuple(horizon_column(f"{target}_{name}", horizon)
                     for name in ("rel_daily_profile", "rel_weekly_profile", "diurnal_shape"))
 
-    def kernel(g, pos, p, done):
+    def every_horizon(g: HourlyGrid, pos: np.ndarray, done: Columns) -> np.ndarray:
         x = g.series[target]
-        level = done[anchor_column(target)]
-        day = np.log1p(_observed_mean(shifted(x, pos, daily), 4))
-        week = np.log1p(_observed_mean(shifted(x, pos, weekly), 2))
-        mean = np.log1p(rolling_stats(x, pos, 168, 84)[0])
-        return np.stack([day - level, week - level, day - mean], axis=1)
+        n, m = len(pos), len(horizons)
+        level = done[anchor_column(target)][:, None]
+        day = np.log1p(_observed_mean(shifted(x, pos, daily).reshape(n, m, 7), 4))
+        week = np.log1p(_observed_mean(shifted(x, pos, weekly).reshape(n, m, 4), 2))
+        mean = np.log1p(rolling_stats(x, pos, 168, 84)[0])[:, None]
+        return np.stack([day - level, week - level, day - mean], axis=2)  # (n, horizons, 3)
+
+    def kernel(g, pos, p, done):
+        return done.shared(("profiles", target, horizons),
+                           lambda: every_horizon(g, pos, done))[:, k]
 
     return FeatureBlock(columns, kernel, int(max(daily.max(), weekly.max(), 167)))
 
@@ -585,6 +674,12 @@ def _trend(target: str, width: int) -> FeatureBlock:
     def kernel(g, pos, p, done):
         y = np.log1p(shifted(g.series[target], pos, steps))
         known = ~np.isnan(y)
+        if len(pos) == 1 and known.all():  # one window (online), all known: no masks
+            dx = x[None, :] - (x[None, :].sum(axis=1) / width)[:, None]
+            dy = y - (y.sum(axis=1) / width)[:, None]
+            sxx = (dx * dx).sum(axis=1)
+            slope = (dx * dy).sum(axis=1) / np.where(sxx > 0, sxx, 1.0)
+            return np.where(sxx > 0, slope, np.nan)
         count = known.sum(axis=1)
         xs = np.where(known, x[None, :], 0.0)
         ys = np.where(known, y, 0.0)
@@ -637,6 +732,8 @@ def _volatility(target: str) -> FeatureBlock:
     def kernel(g, pos, p, done):
         change = np.diff(np.log1p(shifted(g.series[target], pos, steps)), axis=1)
         known = ~np.isnan(change)
+        if len(pos) == 1 and known.all():  # one window (online), all known: no masks
+            return np.sqrt((change * change).sum(axis=1) / change.shape[1])
         count = known.sum(axis=1)
         square = np.where(known, change * change, 0.0).sum(axis=1)
         return np.where(count >= 12, np.sqrt(square / np.maximum(count, 1)), np.nan)
@@ -654,44 +751,83 @@ def _target_calendar(horizon: int) -> FeatureBlock:
     return FeatureBlock(tuple(horizon_column(f"tt_{n}", horizon) for n in names), kernel)
 
 
-def _forecast(horizon: int, variables: Sequence[str]) -> FeatureBlock:
+def _forecast(horizon: int, variables: Sequence[str], horizons: Sequence[int]) -> FeatureBlock:
     """The weather forecast for the target hour from the newest run issued by the origin.
 
     Per variable its forecast value; the wind as a vector; the forecast precipitation summed
     over the hours up to the target hour (rain on the way washes out); and the lead time
     of the run used (older runs are less accurate). NaN without a run covering the hour.
+
+    The blocks of all ``horizons`` share one computation per evaluation (every horizon's runs
+    looked up at once, :meth:`Columns.shared`); each takes its own horizon's columns.
     """
+    variables = tuple(variables)
+    horizons = tuple(int(h) for h in horizons)
+    k = horizons.index(horizon)
     wind = "wind_speed_10m" in variables and "wind_direction_10m" in variables
     rain = "precipitation" in variables
     names = [f"fc_{v}" for v in variables]
     names += ["fc_wind_u", "fc_wind_v"] if wind else []
     names += ["fc_precipitation_sum"] if rain else []
     names += ["fc_lead"]
-    back = np.arange(horizon, dtype=np.int64)
+    steps = np.asarray(horizons, dtype=np.int64)
 
-    def kernel(g, pos, p, done):
-        out = np.full((len(pos), len(names)), np.nan)
+    def every_horizon(g: HourlyGrid, pos: np.ndarray) -> np.ndarray:
+        n, m = len(pos), len(horizons)
+        out = np.full((n * m, len(names)), np.nan)  # (origin, horizon) rows, horizon fastest
         runs = g.forecasts
         if runs is None or not len(runs):
-            return out
-        row, lead = runs.at(g.hours[pos], horizon)
-        for i, variable in enumerate(variables):
-            out[:, i] = runs.values(variable, row, lead)
+            return out.reshape(n, m, len(names))
+        row, lead = runs.at(np.repeat(g.hours[pos], m), np.tile(steps, n))
+        found = row >= 0
+        every = bool(found.all())
+        at = np.where(found, row, 0)  # (run 0, lead 0) where none: refilled with NaN below
+        cube, index = runs.cube
+        values = cube[:, at, lead]  # (variable, origin x horizon): one gather for all
+        if not every:
+            values[:, ~found] = np.nan
+        out[:, :len(variables)] = values[[index[v] for v in variables]].T
         j = len(variables)
         if wind:
-            speed = runs.values("wind_speed_10m", row, lead)
-            rad = np.deg2rad(runs.values("wind_direction_10m", row, lead))
+            speed = values[index["wind_speed_10m"]]
+            rad = np.deg2rad(values[index["wind_direction_10m"]])
             out[:, j], out[:, j + 1] = -speed * np.sin(rad), -speed * np.cos(rad)
             j += 2
-        if rain:
-            ok = row >= 0
-            leads = lead[ok][:, None] - back[None, :]
-            hours = runs.series["precipitation"][row[ok][:, None], leads]
+        if rain:  # each horizon sums its own first hours of one gather of the longest
+            back = np.arange(max(horizons), dtype=np.int64)
+            hours = runs.series["precipitation"][at[:, None],
+                                                 np.maximum(lead[:, None] - back[None, :], 0)]
             known = ~np.isnan(hours)
-            total = np.where(known, hours, 0.0).sum(axis=1)
-            out[ok, j] = np.where(known.any(axis=1), total, np.nan)
-        out[:, -1] = np.where(row >= 0, lead, np.nan)
-        return out
+            filled = np.where(known, hours, 0.0).reshape(n, m, len(back))
+            known = known.reshape(n, m, len(back))
+            by_horizon = out.reshape(n, m, len(names))
+            for i, h in enumerate(horizons):
+                by_horizon[:, i, j] = np.where(known[:, i, :h].any(axis=-1),
+                                               filled[:, i, :h].sum(axis=-1), np.nan)
+            if not every:
+                out[~found, j] = np.nan
+        out[:, -1] = np.where(found, lead, np.nan)
+        return out.reshape(n, m, len(names))
+
+    def one_origin(g: HourlyGrid, pos: np.ndarray) -> np.ndarray:
+        """One origin (online): the runs do not change with the request's observations, so
+        the values are kept per origin hour on the runs (read-only)."""
+        memo = g.forecasts.memo if g.forecasts is not None else None
+        if memo is None:
+            return every_horizon(g, pos)
+        key = (variables, horizons, int(g.hours[pos[0]]))
+        found = memo.get(key)
+        if found is None:
+            if len(memo) >= 256:  # bounded: the newest hours are asked again and again
+                memo.clear()
+            found = memo[key] = every_horizon(g, pos)
+            found.flags.writeable = False
+        return found
+
+    def kernel(g, pos, p, done):
+        return done.shared(("forecast", variables, horizons),
+                           lambda: one_origin(g, pos) if len(pos) == 1
+                           else every_horizon(g, pos))[:, k]
 
     return FeatureBlock(tuple(horizon_column(n, horizon) for n in names), kernel)
 
@@ -747,11 +883,11 @@ def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
     forecast_weather = [v for v in WEATHER if v in cfg.forecast_weather]
     for horizon in spec.horizons:
         if cfg.profiles:
-            blocks += [_profiles(target, horizon) for target in spec.targets]
+            blocks += [_profiles(target, horizon, spec.horizons) for target in spec.targets]
         if cfg.target_calendar:
             blocks.append(_target_calendar(horizon))
         if forecast_weather:
-            blocks.append(_forecast(horizon, forecast_weather))
+            blocks.append(_forecast(horizon, forecast_weather, spec.horizons))
     return tuple(blocks)
 
 
@@ -782,16 +918,42 @@ def feature_names(spec: FeatureSpec) -> list[str]:
 
 
 def evaluate(blocks: Sequence[FeatureBlock], grid: HourlyGrid, pos: np.ndarray, place: Place,
-             ) -> dict[str, np.ndarray]:
-    """Every block's columns at ``pos``, in order."""
-    done: dict[str, np.ndarray] = {}
+             ) -> Columns:
+    """Every block's columns at ``pos``, in order (each column read by name; the blocks'
+    tables in ``tables``)."""
+    done = Columns(_layout(blocks if isinstance(blocks, tuple) else tuple(blocks)))
     for block in blocks:
         values = block.kernel(grid, pos, place, done)
-        if values.ndim == 1:
-            values = values[:, None]
-        for i, column in enumerate(block.columns):
-            done[column] = values[:, i]
+        done.tables.append(values[:, None] if values.ndim == 1 else values)
     return done
+
+
+_LAYOUTS: dict[int, tuple[tuple[FeatureBlock, ...], dict[str, tuple[int, int]],
+                           tuple[str, ...]]] = {}
+
+
+def _layout(blocks: tuple[FeatureBlock, ...]) -> dict[str, tuple[int, int]]:
+    """Each column's (block, position in the block); a later block's column of the same
+    name wins, as it did when the columns were stored one after the other."""
+    return _layout_of(blocks)[1]
+
+
+def _names(blocks: tuple[FeatureBlock, ...]) -> tuple[str, ...]:
+    return _layout_of(blocks)[2]
+
+
+def _layout_of(blocks: tuple[FeatureBlock, ...]):
+    """Kept per tuple of blocks by identity (hashing 50 blocks per request costs more than the
+    lookup it saves); ``feature_blocks`` hands out the same tuple for a spec."""
+    found = _LAYOUTS.get(id(blocks))
+    if found is None or found[0] is not blocks:
+        if len(_LAYOUTS) >= 64:
+            _LAYOUTS.clear()
+        found = _LAYOUTS[id(blocks)] = (
+            blocks, {column: (b, i) for b, block in enumerate(blocks)
+                     for i, column in enumerate(block.columns)},
+            tuple(c for block in blocks for c in block.columns))
+    return found
 
 
 # --- the two paths -------------------------------------------------------------------------
@@ -842,8 +1004,10 @@ def latest_features(grid: HourlyGrid, spec: FeatureSpec, timezone: str, code: fl
     """
     if len(grid) == 0:
         raise ValueError(f"no history for location {grid.location_id!r}")
-    done = evaluate(feature_blocks(spec), grid, np.array([len(grid) - 1]), Place(timezone, code))
-    return {name: float(values[0]) for name, values in done.items()}
+    blocks = feature_blocks(spec)
+    done = evaluate(blocks, grid, np.array([len(grid) - 1]), Place(timezone, code))
+    row = np.concatenate(done.tables, axis=1, dtype=np.float64)[0].tolist()
+    return dict(zip(_names(blocks), row, strict=True))
 
 
 def features_present(rows: np.ndarray) -> np.ndarray:

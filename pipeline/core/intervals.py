@@ -22,7 +22,7 @@ the coverage with the power 0, 0.5 and 1).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -94,27 +94,39 @@ def calibrate(observed, predicted, locations, volatility=None,
     return out
 
 
-def _quantile(quantiles, level: float) -> float:
-    return float(np.interp(level, _LEVELS, quantiles))
+def _ends(quantiles, coverage: float) -> np.ndarray:
+    """The residual quantiles at the two ends of the central ``coverage`` interval."""
+    tail = (1 - coverage) / 2
+    return np.interp((tail, 1 - tail), _LEVELS, quantiles)
+
+
+def _log_forecast(predicted) -> np.ndarray:
+    return np.log1p(np.maximum(np.asarray(predicted, float), 0))
+
+
+def _spread(base: np.ndarray, ends: np.ndarray, scale) -> tuple[np.ndarray, np.ndarray]:
+    """The interval around log forecasts ``base`` (any shape, the last axis rows) from the
+    quantiles at its ``ends`` (..., 2), clipped at 0."""
+    return (np.maximum(np.expm1(base + ends[..., :1] * scale), 0),
+            np.maximum(np.expm1(base + ends[..., 1:] * scale), 0))
+
+
+def _needed(levels: np.ndarray, base: np.ndarray, scale) -> np.ndarray:
+    """The scaled residual each log forecast needs to reach each level: (..., len(levels))."""
+    scale = np.asarray(scale, float)
+    return (levels - base[..., None]) / (scale[..., None] if scale.ndim else scale)
 
 
 def interval(predicted, quantiles, coverage: float = COVERAGE,
              scale=1.0) -> tuple[np.ndarray, np.ndarray]:
     """The central ``coverage`` interval around each forecast (clipped at 0)."""
-    base = np.log1p(np.maximum(np.asarray(predicted, float), 0))
-    tail = (1 - coverage) / 2
-    lower = np.expm1(base + _quantile(quantiles, tail) * scale)
-    upper = np.expm1(base + _quantile(quantiles, 1 - tail) * scale)
-    return np.maximum(lower, 0), np.maximum(upper, 0)
+    return _spread(_log_forecast(predicted), _ends(quantiles, coverage), scale)
 
 
 def exceedance_probabilities(predicted, quantiles, thresholds, scale=1.0) -> np.ndarray:
     """P(value >= threshold) of each forecast (rows) for each threshold (columns); resolution
     0.01 .. 0.99 (the levels)."""
-    base = np.log1p(np.maximum(np.asarray(predicted, float), 0))[:, None]
-    scale = np.asarray(scale, float)
-    needed = (np.log1p(np.asarray(thresholds, float))[None, :] - base) / (
-        scale[:, None] if scale.ndim else scale)
+    needed = _needed(np.log1p(np.asarray(thresholds, float)), _log_forecast(predicted), scale)
     below = np.interp(needed, quantiles, _LEVELS, left=0.0, right=1.0)
     return np.round(1.0 - below, 4)
 
@@ -164,19 +176,56 @@ def uncertainty_of(target: str, predicted, calibration: Mapping, location: str,
     The location's own quantiles when it has them, else the pooled ones; ``volatility``
     holds the rows' values of the calibration's scale column (required when it scales).
     """
-    quantiles = (calibration.get("by_location") or {}).get(location, calibration["quantiles"])
-    scale = calibration.get("scale")
-    if scale and volatility is None:
-        raise ValueError(f"the {target} interval scales by {scale['column']!r}: the forecasts "
-                         "must carry it")
-    scales = scale_values(volatility, scale) if scale else 1.0
-    lower, upper = interval(predicted, quantiles, coverage, scales)
-    thresholds = _thresholds(target)
-    if not thresholds:
-        return lower, upper, {}
-    chances = exceedance_probabilities(predicted, quantiles, [t for _, t in thresholds], scales)
-    return lower, upper, {PROBABILITY_PREFIX + category: chances[:, i]
-                          for i, (category, _) in enumerate(thresholds)}
+    lower, upper, chances = uncertainty_of_models(
+        [target], np.asarray(predicted, float)[None, :], [calibration], location, [volatility],
+        coverage)
+    if not _thresholds(target):
+        return lower[0], upper[0], {}
+    return lower[0], upper[0], {name: chances[j, 0] for j, name in enumerate(PROBABILITY_COLUMNS)}
+
+
+def uncertainty_of_models(targets: Sequence[str], predicted: np.ndarray,
+                          calibrations: Sequence[Mapping], location: str,
+                          volatility: Sequence[np.ndarray | None], coverage: float = COVERAGE,
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`uncertainty_of` of several models at once: ``predicted`` (models, rows) with
+    each model's target, calibration and volatility (None: its calibration does not scale).
+
+    Returns lower and upper (models, rows) and the probabilities (len(PROBABILITY_COLUMNS),
+    models, rows; NaN for a target without AQI categories). One pass over all models' rows,
+    each model's own quantiles read once: an online forecast (one row, a model per horizon)
+    costs a few numpy calls per model instead of a few dozen.
+    """
+    predicted = np.asarray(predicted, float)
+    m, n = predicted.shape
+    ends = np.empty((m, 2))
+    scales = np.ones((m, n))
+    quantiles = []
+    for i, (target, calibration) in enumerate(zip(targets, calibrations, strict=True)):
+        found = (calibration.get("by_location") or {}).get(location, calibration["quantiles"])
+        quantiles.append(found)
+        ends[i] = _ends(found, coverage)
+        scale = calibration.get("scale")
+        if scale:
+            if volatility[i] is None:
+                raise ValueError(f"the {target} interval scales by {scale['column']!r}: the "
+                                 "forecasts must carry it")
+            scales[i] = scale_values(volatility[i], scale)
+    base = _log_forecast(predicted)
+    lower, upper = _spread(base, ends, scales)
+    chances = np.full((len(PROBABILITY_COLUMNS), m, n), np.nan)
+    for target in dict.fromkeys(targets):
+        thresholds = _thresholds(target)
+        if not thresholds:
+            continue
+        models = [i for i, t in enumerate(targets) if t == target]
+        needed = _needed(np.log1p(np.array([t for _, t in thresholds], float)), base[models],
+                         scales[models])
+        below = np.empty_like(needed)
+        for k, i in enumerate(models):
+            below[k] = np.interp(needed[k], quantiles[i], _LEVELS, left=0.0, right=1.0)
+        chances[:, models, :] = np.round(1.0 - below, 4).transpose(2, 0, 1)
+    return lower, upper, chances
 
 
 def add_uncertainty(forecasts: pd.DataFrame, uncertainty: Mapping,

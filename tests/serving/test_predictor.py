@@ -14,7 +14,14 @@ from pipeline.io.feature_store import FeatureStore
 from pipeline.io.registry import Registry, save_bundle
 from pipeline.settings import ServingSettings, Settings
 from serving import metrics
-from serving.predictor import SKLEARN, TREELITE, build_predictor, verification_rows
+from serving.predictor import (
+    SKLEARN,
+    TREELITE,
+    ServedModel,
+    build_predictor,
+    fused_difference,
+    verification_rows,
+)
 from serving.state import ServingState
 
 
@@ -42,6 +49,32 @@ def test_served_predictions_equal_pipeline_predict_on_every_feature_row(served_p
     for key, pipeline in champion.models.items():
         expected = pipeline.predict(feature_table)
         np.testing.assert_allclose(served[key], expected, rtol=0, atol=1e-9, err_msg=str(key))
+
+
+def test_every_compiled_model_is_evaluated_in_one_treelite_call_and_exact(served_project,
+                                                                          champion,
+                                                                          feature_table):
+    """The fused trees (every model, each member of a mean, one GTIL call) equal each model's
+    own compiled trees and Pipeline.predict; a row alone gives what it gives in a batch; a
+    difference is caught (the trees of one model renumbered wrongly)."""
+    state = ServingState(Context.load(served_project.root, settings=Settings()),
+                         ServingSettings())
+    model = state.compile(champion.metadata, champion.models)
+    assert model.fused is not None
+    members = [m for p in model.predictors.values() for m in getattr(p, "members", None) or [p]]
+    assert model.fused.runner._width == sum(m._tree.num_tree for m in members)
+    rows = feature_table[list(model.features)].to_numpy(dtype=np.float64)[-300:]
+    fused = model.predict(rows)
+    own = ServedModel(model.champion, model.predictors).predict(rows)  # one call per model
+    for key, pipeline in champion.models.items():
+        np.testing.assert_allclose(fused[key], own[key], rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(fused[key], pipeline.predict(feature_table.iloc[-300:]),
+                                   rtol=0, atol=1e-9, err_msg=str(key))
+        alone = np.array([model.predict(row)[key][0] for row in rows[:20]])
+        np.testing.assert_array_equal(alone, fused[key][:20])
+    assert fused_difference(model.fused, model.predictors, model.features, rows) == ""
+    model.fused.bases[-1] += 0.01  # one member's trees now say something else
+    assert "against" in fused_difference(model.fused, model.predictors, model.features, rows)
 
 
 def test_one_row_at_a_time_equals_the_batch_of_rows(champion, feature_table):
@@ -159,6 +192,7 @@ def test_an_unknown_champion_structure_is_served_and_says_so(served_project, cha
     model = state.compile(bundle.metadata, bundle.models)
     assert model.engines == {"pm2_5": {"1": TREELITE, "6": TREELITE, "12": SKLEARN,
                                        "24": TREELITE}}
+    assert model.fused is None  # one model is scikit-learn's: each model is called by itself
     rows = feature_table[list(model.features)].to_numpy(dtype=np.float64)[-300:]
     served = model.predict(rows)
     np.testing.assert_allclose(served[("pm2_5", 12)],
