@@ -78,6 +78,7 @@ def test_every_target_form_the_search_can_pick_is_compiled_and_exact(champion, f
                                rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.train  # fits the two members of the mean
 def test_a_mean_of_models_is_compiled_member_by_member_and_exact(champion, feature_table,
                                                                 tmp_path):
     """model.selection.ensemble: a MeanRegressor of differently configured models is served by
