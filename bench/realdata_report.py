@@ -23,30 +23,39 @@ def seasonal_skill(record: dict) -> float:
     return 1 - (1 - record["skill"]) / (1 - record["skill_vs_seasonal"])
 
 
+def label(result: dict, name: str) -> str:
+    """The data set's name, with the params.yaml overrides of its run if any."""
+    overrides = ", ".join(f"{k}={v}" for k, v in result.get("overrides", {}).items())
+    return f"{name} ({overrides})" if overrides else name
+
+
 def quality(results: list[dict]) -> str:
     lines = ["| data set | target | h | project skill | reference skill | difference | "
              "seasonal naive skill | coverage 80 % | n |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    differences = []
+    summaries = []
     for result in results:
         for name, out in result["datasets"].items():
             ref = {(r["target"], r["horizon"]): r for r in out.get("reference", [])}
+            shown = label(result, name)
+            differences = []
             for p in out.get("pipeline", []):
                 r = ref.get((p["target"], p["horizon"]))
                 diff = p["skill"] - r["skill"] if r else float("nan")
                 if r:
                     differences.append(diff)
                 lines.append(
-                    f"| {name} | {p['target']} | {p['horizon']} | {p['skill']:.3f} | "
+                    f"| {shown} | {p['target']} | {p['horizon']} | {p['skill']:.3f} | "
                     f"{r['skill'] if r else float('nan'):.3f} | {diff:+.3f} | "
                     f"{seasonal_skill(p):.3f} | {p.get('coverage', float('nan')):.1%} | "
                     f"{p['n']:,} |")
-    if differences:
-        lines.append("")
-        lines.append(f"Project minus reference: median {statistics.median(differences):+.3f}, "
-                     f"worst {min(differences):+.3f}, best {max(differences):+.3f} over "
-                     f"{len(differences)} target x horizon.")
-    return "\n".join(lines)
+            if differences:
+                summaries.append(
+                    f"- {shown}: project minus reference median "
+                    f"{statistics.median(differences):+.3f}, worst {min(differences):+.3f}, "
+                    f"best {max(differences):+.3f}, at or above at "
+                    f"{sum(d >= 0 for d in differences)} of {len(differences)}")
+    return "\n".join(lines + ([""] + summaries if summaries else []))
 
 
 def costs(results: list[dict]) -> str:
@@ -54,13 +63,14 @@ def costs(results: list[dict]) -> str:
              "|---|---|---:|---:|---:|---|"]
     for result in results:
         for name, out in result["datasets"].items():
+            shown = label(result, name)
             for s in out.get("steps", []):
-                lines.append(f"| {name} | {s['step']} | {s['wall_s']:.1f} | {s['cpu_s']:.1f} | "
+                lines.append(f"| {shown} | {s['step']} | {s['wall_s']:.1f} | {s['cpu_s']:.1f} | "
                              f"{s['peak_rss_mb']:,} | {s['load_1m_before']:.1f} / "
                              f"{s['load_1m_after']:.1f} |")
             if "reference_cost" in out:
                 c = out["reference_cost"]
-                lines.append(f"| {name} | reference (features, search, refit, test) | "
+                lines.append(f"| {shown} | reference (features, search, refit, test) | "
                              f"{c['wall_s']:.1f} | {c['cpu_s']:.1f} | | |")
     return "\n".join(lines)
 
