@@ -190,7 +190,10 @@ def run_pipeline(name: str, workdir: Path, phase: str, how: str,
               f" s cpu {result['peak_rss_mb']:6d} MB  load {result['load_1m_before']:.1f}",
               flush=True)
     predictions = pd.read_parquet(root / "reports" / "backtest" / "predictions.parquet")
-    meta_path = next((root / "models" / "candidate").glob("*.json"), None)
+    # the candidate's metadata: build/candidate/ today, models/candidate/ before
+    meta_path = next((p for p in (root / "build" / "candidate" / "metadata.json",
+                                  *(root / "models" / "candidate").glob("*.json"))
+                      if p.exists()), None)
     meta = json.loads(meta_path.read_text()) if meta_path else {}
     return predictions, steps, {"settings": meta.get("settings"),
                                 "dropped_features": meta.get("dropped_features"),

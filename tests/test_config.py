@@ -21,6 +21,27 @@ def test_repo_params_load_with_defaults():
     assert params.source.kind == "synthetic"
 
 
+def _differences(a, b, path=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b))
+                for d in _differences(a.get(k), b.get(k), f"{path}.{k}".lstrip("."))]
+    return [] if a == b else [f"{path}: params.yaml {a!r} != code {b!r}"]
+
+
+def test_params_yaml_states_the_code_defaults():
+    """The defaults decided on real data (docs/benchmarks.md) live twice: in params.yaml, which
+    users copy, and in pipeline/config.py, which fills every key a params.yaml leaves out (the
+    examples/realdata configs, tests). A change to one without the other fails here."""
+    raw = repo_params()
+    stated = parse_params(raw).model_dump(mode="json")
+    coded = parse_params({"locations": raw["locations"]}).model_dump(mode="json")
+    assert _differences(stated, coded) == []
+    assert stated["model"]["loss"] == "absolute_error"  # the comparison is not vacuous
+    raw["model"]["selection"]["ensemble"] = 3
+    assert _differences(parse_params(raw).model_dump(mode="json"), coded) == [
+        "model.selection.ensemble: params.yaml 3 != code 2"]
+
+
 @pytest.mark.parametrize(
     ("mutate", "key", "message"),
     [
