@@ -12,8 +12,11 @@ what its tasks need from the home host, beside PostgreSQL and Redis:
   ``predictions/``, ``reports/`` (files: GET, PUT, DELETE; directories: JSON listings),
   ``dvc.lock``, ``data.dvc``, ``metrics.json``, and ``params.yaml`` read-only, behind the
   user ``worker`` and a password (``AQ_STATE_PASSWORD``, else generated into
-  ``.stack/secrets/state.password``; nginx keeps only a salted hash, 0600). Nothing else of
-  the project (``.stack/``, ``.airflow/``, code, dot files) is served.
+  ``.stack/secrets/state.password``; nginx keeps only a salted hash, 0600);
+- the DVC cache's objects a worker's DVC commands made (``.dvc/cache/files/md5/``): PUT
+  and HEAD of content-addressed names only, never a read, a listing or a delete.
+
+Nothing else of the project (``.stack/``, ``.airflow/``, code, dot files) is served.
 
 nginx writes a PUT to a temporary file and renames it into place: a reader never sees half
 a file.
@@ -25,17 +28,20 @@ import base64
 import hashlib
 import os
 import pwd
+import re
 import secrets
 import shutil
 from pathlib import Path
 
-from pipeline.io.mirror import READ_ONLY, SHARED_DIRS, SHARED_FILES
+from pipeline.io.mirror import CACHE_OBJECTS, READ_ONLY, SHARED_DIRS, SHARED_FILES
 from pipeline.paths import ProjectPaths
 from pipeline.settings import HostsSettings, Ports, SettingsError
 from stack.supervisor import Program, ServiceError, Supervisor
 
 NAME = "gateway"
 PRIORITY = 350  # after the Airflow parts it fronts; stopped before them
+# a cache object's name (pipeline.io.mirror.cache_objects): sent home, never read from it
+CACHE_OBJECT_URI = "^/" + re.escape(CACHE_OBJECTS) + r"/[0-9a-f]{2}/[0-9a-f]{30}(\.dir)?$"
 MAX_BODY = "8g"  # the largest file a worker sends back (pipeline.io.mirror.MAX_FILE_BYTES)
 
 
@@ -96,6 +102,8 @@ def render(paths: ProjectPaths, ports: Ports, addresses: list[str], networks: li
     _write_private(home / "htpasswd", f"worker:{ssha(password)}\n")
     for top in SHARED_DIRS:  # nginx creates directories below these, not these
         (paths.root / top).mkdir(exist_ok=True)
+    if (paths.root / ".dvc").is_dir():
+        (paths.root / CACHE_OBJECTS).mkdir(parents=True, exist_ok=True)
     root = str(paths.root)
     user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
     # the launcher runs as root: nginx's workers write the project as its owner, not nobody
@@ -152,6 +160,9 @@ http {{
             proxy_pass http://127.0.0.1:{ports.pushgateway};
             proxy_read_timeout 30s;
             client_max_body_size 16m;
+        }}
+        location ~ "{CACHE_OBJECT_URI}" {{  # before the next: DVC objects a worker made
+            limit_except PUT HEAD {{ deny all; }}
         }}
         location ~ /\\. {{ return 404; }}  # locks, temporary files, DVC's state
 {shared}

@@ -9,8 +9,12 @@ read-only) what the home project holds; after the task succeeded, :meth:`Mirror.
 back what the task wrote, in the order it wrote it (a stage's ``dvc.lock`` after its
 outputs, a batch's ``status.json`` after its forecasts), and deletes what it removed. A
 failed task sends nothing: the home project only ever sees whole task results, and the
-retry starts again from it. Tasks that write the same file at once are kept apart as on one
-host: the ``dvc`` pool (one slot for the whole deployment) and the batches' own locations.
+retry starts again from it. The objects a task's DVC command put in the workspace's DVC
+cache (:data:`CACHE_OBJECTS`) go to the home project's cache first, before the outputs and
+the ``dvc.lock`` that name them: the home project can check out, push and ``dvc status``
+every version a worker recorded (the cache is only ever sent, never pulled). Tasks that
+write the same file at once are kept apart as on one host: the ``dvc`` pool (one slot for
+the whole deployment) and the batches' own locations.
 
 The gateway (``stack/gateway.py``) serves the home project's shared paths with nginx
 (GET, PUT and DELETE of files, JSON directory listings) behind a password; every request
@@ -42,6 +46,9 @@ READ_ONLY = ("params.yaml",)  # the home project's, pulled, never sent back
 # not code: never copied from the checkout into a workspace
 NOT_CODE = {*SHARED_DIRS, *SHARED_FILES, *READ_ONLY, ".stack", ".airflow", ".venv", ".git",
             ".pytest_cache", ".ruff_cache", "__pycache__", ".mypy_cache", "workspaces"}
+# DVC 3's content-addressed cache objects (``<2 hex>/<30 hex>``, ``.dir`` for a directory)
+CACHE_OBJECTS = ".dvc/cache/files/md5"
+_HEX = frozenset("0123456789abcdef")
 USER = "worker"  # the gateway's one user
 TIMEOUT_S = (10.0, 120.0)  # connect, then between bytes
 MAX_FILE_BYTES = 8 * 1024**3
@@ -77,6 +84,26 @@ def local_state(root: Path) -> dict[str, tuple[int, int]]:
                 if _shared(rel):
                     st = path.stat()
                     found[rel] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _object_name(prefix: str, name: str) -> bool:
+    digest = name.removesuffix(".dir")
+    return (len(prefix) == 2 and len(digest) == 30 and set(prefix + digest) <= _HEX)
+
+
+def cache_objects(root: Path) -> dict[str, tuple[int, int]]:
+    """The DVC cache objects of ``root``: relative path -> (size, mtime_ns); DVC's
+    temporary files left out."""
+    found = {}
+    base = root / CACHE_OBJECTS
+    for prefix in (os.listdir(base) if base.is_dir() else []):
+        if not (base / prefix).is_dir():
+            continue
+        for name in os.listdir(base / prefix):
+            if _object_name(prefix, name):
+                st = (base / prefix / name).stat()
+                found[f"{CACHE_OBJECTS}/{prefix}/{name}"] = (st.st_size, st.st_mtime_ns)
     return found
 
 
@@ -237,16 +264,35 @@ class Mirror:
             record.pop(rel, None)
         for rel in _topmost(local_dirs(self.root) - remote_dirs):
             shutil.rmtree(self.root / rel, ignore_errors=True)
-        record = {k: v for k, v in record.items() if v is not None and k in remote}
+        record = {k: v for k, v in record.items() if v is not None
+                  and (k in remote or k.startswith(CACHE_OBJECTS + "/"))}
         self._save_record(record)
         log.info("mirrored the home project: %d files fetched of %d, %d removed, %.1f s",
                  fetched, len(remote), len(set(local) - set(remote)),
                  time.monotonic() - started)
         return local_state(self.root), local_dirs(self.root)
 
+    def send_cache_objects(self, record: dict) -> int:
+        """Send the home project the workspace's DVC cache objects not sent before (the
+        record says which were; a failed task's are sent with the next push), unless it
+        has them; returns how many were sent."""
+        sent = 0
+        objects = cache_objects(self.root)
+        for rel in sorted(set(objects) - set(record), key=lambda rel: objects[rel][1]):
+            head = self._request("HEAD", rel)
+            if head.status_code == 200 and int(head.headers.get("Content-Length", -1)) == \
+                    objects[rel][0]:
+                modified = head.headers.get("Last-Modified", "")
+            else:
+                modified = self._upload(rel)
+                sent += 1
+            record[rel] = [objects[rel][0], modified, list(objects[rel])]
+        return sent
+
     def push(self, before: tuple[dict[str, tuple[int, int]], set[str]]) -> dict[str, int]:
-        """Send back what changed since ``before`` (:meth:`pull`'s), oldest write first;
-        delete the files and directories the task removed."""
+        """Send back the DVC cache objects the task added, then what changed since
+        ``before`` (:meth:`pull`'s), oldest write first; delete the files and directories
+        the task removed."""
         before_files, before_dirs = before
         after = local_state(self.root)
         changed = sorted((rel for rel, state in after.items()
@@ -256,6 +302,7 @@ class Mirror:
         removed = sorted(rel for rel in set(before_files) - set(after)
                          if not any(rel.startswith(d + "/") for d in removed_dirs))
         record = self._record()
+        objects = self.send_cache_objects(record)  # before the dvc.lock naming them
         for rel in changed:
             modified = self._upload(rel)
             record[rel] = [after[rel][0], modified, list(after[rel])]
@@ -270,9 +317,11 @@ class Mirror:
                 raise MirrorError(f"home project: DELETE {rel}/: HTTP {reply.status_code}")
             record = {k: v for k, v in record.items() if not k.startswith(rel + "/")}
         self._save_record(record)
-        log.info("sent back to the home project: %d files written, %d files and %d "
-                 "directories removed", len(changed), len(removed), len(removed_dirs))
-        return {"written": len(changed), "removed": len(removed) + len(removed_dirs)}
+        log.info("sent back to the home project: %d DVC cache objects, %d files written, "
+                 "%d files and %d directories removed", objects, len(changed), len(removed),
+                 len(removed_dirs))
+        return {"objects": objects, "written": len(changed),
+                "removed": len(removed) + len(removed_dirs)}
 
 
 def _http_time(value: str) -> float:

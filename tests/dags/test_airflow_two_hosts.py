@@ -307,6 +307,7 @@ def test_retraining_and_forecasts_on_two_hosts_equal_one_host(two_hosts, api):
     worker_paths = two_hosts["worker_paths"]
     airflow_local.set_paused(paths, False, ["aq_retrain", "aq_predict"])
     hosts = set()
+    ran_on = {}  # task -> host, for the message of a failure below
     for dag_id in ("aq_retrain", "aq_predict"):
         runs = [(dag_id, api.trigger(dag_id, None))]
         assert set(api.wait_finished(runs).values()) == {"success"}, failure_report(paths, runs)
@@ -315,6 +316,8 @@ def test_retraining_and_forecasts_on_two_hosts_equal_one_host(two_hosts, api):
         batches = [ti for ti in tis if ti["task_id"].endswith("_batch")]
         assert len(batches) == LOCATIONS
         hosts |= {ti["hostname"].split("@")[0] for ti in tis}
+        ran_on |= {f"{dag_id}.{ti['task_id']}": ti["hostname"].split("@")[0] for ti in tis
+                   if ti.get("map_index", -1) == -1}
     assert hosts == {"worker1", WORKER}, hosts  # tasks ran on both hosts
 
     # the second host worked in its own workspaces, mirrored through the gateway
@@ -337,7 +340,7 @@ def test_retraining_and_forecasts_on_two_hosts_equal_one_host(two_hosts, api):
     # and dvc.lock records every stage as `dvc repro` would have
     status = run(["dvc", "status", "preprocess", "train", "evaluate", "promote", "predict"],
                  cwd=home).stdout
-    assert "up to date" in status, status
+    assert "up to date" in status, (status, ran_on)
 
 
 def test_every_process_of_the_second_host_lives_in_its_namespace(two_hosts):

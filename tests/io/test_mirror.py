@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from pipeline.io.mirror import Mirror, MirrorError, Workspace, local_state
+from pipeline.io.mirror import CACHE_OBJECTS, Mirror, MirrorError, Workspace, local_state
 from pipeline.paths import ProjectPaths
 from pipeline.settings import Ports
 from stack import gateway
@@ -89,7 +89,7 @@ def test_pull_mirrors_the_shared_state_and_push_sends_back_what_a_task_wrote(hom
     shutil.rmtree(workspace / "data/raw/source=s/location=b")
     (workspace / "dvc.lock").write_text("lock 2")
     sent = mirror.push(before)
-    assert sent == {"written": 4, "removed": 1}
+    assert sent == {"objects": 0, "written": 4, "removed": 1}
     assert (root / "build/features/location=a/part.parquet").read_text() == "fa 2"
     assert (root / "predictions/pending/location=a/status.json").read_text() == "{}"
     assert (root / "dvc.lock").read_text() == "lock 2"
@@ -112,6 +112,56 @@ def test_pull_mirrors_the_shared_state_and_push_sends_back_what_a_task_wrote(hom
     (root / "reports/quality.json").write_text('{"rows": 2}')  # same size, same second
     again.pull()
     assert (workspace / "reports/quality.json").read_text() == '{"rows": 2}'
+
+
+def test_push_sends_the_dvc_cache_objects_a_task_made_before_the_lock_naming_them(home,
+                                                                                  tmp_path):
+    """A stage committed on a worker host is in the home project's DVC cache too: `dvc
+    status` there finds its outputs, `dvc checkout` and `dvc push` can use them."""
+    root, url = home
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    objects = workspace / CACHE_OBJECTS
+    kept = objects / "0a" / ("b" * 30)  # in the workspace's cache before: home has it
+    kept.parent.mkdir(parents=True)
+    kept.write_text("old object")
+    (root / CACHE_OBJECTS / "0a").mkdir(parents=True)
+    (root / CACHE_OBJECTS / "0a" / ("b" * 30)).write_text("old object")
+    mirror = Mirror(url, PASSWORD, workspace)
+    before = mirror.pull()
+    assert not (workspace / CACHE_OBJECTS / "ab").exists()  # the cache is never pulled
+
+    # a task: `dvc commit` caches a directory output, then writes dvc.lock
+    time.sleep(1.1)
+    made = {f"12/{'3' * 30}": "a file of the output", f"45/{'6' * 30}.dir": "[the listing]"}
+    for rel, text in made.items():
+        (objects / rel).parent.mkdir(parents=True, exist_ok=True)
+        (objects / rel).write_text(text)
+    (objects / "12" / f"{'3' * 30}.a1b2.tmp").write_text("DVC's own temporary file")
+    (workspace / "build/candidate").mkdir(parents=True)
+    (workspace / "build/candidate/model.skops").write_text("model")
+    (workspace / "dvc.lock").write_text("lock 2")
+    assert mirror.push(before) == {"objects": 2, "written": 2, "removed": 0}
+    for rel, text in made.items():
+        assert (root / CACHE_OBJECTS / rel).read_text() == text
+    assert not (root / CACHE_OBJECTS / "12" / f"{'3' * 30}.a1b2.tmp").exists()
+    # the objects are home before the lock that names them
+    assert max(os.stat(root / CACHE_OBJECTS / rel).st_mtime_ns for rel in made) <= \
+        os.stat(root / "dvc.lock").st_mtime_ns
+    # sent once: the next task's push sends only the objects it made
+    assert Mirror(url, PASSWORD, workspace).push(mirror.pull()) == {
+        "objects": 0, "written": 0, "removed": 0}
+
+    # the gateway takes objects, nothing else of the cache, and never gives them out
+    auth = ("worker", PASSWORD)
+    cached = f"{url}/{CACHE_OBJECTS}/12/{'3' * 30}"
+    assert requests.get(cached, auth=auth, timeout=5).status_code == 403
+    assert requests.delete(cached, auth=auth, timeout=5).status_code == 403
+    assert requests.get(f"{url}/{CACHE_OBJECTS}/12/", auth=auth, timeout=5).status_code == 404
+    assert requests.put(f"{url}/{CACHE_OBJECTS}/12/not-an-object", data=b"x", auth=auth,
+                        timeout=5).status_code == 404
+    assert requests.put(f"{url}/.dvc/config", data=b"x", auth=auth, timeout=5).status_code == 404
+    assert requests.put(cached, data=b"x", timeout=5).status_code == 401
 
 
 def test_the_gateway_refuses_a_wrong_password_and_serves_only_the_shared_state(home, tmp_path):
