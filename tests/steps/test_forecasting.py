@@ -79,12 +79,13 @@ def test_a_location_with_an_isolated_hour_gets_no_forecast_and_no_aqi(project, c
         report = issue_forecasts(ctx, Champion.of(Registry(ctx.paths).load_champion()), run)
 
     assert set(report["withheld"]) == {"delhi"}
-    assert "of the model's features present (needs 80%)" in report["withheld"]["delhi"]
+    needs = ctx.params.forecast.min_input_completeness
+    assert f"of the model's features present (needs {needs:.0%})" in report["withheld"]["delhi"]
     assert "no forecast for delhi this run" in caplog.text
     latest = pd.read_parquet(ctx.paths.latest_predictions)
     assert set(latest["location_id"]) == {"berlin"}
     assert (latest["issue_time"] == lone).all()
-    assert (latest["input_completeness"] > 0.8).all()
+    assert (latest["input_completeness"] >= needs).all()
     assert (latest["hours_since_observation"] == 0).all()
     assert metric(run, "aq_forecast_degraded", location="delhi") == 1
     assert metric(run, "aq_forecast_degraded", location="berlin") == 0
