@@ -47,7 +47,7 @@ from pathlib import Path
 from pipeline.paths import ProjectPaths
 from pipeline.settings import CelerySettings, HostsSettings, Ports, SettingsError, StackSettings
 from stack import airflow_local
-from stack.supervisor import Program, Supervisor
+from stack.supervisor import Program, Supervisor, write_private
 
 log = logging.getLogger(__name__)
 
@@ -156,16 +156,6 @@ class Layout:
         return self.secrets_dir / f"{service}.password"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 from the first byte, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def password(layout: Layout, service: str, env: Mapping[str, str] | None = None) -> str:
     """The service's password: ``AQ_<SERVICE>_PASSWORD``, else the generated file (made once)."""
     try:
@@ -183,7 +173,7 @@ def password(layout: Layout, service: str, env: Mapping[str, str] | None = None)
     layout.secrets_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.secrets_dir, 0o700)
     value = secrets.token_urlsafe(32)
-    _write_private(path, value + "\n")
+    write_private(path, value + "\n")
     return value
 
 
@@ -453,7 +443,7 @@ def write_redis_config(layout: Layout, ports: Ports, redis_password: str) -> Pat
         "maxmemory-policy noeviction",  # a broker must refuse, never drop, messages
         'logfile ""',
     ]
-    _write_private(layout.redis_config, "\n".join(lines) + "\n")
+    write_private(layout.redis_config, "\n".join(lines) + "\n")
     return layout.redis_config
 
 

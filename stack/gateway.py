@@ -36,7 +36,7 @@ from pathlib import Path
 from pipeline.io.mirror import CACHE_OBJECTS, READ_ONLY, SHARED_DIRS, SHARED_FILES
 from pipeline.paths import ProjectPaths
 from pipeline.settings import HostsSettings, Ports, SettingsError
-from stack.supervisor import Program, ServiceError, Supervisor
+from stack.supervisor import Program, ServiceError, Supervisor, write_private
 
 NAME = "gateway"
 PRIORITY = 350  # after the Airflow parts it fronts; stopped before them
@@ -67,17 +67,8 @@ def state_password(paths: ProjectPaths) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     value = secrets.token_urlsafe(32)
-    _write_private(path, value + "\n")
+    write_private(path, value + "\n")
     return value
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def ssha(password: str) -> str:
@@ -99,7 +90,7 @@ def render(paths: ProjectPaths, ports: Ports, addresses: list[str], networks: li
     for sub in ("temp/body", "temp/proxy", "temp/fastcgi", "temp/uwsgi", "temp/scgi"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
-    _write_private(home / "htpasswd", f"worker:{ssha(password)}\n")
+    write_private(home / "htpasswd", f"worker:{ssha(password)}\n")
     for top in SHARED_DIRS:  # nginx creates directories below these, not these
         (paths.root / top).mkdir(exist_ok=True)
     if (paths.root / ".dvc").is_dir():
@@ -173,7 +164,7 @@ http {{
 }}
 """
     path = home / "nginx.conf"
-    _write_private(path, config)
+    write_private(path, config)
     return path
 
 

@@ -190,6 +190,17 @@ def launch_environment(environ: Mapping[str, str] | None = None) -> dict[str, st
 # ----------------------------------------------------------------------------- processes
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 from the first byte, atomically (configs
+    and passwords the launcher renders)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
 def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
     """(state, pgrp, session, start_ticks) of a live process, or None."""
     try:
@@ -333,12 +344,7 @@ class Supervisor:
         return self.daemon_pid() is not None
 
     def _write_private(self, path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
+        write_private(path, text)
 
     def _private_dir(self, path: Path) -> None:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
