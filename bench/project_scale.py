@@ -28,19 +28,20 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 CORES_PER_WORKER = 2
 
+HOME, MAPPED, ONE_CORE = "home host", "mapped: every slot", "one task, 1 core"
 # how each step's work grows, and where the DAGs run it (dags/aq_*.py, docs/airflow.md)
 LAWS = {
-    "ingest": ("location-years", "home", "linear in location-hours (probe: 50 -> 200 places)"),
-    "preprocess": ("location-years", "mapped", "linear in location-hours (probe)"),
-    "train": ("train", "train", "scan linear in feature rows + fits constant "
+    "ingest": ("location-years", HOME, "linear in location-hours (probe: 50 -> 200 places)"),
+    "preprocess": ("location-years", MAPPED, "linear in location-hours (probe)"),
+    "train": ("train", "one task, 2 cores", "scan linear in feature rows + fits constant "
               "(sample of max_train_rows)"),
-    "evaluate": ("locations", "one core", "linear in places (60-day holdout), not years"),
-    "promote": ("locations", "one core", "re-scores the champion on the holdout: assumed "
+    "evaluate": ("locations", ONE_CORE, "linear in places (60-day holdout), not years"),
+    "promote": ("locations", ONE_CORE, "re-scores the champion on the holdout: assumed "
                 "evaluate's rate per place"),
-    "predict": ("locations", "mapped", "linear in places (latest window)"),
-    "score": ("locations", "one core", "assumed predict's rate per place (the bench had "
+    "predict": ("locations", MAPPED, "linear in places (latest window)"),
+    "score": ("locations", ONE_CORE, "assumed predict's rate per place (the bench had "
               "nothing to score)"),
-    "drift": ("locations", "one core", "linear in places (14-day window), batched"),
+    "drift": ("locations", ONE_CORE, "linear in places (14-day window), batched"),
 }
 MEMORY = {
     "ingest": "flat: groups of places per worker process",
@@ -178,9 +179,9 @@ def project(inputs: dict, probe: dict, locations: int, years: float,
                 base = steps["predict"]["cpu_s"]
             cpu = linear(base, start, k)
             for n in workers:
-                if where == "mapped":
+                if where == MAPPED:
                     walls[n] = mapped_wall(cpu, batches, overhead, n * celery["slots_per_worker"])
-                elif where == "home":  # the backfill command, AQ_PROCESSES on the home host
+                elif where == HOME:  # the backfill command, AQ_PROCESSES on the home host
                     walls[n] = cpu / CORES_PER_WORKER
                 else:
                     walls[n] = cpu
@@ -203,7 +204,7 @@ def project(inputs: dict, probe: dict, locations: int, years: float,
     # aq_ingest maps AQ_INGEST_BATCH_SIZE places per task, on the home host only
     startup = ingest_tasks * overhead / home_slots
     rows.append(Row(f"aq_ingest: start-up of {ingest_tasks:,} tasks each hour",
-                    "per task (Celery)", "home", ingest_tasks * overhead,
+                    "per task (Celery)", HOME, ingest_tasks * overhead,
                     dict.fromkeys(workers, startup)))
 
     # the worker mirror (pipeline/io/mirror.py): every task slot on another host mirrors the

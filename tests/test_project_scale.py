@@ -174,3 +174,11 @@ def test_the_committed_measurements_project_5000_places(scale, capsys):
     out = capsys.readouterr().out
     assert "5,000 places × 2 years" in out
     assert "Largest step of the nightly retrain: N=1:" in out
+
+
+def test_the_table_in_the_benchmarks_doc_is_what_the_script_prints(scale):
+    """docs/benchmarks.md quotes the projection of the committed results files verbatim."""
+    p = scale.project(scale.load(scale.RESULTS / "scale_inputs.json"),
+                      scale.load(scale.RESULTS / "scale_probe.json"), 5000, 2.0, [1, 2, 4, 8])
+    doc = (BENCH.parent / "docs" / "benchmarks.md").read_text()
+    assert scale.markdown(p) in doc
