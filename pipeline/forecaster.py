@@ -330,8 +330,8 @@ def _rows(champion: Champion, predicted: Mapping[tuple[str, int], np.ndarray], i
     unknown = np.full(n, np.nan)
     extra, ages = inputs.extra, inputs.hours_since or {}
     out: dict[str, np.ndarray] = {
-        "location_id": np.tile(locations, m),
-        "issue_time": np.tile(issue, m),
+        "location_id": _tile(locations, m),
+        "issue_time": _tile(issue, m),
         "target": np.repeat(champion.key_targets, n),
         "horizon": np.repeat(champion.key_horizons, n),
         "target_time": (issue[None, :] + champion.key_horizons.astype("timedelta64[h]")[:, None]
@@ -339,7 +339,7 @@ def _rows(champion: Champion, predicted: Mapping[tuple[str, int], np.ndarray], i
         "value": value.reshape(-1),
         "persistence": np.concatenate([extra[key.target][kept] if key.target in extra
                                        else unknown for key in keys]),
-        "input_completeness": np.tile(completeness[kept], m),
+        "input_completeness": _tile(completeness[kept], m),
         "hours_since_observation": np.concatenate([ages[key.target][kept] if key.target in ages
                                                    else unknown for key in keys]),
         "model_version": np.full(n * m, champion.version, dtype=object),
@@ -377,6 +377,12 @@ def _rows(champion: Champion, predicted: Mapping[tuple[str, int], np.ndarray], i
     for j, column in enumerate((LOWER, UPPER, *PROBABILITY_COLUMNS)):
         out[column] = uncertainty[j].reshape(-1)
     return out
+
+
+def _tile(values: np.ndarray, m: int) -> np.ndarray:
+    """``np.tile(values, m)`` of a 1-D array: the same new array, without np.tile's Python
+    set-up (2.6 against 1.1 us a call on the online path's one row)."""
+    return np.concatenate([values] * m) if m else values[:0].copy()
 
 
 def _json_column(column: str, values: Any) -> list[Any]:

@@ -301,16 +301,39 @@ class FusedTrees:
     starts: np.ndarray  # each member's first tree
     bases: np.ndarray  # each member's base score
     runner: Gtil  # per tree
+    # members sharing a target form (and whether they have an anchor), inverted in one call:
+    # (form, their positions, their anchors' columns or None, their fallbacks)
+    _forms: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]] = field(init=False)
+    _first: np.ndarray = field(init=False)  # each key's first member (members are key-major)
+    _count: np.ndarray = field(init=False)  # each key's number of members
+
+    def __post_init__(self) -> None:
+        groups: dict[tuple[str, bool], list[int]] = {}
+        for j, (_, member, anchor) in enumerate(self.members):
+            groups.setdefault((member._form, anchor >= 0), []).append(j)
+        self._forms = [(form, np.array(js, dtype=np.intp),
+                        np.array([self.members[j][2] for j in js], dtype=np.intp) if anchored
+                        else None,
+                        np.array([self.members[j][1]._fallback for j in js], dtype=np.float64))
+                       for (form, anchored), js in groups.items()]
+        positions = [k for k, _, _ in self.members]
+        if positions != sorted(positions) or set(positions) != set(range(len(self.keys))):
+            raise ValueError("fused members must be grouped by key, every key present")
+        self._first = np.searchsorted(positions, np.arange(len(self.keys))).astype(np.intp)
+        self._count = np.bincount(positions, minlength=len(self.keys)).astype(np.float64)
 
     def predict(self, rows: np.ndarray) -> dict[ModelKey, np.ndarray]:
+        """Each member's trees, its inverse transform (every member of a form in one call of
+        the one ``inverse_target``), then each key's mean of its members (a sum and one
+        division, as ``np.mean`` does; one member: divided by 1)."""
         raw = np.add.reduceat(self.runner(rows), self.starts, axis=1) + self.bases
-        outputs: list[list[np.ndarray]] = [[] for _ in self.keys]
-        for j, (k, member, anchor) in enumerate(self.members):
-            outputs[k].append(inverse_target(member._form, raw[:, j],
-                                             rows[:, anchor] if anchor >= 0 else None,
-                                             member._fallback))
-        return {key: found[0] if len(found) == 1 else np.mean(found, axis=0)
-                for key, found in zip(self.keys, outputs, strict=True)}
+        value = np.empty_like(raw)
+        for form, js, anchors, fallbacks in self._forms:
+            value[:, js] = inverse_target(form, raw[:, js],
+                                          None if anchors is None else rows[:, anchors],
+                                          fallbacks)
+        mean = np.add.reduceat(value, self._first, axis=1) / self._count
+        return {key: mean[:, k] for k, key in enumerate(self.keys)}
 
 
 def fuse(predictors: Mapping[ModelKey, Predictor], features: Sequence[str],

@@ -10,6 +10,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.context import Context
+from pipeline.core.keys import ModelKey
 from pipeline.io.feature_store import FeatureStore
 from pipeline.io.registry import Registry, save_bundle
 from pipeline.settings import ServingSettings, Settings
@@ -19,6 +20,7 @@ from serving.predictor import (
     TREELITE,
     ServedModel,
     build_predictor,
+    fuse,
     fused_difference,
     verification_rows,
 )
@@ -75,6 +77,36 @@ def test_every_compiled_model_is_evaluated_in_one_treelite_call_and_exact(served
     assert fused_difference(model.fused, model.predictors, model.features, rows) == ""
     model.fused.bases[-1] += 0.01  # one member's trees now say something else
     assert "against" in fused_difference(model.fused, model.predictors, model.features, rows)
+
+
+def test_fused_trees_invert_each_member_as_its_own_predictor_does(served_project, champion,
+                                                                  feature_table):
+    """The fused trees invert every member of a form in one call and average by key: the
+    same floats as each member's own inverse (``Predictor._finish``) then ``np.mean`` of a
+    mean's members, bit for bit, rows with a missing anchor included."""
+    state = ServingState(Context.load(served_project.root, settings=Settings()),
+                         ServingSettings())
+    model = state.compile(champion.metadata, champion.models)
+    fused = model.fused
+    rows = feature_table[list(model.features)].to_numpy(dtype=np.float64)[-200:].copy()
+    anchors = {a for _, _, a in fused.members if a >= 0}
+    assert anchors
+    rows[::7, sorted(anchors)] = np.nan  # the fallback branch
+    assert_fused_inverts_member_by_member(fused, list(model.features), rows)
+
+
+def assert_fused_inverts_member_by_member(fused, features: list[str], rows: np.ndarray) -> None:
+    """``fused.predict`` is each member's own inverse of its trees' sum, then np.mean."""
+    raw = np.add.reduceat(fused.runner(rows), fused.starts, axis=1) + fused.bases
+    by_key: dict = {}
+    for j, (k, member, _) in enumerate(fused.members):
+        mine = rows[:, [features.index(c) for c in member.columns]]
+        by_key.setdefault(fused.keys[k], []).append(member._finish(mine, raw[:, j]))
+    got = fused.predict(rows)
+    assert list(got) == list(by_key)
+    for key, found in by_key.items():
+        expected = found[0] if len(found) == 1 else np.mean(found, axis=0)
+        np.testing.assert_array_equal(got[key], expected, err_msg=str(key))
 
 
 def test_one_row_at_a_time_equals_the_batch_of_rows(champion, feature_table):
@@ -139,6 +171,17 @@ def test_a_mean_of_models_is_compiled_member_by_member_and_exact(champion, featu
     np.testing.assert_allclose(expected, np.mean([m.predict(feature_table) for m in members],
                                                  axis=0), rtol=1e-12)
     np.testing.assert_allclose(predictor.predict(rows), expected, rtol=1e-12, atol=1e-9)
+    # fused with a one-model key: two target forms, a mean and a single model in one call
+    alone = build_predictor("pm2_5", 1, members[1], features, rows[:200])
+    fused = fuse({ModelKey("pm2_5", 1): alone, ModelKey("pm2_5", 6): predictor}, features,
+                 rows[:200])
+    assert fused is not None
+    assert len(fused._forms) == 2
+    with_gaps = rows[:300].copy()
+    with_gaps[::5, [features.index("pm2_5_log")]] = np.nan  # the anchor's fallback
+    assert_fused_inverts_member_by_member(fused, list(features), with_gaps)
+    np.testing.assert_allclose(fused.predict(rows)[ModelKey("pm2_5", 6)], expected,
+                               rtol=1e-12, atol=1e-9)
     # a member the fast path cannot take: the whole mean is served by scikit-learn, and says so
     forest = Pipeline([("select", members[1].steps[0][1]),
                        ("model", RandomForestRegressor(n_estimators=3, random_state=0))])

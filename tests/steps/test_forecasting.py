@@ -8,12 +8,13 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from pipeline.context import Context
 from pipeline.errors import PipelineError
-from pipeline.forecaster import Champion
+from pipeline.forecaster import Champion, _tile
 from pipeline.io.metrics import StepRun
 from pipeline.io.registry import Registry
 from pipeline.settings import Settings
@@ -288,3 +289,16 @@ def test_a_full_disk_during_train_leaves_no_temporary_file(project, tmp_path):
     assert "build/candidate/model.skops" in out  # the file it could not write
     assert "Traceback" not in out
     assert not [name for name in leftovers if name.endswith(".tmp")], leftovers
+
+
+def test_the_rows_repeat_per_model_as_np_tile_does():
+    """forecaster._tile (the one-row path's repeat of each input column per model) is
+    np.tile's copy for each column type a forecast row carries."""
+    for values in (np.array(["a", "b"], dtype=object), np.array([0.5, np.nan]),
+                   np.array(["2025-01-01T00", "2025-01-01T01"], dtype="datetime64[us]"),
+                   np.zeros(0)):
+        for m in (0, 1, 4):
+            got = _tile(values, m)
+            np.testing.assert_array_equal(got, np.tile(values, m))
+            assert got.dtype == values.dtype
+            assert not np.shares_memory(got, values)  # a copy, as np.tile gives
