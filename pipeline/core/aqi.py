@@ -35,6 +35,13 @@ _BREAKPOINTS = {
 }
 
 
+# the same tables as float arrays, made once (converting them cost a few us per online call)
+_TABLES = {p: (np.array(lows, dtype=float), np.array(highs, dtype=float))
+           for p, (lows, highs) in _BREAKPOINTS.items()}
+for _table in _TABLES.values():
+    for _array in _table:
+        _array.setflags(write=False)
+
 # EPA truncates concentrations before the lookup: PM2.5 and CO to 0.1, the rest to integers
 _DECIMALS = {"pm2_5": 1, "pm10": 0, "no2": 0, "o3": 0, "so2": 0, "co": 1}
 
@@ -54,7 +61,7 @@ def aqi(pollutant: str, values) -> np.ndarray:
     conc = np.maximum(_epa_units(pollutant, np.asarray(values, dtype=float)), 0)
     scale = 10.0 ** _DECIMALS[pollutant]
     conc = np.floor(conc * scale + 1e-6) / scale
-    lows, highs = (np.asarray(b, dtype=float) for b in _BREAKPOINTS[pollutant])
+    lows, highs = _TABLES[pollutant]
     idx = np.searchsorted(highs, conc, side="left")
     idx = np.minimum(idx, len(highs) - 1)
     c_lo, c_hi = lows[idx], highs[idx]
