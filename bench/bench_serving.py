@@ -20,13 +20,15 @@ new connection per request as sync workers close them), interleaved round by rou
     v2               MLServer's V2 infer of the stored newest hour (as post)
 
 Per configuration: req/s, p50/p99 latency, server CPU per request (user + system, /proc: the
-gunicorn master and workers, plus nginx and mtail through the front door), and the ratio to
-the reference of the same round. A soak run of ``--soak`` seconds on post_obs (front door)
+gunicorn master and workers, plus nginx and mtail through the front door), the load driver's
+own CPU per request (it shares the cores: with the server's, it sets the req/s), and the ratio
+to the reference of the same round. A soak run of ``--soak`` seconds on post_obs (front door)
 samples each worker's RSS (flat = no growth).
 
     .venv/bin/python bench/bench_serving.py                       # 3 rounds x 15 s, 10 min soak
     .venv/bin/python bench/bench_serving.py --rounds 1 --seconds 5 --soak 0   # quick look
     .venv/bin/python bench/bench_serving.py --no-v2       # without MLServer (.venv-mlserver)
+    .venv/bin/python bench/bench_serving.py --only post_obs post_obs_direct  # and the reference
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import http.client
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -277,11 +280,18 @@ def measure(server: Server | FrontDoor | Direct, method: str, path: str, body: b
             connections: int, seconds: float) -> dict:
     drive(server, method, path, body, connections, 1.0)  # warm-up
     pids = server.pids
-    cpu0 = cpu_seconds(pids)
+    cpu0, client0 = cpu_seconds(pids), own_cpu_seconds()
     result = drive(server, method, path, body, connections, seconds)
-    result["cpu_ms_per_request"] = ((cpu_seconds(pids) - cpu0) / max(result["requests"], 1)
-                                    * 1000)
+    done = max(result["requests"], 1)
+    result["cpu_ms_per_request"] = (cpu_seconds(pids) - cpu0) / done * 1000
+    # the load driver shares the 2 cores: its CPU per request bounds the req/s ratio
+    result["client_cpu_ms_per_request"] = (own_cpu_seconds() - client0) / done * 1000
     return result
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def load_average() -> str:
@@ -303,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the reference apps' folder (default: ../shared/bench-anchors)")
     parser.add_argument("--no-v2", dest="v2", action="store_false",
                         help="leave out MLServer's V2 endpoint (.venv-mlserver)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="CONFIG",
+                        help="run only these configurations (reference is always run: the "
+                             "ratios need it), e.g. --only post_obs post_obs_direct")
     args = parser.parse_args(argv)
     anchors = args.anchors.resolve()
     if not (anchors / "baseline_app.py").exists():
@@ -325,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "--pythonpath", str(anchors), "baseline_app:app"],
                        {**base_env, "BASELINE": "seed"}, anchors, ref_port, "/healthz")
     v2 = None
+    if args.only is not None and not {"v2", "v2_obs"} & set(args.only):
+        args.v2 = False
     if args.v2:  # MLServer from its own venv, as `make run` starts it (stack/mlserver_local.py)
         v2_port = free_port()
         (work / "mlserver").mkdir()
@@ -369,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
                                              "data": [json.dumps(observations)]}]}).encode())
             configs["v2"] = (v2, "POST", "/v2/models/aq-forecast/infer",
                              json.dumps({"inputs": [location_input]}).encode())
+        if args.only is not None:
+            unknown = set(args.only) - set(configs)
+            if unknown:
+                raise SystemExit(f"--only: unknown configuration(s) {sorted(unknown)}; "
+                                 f"known: {sorted(configs)}")
+            configs = {k: v for k, v in configs.items() if k == "reference" or k in args.only}
         rounds = []
         for i in range(args.rounds):
             row = {"load_average": load_average()}
@@ -377,12 +398,14 @@ def main(argv: list[str] | None = None) -> int:
                 r = row[name]
                 print(f"round {i + 1} {name:<15} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.2f} ms"
                       f"  p99 {r['p99_ms']:7.2f} ms  cpu {r['cpu_ms_per_request']:5.2f} ms/req"
+                      f" (client {r['client_cpu_ms_per_request']:4.2f})"
                       f"  errors {r['errors']}  (load {row['load_average']})", flush=True)
             rounds.append(row)
         summary = {}
         for name in configs:
             summary[name] = {k: statistics.median(r[name][k] for r in rounds)
-                             for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request")}
+                             for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request",
+                                       "client_cpu_ms_per_request")}
             summary[name]["ratio_rps_to_reference"] = statistics.median(
                 r[name]["rps"] / r["reference"]["rps"] for r in rounds)
             summary[name]["errors"] = sum(r[name]["errors"] for r in rounds)
@@ -419,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"summary": summary, "rss_mb": rss, "soak": soak and {
         k: soak[k] for k in ("requests", "start_rss_mb", "end_rss_mb")}}, indent=2))
     for name in ("post_obs", "post_obs_direct"):
+        if name not in summary:
+            continue
         print(f"{name}: {summary[name]['ratio_rps_to_reference']:.2f}x the reference (median "
               f"of the rounds), p99 {summary[name]['p99_ms']:.1f} ms, "
               f"{summary[name]['cpu_ms_per_request']:.2f} ms CPU per request")

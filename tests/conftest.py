@@ -12,7 +12,7 @@ import yaml
 from pipeline.__main__ import quiet_openmp_waits
 from pipeline.context import Context
 from pipeline.settings import Settings
-from tests import tiers
+from tests import scheduling, tiers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,22 +29,6 @@ SMALL_PARAMS = {
     # train small models quickly; the search is exercised on its own and in dvc repro
     "model": {"max_iter": 80, "selection": {"max_fits": 1}},
 }
-
-
-# Directories whose tests share a session-scoped fixture (a trained served project, the
-# observed stack run, the Airflow tests' metadata DB): under `pytest -n` (xdist) each of them
-# runs on one worker, in file order, so the fixture is built once; every other file is a unit of
-# its own (module fixtures built once, tests in file order). xdist's own `loadgroup` cannot do
-# this here: it renames node ids, which pytest 9.2 no longer allows (the marks are ignored).
-SHARED_FIXTURE_DIRS = {"dags", "serving", "integration", "mlops"}
-
-
-def scheduling_unit(nodeid: str) -> str:
-    path = nodeid.split("::", 1)[0]
-    parts = path.split("/")
-    if len(parts) > 2 and parts[0] == "tests" and parts[1] in SHARED_FIXTURE_DIRS:
-        return f"tests/{parts[1]}"
-    return path
 
 
 def pytest_configure(config):
@@ -68,13 +52,9 @@ def pytest_runtest_call(item):
 
 
 def pytest_xdist_make_scheduler(config, log):
-    from xdist.scheduler import LoadScopeScheduling
-
-    class SharedFixtureScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return scheduling_unit(nodeid)
-
-    return SharedFixtureScheduling(config, log)
+    """Units (a file, or a directory sharing a dear session fixture) longest first:
+    tests/scheduling.py."""
+    return scheduling.make_scheduler(config, log)
 
 
 def free_port() -> int:
