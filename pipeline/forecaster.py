@@ -37,6 +37,8 @@ from pipeline.core.intervals import (
     PROBABILITY_COLUMNS,
     UPPER,
     model_calibration,
+    scale_input,
+    scale_inputs,
     uncertainty_of_models,
 )
 from pipeline.core.keys import ModelKey
@@ -168,8 +170,8 @@ class Champion:
     @functools.cached_property
     def scale_columns(self) -> list[str]:
         """The feature columns the intervals scale by."""
-        return sorted({c["scale"]["column"] for c in self.calibration.values()
-                       if c.get("scale")})
+        return sorted({c for calibration in self.calibration.values()
+                       for c in scale_inputs(calibration)})
 
     def code(self, location_id: str) -> float:
         code = self.location_codes.get(location_id)
@@ -359,12 +361,13 @@ def _rows(champion: Champion, predicted: Mapping[tuple[str, int], np.ndarray], i
         targets = [keys[i].target for i in models]
         volatility = []
         for i, calibration in zip(models, calibrations, strict=True):
-            column = (calibration.get("scale") or {}).get("column")
-            found = None if column is None else inputs.extra.get(column)
-            if column is not None and found is None:
-                raise ChampionError(f"the {keys[i]} interval scales by {column!r}: the inputs "
-                                    "lack it")
-            volatility.append(None if found is None else found[kept])
+            missing = [c for c in scale_inputs(calibration) if c not in inputs.extra]
+            if missing:
+                raise ChampionError(f"the {keys[i]} interval scales by {missing[0]!r}: the "
+                                    "inputs lack it")
+            scale = calibration.get("scale")
+            volatility.append(None if not scale else
+                              scale_input(scale, lambda c: inputs.extra[c])[kept])
         for location in dict.fromkeys(locations):
             rows = np.flatnonzero(locations == location) if n > 1 else slice(None)
             lower, upper, chances = uncertainty_of_models(

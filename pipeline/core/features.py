@@ -548,7 +548,8 @@ def _rolling(var: str, width: int) -> FeatureBlock:
     def kernel(g, pos, p, done):
         return np.stack(rolling_stats(g.series[var], pos, width, max(1, width // 2)), axis=1)
 
-    return FeatureBlock((f"{var}_mean{width}", f"{var}_std{width}"), kernel, width - 1)
+    std, mean = spread_columns(var, width)
+    return FeatureBlock((mean, std), kernel, width - 1)
 
 
 def _diffs(var: str, steps: Sequence[int]) -> FeatureBlock:
@@ -722,6 +723,16 @@ def _anomalies(variable: str) -> FeatureBlock:
 
 def volatility_column(target: str) -> str:
     return f"{target}_vol24"
+
+
+SPREAD_HOURS = 72  # the rolling window whose relative spread may scale long-horizon intervals
+
+
+def spread_columns(target: str, width: int = SPREAD_HOURS) -> tuple[str, str]:
+    """The rolling standard deviation and mean of ``target`` over ``width`` hours (present
+    when ``features.rolling_windows`` holds ``width``): their ratio is the series' relative
+    spread over the last days, which a long-horizon interval may scale by (``intervals.py``)."""
+    return f"{target}_std{width}", f"{target}_mean{width}"
 
 
 def _volatility(target: str) -> FeatureBlock:

@@ -12,11 +12,14 @@ are smaller), so each location with enough calibration rows gets its own quantil
 (Mondrian conformal prediction), and any other location the pooled ones.
 
 Locally adaptive: errors are larger when the series is restless, so each residual is
-divided by a scale known at the origin, ``max(volatility, floor) ** SCALE_POWER`` where the
-volatility is the RMS of the last 24 hourly log changes (the ``<target>_vol24`` feature),
-and the interval is ``log1p(p) + q * scale``. Without the division the intervals carry the
-calibration window's average restlessness into calmer or wilder weeks (docs/models.md has
-the coverage with the power 0, 0.5 and 1).
+divided by a scale known at the origin, ``max(input, floor) ** power``, and the interval is
+``log1p(p) + q * scale``. Two inputs are candidates (:func:`scale_candidates`): the RMS of
+the last 24 hourly log changes (``<target>_vol24``, power 0.5), which tracks the next hours'
+errors, and the relative spread of the last 72 hours (``<target>_std72 / <target>_mean72``,
+power 1), which tracks the errors a day ahead. Each model keeps the one whose intervals hold
+best from month to month of its calibration window (:func:`block_deviation`: each twelfth
+of the window covered by the quantiles of the other eleven): a scale that only describes
+the window's own weeks does not carry into the next year (docs/models.md has the figures).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.aqi import CATEGORIES, category_thresholds
+from pipeline.core.features import spread_columns, volatility_column
 from pipeline.core.keys import ModelKey
 
 LEVELS = tuple(round(x, 2) for x in np.linspace(0.01, 0.99, 99))
@@ -37,12 +41,41 @@ COVERAGE = 0.8  # the interval's nominal coverage
 LOWER, UPPER = "lower", "upper"
 PROBABILITY_PREFIX = "p_reach_"
 SCALE_POWER = 0.5  # errors grow with the recent volatility, less than proportionally
-SCALE_FLOOR = 0.02  # a volatility below this (a flat series) counts as this
+SCALE_FLOOR = 0.02  # a scale input below this (a flat series) counts as this
+PER_FLOOR = 0.5  # a mean below this (target units) counts as this in a relative spread
+CHOICE_BLOCKS = 12  # time-ordered blocks of the window that judge a scale (about months)
+CHOICE_MIN_ROWS = 1200  # fewer calibration rows: the first candidate, not judged
+
+
+def scale_candidates(target: str, columns) -> list[dict]:
+    """The scales a ``target`` interval may divide its errors by, those whose columns are in
+    ``columns``, the default first: the last day's volatility, then the last 3 days' relative
+    spread (:func:`pipeline.core.features.spread_columns`)."""
+    std, mean = spread_columns(target)
+    out = [{"column": volatility_column(target), "power": SCALE_POWER},
+           {"column": std, "per": mean, "power": 1.0}]
+    columns = set(columns)
+    return [c for c in out if c["column"] in columns and c.get("per", c["column"]) in columns]
+
+
+def scale_inputs(calibration: Mapping | None) -> list[str]:
+    """The columns a calibration's scale reads (none when it does not scale)."""
+    scale = (calibration or {}).get("scale") or {}
+    return [c for c in (scale.get("column"), scale.get("per")) if c]
+
+
+def scale_input(scale: Mapping, read) -> np.ndarray:
+    """The rows' scale input: ``read(column)``, divided by ``max(read(per), PER_FLOOR)`` for a
+    relative spread. ``read`` returns a column's values (raises when they are missing)."""
+    values = np.asarray(read(scale["column"]), float)
+    if scale.get("per"):
+        values = values / np.maximum(np.asarray(read(scale["per"]), float), PER_FLOOR)
+    return values
 
 
 def scale_values(volatility, scale: Mapping | None) -> np.ndarray | float:
-    """Each row's scale from its volatility (1 without a ``scale`` in the calibration); an
-    unknown volatility takes the calibration window's median."""
+    """Each row's scale from its scale input (1 without a ``scale`` in the calibration); an
+    unknown input takes the calibration window's median."""
     if not scale:
         return 1.0
     values = np.asarray(volatility, float)
@@ -63,24 +96,70 @@ def residual_quantiles(observed, predicted, scale=1.0) -> list[float]:
     return [round(float(q), 6) for q in np.quantile(residuals, LEVELS)]
 
 
+def _scaled_residuals(observed, predicted, scale) -> np.ndarray:
+    return (np.log1p(np.clip(observed, 0, None)) - np.log1p(np.clip(predicted, 0, None))) / scale
+
+
+def block_deviation(observed, predicted, locations, scales, times,
+                    coverage: float = COVERAGE, blocks: int = CHOICE_BLOCKS) -> float:
+    """How far the interval's coverage strays from ``coverage`` across the window's time:
+    the window cut into ``blocks`` time-ordered blocks of equal rows, each block covered by
+    the (per-location) quantiles of the other blocks; the root mean square of the blocks'
+    coverage minus ``coverage``. A scale that makes errors alike from season to season
+    scores low; one that only averages out over the whole window scores high."""
+    keep = np.isfinite(observed) & np.isfinite(predicted)
+    z = _scaled_residuals(observed[keep], predicted[keep], scales[keep])
+    locations, times = np.asarray(locations)[keep], np.asarray(times)[keep]
+    order = np.argsort(times, kind="stable")
+    block = np.empty(len(z), int)
+    block[order] = np.arange(len(z)) * blocks // max(len(z), 1)
+    tail = (1 - coverage) / 2
+    deviations = []
+    for k in range(blocks):
+        inside, rest = block == k, block != k
+        pooled = np.quantile(z[rest], (tail, 1 - tail))
+        covered = 0
+        for location in np.unique(locations[inside]):
+            here = inside & (locations == location)
+            own = rest & (locations == location)
+            low, high = np.quantile(z[own], (tail, 1 - tail)) \
+                if own.sum() >= MIN_ROWS_PER_LOCATION else pooled
+            covered += int(((z[here] >= low) & (z[here] <= high)).sum())
+        deviations.append(covered / inside.sum() - coverage)
+    return float(np.sqrt(np.mean(np.square(deviations))))
+
+
 def calibrate(observed, predicted, locations, volatility=None,
-              scale_column: str | None = None) -> dict:
+              scale_column: str | None = None, *, scales: Sequence | None = None,
+              times=None) -> dict:
     """Pooled quantiles, and per-location ones where a location has enough rows.
 
     With ``volatility`` (each row's value of ``scale_column`` at its origin) the residuals
-    are scaled (locally adaptive); the scale's settings travel in the result.
+    are scaled (locally adaptive); the scale's settings travel in the result. ``scales``
+    instead: candidates ``(spec, rows' scale input)`` (:func:`scale_candidates`,
+    :func:`scale_input`), the one with the lowest :func:`block_deviation` over ``times``
+    kept (the first when there is one, no ``times`` or under ``CHOICE_MIN_ROWS`` rows).
     """
     observed = np.asarray(observed, float)
     predicted = np.asarray(predicted, float)
     locations = np.asarray(locations)
-    scale = None
     if volatility is not None:
-        known = np.asarray(volatility, float)
+        scales = [({"column": scale_column, "power": SCALE_POWER}, volatility)]
+    candidates = []
+    for spec, values in scales or ():
+        known = np.asarray(values, float)
         known = known[np.isfinite(known)]
-        scale = {"column": scale_column, "power": SCALE_POWER, "floor": SCALE_FLOOR,
+        scale = {**spec, "floor": SCALE_FLOOR,
                  "fill": round(float(np.median(known)), 6) if len(known) else SCALE_FLOOR}
-    scales = np.broadcast_to(np.asarray(scale_values(volatility, scale), float),
-                             observed.shape)
+        candidates.append((scale, np.broadcast_to(
+            np.asarray(scale_values(values, scale), float), observed.shape)))
+    judged = {}
+    if len(candidates) > 1 and times is not None \
+            and np.isfinite(observed).sum() >= CHOICE_MIN_ROWS:
+        judged = {i: block_deviation(observed, predicted, locations, s, times)
+                  for i, (_, s) in enumerate(candidates)}
+    scale, scales = candidates[min(judged, key=judged.get) if judged else 0] \
+        if candidates else (None, np.ones_like(observed))
     by_location = {}
     for location in sorted(set(locations.tolist())):
         mask = (locations == location) & np.isfinite(observed)
@@ -91,6 +170,10 @@ def calibrate(observed, predicted, locations, volatility=None,
            "rows": int(np.isfinite(observed).sum()), "by_location": by_location}
     if scale is not None:
         out["scale"] = scale
+    if judged:  # each candidate's block deviation, for the record
+        out["scale_choice"] = [{**{k: c[k] for k in ("column", "per", "power") if k in c},
+                                "block_deviation": round(judged[i], 4)}
+                               for i, (c, _) in enumerate(candidates)]
     return out
 
 
@@ -145,9 +228,7 @@ def scale_columns(uncertainty: Mapping | None) -> list[str]:
     columns = set()
     for by_h in ((uncertainty or {}).get("by_model") or {}).values():
         for calibration in by_h.values():
-            column = ((calibration or {}).get("scale") or {}).get("column")
-            if column:
-                columns.add(column)
+            columns.update(scale_inputs(calibration))
     return sorted(columns)
 
 
@@ -243,13 +324,15 @@ def add_uncertainty(forecasts: pd.DataFrame, uncertainty: Mapping,
         calibration = model_calibration(uncertainty, target, horizon)
         if calibration is None:
             continue
-        column = (calibration.get("scale") or {}).get("column")
-        if column is not None and column not in out:
-            raise ValueError(f"the {target} h={horizon} interval scales by {column!r}: "
+        missing = [c for c in scale_inputs(calibration) if c not in out]
+        if missing:
+            raise ValueError(f"the {target} h={horizon} interval scales by {missing[0]!r}: "
                              "the forecasts must carry it")
+        scale = calibration.get("scale")
         lower, upper, probabilities = uncertainty_of(
             target, out.loc[index, value].to_numpy(dtype=float), calibration, location,
-            None if column is None else out.loc[index, column].to_numpy(dtype=float),
+            None if not scale else scale_input(
+                scale, lambda c, rows=index: out.loc[rows, c].to_numpy(dtype=float)),
             coverage)
         out.loc[index, LOWER], out.loc[index, UPPER] = lower, upper
         for name, values in probabilities.items():

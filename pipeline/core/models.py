@@ -30,6 +30,7 @@ from pipeline.core.features import (
     label_column,
     persistence_column,
     seasonal_column,
+    spread_columns,
     volatility_column,
 )
 from pipeline.core.keys import ModelKey, keys_of, nest
@@ -432,10 +433,10 @@ def holdout_predictions(
                     "predicted": estimator.predict(part),
                     "persistence": part[persistence_column(target)].to_numpy(np.float64),
                     "seasonal": part[seasonal_column(target, horizon)].to_numpy(np.float64),
-                    # what the interval scales by (intervals.py), for the holdout coverage
-                    **({volatility_column(target):
-                        part[volatility_column(target)].to_numpy(np.float64)}
-                       if volatility_column(target) in part else {}),
+                    # what the interval may scale by (intervals.py), for the holdout coverage
+                    **{c: part[c].to_numpy(np.float64)
+                       for c in (volatility_column(target), *spread_columns(target))
+                       if c in part},
                 }
             )
         )

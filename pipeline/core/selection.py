@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from pipeline.core.features import label_column, volatility_column
-from pipeline.core.intervals import calibrate
+from pipeline.core.features import label_column
+from pipeline.core.intervals import calibrate, scale_candidates, scale_input, scale_inputs
 from pipeline.core.models import eligible_rows, fit_one, staged_predictions
 from pipeline.core.scoring import mae
 
@@ -148,10 +148,12 @@ def fit_horizon(frame: pd.DataFrame, features: Sequence[str], target: str, horiz
         if mean_error < best_error:
             chosen = {"members": [item[1] for item in best]}
             best_error, best_pred = mean_error, mean_pred
-    volatility = volatility_column(target)
+    window_rows = frame.loc[valid]
     calibration = calibrate(
-        observed, best_pred, frame.loc[valid, "location_id"].to_numpy(),
-        *((frame.loc[valid, volatility].to_numpy(), volatility) if volatility in frame else ()))
+        observed, best_pred, window_rows["location_id"].to_numpy(),
+        scales=[(spec, scale_input(spec, lambda c: window_rows[c].to_numpy(dtype=float)))
+                for spec in scale_candidates(target, frame.columns)],
+        times=window_rows["time"].to_numpy())
     model = fit_one(frame, features, target, horizon, chosen, label_cutoff, max_rows, seed)
     times = frame.loc[valid, "time"]
     report = {
@@ -171,6 +173,6 @@ def fit_horizon(frame: pd.DataFrame, features: Sequence[str], target: str, horiz
     window = pd.DataFrame({"location_id": frame.loc[valid, "location_id"].to_numpy(),
                            "origin": times.to_numpy(), "observed": observed,
                            "predicted": best_pred})
-    if volatility in frame:
-        window[volatility] = frame.loc[valid, volatility].to_numpy()
+    for column in scale_inputs(calibration):
+        window[column] = frame.loc[valid, column].to_numpy()
     return HorizonFit(model, chosen, report, calibration, window)

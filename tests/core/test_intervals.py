@@ -14,6 +14,8 @@ from pipeline.core.intervals import (
     exceedance_next_24h,
     exceedance_probability,
     interval,
+    scale_candidates,
+    scale_input,
 )
 
 
@@ -125,3 +127,50 @@ def test_a_scaled_interval_needs_its_scale_column_and_fills_an_unknown_volatilit
                           uncertainty)
     assert out["lower"].iloc[0] == out["lower"].iloc[1]
     assert out["upper"].iloc[0] == out["upper"].iloc[1]
+
+
+def seasons(n: int, seed: int, wild_share: float):
+    """A window of hourly rows over a year whose log errors follow the relative spread of the
+    last days (``std72 / mean72``), in calm and wild spells of about a month, while the last
+    day's volatility says nothing about them."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC").to_numpy()
+    spell = (np.arange(n) // 720) % 10 < round(wild_share * 10)
+    spread = np.where(spell, 0.9, 0.15) * rng.uniform(0.8, 1.25, n)
+    mean72 = rng.uniform(5, 60, n)
+    predicted = rng.uniform(5, 120, n)
+    observed = np.expm1(np.log1p(predicted) + rng.normal(0, 0.35 * spread, n))
+    rows = pd.DataFrame({"pm2_5_std72": spread * mean72, "pm2_5_mean72": mean72,
+                         "pm2_5_vol24": rng.uniform(0.05, 0.5, n)})
+    return times, predicted, observed, rows
+
+
+def test_the_scale_that_holds_from_month_to_month_is_chosen_and_holds_next_year():
+    """Calibrated on a year with few wild spells, applied to a year with many: the day's
+    volatility (the default) carries the calm year's width over and under-covers; the relative
+    spread of the last 3 days, chosen because each month of the window is covered alike,
+    keeps about 80 %."""
+    times, predicted, observed, rows = seasons(8760, seed=11, wild_share=0.2)
+    candidates = scale_candidates("pm2_5", rows.columns)
+    assert [c["column"] for c in candidates] == ["pm2_5_vol24", "pm2_5_std72"]
+    inputs = [scale_input(c, lambda col: rows[col].to_numpy()) for c in candidates]
+    chosen = calibrate(observed, predicted, np.array(["a"] * 8760),
+                       scales=list(zip(candidates, inputs, strict=True)), times=times)
+    assert chosen["scale"]["column"] == "pm2_5_std72"
+    assert chosen["scale"]["per"] == "pm2_5_mean72"
+    deviation = {c["column"]: c["block_deviation"] for c in chosen["scale_choice"]}
+    assert deviation["pm2_5_std72"] < deviation["pm2_5_vol24"]
+    default = calibrate(observed, predicted, np.array(["a"] * 8760),
+                        scales=list(zip(candidates, inputs, strict=True)))  # no times: no choice
+    assert default["scale"]["column"] == "pm2_5_vol24"
+    _, fresh_pred, fresh_obs, fresh = seasons(8760, seed=12, wild_share=0.6)
+    forecasts = fresh.assign(location_id="a", target="pm2_5", horizon=24, value=fresh_pred)
+    coverage = {}
+    for name, calibration in (("chosen", chosen), ("default", default)):
+        out = add_uncertainty(forecasts, {"by_model": {"pm2_5": {"24": calibration}}})
+        coverage[name] = ((fresh_obs >= out["lower"]) & (fresh_obs <= out["upper"])).mean()
+    assert coverage["chosen"] == pytest.approx(0.8, abs=0.02)
+    assert coverage["default"] < 0.75
+    with pytest.raises(ValueError, match="pm2_5_mean72"):
+        add_uncertainty(forecasts.drop(columns="pm2_5_mean72"),
+                        {"by_model": {"pm2_5": {"24": chosen}}})
