@@ -60,8 +60,11 @@ def places(n: int) -> list[dict]:
 
 
 def peak_mb(root: Path, step: str) -> float:
+    # one fit at a time (AQ_PROCESSES=1): two fits at once peak together or not as the threads
+    # happen to interleave (train at the same two sizes: +10 MB on a quiet machine, +25 MB under
+    # load), which is timing, not growth with the number of locations
     env = {**os.environ, "AQ_PROJECT_DIR": str(root), "AQ_BATCH_LOCATIONS": str(BATCH_LOCATIONS),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "AQ_PROCESSES": "1"}
     env.pop("AQ_PUSHGATEWAY_URL", None)
     proc = subprocess.run([sys.executable, "-c", PEAK, step], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
