@@ -167,12 +167,13 @@ def test_what_a_killed_supervisord_left_is_ended_by_the_next_stop(sv):
     sv.wait_running("sleeper")
     orphan, daemon = sv.pid("sleeper"), sv.daemon_pid()
     os.kill(daemon, signal.SIGKILL)
-    wait_for(lambda: not sv.running())
+    # bounded, with room for a loaded machine (3 xdist workers on 2 cores overran 10 s once)
+    wait_for(lambda: not sv.running(), timeout=30)
     assert proc_stat(orphan)[0] != "Z"
     bystander = subprocess.Popen(SLEEPER, start_new_session=True)
     try:
         sv.stop_all()
-        wait_for(lambda: proc_stat(orphan) is None or proc_stat(orphan)[0] == "Z")
+        wait_for(lambda: proc_stat(orphan) is None or proc_stat(orphan)[0] == "Z", timeout=30)
         assert bystander.poll() is None
     finally:
         bystander.kill()
