@@ -35,10 +35,10 @@ run-celery: $(STAMP) ## `make run` with Airflow on PostgreSQL + CeleryExecutor, 
 	AQ_AIRFLOW_PROFILE=celery ./scripts/run.sh
 
 # `make test` runs on TEST_WORKERS pytest-xdist workers: many tests wait on services (Airflow,
-# Prometheus, gunicorn), so two workers halve the wall time on 2 cores; a file (or a directory
-# sharing a session fixture: tests/conftest.py's scheduler) stays on one worker. TEST_WORKERS=0:
-# serial.
-TEST_WORKERS ?= 2
+# Prometheus, gunicorn), so three workers keep 2 cores busy; a unit (a file, or a directory
+# sharing a dear session fixture) stays on one worker, longest first (tests/scheduling.py).
+# TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 3
 
 test: $(STAMP) ## set up and run the whole test suite (no network)
 	$(PY) -m pytest -m "not network" -n $(TEST_WORKERS) $(PYTEST_ARGS)
