@@ -131,6 +131,7 @@ class Server:
             except OSError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()  # its whole process group: a server half up is not left running
                 raise RuntimeError(f"{name} did not start; log {self.log.name}")
             time.sleep(0.5)
 
