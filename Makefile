@@ -45,10 +45,12 @@ test: $(STAMP) ## set up and run the whole test suite (no network)
 
 # the fast tier: tests that start no process (no service, no browser, no CLI) and fit no model;
 # tests/tiers.py fails a test outside these markers that starts or fits one anyway
+# CPU-bound, so one xdist worker per core (a third only adds its start-up)
+FAST_WORKERS ?= 2
 FAST_TIER := not network and not slow and not stack and not airflow and not process and not service and not browser and not train
 
 test-fast: $(STAMP) ## pure logic and single steps in-process: no process, no training (under a minute)
-	$(PY) -m pytest -m "$(FAST_TIER)" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -m "$(FAST_TIER)" -n $(FAST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff, and the layering contracts of pyproject.toml (import-linter)
 	$(PY) -m ruff check .
