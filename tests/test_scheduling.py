@@ -50,3 +50,15 @@ def test_the_committed_costs_name_units_that_exist():
     missing = [unit for unit in costs if not (REPO / unit).exists()]
     assert not missing, f"{COSTS_FILE.name} names units that are gone: {missing} " \
                         "(refresh: python -m tests.scheduling report.xml)"
+
+
+def test_the_xdist_internals_the_order_relies_on_are_still_there():
+    """tests/scheduling.py reorders LoadScopeScheduling's queue before its first pop: an xdist
+    that pops elsewhere or renames the hooks would silently lose the order, so fail here."""
+    import inspect
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    assert "self.workqueue.popitem(last=False)" in inspect.getsource(
+        LoadScopeScheduling._assign_work_unit)
+    assert "_split_scope(nodeid)" in inspect.getsource(LoadScopeScheduling.schedule)
