@@ -38,9 +38,13 @@ def scheduling_unit(nodeid: str) -> str:
 
 def load_costs(path: Path = COSTS_FILE) -> dict[str, float]:
     try:
-        return {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
+        found = json.loads(path.read_text())
+        return {str(k): float(v) for k, v in found.items()}
     except FileNotFoundError:
         return {}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a JSON object of unit -> seconds ({exc}); refresh it "
+                         "with python -m tests.scheduling report.xml") from exc
 
 
 def unit_cost(unit: str, tests: int, costs: dict[str, float]) -> float:

@@ -62,3 +62,14 @@ def test_the_xdist_internals_the_order_relies_on_are_still_there():
     assert "self.workqueue.popitem(last=False)" in inspect.getsource(
         LoadScopeScheduling._assign_work_unit)
     assert "_split_scope(nodeid)" in inspect.getsource(LoadScopeScheduling.schedule)
+
+
+def test_a_broken_costs_file_is_named_with_the_way_to_refresh_it(tmp_path):
+    import pytest
+
+    broken = tmp_path / "unit_costs.json"
+    for text in ("{not json", '["a list"]', '{"tests/x.py": "soon"}'):
+        broken.write_text(text)
+        with pytest.raises(ValueError, match="unit_costs.json.*python -m tests.scheduling"):
+            load_costs(broken)
+    assert load_costs(tmp_path / "absent.json") == {}
