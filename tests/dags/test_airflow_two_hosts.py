@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import ipaddress
 import os
 import re
 import secrets
@@ -48,9 +49,11 @@ from tests.dags.conftest import make_dvc_project, run, seed_history
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.stack, pytest.mark.service,
               pytest.mark.process, pytest.mark.train]
 
-# RFC 2544's benchmarking range: a link between our own two namespaces, never a real network
-NET = "198.18.23"
-HOME_ADDRESS, WORKER_ADDRESS, NETWORK = f"{NET}.1", f"{NET}.2", f"{NET}.0/30"
+# RFC 2544's benchmarking range: a link between our own two namespaces, never a real network;
+# each run takes a /30 no interface of this host uses (a run killed before its teardown, or
+# another run sharing the kernel's network namespace, keeps its own)
+BENCHMARK_RANGE = ipaddress.ip_network("198.18.0.0/15")
+NAMESPACE_PREFIX = "aq-host2-"
 WORKER = "host2"
 LOCATIONS = 6  # one per mapped batch: the batches spread over both hosts
 CMD_TIMEOUT_S = 60
@@ -78,21 +81,63 @@ def namespaces_unavailable() -> str | None:
     return None
 
 
-class SecondHost:
-    """A network namespace joined to this one by a veth pair with its own addresses."""
+def addresses_in_use() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 network an interface of this namespace is on."""
+    listing = _ip("-o", "-4", "addr", "show").stdout
+    return [ipaddress.ip_interface(word).network
+            for line in listing.splitlines() for word in line.split()[3:4]]
 
-    def __init__(self) -> None:
+
+def free_link_network() -> ipaddress.IPv4Network:
+    """A /30 of the benchmarking range that overlaps no network this host is on."""
+    used = [n for n in addresses_in_use() if n.overlaps(BENCHMARK_RANGE)]
+    candidates = list(BENCHMARK_RANGE.subnets(new_prefix=30))
+    for _ in range(100):
+        network = secrets.choice(candidates)
+        if not any(network.overlaps(n) for n in used):
+            return network
+    raise RuntimeError(f"no free /30 in {BENCHMARK_RANGE} after 100 draws: {used[:10]}")
+
+
+def reap_abandoned_namespaces() -> list[str]:
+    """Remove the second hosts of runs that died before their teardown (their creator's pid,
+    in the name, is gone): their processes, namespace and veth pair. Returns their names."""
+    reaped = []
+    for line in _ip("netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        match = re.fullmatch(rf"{NAMESPACE_PREFIX}(\d+)-[0-9a-f]+", name)
+        if not match or Path(f"/proc/{match.group(1)}").exists():
+            continue
+        SecondHost(name=name).close()
+        reaped.append(name)
+    return reaped
+
+
+class SecondHost:
+    """A network namespace joined to this one by a veth pair on a /30 of its own."""
+
+    def __init__(self, name: str | None = None) -> None:
         tag = secrets.token_hex(3)
-        self.name = f"aq-host2-{tag}"
+        self.name = name or f"{NAMESPACE_PREFIX}{os.getpid()}-{tag}"
         self.home_link, self.link = f"aqh{tag}", f"aqw{tag}"
+        self.network = free_link_network() if name is None else None
+
+    @property
+    def home_address(self) -> str:
+        return str(self.network[1])
+
+    @property
+    def worker_address(self) -> str:
+        return str(self.network[2])
 
     def create(self) -> None:
         _ip("netns", "add", self.name)
         _ip("link", "add", self.home_link, "type", "veth", "peer", "name", self.link)
         _ip("link", "set", self.link, "netns", self.name)
-        _ip("addr", "add", f"{HOME_ADDRESS}/30", "dev", self.home_link)
+        prefix = f"/{self.network.prefixlen}"
+        _ip("addr", "add", self.home_address + prefix, "dev", self.home_link)
         _ip("link", "set", self.home_link, "up")
-        for args in (("addr", "add", f"{WORKER_ADDRESS}/30", "dev", self.link),
+        for args in (("addr", "add", self.worker_address + prefix, "dev", self.link),
                      ("link", "set", self.link, "up"), ("link", "set", "lo", "up")):
             _ip("netns", "exec", self.name, "ip", *args)
 
@@ -118,8 +163,8 @@ class SecondHost:
             deadline = time.monotonic() + grace
             while self.pids() and time.monotonic() < deadline:
                 time.sleep(0.2)
-        _ip("netns", "del", self.name, check=False)
-        _ip("link", "del", self.home_link, check=False)  # gone with the namespace, normally
+        _ip("netns", "del", self.name, check=False)  # its veth end, and so the pair, with it
+        _ip("link", "del", self.home_link, check=False)
 
 
 def connects(namespace: str | None, host: str, port: int) -> bool:
@@ -180,9 +225,11 @@ def two_hosts(pushgateway, monkeypatch_module):
     reason = namespaces_unavailable()
     if reason:
         pytest.skip(f"second host not created: {reason}")
+    reap_abandoned_namespaces()
     top = Path(tempfile.mkdtemp(prefix="aq-two-hosts-"))
     top.chmod(0o711)  # PostgreSQL runs as `postgres`: the home project must be reachable
     host = SecondHost()
+    home_address = host.home_address
     paths = None
     worker_paths = None
     try:
@@ -195,8 +242,8 @@ def two_hosts(pushgateway, monkeypatch_module):
         monkeypatch_module.setenv("AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE", "False")
         monkeypatch_module.setenv("AQ_BATCH_LOCATIONS", "1")
         monkeypatch_module.setenv("AQ_CELERY_WORKERS", "1")
-        monkeypatch_module.setenv("AQ_BIND_ADDRESSES", HOME_ADDRESS)
-        monkeypatch_module.setenv("AQ_PEER_NETWORKS", NETWORK)
+        monkeypatch_module.setenv("AQ_BIND_ADDRESSES", home_address)
+        monkeypatch_module.setenv("AQ_PEER_NETWORKS", str(host.network))
         ports = Ports(airflow=free_port(), pushgateway=pushgateway.port, postgres=free_port(),
                       redis=free_port(), gateway=free_port())
         info = airflow_celery.start(paths, ports)
@@ -214,7 +261,7 @@ def two_hosts(pushgateway, monkeypatch_module):
                if not k.startswith(("AIRFLOW", "AQ_"))}
         env.update({
             "AQ_PROJECT_DIR": str(checkout),
-            "AQ_HOME_URL": f"http://{HOME_ADDRESS}:{ports.gateway}",
+            "AQ_HOME_URL": f"http://{home_address}:{ports.gateway}",
             "AQ_POSTGRES_PORT": str(ports.postgres), "AQ_REDIS_PORT": str(ports.redis),
             "AQ_GATEWAY_PORT": str(ports.gateway),
             "AQ_POSTGRES_PASSWORD": airflow_celery.password(layout, airflow_celery.POSTGRES),
@@ -246,25 +293,66 @@ def api(two_hosts) -> AirflowApi:
     return client
 
 
+def _dead_pid() -> int:
+    """A pid no process has: one just reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=CMD_TIMEOUT_S)
+    return child.pid
+
+
+def test_a_second_host_left_by_a_killed_run_neither_collides_nor_stays():
+    """CI failed when a run killed before its teardown had left its namespace and its
+    address: the next run put the same /30 on a second veth, the home host's replies took
+    the stale one and the worker's PostgreSQL connection timed out. Now each run takes a
+    free /30 and removes what dead runs left."""
+    reason = namespaces_unavailable()
+    if reason:
+        pytest.skip(f"second host not created: {reason}")
+    abandoned = SecondHost()
+    abandoned.name = f"{NAMESPACE_PREFIX}{_dead_pid()}-{abandoned.home_link[3:]}"
+    fresh = None
+    try:
+        abandoned.create()
+        assert abandoned.network in addresses_in_use()
+        fresh = SecondHost()
+        assert not fresh.network.overlaps(abandoned.network)
+        assert reap_abandoned_namespaces() == [abandoned.name]
+        assert abandoned.network not in addresses_in_use()
+        assert abandoned.name not in _ip("netns", "list").stdout
+    finally:
+        abandoned.close()
+
+
+def test_the_link_avoids_every_network_this_host_is_on(monkeypatch):
+    taken = ipaddress.ip_network("198.18.0.0/16")
+    monkeypatch.setattr(sys.modules[__name__], "addresses_in_use", lambda: [taken])
+    for _ in range(20):
+        network = free_link_network()
+        assert network.prefixlen == 30
+        assert network.subnet_of(BENCHMARK_RANGE)
+        assert not network.overlaps(taken)
+
+
 def test_services_bind_what_the_second_host_needs_and_nothing_wider(two_hosts):
     paths, ports, host = two_hosts["paths"], two_hosts["ports"], two_hosts["host"]
+    home_address = host.home_address
     supervisor = Supervisor(paths.stack_dir)
     by_program = {name: listening_addresses([supervisor.pid(name)])
                   for name in (airflow_celery.POSTGRES, airflow_celery.REDIS, "gateway",
                                "airflow-api-server")}
     assert by_program[airflow_celery.POSTGRES] == {f"127.0.0.1:{ports.postgres}",
-                                                   f"{HOME_ADDRESS}:{ports.postgres}"}
+                                                   f"{home_address}:{ports.postgres}"}
     assert by_program[airflow_celery.REDIS] == {f"127.0.0.1:{ports.redis}",
-                                                f"{HOME_ADDRESS}:{ports.redis}"}
+                                                f"{home_address}:{ports.redis}"}
     gateway_pids = [supervisor.pid("gateway"), *_children(supervisor.pid("gateway"))]
-    assert listening_addresses(gateway_pids) == {f"{HOME_ADDRESS}:{ports.gateway}"}
+    assert listening_addresses(gateway_pids) == {f"{home_address}:{ports.gateway}"}
     assert by_program["airflow-api-server"] <= {f"127.0.0.1:{ports.airflow}"}
     # the second host reaches the home host's private address, never its loopback
-    assert connects(host.name, HOME_ADDRESS, ports.gateway)
-    assert connects(host.name, HOME_ADDRESS, ports.postgres)
+    assert connects(host.name, home_address, ports.gateway)
+    assert connects(host.name, home_address, ports.postgres)
     assert not connects(host.name, "127.0.0.1", ports.airflow)
     assert not connects(host.name, "127.0.0.1", ports.postgres)
-    assert not connects(host.name, HOME_ADDRESS, ports.airflow)  # not on that address
+    assert not connects(host.name, home_address, ports.airflow)  # not on that address
 
 
 def _children(pid: int) -> list[int]:
@@ -284,7 +372,7 @@ def test_the_gateway_serves_the_shared_state_only_with_the_password(two_hosts):
     import requests
 
     paths, ports = two_hosts["paths"], two_hosts["ports"]
-    base = f"http://{HOME_ADDRESS}:{ports.gateway}"
+    base = f"http://{two_hosts['host'].home_address}:{ports.gateway}"
     password = gateway.state_password(paths)
     assert requests.get(f"{base}/params.yaml", timeout=10).status_code == 401
     assert requests.get(f"{base}/params.yaml", auth=("worker", "wrong-password-x"),
