@@ -18,10 +18,11 @@ the last 24 hourly log changes (``<target>_vol24``), which tracks the next hours
 the relative spread of the last 72 hours (``<target>_std72 / <target>_mean72``), which tracks
 the errors a day ahead; both at power 1 (errors in proportion: calibrated on one year and
 scored on the next inside the real data sets' training periods, the volatility at power 1
-strayed less from 80 % than at 0.5, docs/benchmarks.md). Each model keeps the one whose intervals hold
-best from month to month of its calibration window (:func:`block_deviation`: each twelfth
-of the window covered by the quantiles of the other eleven): a scale that only describes
-the window's own weeks does not carry into the next year (docs/models.md has the figures).
+strayed less from 80 % than at 0.5, docs/benchmarks.md). Each model keeps the one whose
+intervals hold best from month to month of its calibration window (:func:`block_deviation`:
+each twelfth of the window covered by the quantiles of the other eleven): a scale that only
+describes the window's own weeks does not carry into the next year (docs/models.md has the
+figures).
 """
 
 from __future__ import annotations
