@@ -30,7 +30,13 @@ import pandas as pd
 
 from pipeline.config import FeatureConfig
 from pipeline.core.aqi import aqi, category_names
-from pipeline.core.features import FeatureSettings, FeatureSpec, feature_names, features_present
+from pipeline.core.features import (
+    FeatureSettings,
+    FeatureSpec,
+    feature_names,
+    features_present,
+    row_positions,
+)
 from pipeline.core.intervals import (
     COVERAGE,
     LOWER,
@@ -173,6 +179,16 @@ class Champion:
         return sorted({c for calibration in self.calibration.values()
                        for c in scale_inputs(calibration)})
 
+    @functools.cached_property
+    def row_inputs(self) -> tuple[np.ndarray, dict[str, int]]:
+        """Where the model inputs (:attr:`features`), and the columns a forecast row carries
+        besides (each target's level, the interval scales), are in its spec's feature row
+        (``core.features.latest_row``)."""
+        names = set(feature_names(self.spec))
+        extra = [c for c in [*self.targets, *self.scale_columns] if c in names]
+        return (row_positions(self.spec, self.features),
+                dict(zip(extra, row_positions(self.spec, extra).tolist(), strict=True)))
+
     def code(self, location_id: str) -> float:
         code = self.location_codes.get(location_id)
         return float("nan") if code is None else float(code)
@@ -214,19 +230,17 @@ class Inputs:
 
     @classmethod
     def one(cls, champion: Champion, location_id: str, issue_time: pd.Timestamp | np.datetime64,
-            features: Mapping[str, float], hours_since: Mapping[str, float]) -> Inputs:
-        """One location's row at one hour (online), from its features by name (the issue time
-        in UTC, a Timestamp or a numpy datetime64)."""
-        row = np.fromiter((features[n] for n in champion.features), np.float64,
-                          len(champion.features))
-        extra = {c: np.array([features[c]]) for c in [*champion.targets,
-                                                       *champion.scale_columns]
-                 if c in features}
+            features: np.ndarray, hours_since: Mapping[str, float]) -> Inputs:
+        """One location's row at one hour (online), from its feature row in the champion's
+        spec order (``core.features.latest_row``; the issue time in UTC, a Timestamp or a
+        numpy datetime64)."""
+        positions, extra_at = champion.row_inputs
+        extra = {c: features[i:i + 1] for c, i in extra_at.items()}
         return cls(np.array([location_id], dtype=object),
                    np.array([issue_time if isinstance(issue_time, np.datetime64)
                              else pd.Timestamp(issue_time).value // 1000],
                             dtype="datetime64[us]"),
-                   row[None, :], extra,
+                   features[positions][None, :], extra,
                    {t: np.array([hours_since.get(t, math.inf)], dtype=np.float64)
                     for t in champion.targets})
 

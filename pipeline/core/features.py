@@ -26,6 +26,7 @@ positions and the columns computed so far) and declare its ``lookback``; both pa
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -260,6 +261,10 @@ class HourlyGrid:
     hours: np.ndarray
     series: Mapping[str, np.ndarray]
     forecasts: ForecastGrid | None = None
+    # the series as the rows of one (variable, hour) array, in ``series`` order, when they are
+    # (``from_rows`` and ``window`` make them so; writing into a series writes into it): the
+    # one-row path reads every lag of every variable from it in one gather (``evaluate``)
+    table: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.hours)
@@ -280,13 +285,13 @@ class HourlyGrid:
         index = hours[keep] - start
         if len(np.unique(index)) != len(index):
             raise ValueError(f"duplicate hours for location {location_id!r}")
-        series = {}
-        for name in (*VALUE_COLUMNS, *covariate_columns(values)):
-            column = np.full(n, np.nan)
+        names = (*VALUE_COLUMNS, *covariate_columns(values))
+        table = np.full((len(names), n), np.nan)
+        for row, name in zip(table, names, strict=True):
             if name in values:
-                column[index] = np.asarray(values[name], dtype=np.float64)[keep]
-            series[name] = column
-        return cls(location_id, np.arange(start, start + n, dtype=np.int64), series)
+                row[index] = np.asarray(values[name], dtype=np.float64)[keep]
+        return cls(location_id, np.arange(start, start + n, dtype=np.int64),
+                   dict(zip(names, table, strict=True)), table=table)
 
 
 def window(grid: HourlyGrid, start: int, end: int) -> HourlyGrid:
@@ -296,16 +301,18 @@ def window(grid: HourlyGrid, start: int, end: int) -> HourlyGrid:
     n = max(end - start + 1, 0)
     first = int(grid.hours[0]) if len(grid) else start
     lo, hi = max(start, first), min(end, first + len(grid) - 1)
-    series = {}
-    for name, values in grid.series.items():
-        column = np.full(n, np.nan)
-        if hi >= lo:
-            column[lo - start:hi - start + 1] = values[lo - first:hi - first + 1]
-        series[name] = column
+    names = list(grid.series)
+    table = np.full((len(names), n), np.nan)
+    if hi >= lo:
+        if grid.table is not None:  # every series in one copy
+            table[:, lo - start:hi - start + 1] = grid.table[:, lo - first:hi - first + 1]
+        else:
+            for row, values in zip(table, grid.series.values(), strict=True):
+                row[lo - start:hi - start + 1] = values[lo - first:hi - first + 1]
     forecasts = None if grid.forecasts is None else grid.forecasts.since(
         start - max(grid.forecasts.max_lead, 0))
-    return HourlyGrid(grid.location_id, np.arange(start, start + n, dtype=np.int64), series,
-                      forecasts)
+    return HourlyGrid(grid.location_id, np.arange(start, start + n, dtype=np.int64),
+                      dict(zip(names, table, strict=True)), forecasts, table)
 
 
 def hour_numbers(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -331,9 +338,8 @@ def hourly_grids(frame: pd.DataFrame, forecasts: pd.DataFrame | None = None,
         values = {c: part[c].to_numpy(dtype=np.float64) for c in names if c in part}
         grid = HourlyGrid.from_rows(str(location_id), hour_numbers(part["time"]), values)
         if forecasts is not None:
-            grid = HourlyGrid(grid.location_id, grid.hours, grid.series,
-                              runs.get(grid.location_id, ForecastGrid.from_rows(
-                                  np.empty(0), np.empty(0), {})))
+            grid = dataclasses.replace(grid, forecasts=runs.get(
+                grid.location_id, ForecastGrid.from_rows(np.empty(0), np.empty(0), {})))
         grids.append(grid)
     return grids
 
@@ -518,11 +524,18 @@ class FeatureBlock:
     (or (len(pos),) for one column); ``done`` holds the columns of earlier blocks at ``pos``
     (and :meth:`Columns.shared`, for work several blocks share). ``lookback`` is how many
     hours before the issue hour it reads (through ``done`` too).
+
+    ``gather`` declares a block that only copies values: ``(variable, steps)``, its columns
+    being the variable ``steps`` hours before each position (NaN off the grid, or when the
+    grid lacks the variable), which is what its kernel computes. On one position (online)
+    :func:`evaluate` reads every such block of the list in one gather instead of calling
+    each kernel (the same values: a copy is a copy); everywhere else the kernel runs.
     """
 
     columns: tuple[str, ...]
     kernel: Kernel
     lookback: int = 0
+    gather: tuple[str, tuple[int, ...]] | None = None
 
 
 def _series(g: HourlyGrid, var: str) -> np.ndarray:
@@ -532,7 +545,7 @@ def _series(g: HourlyGrid, var: str) -> np.ndarray:
 
 
 def _value(var: str) -> FeatureBlock:
-    return FeatureBlock((var,), lambda g, pos, p, done: _series(g, var)[pos])
+    return FeatureBlock((var,), lambda g, pos, p, done: _series(g, var)[pos], gather=(var, (0,)))
 
 
 def _lags(var: str, lags: Sequence[int]) -> FeatureBlock:
@@ -541,7 +554,8 @@ def _lags(var: str, lags: Sequence[int]) -> FeatureBlock:
     def kernel(g, pos, p, done):
         return shifted(_series(g, var), pos, steps)
 
-    return FeatureBlock(tuple(f"{var}_lag{lag}" for lag in lags), kernel, max(lags, default=0))
+    return FeatureBlock(tuple(f"{var}_lag{lag}" for lag in lags), kernel, max(lags, default=0),
+                        gather=(var, tuple(int(lag) for lag in lags)))
 
 
 def _rolling(var: str, width: int) -> FeatureBlock:
@@ -932,15 +946,81 @@ def evaluate(blocks: Sequence[FeatureBlock], grid: HourlyGrid, pos: np.ndarray, 
              ) -> Columns:
     """Every block's columns at ``pos``, in order (each column read by name; the blocks'
     tables in ``tables``)."""
-    done = Columns(_layout(blocks if isinstance(blocks, tuple) else tuple(blocks)))
-    for block in blocks:
+    blocks = blocks if isinstance(blocks, tuple) else tuple(blocks)
+    layout = _layout_of(blocks)
+    done = Columns(layout[1])
+    gathered = _gather_one(layout[3], grid, int(pos[0])) if len(pos) == 1 else None
+    for b, block in enumerate(blocks):
+        if gathered is not None and block.gather is not None:
+            done.tables.append(gathered[b])
+            continue
         values = block.kernel(grid, pos, place, done)
         done.tables.append(values[:, None] if values.ndim == 1 else values)
     return done
 
 
+@dataclass
+class _Gathers:
+    """Every ``gather`` block of a list as one gather: each value's variable and steps back,
+    and each block's slice of the gathered row; the variables' rows in a grid's ``table``,
+    kept per order of its series."""
+
+    blocks: list[int]  # the positions of the gather blocks in the list
+    variables: list[str]
+    steps: np.ndarray
+    slices: list[tuple[int, int]]
+    rows: dict[tuple[str, ...], np.ndarray | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, blocks: tuple[FeatureBlock, ...]) -> _Gathers:
+        chosen = [b for b, block in enumerate(blocks) if block.gather is not None]
+        variables: list[str] = []
+        steps: list[int] = []
+        slices = []
+        for block in (blocks[b] for b in chosen):
+            var, back = block.gather
+            if len(back) != len(block.columns):
+                raise ValueError(f"block {block.columns[:2]} gathers {len(back)} values for "
+                                 f"{len(block.columns)} columns")
+            slices.append((len(steps), len(steps) + len(back)))
+            variables += [var] * len(back)
+            steps += back
+        return cls(chosen, variables, np.asarray(steps, dtype=np.int64), slices)
+
+    def rows_in(self, names: tuple[str, ...]) -> np.ndarray | None:
+        """Each value's row in a table of series ``names`` (None: a variable is not there)."""
+        if names not in self.rows:
+            index = {name: i for i, name in enumerate(names)}
+            self.rows[names] = (np.array([index[v] for v in self.variables], dtype=np.intp)
+                                if all(v in index for v in self.variables) else None)
+        return self.rows[names]
+
+
+def _gather_one(plan: _Gathers, grid: HourlyGrid, position: int,
+                ) -> dict[int, np.ndarray] | None:
+    """The ``gather`` blocks' values at one position: one fancy index into the grid's table
+    when it has one, holds every variable and every step stays on the grid; else value by
+    value (NaN off the grid or for a variable the grid lacks). Each block gets its slice."""
+    if not plan.blocks:
+        return None
+    source = position - plan.steps
+    rows = plan.rows_in(tuple(grid.series)) if grid.table is not None else None
+    if rows is not None and len(source) and source.min() >= 0 and source.max() < len(grid):
+        values = grid.table[rows, source]
+    else:
+        n = len(grid)
+        values = np.full(len(source), np.nan)
+        for i, (var, at) in enumerate(zip(plan.variables, source.tolist(), strict=True)):
+            series = grid.series.get(var)
+            if series is not None and 0 <= at < n:
+                values[i] = series[at]
+    values = values[None, :]
+    return {b: values[:, start:stop]
+            for b, (start, stop) in zip(plan.blocks, plan.slices, strict=True)}
+
+
 _LAYOUTS: dict[int, tuple[tuple[FeatureBlock, ...], dict[str, tuple[int, int]],
-                           tuple[str, ...]]] = {}
+                           tuple[str, ...], _Gathers]] = {}
 
 
 def _layout(blocks: tuple[FeatureBlock, ...]) -> dict[str, tuple[int, int]]:
@@ -963,7 +1043,7 @@ def _layout_of(blocks: tuple[FeatureBlock, ...]):
         found = _LAYOUTS[id(blocks)] = (
             blocks, {column: (b, i) for b, block in enumerate(blocks)
                      for i, column in enumerate(block.columns)},
-            tuple(c for block in blocks for c in block.columns))
+            tuple(c for block in blocks for c in block.columns), _Gathers.of(blocks))
     return found
 
 
@@ -1013,12 +1093,26 @@ def latest_features(grid: HourlyGrid, spec: FeatureSpec, timezone: str, code: fl
     Give it at least :attr:`FeatureSpec.warmup_hours` hours: the values then equal
     :func:`build_features`' row for that hour over the whole history.
     """
+    row = latest_row(grid, spec, timezone, code)
+    return dict(zip(_names(feature_blocks(spec)), row.tolist(), strict=True))
+
+
+def latest_row(grid: HourlyGrid, spec: FeatureSpec, timezone: str, code: float) -> np.ndarray:
+    """:func:`latest_features` as one array in :func:`feature_names` order (read a column
+    with :func:`row_positions`): the online path takes its model inputs from it by position."""
     if len(grid) == 0:
         raise ValueError(f"no history for location {grid.location_id!r}")
+    done = evaluate(feature_blocks(spec), grid, np.array([len(grid) - 1]), Place(timezone, code))
+    return np.concatenate(done.tables, axis=1, dtype=np.float64)[0]
+
+
+def row_positions(spec: FeatureSpec, columns: Sequence[str]) -> np.ndarray:
+    """Where each of ``columns`` is in :func:`latest_row` (a column two blocks compute: the
+    later block's, as in :func:`latest_features`); KeyError for a column not built."""
     blocks = feature_blocks(spec)
-    done = evaluate(blocks, grid, np.array([len(grid) - 1]), Place(timezone, code))
-    row = np.concatenate(done.tables, axis=1, dtype=np.float64)[0].tolist()
-    return dict(zip(_names(blocks), row, strict=True))
+    layout = _layout(blocks)
+    starts = np.cumsum([0, *(len(block.columns) for block in blocks)])
+    return np.array([starts[layout[c][0]] + layout[c][1] for c in columns], dtype=np.intp)
 
 
 def features_present(rows: np.ndarray) -> np.ndarray:
@@ -1037,6 +1131,8 @@ def hours_since_observed(x: np.ndarray, pos: np.ndarray) -> np.ndarray:
 
     Looks back over the whole grid given (online: the bounded window).
     """
+    if len(pos) == 1 and 0 <= pos[0] < len(x) and x[pos[0]] == x[pos[0]]:  # observed now
+        return np.zeros(1)
     observed = np.where(~np.isnan(x), np.arange(len(x)), -1)
     last = np.maximum.accumulate(observed)[pos] if len(x) else np.full(len(pos), -1)
     return np.where(last >= 0, pos - last, np.nan).astype(np.float64)
@@ -1091,8 +1187,10 @@ __all__ = [
     "window",
     "label_column",
     "latest_features",
+    "latest_row",
     "location_codes",
     "persistence_column",
     "regular_grid",
+    "row_positions",
     "seasonal_column",
 ]
