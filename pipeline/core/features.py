@@ -374,6 +374,16 @@ def shifted(x: np.ndarray, pos: np.ndarray, lags: np.ndarray | int) -> np.ndarra
     return out if np.ndim(lags) else out[:, 0]
 
 
+def side_by_side(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.stack(arrays, axis=-1)``: the same new array, without np.stack's Python set-up (a
+    kernel's few columns of one row cost more in np.stack than in the arithmetic)."""
+    first = arrays[0]
+    out = np.empty((*np.shape(first), len(arrays)))
+    for j, values in enumerate(arrays):
+        out[..., j] = values
+    return out
+
+
 def windows(x: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     """The ``width`` hours ending at each position (NaN before the grid): (len(pos), width).
 
@@ -427,8 +437,11 @@ def anchor(level: np.ndarray, fallbacks: Iterable[np.ndarray]) -> np.ndarray:
     """
     level = np.asarray(level, dtype=np.float64)
     for fallback in fallbacks:
-        level = np.where(np.isnan(level), fallback, level)
-    return np.clip(level, 0, None)
+        missing = np.isnan(level)
+        if not missing.any():
+            break
+        level = np.where(missing, fallback, level)
+    return np.maximum(level, 0)
 
 
 def local_clock(hours: np.ndarray, timezone: str) -> np.ndarray:
@@ -506,6 +519,16 @@ class Columns(dict):
         found = self[column] = self.tables[block][:, i]
         return found
 
+    def side_by_side(self, names: Sequence[str]) -> np.ndarray:
+        """Columns ``names`` as one (rows, len(names)) array: a view of their block's table
+        when they are its consecutive columns (a block's lags), else a new array."""
+        spots = [self._layout.get(name) for name in names]
+        first = spots[0]
+        if (first is not None and first[0] < len(self.tables)
+                and spots == [(first[0], first[1] + j) for j in range(len(spots))]):
+            return self.tables[first[0]][:, first[1]:first[1] + len(spots)]
+        return side_by_side([self[name] for name in names])
+
     def shared(self, key: Hashable, make: Callable[[], np.ndarray]) -> np.ndarray:
         found = self._shared.get(key)
         if found is None:
@@ -560,7 +583,7 @@ def _lags(var: str, lags: Sequence[int]) -> FeatureBlock:
 
 def _rolling(var: str, width: int) -> FeatureBlock:
     def kernel(g, pos, p, done):
-        return np.stack(rolling_stats(g.series[var], pos, width, max(1, width // 2)), axis=1)
+        return side_by_side(rolling_stats(g.series[var], pos, width, max(1, width // 2)))
 
     std, mean = spread_columns(var, width)
     return FeatureBlock((mean, std), kernel, width - 1)
@@ -587,8 +610,7 @@ def _relative(target: str, names: Sequence[str]) -> FeatureBlock:
     """Scale-free views: the same shape of a series means the same at 10 or 300 ug/m3."""
 
     def kernel(g, pos, p, done):
-        return np.log1p(np.stack([done[n] for n in names], axis=1)) - done[
-            anchor_column(target)][:, None]
+        return np.log1p(done.side_by_side(names)) - done[anchor_column(target)][:, None]
 
     prefix = f"{target}_"
     return FeatureBlock(tuple(f"{target}_rel_{n[len(prefix):]}" for n in names), kernel)
@@ -598,7 +620,7 @@ def _wind(g, pos, p, done):
     speed = g.series["wind_speed_10m"][pos]
     rad = np.deg2rad(g.series["wind_direction_10m"][pos])
     # direction the wind comes from -> vector components of the flow
-    return np.stack([-speed * np.sin(rad), -speed * np.cos(rad)], axis=1)
+    return side_by_side([-speed * np.sin(rad), -speed * np.cos(rad)])
 
 
 def _wind_lags(lags: Sequence[int]) -> FeatureBlock:
@@ -662,6 +684,7 @@ def _profiles(target: str, horizon: int, horizons: Sequence[int]) -> FeatureBloc
     offsets = [_profile_offsets(h) for h in horizons]
     daily = np.concatenate([d for d, _ in offsets])  # horizon-major: (len(horizons) * 7,)
     weekly = np.concatenate([w for _, w in offsets])
+    back = np.concatenate([daily, weekly])
     columns = tuple(horizon_column(f"{target}_{name}", horizon)
                     for name in ("rel_daily_profile", "rel_weekly_profile", "diurnal_shape"))
 
@@ -669,10 +692,12 @@ def _profiles(target: str, horizon: int, horizons: Sequence[int]) -> FeatureBloc
         x = g.series[target]
         n, m = len(pos), len(horizons)
         level = done[anchor_column(target)][:, None]
-        day = np.log1p(_observed_mean(shifted(x, pos, daily).reshape(n, m, 7), 4))
-        week = np.log1p(_observed_mean(shifted(x, pos, weekly).reshape(n, m, 4), 2))
-        mean = np.log1p(rolling_stats(x, pos, 168, 84)[0])[:, None]
-        return np.stack([day - level, week - level, day - mean], axis=2)  # (n, horizons, 3)
+        hours = shifted(x, pos, back)  # every horizon's days, then its weeks: one gather
+        day = np.log1p(_observed_mean(hours[:, :7 * m].reshape(n, m, 7), 4))
+        week = np.log1p(_observed_mean(hours[:, 7 * m:].reshape(n, m, 4), 2))
+        # the mean of the last 7 days (rolling_stats' mean: the same sum and count)
+        mean = np.log1p(_observed_mean(windows(x, pos, 168), 84))[:, None]
+        return side_by_side([day - level, week - level, day - mean])  # (n, horizons, 3)
 
     def kernel(g, pos, p, done):
         return done.shared(("profiles", target, horizons),
@@ -685,16 +710,20 @@ def _trend(target: str, width: int) -> FeatureBlock:
     """Least-squares slope of log1p(level) per hour over the last ``width`` hours."""
     steps = np.arange(width - 1, -1, -1, dtype=np.int64)
     x = -steps.astype(np.float64)
+    # a window with every hour known: the hours' deviations and their sum of squares do not
+    # depend on the values (computed once, as the masked path computes them)
+    dx_all = x[None, :] - (x[None, :].sum(axis=1) / width)[:, None]
+    sxx_all = (dx_all * dx_all).sum(axis=1)
 
     def kernel(g, pos, p, done):
         y = np.log1p(shifted(g.series[target], pos, steps))
-        known = ~np.isnan(y)
-        if len(pos) == 1 and known.all():  # one window (online), all known: no masks
-            dx = x[None, :] - (x[None, :].sum(axis=1) / width)[:, None]
+        missing = np.isnan(y)
+        if len(pos) == 1 and not missing.any():  # one window (online), all known: no masks
+            if not sxx_all[0] > 0:
+                return np.full(1, np.nan)
             dy = y - (y.sum(axis=1) / width)[:, None]
-            sxx = (dx * dx).sum(axis=1)
-            slope = (dx * dy).sum(axis=1) / np.where(sxx > 0, sxx, 1.0)
-            return np.where(sxx > 0, slope, np.nan)
+            return (dx_all * dy).sum(axis=1) / sxx_all
+        known = ~missing
         count = known.sum(axis=1)
         xs = np.where(known, x[None, :], 0.0)
         ys = np.where(known, y, 0.0)
@@ -726,11 +755,11 @@ def _anomalies(variable: str) -> FeatureBlock:
     def kernel(g, pos, p, done):
         x = _series(g, variable)
         now = np.log1p(x[pos])
-        return np.stack([
+        return side_by_side([
             now - np.log1p(_observed_mean(shifted(x, pos, daily), 4)),
             now - np.log1p(_observed_mean(shifted(x, pos, weekly), 2)),
             now - np.log1p(_observed_mean(shifted(x, pos, monthly), 14)),
-        ], axis=1)
+        ])
 
     return FeatureBlock(columns, kernel, int(max(weekly.max(), monthly.max())))
 
@@ -755,7 +784,8 @@ def _volatility(target: str) -> FeatureBlock:
     steps = np.arange(24, -1, -1, dtype=np.int64)
 
     def kernel(g, pos, p, done):
-        change = np.diff(np.log1p(shifted(g.series[target], pos, steps)), axis=1)
+        level = np.log1p(shifted(g.series[target], pos, steps))
+        change = level[:, 1:] - level[:, :-1]  # np.diff's subtraction
         known = ~np.isnan(change)
         if len(pos) == 1 and known.all():  # one window (online), all known: no masks
             return np.sqrt((change * change).sum(axis=1) / change.shape[1])
