@@ -169,6 +169,14 @@ class Champion:
                         dtype=np.intp)
 
     @functools.cached_property
+    def calibrated_parts(self) -> tuple[list[Mapping], list[str], list[Mapping | None]]:
+        """Of the models with a calibration (:attr:`calibrated`): each calibration, target and
+        interval scale (None: it does not scale)."""
+        calibrations = [self.calibration[self.keys[i]] for i in self.calibrated]
+        return (calibrations, [self.keys[i].target for i in self.calibrated],
+                [c.get("scale") or None for c in calibrations])
+
+    @functools.cached_property
     def models_of_target(self) -> dict[str, np.ndarray]:
         """Per target, the positions of its models in :attr:`keys`."""
         return {target: np.flatnonzero(self.key_targets == target) for target in self.targets}
@@ -371,23 +379,28 @@ def _rows(champion: Champion, predicted: Mapping[tuple[str, int], np.ndarray], i
     uncertainty = np.full((2 + len(PROBABILITY_COLUMNS), m, n), np.nan)  # one allocation
     models = champion.calibrated
     if len(models):
-        calibrations = [champion.calibration[keys[i]] for i in models]
-        targets = [keys[i].target for i in models]
-        volatility = []
-        for i, calibration in zip(models, calibrations, strict=True):
-            missing = [c for c in scale_inputs(calibration) if c not in inputs.extra]
-            if missing:
-                raise ChampionError(f"the {keys[i]} interval scales by {missing[0]!r}: the "
-                                    "inputs lack it")
-            scale = calibration.get("scale")
-            volatility.append(None if not scale else
-                              scale_input(scale, lambda c: inputs.extra[c])[kept])
+        calibrations, targets, scales = champion.calibrated_parts
+        missing = [c for c in champion.scale_columns if c not in inputs.extra]
+        if missing:
+            needs = next(keys[i] for i, calibration in zip(models, calibrations, strict=True)
+                         if missing[0] in scale_inputs(calibration))
+            raise ChampionError(f"the {needs} interval scales by {missing[0]!r}: the inputs "
+                                "lack it")
+        volatility = [None if not scale else scale_input(scale, lambda c: inputs.extra[c])[kept]
+                      for scale in scales]
         for location in dict.fromkeys(locations):
-            rows = np.flatnonzero(locations == location) if n > 1 else slice(None)
+            if n == 1:  # one row (online): every model's cells at once
+                lower, upper, chances = uncertainty_of_models(
+                    targets, value[models], calibrations, location, volatility,
+                    champion.coverage)
+                uncertainty[0, models], uncertainty[1, models] = lower, upper
+                uncertainty[2:, models] = chances
+                continue
+            rows = np.flatnonzero(locations == location)
             lower, upper, chances = uncertainty_of_models(
                 targets, value[models][:, rows], calibrations, location,
                 [None if v is None else v[rows] for v in volatility], champion.coverage)
-            cells = np.ix_(models, np.arange(n)[rows])
+            cells = np.ix_(models, rows)
             uncertainty[0][cells], uncertainty[1][cells] = lower, upper
             for j in range(len(PROBABILITY_COLUMNS)):
                 uncertainty[2 + j][cells] = chances[j]
