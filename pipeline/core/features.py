@@ -406,9 +406,7 @@ def rolling_stats(x: np.ndarray, pos: np.ndarray, width: int, min_count: int,
     missing = np.isnan(win)
     if len(pos) == 1 and width >= max(min_count, 2) and not missing.any():
         # one window (online), every value observed: the same sums without the masks
-        mean = win.sum(axis=1) / width
-        win -= mean[:, None]
-        return mean, np.sqrt((win * win).sum(axis=1) / (width - 1))
+        return _known_stats(win)
     count = width - missing.sum(axis=1)
     win[missing] = 0.0
     mean = win.sum(axis=1) / np.maximum(count, 1)
@@ -418,6 +416,15 @@ def rolling_stats(x: np.ndarray, pos: np.ndarray, width: int, min_count: int,
     mean[count < min_count] = np.nan
     std[(count < min_count) | (count < 2)] = np.nan
     return mean, std
+
+
+def _known_stats(win: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rolling_stats` of windows (rows) whose every value is observed: the masked
+    path's sums and divisions, without the masks."""
+    width = win.shape[1]
+    mean = win.sum(axis=1) / width
+    spread = win - mean[:, None]
+    return mean, np.sqrt((spread * spread).sum(axis=1) / (width - 1))
 
 
 def rolling_sum(x: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
@@ -581,12 +588,26 @@ def _lags(var: str, lags: Sequence[int]) -> FeatureBlock:
                         gather=(var, tuple(int(lag) for lag in lags)))
 
 
-def _rolling(var: str, width: int) -> FeatureBlock:
-    def kernel(g, pos, p, done):
-        return side_by_side(rolling_stats(g.series[var], pos, width, max(1, width // 2)))
+def _rolling(var: str, widths: Sequence[int]) -> FeatureBlock:
+    """The mean and standard deviation of each window width, in one block (one kernel call
+    for every width: on the online path's one row, the calls are the cost)."""
+    widths = tuple(int(w) for w in widths)
+    longest = max(widths)
 
-    std, mean = spread_columns(var, width)
-    return FeatureBlock((mean, std), kernel, width - 1)
+    def kernel(g, pos, p, done):
+        x = g.series[var]
+        if len(pos) == 1 and min(widths) >= 2 and longest - 1 <= pos[0] < len(x):
+            # one row (online): every width is the end of the longest window; when all of
+            # it is observed, each width's statistics without masks (rolling_stats' sums)
+            last = x[int(pos[0]) + 1 - longest:int(pos[0]) + 1][None, :]
+            if not np.isnan(last).any():
+                return side_by_side([stat for width in widths
+                                     for stat in _known_stats(last[:, longest - width:])])
+        return side_by_side([stat for width in widths
+                             for stat in rolling_stats(x, pos, width, max(1, width // 2))])
+
+    columns = [name for width in widths for name in spread_columns(var, width)[::-1]]
+    return FeatureBlock(tuple(columns), kernel, max(widths) - 1)
 
 
 def _diffs(var: str, steps: Sequence[int]) -> FeatureBlock:
@@ -652,6 +673,8 @@ def _observed_mean(values: np.ndarray, min_count: int) -> np.ndarray:
     """Means of the observed values of ``values`` along its last axis; NaN below
     ``min_count``."""
     missing = np.isnan(values)
+    if values.shape[-1] >= min_count and not missing.any():  # every value known: no masks
+        return values.sum(axis=-1) / values.shape[-1]
     count = values.shape[-1] - missing.sum(axis=-1)
     total = np.where(missing, 0.0, values).sum(axis=-1)
     return np.where(count >= min_count, total / np.maximum(count, 1), np.nan)
@@ -896,8 +919,8 @@ def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
         blocks.append(_value(target))
         if cfg.lags:
             blocks.append(_lags(target, cfg.lags))
-        for width in cfg.rolling_windows:
-            blocks.append(_rolling(target, width))
+        if cfg.rolling_windows:
+            blocks.append(_rolling(target, cfg.rolling_windows))
         blocks.append(_diffs(target, (1, 24)))
         fallbacks = [name for name in (f"{target}_lag1", f"{target}_mean24", f"{target}_mean72")
                      if any(name in b.columns for b in blocks)]
