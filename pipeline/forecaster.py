@@ -439,7 +439,8 @@ def items(rows: Mapping[str, Any] | pd.DataFrame) -> list[dict[str, Any]]:
     columns = {c: _json_column(c, rows[c].to_numpy() if isinstance(rows, pd.DataFrame)
                                else rows[c]) if c in rows else [None] * n
                for c in ITEM_COLUMNS}
-    out = [{c: columns[c][i] for c in ITEM_COLUMNS} for i in range(n)]
+    out = [dict(zip(ITEM_COLUMNS, values, strict=True))
+           for values in zip(*(columns[c] for c in ITEM_COLUMNS), strict=True)] if n else []
     out.sort(key=lambda item: (item["target"], item["horizon"]))
     for item in out:
         if item["aqi"] is None:
