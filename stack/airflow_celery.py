@@ -505,10 +505,10 @@ def worker_commands(ports: Ports, scale: Scale | None = None
     :meth:`Scale.from_env`).
     """
     scale = scale or Scale.from_env()
-    airflow = airflow_local.airflow_bin()
+    airflow = airflow_local.airflow_preloaded()
     return {
         service_name(worker): (
-            [airflow, "celery", "worker", "--celery-hostname", f"{worker}@%h",
+            [*airflow, "celery", "worker", "--celery-hostname", f"{worker}@%h",
              "--concurrency", str(scale.concurrency),
              "--skip-serve-logs",  # its log server would bind 0.0.0.0; logs are shared files
              "--without-mingle", "--without-gossip"],

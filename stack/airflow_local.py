@@ -60,6 +60,17 @@ def airflow_bin() -> str:
     return str(candidate)
 
 
+PRELOAD = Path(__file__).with_name("preload.py")
+
+
+def airflow_preloaded() -> list[str]:
+    """``airflow`` with the tasks' libraries already imported (stack/preload.py): the command
+    of the processes Airflow forks tasks from (the scheduler's LocalExecutor, a Celery
+    worker), so a task does not pay their imports again."""
+    airflow_bin()  # the same check: the airflow extra is installed
+    return [sys.executable, str(PRELOAD)]
+
+
 def dags_folder(paths: ProjectPaths) -> Path:
     """``dags/`` of the project, else of the checkout this code lives in."""
     own = paths.root / "dags"
@@ -238,7 +249,7 @@ def commands(ports: Ports) -> dict[str, list[str]]:
         "airflow-api-server": [airflow, "api-server", "--host", ports.host,
                                "--port", str(ports.airflow), "--workers", "1"],
         "airflow-dag-processor": [airflow, "dag-processor"],
-        "airflow-scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+        "airflow-scheduler": [*airflow_preloaded(), "scheduler", "--skip-serve-logs"],
         "airflow-triggerer": [airflow, "triggerer", "--skip-serve-logs"],
     }
 

@@ -62,7 +62,7 @@ def program(paths: ProjectPaths, ports: Ports) -> Program:
         airflow_celery.WORKER_ENV: name,
         "AQ_CELERY_CONCURRENCY": str(scale.concurrency),
     })
-    command = [airflow_local.airflow_bin(), "celery", "worker", "--celery-hostname",
+    command = [*airflow_local.airflow_preloaded(), "celery", "worker", "--celery-hostname",
                f"{name}@%h", "--concurrency", str(scale.concurrency), "--skip-serve-logs",
                "--without-mingle", "--without-gossip"]
     return Program(PREFIX + name, command, env=env, directory=paths.root,

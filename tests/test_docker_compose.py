@@ -91,13 +91,23 @@ def test_configs_point_at_the_compose_services():
     assert ["--port", str(PORTS.webhook)] == SERVICES["alert-webhook"]["command"][3:5]
 
 
+def compose_form(command: list[str]) -> list[str]:
+    """A local command line as the compose file writes it: the program by name, files of the
+    checkout relative to it (the working directory /opt/aq is the checkout)."""
+    def arg(value: str) -> str:
+        path = Path(value)
+        return path.relative_to(REPO).as_posix() if path.is_absolute() and path.is_relative_to(
+            REPO) else value
+
+    return [Path(command[0]).name, *(arg(a) for a in command[1:])]
+
+
 def test_airflow_parts_run_the_local_commands_on_one_prepared_config():
     """Same command lines as stack/airflow_local.py, after its `prepare` succeeded."""
     local = airflow_local.commands(PORTS)
     for part in AIRFLOW_PARTS:
         command = SERVICES[part]["command"]
-        assert [Path(command[0]).name, *command[1:]] == [Path(local[part][0]).name,
-                                                          *local[part][1:]], part
+        assert command == compose_form(local[part]), part
         assert SERVICES[part]["depends_on"]["airflow-init"]["condition"] == (
             "service_completed_successfully")
         assert SERVICES[part]["environment"]["AIRFLOW_HOME"] == "/opt/aq/.airflow"
@@ -179,7 +189,7 @@ def test_the_celery_profile_is_the_local_scale_out_profile():
     for name, (cmd, own_env) in zip(WORKERS, local.values(), strict=True):
         service = SERVICES[name]
         command = service["command"]
-        assert [Path(command[0]).name, *command[1:]] == [Path(cmd[0]).name, *cmd[1:]], name
+        assert command == compose_form(cmd), name
         env = service["environment"]
         assert env["AQ_CELERY_WORKER"] == own_env["AQ_CELERY_WORKER"]
         assert env["AQ_RATE_LIMIT_REDIS_URL"] == urls["rate_limit_url"]  # one quota for both

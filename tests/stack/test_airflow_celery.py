@@ -81,7 +81,8 @@ def test_workers_are_named_and_bind_nothing():
     commands = airflow_celery.worker_commands(Ports())
     assert list(commands) == ["airflow-celery-worker1", "airflow-celery-worker2"]
     for worker, (cmd, env) in zip(airflow_celery.WORKERS, commands.values(), strict=True):
-        assert cmd[1:5] == ["celery", "worker", "--celery-hostname", f"{worker}@%h"]
+        assert cmd[:2] == airflow_local.airflow_preloaded()  # tasks fork with the libraries in
+        assert cmd[2:6] == ["celery", "worker", "--celery-hostname", f"{worker}@%h"]
         assert "--skip-serve-logs" in cmd  # the log server would listen on 0.0.0.0
         assert env == {"AQ_CELERY_WORKER": worker}
 
