@@ -30,7 +30,13 @@ import pandas as pd
 
 from pipeline.config import FeatureConfig
 from pipeline.core.aqi import aqi, category_names
-from pipeline.core.features import FeatureSettings, FeatureSpec, feature_names, features_present
+from pipeline.core.features import (
+    FeatureSettings,
+    FeatureSpec,
+    feature_names,
+    features_present,
+    row_positions,
+)
 from pipeline.core.intervals import (
     COVERAGE,
     LOWER,
@@ -163,6 +169,14 @@ class Champion:
                         dtype=np.intp)
 
     @functools.cached_property
+    def calibrated_parts(self) -> tuple[list[Mapping], list[str], list[Mapping | None]]:
+        """Of the models with a calibration (:attr:`calibrated`): each calibration, target and
+        interval scale (None: it does not scale)."""
+        calibrations = [self.calibration[self.keys[i]] for i in self.calibrated]
+        return (calibrations, [self.keys[i].target for i in self.calibrated],
+                [c.get("scale") or None for c in calibrations])
+
+    @functools.cached_property
     def models_of_target(self) -> dict[str, np.ndarray]:
         """Per target, the positions of its models in :attr:`keys`."""
         return {target: np.flatnonzero(self.key_targets == target) for target in self.targets}
@@ -172,6 +186,16 @@ class Champion:
         """The feature columns the intervals scale by."""
         return sorted({c for calibration in self.calibration.values()
                        for c in scale_inputs(calibration)})
+
+    @functools.cached_property
+    def row_inputs(self) -> tuple[np.ndarray, dict[str, int]]:
+        """Where the model inputs (:attr:`features`), and the columns a forecast row carries
+        besides (each target's level, the interval scales), are in its spec's feature row
+        (``core.features.latest_row``)."""
+        names = set(feature_names(self.spec))
+        extra = [c for c in [*self.targets, *self.scale_columns] if c in names]
+        return (row_positions(self.spec, self.features),
+                dict(zip(extra, row_positions(self.spec, extra).tolist(), strict=True)))
 
     def code(self, location_id: str) -> float:
         code = self.location_codes.get(location_id)
@@ -214,19 +238,17 @@ class Inputs:
 
     @classmethod
     def one(cls, champion: Champion, location_id: str, issue_time: pd.Timestamp | np.datetime64,
-            features: Mapping[str, float], hours_since: Mapping[str, float]) -> Inputs:
-        """One location's row at one hour (online), from its features by name (the issue time
-        in UTC, a Timestamp or a numpy datetime64)."""
-        row = np.fromiter((features[n] for n in champion.features), np.float64,
-                          len(champion.features))
-        extra = {c: np.array([features[c]]) for c in [*champion.targets,
-                                                       *champion.scale_columns]
-                 if c in features}
+            features: np.ndarray, hours_since: Mapping[str, float]) -> Inputs:
+        """One location's row at one hour (online), from its feature row in the champion's
+        spec order (``core.features.latest_row``; the issue time in UTC, a Timestamp or a
+        numpy datetime64)."""
+        positions, extra_at = champion.row_inputs
+        extra = {c: features[i:i + 1] for c, i in extra_at.items()}
         return cls(np.array([location_id], dtype=object),
                    np.array([issue_time if isinstance(issue_time, np.datetime64)
                              else pd.Timestamp(issue_time).value // 1000],
                             dtype="datetime64[us]"),
-                   row[None, :], extra,
+                   features[positions][None, :], extra,
                    {t: np.array([hours_since.get(t, math.inf)], dtype=np.float64)
                     for t in champion.targets})
 
@@ -357,23 +379,28 @@ def _rows(champion: Champion, predicted: Mapping[tuple[str, int], np.ndarray], i
     uncertainty = np.full((2 + len(PROBABILITY_COLUMNS), m, n), np.nan)  # one allocation
     models = champion.calibrated
     if len(models):
-        calibrations = [champion.calibration[keys[i]] for i in models]
-        targets = [keys[i].target for i in models]
-        volatility = []
-        for i, calibration in zip(models, calibrations, strict=True):
-            missing = [c for c in scale_inputs(calibration) if c not in inputs.extra]
-            if missing:
-                raise ChampionError(f"the {keys[i]} interval scales by {missing[0]!r}: the "
-                                    "inputs lack it")
-            scale = calibration.get("scale")
-            volatility.append(None if not scale else
-                              scale_input(scale, lambda c: inputs.extra[c])[kept])
+        calibrations, targets, scales = champion.calibrated_parts
+        missing = [c for c in champion.scale_columns if c not in inputs.extra]
+        if missing:
+            needs = next(keys[i] for i, calibration in zip(models, calibrations, strict=True)
+                         if missing[0] in scale_inputs(calibration))
+            raise ChampionError(f"the {needs} interval scales by {missing[0]!r}: the inputs "
+                                "lack it")
+        volatility = [None if not scale else scale_input(scale, lambda c: inputs.extra[c])[kept]
+                      for scale in scales]
         for location in dict.fromkeys(locations):
-            rows = np.flatnonzero(locations == location) if n > 1 else slice(None)
+            if n == 1:  # one row (online): every model's cells at once
+                lower, upper, chances = uncertainty_of_models(
+                    targets, value[models], calibrations, location, volatility,
+                    champion.coverage)
+                uncertainty[0, models], uncertainty[1, models] = lower, upper
+                uncertainty[2:, models] = chances
+                continue
+            rows = np.flatnonzero(locations == location)
             lower, upper, chances = uncertainty_of_models(
                 targets, value[models][:, rows], calibrations, location,
                 [None if v is None else v[rows] for v in volatility], champion.coverage)
-            cells = np.ix_(models, np.arange(n)[rows])
+            cells = np.ix_(models, rows)
             uncertainty[0][cells], uncertainty[1][cells] = lower, upper
             for j in range(len(PROBABILITY_COLUMNS)):
                 uncertainty[2 + j][cells] = chances[j]
@@ -412,7 +439,8 @@ def items(rows: Mapping[str, Any] | pd.DataFrame) -> list[dict[str, Any]]:
     columns = {c: _json_column(c, rows[c].to_numpy() if isinstance(rows, pd.DataFrame)
                                else rows[c]) if c in rows else [None] * n
                for c in ITEM_COLUMNS}
-    out = [{c: columns[c][i] for c in ITEM_COLUMNS} for i in range(n)]
+    out = [dict(zip(ITEM_COLUMNS, values, strict=True))
+           for values in zip(*(columns[c] for c in ITEM_COLUMNS), strict=True)] if n else []
     out.sort(key=lambda item: (item["target"], item["horizon"]))
     for item in out:
         if item["aqi"] is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.features import HourlyGrid, hours_since_observed, latest_features, window
+from pipeline.core.features import HourlyGrid, hours_since_observed, latest_row, window
 from pipeline.core.keys import ModelKey
 from pipeline.forecaster import Inputs, forecast
 from pipeline.schema import VALUE_COLUMNS
@@ -51,8 +51,8 @@ def answer(state: ServingState, req: ForecastRequest) -> dict[str, Any]:
     grid = _merged(state, req)
     issue = int(grid.hours[-1])
     champion = served.champion
-    features = latest_features(grid, champion.spec, state.timezones[req.location_id],
-                               champion.code(req.location_id))
+    features = latest_row(grid, champion.spec, state.timezones[req.location_id],
+                          champion.code(req.location_id))
     last = np.array([len(grid) - 1])
     since = {t: float(hours_since_observed(grid.series[t], last)[0]) for t in champion.targets}
     inputs = Inputs.one(champion, req.location_id, np.datetime64(issue, "h"), features,

@@ -26,6 +26,7 @@ positions and the columns computed so far) and declare its ``lookback``; both pa
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -260,6 +261,10 @@ class HourlyGrid:
     hours: np.ndarray
     series: Mapping[str, np.ndarray]
     forecasts: ForecastGrid | None = None
+    # the series as the rows of one (variable, hour) array, in ``series`` order, when they are
+    # (``from_rows`` and ``window`` make them so; writing into a series writes into it): the
+    # one-row path reads every lag of every variable from it in one gather (``evaluate``)
+    table: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.hours)
@@ -280,13 +285,13 @@ class HourlyGrid:
         index = hours[keep] - start
         if len(np.unique(index)) != len(index):
             raise ValueError(f"duplicate hours for location {location_id!r}")
-        series = {}
-        for name in (*VALUE_COLUMNS, *covariate_columns(values)):
-            column = np.full(n, np.nan)
+        names = (*VALUE_COLUMNS, *covariate_columns(values))
+        table = np.full((len(names), n), np.nan)
+        for row, name in zip(table, names, strict=True):
             if name in values:
-                column[index] = np.asarray(values[name], dtype=np.float64)[keep]
-            series[name] = column
-        return cls(location_id, np.arange(start, start + n, dtype=np.int64), series)
+                row[index] = np.asarray(values[name], dtype=np.float64)[keep]
+        return cls(location_id, np.arange(start, start + n, dtype=np.int64),
+                   dict(zip(names, table, strict=True)), table=table)
 
 
 def window(grid: HourlyGrid, start: int, end: int) -> HourlyGrid:
@@ -296,16 +301,18 @@ def window(grid: HourlyGrid, start: int, end: int) -> HourlyGrid:
     n = max(end - start + 1, 0)
     first = int(grid.hours[0]) if len(grid) else start
     lo, hi = max(start, first), min(end, first + len(grid) - 1)
-    series = {}
-    for name, values in grid.series.items():
-        column = np.full(n, np.nan)
-        if hi >= lo:
-            column[lo - start:hi - start + 1] = values[lo - first:hi - first + 1]
-        series[name] = column
+    names = list(grid.series)
+    table = np.full((len(names), n), np.nan)
+    if hi >= lo:
+        if grid.table is not None:  # every series in one copy
+            table[:, lo - start:hi - start + 1] = grid.table[:, lo - first:hi - first + 1]
+        else:
+            for row, values in zip(table, grid.series.values(), strict=True):
+                row[lo - start:hi - start + 1] = values[lo - first:hi - first + 1]
     forecasts = None if grid.forecasts is None else grid.forecasts.since(
         start - max(grid.forecasts.max_lead, 0))
-    return HourlyGrid(grid.location_id, np.arange(start, start + n, dtype=np.int64), series,
-                      forecasts)
+    return HourlyGrid(grid.location_id, np.arange(start, start + n, dtype=np.int64),
+                      dict(zip(names, table, strict=True)), forecasts, table)
 
 
 def hour_numbers(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -331,9 +338,8 @@ def hourly_grids(frame: pd.DataFrame, forecasts: pd.DataFrame | None = None,
         values = {c: part[c].to_numpy(dtype=np.float64) for c in names if c in part}
         grid = HourlyGrid.from_rows(str(location_id), hour_numbers(part["time"]), values)
         if forecasts is not None:
-            grid = HourlyGrid(grid.location_id, grid.hours, grid.series,
-                              runs.get(grid.location_id, ForecastGrid.from_rows(
-                                  np.empty(0), np.empty(0), {})))
+            grid = dataclasses.replace(grid, forecasts=runs.get(
+                grid.location_id, ForecastGrid.from_rows(np.empty(0), np.empty(0), {})))
         grids.append(grid)
     return grids
 
@@ -368,6 +374,16 @@ def shifted(x: np.ndarray, pos: np.ndarray, lags: np.ndarray | int) -> np.ndarra
     return out if np.ndim(lags) else out[:, 0]
 
 
+def side_by_side(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.stack(arrays, axis=-1)``: the same new array, without np.stack's Python set-up (a
+    kernel's few columns of one row cost more in np.stack than in the arithmetic)."""
+    first = arrays[0]
+    out = np.empty((*np.shape(first), len(arrays)))
+    for j, values in enumerate(arrays):
+        out[..., j] = values
+    return out
+
+
 def windows(x: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     """The ``width`` hours ending at each position (NaN before the grid): (len(pos), width).
 
@@ -390,9 +406,7 @@ def rolling_stats(x: np.ndarray, pos: np.ndarray, width: int, min_count: int,
     missing = np.isnan(win)
     if len(pos) == 1 and width >= max(min_count, 2) and not missing.any():
         # one window (online), every value observed: the same sums without the masks
-        mean = win.sum(axis=1) / width
-        win -= mean[:, None]
-        return mean, np.sqrt((win * win).sum(axis=1) / (width - 1))
+        return _known_stats(win)
     count = width - missing.sum(axis=1)
     win[missing] = 0.0
     mean = win.sum(axis=1) / np.maximum(count, 1)
@@ -402,6 +416,15 @@ def rolling_stats(x: np.ndarray, pos: np.ndarray, width: int, min_count: int,
     mean[count < min_count] = np.nan
     std[(count < min_count) | (count < 2)] = np.nan
     return mean, std
+
+
+def _known_stats(win: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rolling_stats` of windows (rows) whose every value is observed: the masked
+    path's sums and divisions, without the masks."""
+    width = win.shape[1]
+    mean = win.sum(axis=1) / width
+    spread = win - mean[:, None]
+    return mean, np.sqrt((spread * spread).sum(axis=1) / (width - 1))
 
 
 def rolling_sum(x: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
@@ -421,8 +444,11 @@ def anchor(level: np.ndarray, fallbacks: Iterable[np.ndarray]) -> np.ndarray:
     """
     level = np.asarray(level, dtype=np.float64)
     for fallback in fallbacks:
-        level = np.where(np.isnan(level), fallback, level)
-    return np.clip(level, 0, None)
+        missing = np.isnan(level)
+        if not missing.any():
+            break
+        level = np.where(missing, fallback, level)
+    return np.maximum(level, 0)
 
 
 def local_clock(hours: np.ndarray, timezone: str) -> np.ndarray:
@@ -500,6 +526,16 @@ class Columns(dict):
         found = self[column] = self.tables[block][:, i]
         return found
 
+    def side_by_side(self, names: Sequence[str]) -> np.ndarray:
+        """Columns ``names`` as one (rows, len(names)) array: a view of their block's table
+        when they are its consecutive columns (a block's lags), else a new array."""
+        spots = [self._layout.get(name) for name in names]
+        first = spots[0]
+        if (first is not None and first[0] < len(self.tables)
+                and spots == [(first[0], first[1] + j) for j in range(len(spots))]):
+            return self.tables[first[0]][:, first[1]:first[1] + len(spots)]
+        return side_by_side([self[name] for name in names])
+
     def shared(self, key: Hashable, make: Callable[[], np.ndarray]) -> np.ndarray:
         found = self._shared.get(key)
         if found is None:
@@ -518,11 +554,18 @@ class FeatureBlock:
     (or (len(pos),) for one column); ``done`` holds the columns of earlier blocks at ``pos``
     (and :meth:`Columns.shared`, for work several blocks share). ``lookback`` is how many
     hours before the issue hour it reads (through ``done`` too).
+
+    ``gather`` declares a block that only copies values: ``(variable, steps)``, its columns
+    being the variable ``steps`` hours before each position (NaN off the grid, or when the
+    grid lacks the variable), which is what its kernel computes. On one position (online)
+    :func:`evaluate` reads every such block of the list in one gather instead of calling
+    each kernel (the same values: a copy is a copy); everywhere else the kernel runs.
     """
 
     columns: tuple[str, ...]
     kernel: Kernel
     lookback: int = 0
+    gather: tuple[str, tuple[int, ...]] | None = None
 
 
 def _series(g: HourlyGrid, var: str) -> np.ndarray:
@@ -532,7 +575,7 @@ def _series(g: HourlyGrid, var: str) -> np.ndarray:
 
 
 def _value(var: str) -> FeatureBlock:
-    return FeatureBlock((var,), lambda g, pos, p, done: _series(g, var)[pos])
+    return FeatureBlock((var,), lambda g, pos, p, done: _series(g, var)[pos], gather=(var, (0,)))
 
 
 def _lags(var: str, lags: Sequence[int]) -> FeatureBlock:
@@ -541,15 +584,30 @@ def _lags(var: str, lags: Sequence[int]) -> FeatureBlock:
     def kernel(g, pos, p, done):
         return shifted(_series(g, var), pos, steps)
 
-    return FeatureBlock(tuple(f"{var}_lag{lag}" for lag in lags), kernel, max(lags, default=0))
+    return FeatureBlock(tuple(f"{var}_lag{lag}" for lag in lags), kernel, max(lags, default=0),
+                        gather=(var, tuple(int(lag) for lag in lags)))
 
 
-def _rolling(var: str, width: int) -> FeatureBlock:
+def _rolling(var: str, widths: Sequence[int]) -> FeatureBlock:
+    """The mean and standard deviation of each window width, in one block (one kernel call
+    for every width: on the online path's one row, the calls are the cost)."""
+    widths = tuple(int(w) for w in widths)
+    longest = max(widths)
+
     def kernel(g, pos, p, done):
-        return np.stack(rolling_stats(g.series[var], pos, width, max(1, width // 2)), axis=1)
+        x = g.series[var]
+        if len(pos) == 1 and min(widths) >= 2 and longest - 1 <= pos[0] < len(x):
+            # one row (online): every width is the end of the longest window; when all of
+            # it is observed, each width's statistics without masks (rolling_stats' sums)
+            last = x[int(pos[0]) + 1 - longest:int(pos[0]) + 1][None, :]
+            if not np.isnan(last).any():
+                return side_by_side([stat for width in widths
+                                     for stat in _known_stats(last[:, longest - width:])])
+        return side_by_side([stat for width in widths
+                             for stat in rolling_stats(x, pos, width, max(1, width // 2))])
 
-    std, mean = spread_columns(var, width)
-    return FeatureBlock((mean, std), kernel, width - 1)
+    columns = [name for width in widths for name in spread_columns(var, width)[::-1]]
+    return FeatureBlock(tuple(columns), kernel, max(widths) - 1)
 
 
 def _diffs(var: str, steps: Sequence[int]) -> FeatureBlock:
@@ -573,8 +631,7 @@ def _relative(target: str, names: Sequence[str]) -> FeatureBlock:
     """Scale-free views: the same shape of a series means the same at 10 or 300 ug/m3."""
 
     def kernel(g, pos, p, done):
-        return np.log1p(np.stack([done[n] for n in names], axis=1)) - done[
-            anchor_column(target)][:, None]
+        return np.log1p(done.side_by_side(names)) - done[anchor_column(target)][:, None]
 
     prefix = f"{target}_"
     return FeatureBlock(tuple(f"{target}_rel_{n[len(prefix):]}" for n in names), kernel)
@@ -584,7 +641,7 @@ def _wind(g, pos, p, done):
     speed = g.series["wind_speed_10m"][pos]
     rad = np.deg2rad(g.series["wind_direction_10m"][pos])
     # direction the wind comes from -> vector components of the flow
-    return np.stack([-speed * np.sin(rad), -speed * np.cos(rad)], axis=1)
+    return side_by_side([-speed * np.sin(rad), -speed * np.cos(rad)])
 
 
 def _wind_lags(lags: Sequence[int]) -> FeatureBlock:
@@ -616,6 +673,8 @@ def _observed_mean(values: np.ndarray, min_count: int) -> np.ndarray:
     """Means of the observed values of ``values`` along its last axis; NaN below
     ``min_count``."""
     missing = np.isnan(values)
+    if values.shape[-1] >= min_count and not missing.any():  # every value known: no masks
+        return values.sum(axis=-1) / values.shape[-1]
     count = values.shape[-1] - missing.sum(axis=-1)
     total = np.where(missing, 0.0, values).sum(axis=-1)
     return np.where(count >= min_count, total / np.maximum(count, 1), np.nan)
@@ -648,6 +707,7 @@ def _profiles(target: str, horizon: int, horizons: Sequence[int]) -> FeatureBloc
     offsets = [_profile_offsets(h) for h in horizons]
     daily = np.concatenate([d for d, _ in offsets])  # horizon-major: (len(horizons) * 7,)
     weekly = np.concatenate([w for _, w in offsets])
+    back = np.concatenate([daily, weekly])
     columns = tuple(horizon_column(f"{target}_{name}", horizon)
                     for name in ("rel_daily_profile", "rel_weekly_profile", "diurnal_shape"))
 
@@ -655,10 +715,12 @@ def _profiles(target: str, horizon: int, horizons: Sequence[int]) -> FeatureBloc
         x = g.series[target]
         n, m = len(pos), len(horizons)
         level = done[anchor_column(target)][:, None]
-        day = np.log1p(_observed_mean(shifted(x, pos, daily).reshape(n, m, 7), 4))
-        week = np.log1p(_observed_mean(shifted(x, pos, weekly).reshape(n, m, 4), 2))
-        mean = np.log1p(rolling_stats(x, pos, 168, 84)[0])[:, None]
-        return np.stack([day - level, week - level, day - mean], axis=2)  # (n, horizons, 3)
+        hours = shifted(x, pos, back)  # every horizon's days, then its weeks: one gather
+        day = np.log1p(_observed_mean(hours[:, :7 * m].reshape(n, m, 7), 4))
+        week = np.log1p(_observed_mean(hours[:, 7 * m:].reshape(n, m, 4), 2))
+        # the mean of the last 7 days (rolling_stats' mean: the same sum and count)
+        mean = np.log1p(_observed_mean(windows(x, pos, 168), 84))[:, None]
+        return side_by_side([day - level, week - level, day - mean])  # (n, horizons, 3)
 
     def kernel(g, pos, p, done):
         return done.shared(("profiles", target, horizons),
@@ -671,16 +733,20 @@ def _trend(target: str, width: int) -> FeatureBlock:
     """Least-squares slope of log1p(level) per hour over the last ``width`` hours."""
     steps = np.arange(width - 1, -1, -1, dtype=np.int64)
     x = -steps.astype(np.float64)
+    # a window with every hour known: the hours' deviations and their sum of squares do not
+    # depend on the values (computed once, as the masked path computes them)
+    dx_all = x[None, :] - (x[None, :].sum(axis=1) / width)[:, None]
+    sxx_all = (dx_all * dx_all).sum(axis=1)
 
     def kernel(g, pos, p, done):
         y = np.log1p(shifted(g.series[target], pos, steps))
-        known = ~np.isnan(y)
-        if len(pos) == 1 and known.all():  # one window (online), all known: no masks
-            dx = x[None, :] - (x[None, :].sum(axis=1) / width)[:, None]
+        missing = np.isnan(y)
+        if len(pos) == 1 and not missing.any():  # one window (online), all known: no masks
+            if not sxx_all[0] > 0:
+                return np.full(1, np.nan)
             dy = y - (y.sum(axis=1) / width)[:, None]
-            sxx = (dx * dx).sum(axis=1)
-            slope = (dx * dy).sum(axis=1) / np.where(sxx > 0, sxx, 1.0)
-            return np.where(sxx > 0, slope, np.nan)
+            return (dx_all * dy).sum(axis=1) / sxx_all
+        known = ~missing
         count = known.sum(axis=1)
         xs = np.where(known, x[None, :], 0.0)
         ys = np.where(known, y, 0.0)
@@ -712,11 +778,11 @@ def _anomalies(variable: str) -> FeatureBlock:
     def kernel(g, pos, p, done):
         x = _series(g, variable)
         now = np.log1p(x[pos])
-        return np.stack([
+        return side_by_side([
             now - np.log1p(_observed_mean(shifted(x, pos, daily), 4)),
             now - np.log1p(_observed_mean(shifted(x, pos, weekly), 2)),
             now - np.log1p(_observed_mean(shifted(x, pos, monthly), 14)),
-        ], axis=1)
+        ])
 
     return FeatureBlock(columns, kernel, int(max(weekly.max(), monthly.max())))
 
@@ -741,7 +807,8 @@ def _volatility(target: str) -> FeatureBlock:
     steps = np.arange(24, -1, -1, dtype=np.int64)
 
     def kernel(g, pos, p, done):
-        change = np.diff(np.log1p(shifted(g.series[target], pos, steps)), axis=1)
+        level = np.log1p(shifted(g.series[target], pos, steps))
+        change = level[:, 1:] - level[:, :-1]  # np.diff's subtraction
         known = ~np.isnan(change)
         if len(pos) == 1 and known.all():  # one window (online), all known: no masks
             return np.sqrt((change * change).sum(axis=1) / change.shape[1])
@@ -852,8 +919,8 @@ def feature_blocks(spec: FeatureSpec) -> tuple[FeatureBlock, ...]:
         blocks.append(_value(target))
         if cfg.lags:
             blocks.append(_lags(target, cfg.lags))
-        for width in cfg.rolling_windows:
-            blocks.append(_rolling(target, width))
+        if cfg.rolling_windows:
+            blocks.append(_rolling(target, cfg.rolling_windows))
         blocks.append(_diffs(target, (1, 24)))
         fallbacks = [name for name in (f"{target}_lag1", f"{target}_mean24", f"{target}_mean72")
                      if any(name in b.columns for b in blocks)]
@@ -932,15 +999,81 @@ def evaluate(blocks: Sequence[FeatureBlock], grid: HourlyGrid, pos: np.ndarray, 
              ) -> Columns:
     """Every block's columns at ``pos``, in order (each column read by name; the blocks'
     tables in ``tables``)."""
-    done = Columns(_layout(blocks if isinstance(blocks, tuple) else tuple(blocks)))
-    for block in blocks:
+    blocks = blocks if isinstance(blocks, tuple) else tuple(blocks)
+    layout = _layout_of(blocks)
+    done = Columns(layout[1])
+    gathered = _gather_one(layout[3], grid, int(pos[0])) if len(pos) == 1 else None
+    for b, block in enumerate(blocks):
+        if gathered is not None and block.gather is not None:
+            done.tables.append(gathered[b])
+            continue
         values = block.kernel(grid, pos, place, done)
         done.tables.append(values[:, None] if values.ndim == 1 else values)
     return done
 
 
+@dataclass
+class _Gathers:
+    """Every ``gather`` block of a list as one gather: each value's variable and steps back,
+    and each block's slice of the gathered row; the variables' rows in a grid's ``table``,
+    kept per order of its series."""
+
+    blocks: list[int]  # the positions of the gather blocks in the list
+    variables: list[str]
+    steps: np.ndarray
+    slices: list[tuple[int, int]]
+    rows: dict[tuple[str, ...], np.ndarray | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, blocks: tuple[FeatureBlock, ...]) -> _Gathers:
+        chosen = [b for b, block in enumerate(blocks) if block.gather is not None]
+        variables: list[str] = []
+        steps: list[int] = []
+        slices = []
+        for block in (blocks[b] for b in chosen):
+            var, back = block.gather
+            if len(back) != len(block.columns):
+                raise ValueError(f"block {block.columns[:2]} gathers {len(back)} values for "
+                                 f"{len(block.columns)} columns")
+            slices.append((len(steps), len(steps) + len(back)))
+            variables += [var] * len(back)
+            steps += back
+        return cls(chosen, variables, np.asarray(steps, dtype=np.int64), slices)
+
+    def rows_in(self, names: tuple[str, ...]) -> np.ndarray | None:
+        """Each value's row in a table of series ``names`` (None: a variable is not there)."""
+        if names not in self.rows:
+            index = {name: i for i, name in enumerate(names)}
+            self.rows[names] = (np.array([index[v] for v in self.variables], dtype=np.intp)
+                                if all(v in index for v in self.variables) else None)
+        return self.rows[names]
+
+
+def _gather_one(plan: _Gathers, grid: HourlyGrid, position: int,
+                ) -> dict[int, np.ndarray] | None:
+    """The ``gather`` blocks' values at one position: one fancy index into the grid's table
+    when it has one, holds every variable and every step stays on the grid; else value by
+    value (NaN off the grid or for a variable the grid lacks). Each block gets its slice."""
+    if not plan.blocks:
+        return None
+    source = position - plan.steps
+    rows = plan.rows_in(tuple(grid.series)) if grid.table is not None else None
+    if rows is not None and len(source) and source.min() >= 0 and source.max() < len(grid):
+        values = grid.table[rows, source]
+    else:
+        n = len(grid)
+        values = np.full(len(source), np.nan)
+        for i, (var, at) in enumerate(zip(plan.variables, source.tolist(), strict=True)):
+            series = grid.series.get(var)
+            if series is not None and 0 <= at < n:
+                values[i] = series[at]
+    values = values[None, :]
+    return {b: values[:, start:stop]
+            for b, (start, stop) in zip(plan.blocks, plan.slices, strict=True)}
+
+
 _LAYOUTS: dict[int, tuple[tuple[FeatureBlock, ...], dict[str, tuple[int, int]],
-                           tuple[str, ...]]] = {}
+                           tuple[str, ...], _Gathers]] = {}
 
 
 def _layout(blocks: tuple[FeatureBlock, ...]) -> dict[str, tuple[int, int]]:
@@ -963,7 +1096,7 @@ def _layout_of(blocks: tuple[FeatureBlock, ...]):
         found = _LAYOUTS[id(blocks)] = (
             blocks, {column: (b, i) for b, block in enumerate(blocks)
                      for i, column in enumerate(block.columns)},
-            tuple(c for block in blocks for c in block.columns))
+            tuple(c for block in blocks for c in block.columns), _Gathers.of(blocks))
     return found
 
 
@@ -1013,12 +1146,26 @@ def latest_features(grid: HourlyGrid, spec: FeatureSpec, timezone: str, code: fl
     Give it at least :attr:`FeatureSpec.warmup_hours` hours: the values then equal
     :func:`build_features`' row for that hour over the whole history.
     """
+    row = latest_row(grid, spec, timezone, code)
+    return dict(zip(_names(feature_blocks(spec)), row.tolist(), strict=True))
+
+
+def latest_row(grid: HourlyGrid, spec: FeatureSpec, timezone: str, code: float) -> np.ndarray:
+    """:func:`latest_features` as one array in :func:`feature_names` order (read a column
+    with :func:`row_positions`): the online path takes its model inputs from it by position."""
     if len(grid) == 0:
         raise ValueError(f"no history for location {grid.location_id!r}")
+    done = evaluate(feature_blocks(spec), grid, np.array([len(grid) - 1]), Place(timezone, code))
+    return np.concatenate(done.tables, axis=1, dtype=np.float64)[0]
+
+
+def row_positions(spec: FeatureSpec, columns: Sequence[str]) -> np.ndarray:
+    """Where each of ``columns`` is in :func:`latest_row` (a column two blocks compute: the
+    later block's, as in :func:`latest_features`); KeyError for a column not built."""
     blocks = feature_blocks(spec)
-    done = evaluate(blocks, grid, np.array([len(grid) - 1]), Place(timezone, code))
-    row = np.concatenate(done.tables, axis=1, dtype=np.float64)[0].tolist()
-    return dict(zip(_names(blocks), row, strict=True))
+    layout = _layout(blocks)
+    starts = np.cumsum([0, *(len(block.columns) for block in blocks)])
+    return np.array([starts[layout[c][0]] + layout[c][1] for c in columns], dtype=np.intp)
 
 
 def features_present(rows: np.ndarray) -> np.ndarray:
@@ -1037,6 +1184,8 @@ def hours_since_observed(x: np.ndarray, pos: np.ndarray) -> np.ndarray:
 
     Looks back over the whole grid given (online: the bounded window).
     """
+    if len(pos) == 1 and 0 <= pos[0] < len(x) and x[pos[0]] == x[pos[0]]:  # observed now
+        return np.zeros(1)
     observed = np.where(~np.isnan(x), np.arange(len(x)), -1)
     last = np.maximum.accumulate(observed)[pos] if len(x) else np.full(len(pos), -1)
     return np.where(last >= 0, pos - last, np.nan).astype(np.float64)
@@ -1091,8 +1240,10 @@ __all__ = [
     "window",
     "label_column",
     "latest_features",
+    "latest_row",
     "location_codes",
     "persistence_column",
     "regular_grid",
+    "row_positions",
     "seasonal_column",
 ]

@@ -186,6 +186,23 @@ def _ends(quantiles, coverage: float) -> np.ndarray:
     return np.interp((tail, 1 - tail), _LEVELS, quantiles)
 
 
+_ENDS: dict[tuple[int, float], tuple[object, np.ndarray]] = {}
+
+
+def _ends_of(quantiles, coverage: float) -> np.ndarray:
+    """:func:`_ends` of a calibration's quantiles, kept per quantiles object (a served
+    champion's calibrations do not change: the same ends every forecast; read-only)."""
+    key = (id(quantiles), coverage)
+    found = _ENDS.get(key)
+    if found is None or found[0] is not quantiles:
+        if len(_ENDS) >= 1024:
+            _ENDS.clear()
+        ends = _ends(quantiles, coverage)
+        ends.flags.writeable = False
+        found = _ENDS[key] = (quantiles, ends)  # holds the object: its id stays its own
+    return found[1]
+
+
 def _log_forecast(predicted) -> np.ndarray:
     return np.log1p(np.maximum(np.asarray(predicted, float), 0))
 
@@ -288,7 +305,7 @@ def uncertainty_of_models(targets: Sequence[str], predicted: np.ndarray,
     for i, (target, calibration) in enumerate(zip(targets, calibrations, strict=True)):
         found = (calibration.get("by_location") or {}).get(location, calibration["quantiles"])
         quantiles.append(found)
-        ends[i] = _ends(found, coverage)
+        ends[i] = _ends_of(found, coverage)
         scale = calibration.get("scale")
         if scale:
             if volatility[i] is None:

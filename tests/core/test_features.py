@@ -8,20 +8,25 @@ import pytest
 
 from pipeline.config import FeatureConfig
 from pipeline.core.features import (
+    Columns,
     FeatureSettings,
     FeatureSpec,
     HourlyGrid,
+    Place,
     build_features,
     column_horizon,
     columns_for_horizon,
+    feature_blocks,
     feature_columns,
     feature_names,
     hour_times,
     hourly_grids,
     label_column,
     latest_features,
+    latest_row,
     location_codes,
     regular_grid,
+    row_positions,
     seasonal_column,
     window,
 )
@@ -284,13 +289,57 @@ def test_online_row_equals_batch_row_bit_for_bit():
         grid = hourly_grids(part, forecasts)[0]
         for end in [0, 1, 5, 30, 100, 151, 155, 165, 200, 456, 480, 700, len(grid) - 1]:
             start = max(0, end - SPEC.warmup_hours + 1)
-            window = HourlyGrid(location_id, grid.hours[start:end + 1],
-                                {k: v[start:end + 1] for k, v in grid.series.items()},
-                                grid.forecasts.since(int(grid.hours[start]) - 48))
-            online = latest_features(window, SPEC, TZ[location_id], codes[location_id])
+            first = int(grid.hours[0])
+            windows = {  # series of their own (each value copied), and rows of one table
+                "own series": HourlyGrid(location_id, grid.hours[start:end + 1],
+                                         {k: v[start:end + 1] for k, v in grid.series.items()},
+                                         grid.forecasts.since(int(grid.hours[start]) - 48)),
+                "table": window(grid, first + end - SPEC.warmup_hours + 1, first + end),
+            }
+            assert windows["table"].table is not None
             row = batch.loc[(location_id, hour_times(grid.hours[end:end + 1])[0]), names]
-            np.testing.assert_array_equal(np.array([online[n] for n in names]),
-                                          row.to_numpy(dtype=float), err_msg=f"{end}")
+            for kind, part_grid in windows.items():
+                online = latest_features(part_grid, SPEC, TZ[location_id], codes[location_id])
+                np.testing.assert_array_equal(np.array([online[n] for n in names]),
+                                              row.to_numpy(dtype=float),
+                                              err_msg=f"{end} {kind}")
+
+
+def test_gather_blocks_declare_what_their_kernels_compute():
+    """A block's ``gather`` (variable, steps back) is what its kernel gives at every position,
+    gaps, the grid's start and a variable the data lack (a covariate) included: the one-row
+    path reads these blocks from the declaration, the batch path runs the kernels."""
+    frame = raw(hours=24 * 10)
+    frame = frame.drop(frame.index[(frame["location_id"] == "a")][30:40])
+    spec = FeatureSpec(("pm2_5",), (1, 6), FeatureConfig(covariates=["traffic"]))
+    grid = hourly_grids(frame[frame["location_id"] == "a"])[0]
+    assert "cov_traffic" not in grid.series
+    pos = np.arange(len(grid))
+    gathers = [b for b in feature_blocks(spec) if b.gather is not None]
+    assert {b.gather[0] for b in gathers} >= {"pm2_5", "cov_traffic", "wind_speed_10m"}
+    for block in gathers:
+        variable, steps = block.gather
+        values = block.kernel(grid, pos, Place("UTC", 0.0), Columns())
+        values = values[:, None] if values.ndim == 1 else values
+        series = grid.series.get(variable, np.full(len(grid), np.nan))
+        source = pos[:, None] - np.array(steps)[None, :]
+        expected = np.where((source >= 0) & (source < len(grid)),
+                            series[np.clip(source, 0, len(grid) - 1)], np.nan)
+        np.testing.assert_array_equal(values, expected, err_msg=str(block.columns))
+
+
+def test_latest_row_holds_the_features_in_order_and_row_positions_find_them():
+    frame = raw(hours=24 * 10)
+    grid = hourly_grids(frame[frame["location_id"] == "b"])[0]
+    named = latest_features(grid, SPEC, TZ["b"], 1.0)
+    row = latest_row(grid, SPEC, TZ["b"], 1.0)
+    names = feature_names(SPEC)
+    np.testing.assert_array_equal(row, np.array([named[n] for n in names]))
+    picked = names[::-7]
+    np.testing.assert_array_equal(row[row_positions(SPEC, picked)],
+                                  np.array([named[n] for n in picked]))
+    with pytest.raises(KeyError):
+        row_positions(SPEC, ["not_a_feature"])
 
 
 def test_online_window_padded_before_the_history_changes_nothing():
