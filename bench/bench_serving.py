@@ -20,7 +20,8 @@ new connection per request as sync workers close them), interleaved round by rou
     v2               MLServer's V2 infer of the stored newest hour (as post)
 
 Per configuration: req/s, p50/p99 latency, server CPU per request (user + system, /proc: the
-gunicorn master and workers, plus nginx and mtail through the front door), the load driver's
+gunicorn master and workers, plus nginx and mtail through the front door; also per process,
+user and system apart), the load driver's
 own CPU per request (it shares the cores: with the server's, it sets the req/s), and the ratio
 to the reference of the same round. A soak run of ``--soak`` seconds on post_obs (front door)
 samples each worker's RSS (flat = no growth).
@@ -96,15 +97,18 @@ def group_pids(leader: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
+def cpu_by_process(pids: list[int]) -> dict[str, tuple[float, float]]:
+    """CPU seconds (user, system) of ``pids``, summed per process name (``comm``)."""
+    totals: dict[str, tuple[float, float]] = {}
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            name, rest = Path(f"/proc/{pid}/stat").read_text().split("(", 1)[1].rsplit(")", 1)
+        except (OSError, ValueError):
             continue
-        total += (int(fields[11]) + int(fields[12])) / TICKS
-    return total
+        fields = rest.split()
+        user, system = totals.get(name, (0.0, 0.0))
+        totals[name] = (user + int(fields[11]) / TICKS, system + int(fields[12]) / TICKS)
+    return totals
 
 
 def rss_bytes(pid: int) -> int:
@@ -281,10 +285,15 @@ def measure(server: Server | FrontDoor | Direct, method: str, path: str, body: b
             connections: int, seconds: float) -> dict:
     drive(server, method, path, body, connections, 1.0)  # warm-up
     pids = server.pids
-    cpu0, client0 = cpu_seconds(pids), own_cpu_seconds()
+    cpu0, client0 = cpu_by_process(pids), own_cpu_seconds()
     result = drive(server, method, path, body, connections, seconds)
     done = max(result["requests"], 1)
-    result["cpu_ms_per_request"] = (cpu_seconds(pids) - cpu0) / done * 1000
+    cpu1 = cpu_by_process(pids)
+    # where the server's CPU goes: gunicorn (master and workers), nginx, mtail; user, system
+    by_process = {name: [round((cpu1[name][i] - cpu0.get(name, (0.0, 0.0))[i]) / done * 1000, 3)
+                         for i in (0, 1)] for name in cpu1}
+    result["cpu_ms_per_request"] = sum(sum(v) for v in by_process.values())
+    result["cpu_ms_per_request_by_process"] = by_process
     # the load driver shares the 2 cores: its CPU per request bounds the req/s ratio
     result["client_cpu_ms_per_request"] = (own_cpu_seconds() - client0) / done * 1000
     return result
@@ -401,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"  p99 {r['p99_ms']:7.2f} ms  cpu {r['cpu_ms_per_request']:5.2f} ms/req"
                       f" (client {r['client_cpu_ms_per_request']:4.2f})"
                       f"  errors {r['errors']}  (load {row['load_average']})", flush=True)
+                print("        cpu ms/req by process (user + system): " + ", ".join(
+                    f"{k} {u:.3f} + {s:.3f}" for k, (u, s) in sorted(
+                        r["cpu_ms_per_request_by_process"].items(), key=lambda kv: -sum(kv[1]))),
+                    flush=True)
             rounds.append(row)
         summary = {}
         for name in configs:
