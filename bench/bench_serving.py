@@ -7,7 +7,9 @@ year, the model `make run` trains) and runs ingest .. predict; trains the refere
 (``stack/serving_local.py``: supervisord runs nginx on 127.0.0.1 in front of ``gunicorn -w 2``
 on a unix socket, and mtail), all with ``OMP_NUM_THREADS=1``; then drives each configuration
 with the same closed-loop load driver (C connections, one request in flight per connection, a
-new connection per request as sync workers close them), interleaved round by round:
+new connection per request as sync workers close them; with ``--reuse-connections`` each
+client keeps its connection unless the server closes it, as an HTTP/1.1 client with a session
+does: nginx keeps it, gunicorn's sync workers close it), interleaved round by round:
 
     reference        POST /predict of the reference app (pickle, one-row DataFrame per horizon)
     post_obs         POST /v1/forecasts with the newest hour's observations (feature row
@@ -30,6 +32,7 @@ samples each worker's RSS (flat = no growth).
     .venv/bin/python bench/bench_serving.py --rounds 1 --seconds 5 --soak 0   # quick look
     .venv/bin/python bench/bench_serving.py --no-v2       # without MLServer (.venv-mlserver)
     .venv/bin/python bench/bench_serving.py --only post_obs post_obs_direct  # and the reference
+    .venv/bin/python bench/bench_serving.py --reuse-connections  # clients keep their connections
 """
 
 from __future__ import annotations
@@ -241,8 +244,13 @@ class Direct:
 
 
 def drive(server: Server | FrontDoor | Direct, method: str, path: str, body: bytes | None,
-          connections: int, seconds: float) -> dict:
-    """Closed loop: ``connections`` threads, each one request in flight, for ``seconds``."""
+          connections: int, seconds: float, reuse: bool = False) -> dict:
+    """Closed loop: ``connections`` threads, each one request in flight, for ``seconds``.
+
+    ``reuse``: each thread behaves as an HTTP/1.1 client with a connection pool of one (as
+    ``requests.Session`` does): it keeps its connection unless the server closes it (gunicorn's
+    sync workers close every one; nginx keeps them); otherwise a new connection per request.
+    """
     latencies: list[list[float]] = [[] for _ in range(connections)]
     errors = [0] * connections
     headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -250,19 +258,28 @@ def drive(server: Server | FrontDoor | Direct, method: str, path: str, body: byt
 
     def worker(i: int) -> None:
         mine = latencies[i]
+        conn = None
         while time.monotonic() < stop_at:
             started = time.perf_counter()
             try:
-                conn = server.connection()
+                if conn is None:
+                    conn = server.connection()
                 conn.request(method, path, body=body, headers=headers)
                 reply = conn.getresponse()
                 reply.read()
-                conn.close()
+                if not reuse or reply.will_close:
+                    conn.close()
+                    conn = None
                 if reply.status != 200:
                     errors[i] += 1
             except OSError:
                 errors[i] += 1
+                if conn is not None:
+                    conn.close()
+                    conn = None
             mine.append(time.perf_counter() - started)
+        if conn is not None:
+            conn.close()
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
     began = time.perf_counter()
@@ -282,11 +299,11 @@ def drive(server: Server | FrontDoor | Direct, method: str, path: str, body: byt
 
 
 def measure(server: Server | FrontDoor | Direct, method: str, path: str, body: bytes | None,
-            connections: int, seconds: float) -> dict:
-    drive(server, method, path, body, connections, 1.0)  # warm-up
+            connections: int, seconds: float, reuse: bool = False) -> dict:
+    drive(server, method, path, body, connections, 1.0, reuse)  # warm-up
     pids = server.pids
     cpu0, client0 = cpu_by_process(pids), own_cpu_seconds()
-    result = drive(server, method, path, body, connections, seconds)
+    result = drive(server, method, path, body, connections, seconds, reuse)
     done = max(result["requests"], 1)
     cpu1 = cpu_by_process(pids)
     # where the server's CPU goes: gunicorn (master and workers), nginx, mtail; user, system
@@ -323,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the reference apps' folder (default: ../shared/bench-anchors)")
     parser.add_argument("--no-v2", dest="v2", action="store_false",
                         help="leave out MLServer's V2 endpoint (.venv-mlserver)")
+    parser.add_argument("--reuse-connections", action="store_true",
+                        help="every configuration's client keeps its connection unless the "
+                             "server closes it (HTTP/1.1 keep-alive, as requests.Session); "
+                             "default: a new connection per request")
     parser.add_argument("--only", nargs="+", default=None, metavar="CONFIG",
                         help="run only these configurations (reference is always run: the "
                              "ratios need it), e.g. --only post_obs post_obs_direct")
@@ -404,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.rounds):
             row = {"load_average": load_average()}
             for name, (server, method, path, body) in configs.items():
-                row[name] = measure(server, method, path, body, args.connections, args.seconds)
+                row[name] = measure(server, method, path, body, args.connections, args.seconds,
+                                    args.reuse_connections)
                 r = row[name]
                 print(f"round {i + 1} {name:<15} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.2f} ms"
                       f"  p99 {r['p99_ms']:7.2f} ms  cpu {r['cpu_ms_per_request']:5.2f} ms/req"
@@ -432,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             total = 0
             while time.monotonic() - began < args.soak:
                 chunk = drive(ours, "POST", "/v1/forecasts", obs_body, args.connections,
-                              min(30.0, args.soak - (time.monotonic() - began)))
+                              min(30.0, args.soak - (time.monotonic() - began)),
+                              args.reuse_connections)
                 total += chunk["requests"]
                 samples.append({"t": round(time.monotonic() - began), "rps": chunk["rps"],
                                 "rss_mb": {p: round(rss_bytes(p) / 2**20, 1) for p in workers}})
@@ -452,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = {"cores": os.cpu_count(), "python": platform.python_version(),
                "processor": platform.processor() or platform.machine()}
     result = {"machine": machine, "connections": args.connections, "seconds": args.seconds,
-              "rounds": rounds, "summary": summary, "soak": soak, "rss_mb": rss}
+              "reuse_connections": args.reuse_connections, "rounds": rounds, "summary": summary,
+              "soak": soak, "rss_mb": rss}
     print(json.dumps({"summary": summary, "rss_mb": rss, "soak": soak and {
         k: soak[k] for k in ("requests", "start_rss_mb", "end_rss_mb")}}, indent=2))
     for name in ("post_obs", "post_obs_direct"):
