@@ -559,22 +559,78 @@ def generate(
     spike_rate: float = 0.0,
     drifts: Sequence[Drift] = (),
     profile: SiteProfile | None = None,
+    simulation: Simulation | None = None,
 ) -> dict[str, np.ndarray]:
     """Canonical value columns for one location, UTC hours [start_hour, end_hour).
 
     ``start_hour``/``end_hour`` count hours since 1970-01-01T00Z. Returns measured
     values (rounded like real instruments, with gaps as NaN and spikes as
-    impossible values) keyed by canonical column name.
+    impossible values) keyed by canonical column name. ``simulation``: the location's
+    :func:`simulate` of a window that holds this one (the same values, not computed again).
     """
     if end_hour - start_hour <= 0:
         return {col: np.empty(0) for col in VALUE_COLUMNS}
     drifts = [d for d in drifts if d.applies_to(location_id)]
-    hours, true, _, noise = _simulate(location_id, latitude, longitude, timezone, start_hour,
-                                      end_hour, seed, drifts, profile)
+    if simulation is None:
+        hours, true, _, noise = _simulate(location_id, latitude, longitude, timezone,
+                                          start_hour, end_hour, seed, drifts, profile)
+    else:
+        simulation.check(location_id, seed, start_hour, end_hour, drifts)
+        hours, true, _ = simulation.part(start_hour - PAD_HOURS, end_hour)
+        noise = _Noise(seed, location_id, hours)
     keep = slice(PAD_HOURS, None)
     measured = _measure({k: v[keep] for k, v in true.items()}, noise, drifts, hours[keep])
     _gaps_and_spikes(measured, noise, gap_rate, spike_rate, hours)
     return measured
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """One location's simulated true values over UTC hours ``hours`` (the first
+    :data:`PAD_HOURS` a warm-up), made once and shared by the observations and the weather
+    forecasts of the same window (:func:`generate`, :func:`generate_forecasts`).
+
+    Every value depends only on (seed, location, hour): a part of a longer simulation is the
+    same floats as a simulation of that part alone, as long as :data:`PAD_HOURS` of it
+    precede the hours used. Drifts change pollutants only, so the weather serves the
+    forecasts whatever the drifts were.
+    """
+
+    location_id: str
+    seed: int
+    drifts: tuple[Drift, ...]
+    hours: np.ndarray
+    true: dict[str, np.ndarray]
+    weather: dict[str, np.ndarray]
+
+    def check(self, location_id: str, seed: int, start_hour: int, end_hour: int,
+              drifts: Sequence[Drift] | None = None) -> None:
+        """Refuse a simulation of another location, seed or drift, or one that does not hold
+        [start_hour, end_hour) with its warm-up (``drifts`` None: weather only)."""
+        if (location_id, seed) != (self.location_id, self.seed) or (
+                drifts is not None and tuple(drifts) != self.drifts):
+            raise ValueError(f"a simulation of {self.location_id!r} (seed {self.seed}) given "
+                             f"for {location_id!r} (seed {seed}) or other drifts")
+        if start_hour - PAD_HOURS < int(self.hours[0]) or end_hour - 1 > int(self.hours[-1]):
+            raise ValueError(f"a simulation of hours {int(self.hours[0])}..{int(self.hours[-1])}"
+                             f" does not hold {start_hour - PAD_HOURS}..{end_hour - 1}")
+
+    def part(self, start_hour: int, end_hour: int
+             ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(hours, true values, weather drivers) of hours [start_hour, end_hour)."""
+        cut = slice(start_hour - int(self.hours[0]), end_hour - int(self.hours[0]))
+        return (self.hours[cut], {k: v[cut] for k, v in self.true.items()},
+                {k: v[cut] for k, v in self.weather.items()})
+
+
+def simulate(location_id: str, latitude: float, longitude: float, timezone: str,
+             start_hour: int, end_hour: int, *, seed: int, drifts: Sequence[Drift] = (),
+             profile: SiteProfile | None = None) -> Simulation:
+    """The location's true values of UTC hours [start_hour, end_hour), with their warm-up."""
+    drifts = tuple(d for d in drifts if d.applies_to(location_id))
+    hours, true, weather, _ = _simulate(location_id, latitude, longitude, timezone, start_hour,
+                                        end_hour, seed, drifts, profile)
+    return Simulation(location_id, seed, drifts, hours, true, weather)
 
 
 def _simulate(location_id: str, latitude: float, longitude: float, timezone: str,
@@ -747,6 +803,14 @@ def forecast_issues(start_hour: int, end_hour: int, every: int = FORECAST_EVERY_
     return np.arange(first, int(end_hour), every, dtype=np.int64)
 
 
+def forecast_window_end(start_hour: int, end_hour: int,
+                        max_lead: int = FORECAST_MAX_LEAD_H) -> int:
+    """The end of the hours the forecast runs issued in [start_hour, end_hour) reach: with
+    ``end_hour`` itself, the window one :class:`Simulation` needs for both products."""
+    issues = forecast_issues(start_hour, end_hour)
+    return max(int(end_hour), int(issues[-1]) + max_lead + 1) if len(issues) else int(end_hour)
+
+
 def _run_noise(key: int, issue: np.ndarray, valid: np.ndarray, period: int) -> np.ndarray:
     """Value noise along valid time with knots of its own for every run (unit variance)."""
     x = valid + (key % period)
@@ -785,6 +849,7 @@ def generate_forecasts(
     seed: int,
     profile: SiteProfile | None = None,
     max_lead: int = FORECAST_MAX_LEAD_H,
+    simulation: Simulation | None = None,
 ) -> dict[str, np.ndarray]:
     """Weather forecasts of the runs issued in UTC hours [start_hour, end_hour).
 
@@ -800,9 +865,13 @@ def generate_forecasts(
     if not len(issues):
         empty = np.empty(0, dtype=np.int64)
         return {"issue": empty, "time": empty, **{v: np.empty(0) for v in WEATHER}}
-    hours, true, w, _ = _simulate(location_id, latitude, longitude, timezone,
-                                  int(issues[0]) + 1, int(issues[-1]) + max_lead + 1, seed, (),
-                                  p)
+    first, end = int(issues[0]) + 1, int(issues[-1]) + max_lead + 1
+    if simulation is None:
+        hours, true, w, _ = _simulate(location_id, latitude, longitude, timezone, first, end,
+                                      seed, (), p)
+    else:  # the weather only: the same whatever drifts the simulation's pollutants carry
+        simulation.check(location_id, seed, first, end)
+        hours, true, w = simulation.part(first - PAD_HOURS, end)
     issue = np.repeat(issues, max_lead)
     lead = np.tile(np.arange(1, max_lead + 1, dtype=np.int64), len(issues))
     valid = issue + lead

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from pipeline.core.synthetic import HOUR_NS, Drift, generate, generate_forecasts
+from pipeline.core.synthetic import (
+    HOUR_NS,
+    Drift,
+    Simulation,
+    forecast_window_end,
+    generate,
+    generate_forecasts,
+    simulate,
+)
 from pipeline.io.sources.base import FetchResult, SourceError
 from pipeline.schema import (
     TIME_DTYPE,
@@ -72,6 +80,9 @@ class SyntheticSource:
     def __init__(self, config: SyntheticConfig) -> None:
         self.config = config
         self.drifts = drifts_from_config(config)
+        # the last fetch's simulations, kept for the forecasts of the same window (ingestion
+        # asks for both products of a chunk in turn): the world is simulated once, not twice
+        self._simulations: dict[tuple[str, int, int], Simulation] = {}
 
     def fetch(
         self, locations: Sequence[Location], start: pd.Timestamp, end: pd.Timestamp
@@ -82,11 +93,16 @@ class SyntheticSource:
         hours = np.arange(first, stop, dtype=np.int64)
         times = pd.DatetimeIndex(pd.to_datetime(hours * HOUR_NS, utc=True)).astype(TIME_DTYPE)
         parts = []
+        self._simulations = {}
+        reach = forecast_window_end(first, stop)
         for loc in locations:
+            simulation = simulate(loc.id, loc.latitude, loc.longitude, loc.timezone, first,
+                                  reach, seed=self.config.seed, drifts=self.drifts)
+            self._simulations[(loc.id, first, stop)] = simulation
             values = generate(
                 loc.id, loc.latitude, loc.longitude, loc.timezone, first, stop,
                 seed=self.config.seed, gap_rate=self.config.gap_rate,
-                spike_rate=self.config.spike_rate, drifts=self.drifts,
+                spike_rate=self.config.spike_rate, drifts=self.drifts, simulation=simulation,
             )
             part = pd.DataFrame(values)
             part.insert(0, "time", times)
@@ -104,9 +120,11 @@ class SyntheticSource:
         if stop <= first or not locations:
             return FetchResult(frame=empty_forecasts())
         parts = []
+        simulations, self._simulations = self._simulations, {}
         for loc in locations:
             values = generate_forecasts(loc.id, loc.latitude, loc.longitude, loc.timezone,
-                                        first, stop, seed=self.config.seed)
+                                        first, stop, seed=self.config.seed,
+                                        simulation=simulations.get((loc.id, first, stop)))
             part = pd.DataFrame({name: values[name] for name in WEATHER})
             part.insert(0, "time", _times(values["time"]))
             part.insert(0, "issue_time", _times(values["issue"]))

@@ -10,7 +10,14 @@ from pipeline.config import DriftScenario, Location, SyntheticSource, load_param
 from pipeline.core.validation import validate
 from pipeline.io.sources import SourceError, make_source
 from pipeline.io.sources.synthetic import SyntheticSource as Source
-from pipeline.schema import COLUMNS, TIME_DTYPE, VALUE_COLUMNS, VARIABLES, empty_frame
+from pipeline.schema import (
+    COLUMNS,
+    TIME_DTYPE,
+    VALUE_COLUMNS,
+    VARIABLES,
+    WEATHER,
+    empty_frame,
+)
 from pipeline.settings import Settings
 from tests.conftest import REPO
 
@@ -298,6 +305,60 @@ def test_an_emission_shift_of_a_weather_variable_is_refused_with_a_clear_message
         DriftScenario(kind="emission_shift", start="2025-01-01", variable="temperature_2m")])
     with pytest.raises(SourceError, match="emission_shift needs a pollutant.*temperature_2m"):
         Source(config)
+
+
+# ------------------------------------------------------------------ one simulation, two products
+
+
+@pytest.mark.parametrize(("start", "end"), [("2025-02-27T05:00", "2025-03-02T19:00"),
+                                           ("2025-06-01", "2025-07-01")])
+def test_observations_and_forecasts_from_one_simulation_are_those_of_their_own(start, end):
+    """The source simulates a chunk's world once for both products: every value is the float
+    each product computes alone (its own simulation of its own window), drifts included."""
+    from pipeline.core.synthetic import generate, generate_forecasts
+    from pipeline.io.sources.synthetic import hour_index
+
+    config = SyntheticSource(seed=11, scenarios=[
+        DriftScenario(kind="emission_shift", start="2025-02-28", variable="pm2_5", factor=2.0,
+                      locations=["delhi"]),
+        DriftScenario(kind="sensor_recalibration", start="2025-06-10", variable="no2",
+                      factor=1.3)])
+    source = Source(config)
+    first, stop = hour_index(utc(start), ceil=True), hour_index(utc(end), ceil=True)
+    observed = source.fetch(LOCATIONS, utc(start), utc(end)).frame
+    forecasts = source.fetch_forecasts(LOCATIONS, utc(start), utc(end)).frame
+    for loc in LOCATIONS:
+        alone = generate(loc.id, loc.latitude, loc.longitude, loc.timezone, first, stop,
+                         seed=11, gap_rate=config.gap_rate, spike_rate=config.spike_rate,
+                         drifts=source.drifts)
+        mine = observed[observed["location_id"] == loc.id]
+        for column in VALUE_COLUMNS:
+            np.testing.assert_array_equal(mine[column].to_numpy(), alone[column], err_msg=column)
+        runs = generate_forecasts(loc.id, loc.latitude, loc.longitude, loc.timezone, first,
+                                  stop, seed=11)
+        shared = forecasts[forecasts["location_id"] == loc.id]
+        assert len(shared) == len(runs["time"]) > 0
+        for column in WEATHER:
+            np.testing.assert_array_equal(shared[column].to_numpy(), runs[column],
+                                          err_msg=column)
+
+
+def test_a_simulation_of_another_window_location_or_drift_is_refused():
+    from pipeline.core.synthetic import Drift, generate, generate_forecasts, simulate
+
+    berlin = BY_ID["berlin"]
+    made = simulate(berlin.id, berlin.latitude, berlin.longitude, berlin.timezone,
+                    480_000, 480_100, seed=1)
+    args = (berlin.latitude, berlin.longitude, berlin.timezone)
+    with pytest.raises(ValueError, match="does not hold"):
+        generate(berlin.id, *args, 480_000, 480_200, seed=1, simulation=made)
+    with pytest.raises(ValueError, match="does not hold"):
+        generate_forecasts(berlin.id, *args, 480_000, 480_100, seed=1, simulation=made)
+    with pytest.raises(ValueError, match="given for 'london'"):
+        generate("london", *args, 480_000, 480_100, seed=1, simulation=made)
+    with pytest.raises(ValueError, match="other drifts"):
+        generate(berlin.id, *args, 480_000, 480_100, seed=1, simulation=made,
+                 drifts=[Drift("emission_shift", 480_050, "pm2_5", 2.0)])
 
 
 # ------------------------------------------------------------------ through the ingest step
