@@ -625,18 +625,25 @@ class Supervisor:
                 path.unlink()
             if self.socket_path.parent != self.conf_dir:  # the /tmp fallback: leave no litter
                 with contextlib.suppress(OSError):
+                    if not self.record_file.exists():  # no daemon (sweep saw it gone): a
+                        self.socket_path.unlink(missing_ok=True)  # killed one's socket file
                     self.socket_path.parent.rmdir()
             return was_running
 
-    def sweep(self, timeout: float = 10.0) -> list[int]:
+    def sweep(self, timeout: float = 10.0, exiting: float = 2.0) -> list[int]:
         """End the processes left in the recorded daemon's session (none if the record is
-        stale: its pid now belongs to another process)."""
+        stale: its pid now belongs to another process). Called when the daemon does not
+        answer: one killed a moment ago is still exiting (state R for some ms, then a zombie),
+        so it gets ``exiting`` seconds to finish before it counts as still running."""
         try:
             record = json.loads(self.record_file.read_text())
             pid, ticks = int(record["pid"]), int(record["start_ticks"])
         except (OSError, ValueError, KeyError, TypeError):
             return []
-        leader = proc_stat(pid)
+        deadline = time.monotonic() + exiting
+        while ((leader := proc_stat(pid)) is not None and leader[0] != "Z"
+               and leader[3] == ticks and time.monotonic() < deadline):
+            time.sleep(0.05)
         if leader is not None and leader[0] != "Z" and leader[3] != ticks:
             log.warning("supervisord record %s names pid %d, now another process: left alone",
                         self.record_file, pid)

@@ -304,6 +304,27 @@ def test_a_long_state_path_gets_a_short_private_socket(tmp_path):
     assert not supervisor.socket_path.parent.exists()  # no litter in /tmp
 
 
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_stop_right_after_the_daemon_was_killed_ends_its_programs_and_its_socket(
+        tmp_path, attempt):
+    """supervisord SIGKILLed, stop at once: the daemon is still exiting (state R for some
+    ms), which used to count as "still running", so its programs lived on and its socket file
+    kept the private /tmp directory (one /tmp/aq-supervisor-* left per killed daemon)."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / ".stack"
+    supervisor = Supervisor(deep)
+    try:
+        supervisor.start(Program("sleeper", SLEEPER))
+        supervisor.wait_running("sleeper")
+        orphan = supervisor.pid("sleeper")
+        os.kill(supervisor.daemon_pid(), signal.SIGKILL)
+        wait_for(lambda: supervisor.daemon_pid() is None, timeout=30)
+        assert supervisor.socket_path.exists()  # what the killed daemon left
+    finally:
+        supervisor.stop_all()
+    wait_for(lambda: proc_stat(orphan) is None or proc_stat(orphan)[0] == "Z", timeout=15)
+    assert not supervisor.socket_path.parent.exists()
+
+
 def test_services_of_the_earlier_launcher_are_ended_by_stop_and_block_start(tmp_path):
     """An upgrade while the old process manager's services run: start refuses, stop ends them
     (their sessions: they led one each) and never a pid that now belongs to someone else."""
