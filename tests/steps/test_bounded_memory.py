@@ -2,12 +2,12 @@
 
 Two projects of the same shape, 8 and 64 locations (8x the rows), each step run as its own
 process like DVC runs it; the peak resident set of that process (its own ``VmHWM``, read at
-exit) may grow only a little from the small project to the large one (measured: +2, +3..+14,
-and +23 MB for preprocess, train and backtest, backtest keeping its predictions of every
-location; evaluate and score, streamed: +5..+8 and -2..0 MB). The steps as they were before the
-partitioned store held the whole table: +211, +175, +160 and +193 MB here; evaluate and score
-before they streamed (every location's holdout predictions, the whole history): +21..+27 and
-+110 MB.
+exit) may grow only a little from the small project to the large one (measured with the
+system allocator, see :func:`peak_mb`: +1, +6 and +15 MB for preprocess, train and backtest,
+backtest keeping its predictions of every location; evaluate and score, streamed: +4 and
++1 MB). The steps as they were before the partitioned store held the whole table: +211, +175,
++160 and +193 MB here; evaluate and score before they streamed (every location's holdout
+predictions, the whole history): +21..+27 and +110 MB.
 
 Score reads every forecast run and the realised-accuracy history: both are written here as
 a deployment that has forecast hourly for two days and scored for 90 days would have them.
@@ -63,8 +63,13 @@ def peak_mb(root: Path, step: str) -> float:
     # one fit at a time (AQ_PROCESSES=1): two fits at once peak together or not as the threads
     # happen to interleave (train at the same two sizes: +10 MB on a quiet machine, +25 MB under
     # load), which is timing, not growth with the number of locations
+    # the data a step holds, not what allocators keep cached: pyarrow's mimalloc pool and one
+    # glibc arena per reading thread keep freed pages, more of them the more batches were read
+    # (saturating: evaluate +7..+13 MB from 8 to 64 locations under load, +1 more at 128),
+    # which put evaluate at +17 MB in CI; the system pool and two arenas: +1..+5
     env = {**os.environ, "AQ_PROJECT_DIR": str(root), "AQ_BATCH_LOCATIONS": str(BATCH_LOCATIONS),
-           "OMP_NUM_THREADS": "1", "AQ_PROCESSES": "1"}
+           "OMP_NUM_THREADS": "1", "AQ_PROCESSES": "1",
+           "ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2"}
     env.pop("AQ_PUSHGATEWAY_URL", None)
     proc = subprocess.run([sys.executable, "-c", PEAK, step], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
