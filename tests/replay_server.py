@@ -82,6 +82,10 @@ class ReplayServer:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out as two writes on a kept-alive connection: with Nagle's
+            # algorithm the body waits for the client's delayed ACK (~40 ms a request, as no
+            # provider's server does: they set TCP_NODELAY)
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 parts = urlsplit(self.path)
