@@ -31,6 +31,7 @@ samples each worker's RSS (flat = no growth).
     .venv/bin/python bench/bench_serving.py                       # 3 rounds x 15 s, 10 min soak
     .venv/bin/python bench/bench_serving.py --rounds 1 --seconds 5 --soak 0   # quick look
     .venv/bin/python bench/bench_serving.py --no-v2       # without MLServer (.venv-mlserver)
+    .venv/bin/python bench/bench_serving.py --only v2 v2_obs --v2-processes 2  # 2 behind nginx
     .venv/bin/python bench/bench_serving.py --only post_obs post_obs_direct  # and the reference
     .venv/bin/python bench/bench_serving.py --reuse-connections  # clients keep their connections
 """
@@ -243,7 +244,47 @@ class Direct:
         return self.door._group("serving")
 
 
-def drive(server: Server | FrontDoor | Direct, method: str, path: str, body: bytes | None,
+class V2Pool:
+    """``--v2-processes N`` (N > 1): N MLServer processes (one per core) behind one nginx
+    (``least_conn``, kept-alive upstream connections), a pool MLServer 1.7.1's own
+    ``parallel_workers`` cannot give here (its workers die at start with uvloop >= 0.22)."""
+
+    NGINX = """worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/error.log;
+events {{ worker_connections 256; }}
+http {{ access_log off;
+  upstream v2 {{ least_conn; {servers} keepalive 16; }}
+  server {{ listen 127.0.0.1:{port}; client_body_buffer_size 64k;
+    location / {{ proxy_pass http://v2; proxy_http_version 1.1;
+                 proxy_set_header Connection ""; }} }} }}
+"""
+
+    def __init__(self, servers: list[Server], work: Path, env: dict[str, str]) -> None:
+        self.servers = servers
+        port = free_port()
+        work.mkdir(parents=True, exist_ok=True)
+        conf = work / "nginx.conf"
+        conf.write_text(self.NGINX.format(work=work, port=port, servers=" ".join(
+            f"server 127.0.0.1:{s.port};" for s in servers)))
+        self.nginx = Server("v2-nginx", [shutil.which("nginx") or "/usr/sbin/nginx", "-c",
+                                         str(conf), "-p", str(work), "-e",
+                                         str(work / "error.log")],
+                            env, work, port, "/v2/models/aq-forecast/ready")
+        self.port = port
+
+    def connection(self, timeout: float = 30) -> http.client.HTTPConnection:
+        return self.nginx.connection(timeout)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p for s in (*self.servers, self.nginx) for p in s.pids]
+
+    def stop(self) -> None:
+        self.nginx.stop()
+        for server in self.servers:
+            server.stop()
+
+
+def drive(server: Server | FrontDoor | Direct | V2Pool, method: str, path: str, body: bytes | None,
           connections: int, seconds: float, reuse: bool = False) -> dict:
     """Closed loop: ``connections`` threads, each one request in flight, for ``seconds``.
 
@@ -298,8 +339,8 @@ def drive(server: Server | FrontDoor | Direct, method: str, path: str, body: byt
     }
 
 
-def measure(server: Server | FrontDoor | Direct, method: str, path: str, body: bytes | None,
-            connections: int, seconds: float, reuse: bool = False) -> dict:
+def measure(server: Server | FrontDoor | Direct | V2Pool, method: str, path: str,
+            body: bytes | None, connections: int, seconds: float, reuse: bool = False) -> dict:
     drive(server, method, path, body, connections, 1.0, reuse)  # warm-up
     pids = server.pids
     cpu0, client0 = cpu_by_process(pids), own_cpu_seconds()
@@ -340,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the reference apps' folder (default: ../shared/bench-anchors)")
     parser.add_argument("--no-v2", dest="v2", action="store_false",
                         help="leave out MLServer's V2 endpoint (.venv-mlserver)")
+    parser.add_argument("--v2-processes", type=int, default=1, metavar="N",
+                        help="N > 1: N MLServer processes behind one nginx (least_conn) for "
+                             "the V2 configurations; default one process, as `make run`")
     parser.add_argument("--reuse-connections", action="store_true",
                         help="every configuration's client keeps its connection unless the "
                              "server closes it (HTTP/1.1 keep-alive, as requests.Session); "
@@ -372,16 +416,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.only is not None and not {"v2", "v2_obs"} & set(args.only):
         args.v2 = False
     if args.v2:  # MLServer from its own venv, as `make run` starts it (stack/mlserver_local.py)
-        v2_port = free_port()
-        (work / "mlserver").mkdir()
-        v2 = Server("mlserver", [str(REPO / ".venv-mlserver" / "bin" / "mlserver"), "start",
-                                 str(REPO / "deploy" / "mlserver")],
+        processes = []
+        try:
+            for i in range(max(1, args.v2_processes)):
+                v2_port = free_port()
+                folder = work / f"mlserver{i}"
+                folder.mkdir()
+                processes.append(Server(
+                    f"mlserver{i}", [str(REPO / ".venv-mlserver" / "bin" / "mlserver"), "start",
+                                     str(REPO / "deploy" / "mlserver")],
                     {**base_env, "AQ_PROJECT_DIR": str(project), "MLSERVER_HOST": "127.0.0.1",
                      "MLSERVER_HTTP_PORT": str(v2_port),
                      "MLSERVER_GRPC_PORT": str(free_port()),
                      "MLSERVER_METRICS_PORT": str(free_port()),
-                     "MLSERVER_METRICS_DIR": str(work / "mlserver")},
-                    work / "mlserver", v2_port, "/v2/models/aq-forecast/ready")
+                     "MLSERVER_METRICS_DIR": str(folder)},
+                    folder, v2_port, "/v2/models/aq-forecast/ready"))
+            v2 = (processes[0] if len(processes) == 1 else
+                  V2Pool(processes, work / "v2-nginx", base_env))
+        except Exception:
+            for server in processes:
+                server.stop()
+            reference.stop()
+            raise
     ours = None
     try:
         ours = FrontDoor(project, {"OMP_NUM_THREADS": "1", "AQ_PROJECT_DIR": str(project),
@@ -485,6 +541,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {summary[name]['ratio_rps_to_reference']:.2f}x the reference (median "
               f"of the rounds), p99 {summary[name]['p99_ms']:.1f} ms, "
               f"{summary[name]['cpu_ms_per_request']:.2f} ms CPU per request")
+    for name in ("v2", "v2_obs"):
+        if name in summary:
+            print(f"{name}: p99 {summary[name]['p99_ms']:.1f} ms (median of the rounds), "
+                  f"{summary[name]['cpu_ms_per_request']:.2f} ms CPU per request, "
+                  f"{max(1, args.v2_processes)} MLServer process(es)")
+    result["v2_processes"] = max(1, args.v2_processes)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)
