@@ -65,7 +65,7 @@ def peak_mb(root: Path, step: str) -> float:
     # load), which is timing, not growth with the number of locations
     # the data a step holds, not what allocators keep cached: pyarrow's mimalloc pool and one
     # glibc arena per reading thread keep freed pages, more of them the more batches were read
-    # (saturating: evaluate +7..+13 MB from 8 to 64 locations under load, +1 more at 128),
+    # (saturating: evaluate +7..+13 MB from 8 to 64 locations under load, +2..+6 more at 128),
     # which put evaluate at +17 MB in CI; the system pool and two arenas: +1..+5
     env = {**os.environ, "AQ_PROJECT_DIR": str(root), "AQ_BATCH_LOCATIONS": str(BATCH_LOCATIONS),
            "OMP_NUM_THREADS": "1", "AQ_PROCESSES": "1",

@@ -71,6 +71,12 @@ def drifts_from_config(config: SyntheticConfig) -> list[Drift]:
     return drifts
 
 
+# simulations one fetch keeps for the forecasts of the same window: ~250 kB per location for
+# a month's chunk, so at most ~12 MB; the locations beyond are simulated again (a fetch in
+# one process may hold every location of a chunk: 500 places would have kept ~124 MB)
+MAX_KEPT_SIMULATIONS = 50
+
+
 class SyntheticSource:
     """Canonical rows for every location and UTC hour in [start, end), from a seed."""
 
@@ -80,8 +86,9 @@ class SyntheticSource:
     def __init__(self, config: SyntheticConfig) -> None:
         self.config = config
         self.drifts = drifts_from_config(config)
-        # the last fetch's simulations, kept for the forecasts of the same window (ingestion
-        # asks for both products of a chunk in turn): the world is simulated once, not twice
+        # the last fetch's simulations (up to MAX_KEPT_SIMULATIONS), kept for the forecasts of
+        # the same window (ingestion asks for both products of a chunk in turn): the world is
+        # simulated once, not twice
         self._simulations: dict[tuple[str, int, int], Simulation] = {}
 
     def fetch(
@@ -98,7 +105,8 @@ class SyntheticSource:
         for loc in locations:
             simulation = simulate(loc.id, loc.latitude, loc.longitude, loc.timezone, first,
                                   reach, seed=self.config.seed, drifts=self.drifts)
-            self._simulations[(loc.id, first, stop)] = simulation
+            if len(self._simulations) < MAX_KEPT_SIMULATIONS:
+                self._simulations[(loc.id, first, stop)] = simulation
             values = generate(
                 loc.id, loc.latitude, loc.longitude, loc.timezone, first, stop,
                 seed=self.config.seed, gap_rate=self.config.gap_rate,

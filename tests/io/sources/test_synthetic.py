@@ -343,6 +343,30 @@ def test_observations_and_forecasts_from_one_simulation_are_those_of_their_own(s
                                           err_msg=column)
 
 
+def test_the_simulations_a_fetch_keeps_are_bounded_and_the_rest_made_again(monkeypatch):
+    """Memory: a fetch of more locations than it keeps simulations for keeps only that many
+    until the forecasts; the forecasts of the others are simulated again, the same floats."""
+    from pipeline.core.synthetic import generate_forecasts
+    from pipeline.io.sources import synthetic as module
+    from pipeline.io.sources.synthetic import hour_index
+
+    monkeypatch.setattr(module, "MAX_KEPT_SIMULATIONS", 1)
+    source = Source(SyntheticSource(seed=5))
+    start, end = utc("2025-03-01"), utc("2025-03-03")
+    source.fetch(LOCATIONS, start, end)
+    assert len(source._simulations) == 1
+    forecasts = source.fetch_forecasts(LOCATIONS, start, end).frame
+    assert source._simulations == {}
+    first, stop = hour_index(start, ceil=True), hour_index(end, ceil=True)
+    for loc in LOCATIONS:
+        runs = generate_forecasts(loc.id, loc.latitude, loc.longitude, loc.timezone, first,
+                                  stop, seed=5)
+        shared = forecasts[forecasts["location_id"] == loc.id]
+        for column in WEATHER:
+            np.testing.assert_array_equal(shared[column].to_numpy(), runs[column],
+                                          err_msg=column)
+
+
 def test_a_simulation_of_another_window_location_or_drift_is_refused():
     from pipeline.core.synthetic import Drift, generate, generate_forecasts, simulate
 
